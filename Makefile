@@ -1,0 +1,52 @@
+# Model Marketplace OS — developer entry points.
+#   make demo   build the demo catalogue and run the platform at http://127.0.0.1:8000
+#   make test   install the dev extras into .venv and run the whole suite
+#   make bench  run the benchmarks under benchmarks/
+#   make lint   ruff + mypy
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: demo test bench lint sysdeps sysdeps-test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# espeak-ng makes the demo's example WAV; installed from Debian when missing.
+sysdeps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "installing espeak-ng (Debian)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+
+# The store tests also run against a throwaway PostgreSQL started with initdb/pg_ctl.
+sysdeps-test: sysdeps
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  echo "installing postgresql (Debian)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+demo: install sysdeps
+	$(BIN)/modelmarket demo
+
+test: install sysdeps-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install sysdeps
+	$(BIN)/python benchmarks/gateway_overhead.py
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .modelmarket

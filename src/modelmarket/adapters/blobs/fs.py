@@ -1,0 +1,73 @@
+"""Content-addressed blobs on the local filesystem: ``ROOT/sha256/ab/<full hex digest>``, read-only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from modelmarket.core.errors import NotFound
+
+_CHUNK = 1024 * 1024
+
+
+class BlobStore(Protocol):
+    def put_file(self, src: Path) -> tuple[str, int]: ...
+    def path(self, digest: str) -> Path: ...
+    def exists(self, digest: str) -> bool: ...
+
+
+def sha256_file(src: Path) -> str:
+    h = hashlib.sha256()
+    with open(src, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FsBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _location(self, digest: str) -> Path:
+        return self.root / "sha256" / digest[:2] / digest
+
+    def put_file(self, src: Path) -> tuple[str, int]:
+        """Copy ``src`` in, hashing while copying. Returns (sha256, size). Idempotent for equal content."""
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            dest = self._location(digest)
+            if dest.exists():
+                os.unlink(tmp_name)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp_name, 0o444)
+                os.replace(tmp_name, dest)
+            return digest, size
+        except BaseException:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+            raise
+
+    def path(self, digest: str) -> Path:
+        location = self._location(digest)
+        if not location.exists():
+            raise NotFound(f"blob sha256:{digest} is not in the blob store")
+        return location
+
+    def exists(self, digest: str) -> bool:
+        return self._location(digest).exists()

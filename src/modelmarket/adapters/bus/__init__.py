@@ -1,0 +1,5 @@
+"""Event log port and its embedded adapter (append-only SQLite log with group commit)."""
+
+from modelmarket.adapters.bus.sqlite_log import EventLogFull, GroupCommitWriter, LogRecord, SqliteEventLog
+
+__all__ = ["EventLogFull", "GroupCommitWriter", "LogRecord", "SqliteEventLog"]

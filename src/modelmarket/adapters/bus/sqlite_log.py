@@ -1,0 +1,165 @@
+"""The embedded event log: an append-only SQLite table in its own file, read by offset.
+
+The port is deliberately narrow (append, read from offset; consumers keep their offsets in the store, in the
+same transaction as their effects) so that a NATS JetStream or Kafka adapter is one module.
+
+``GroupCommitWriter`` is the hot-path appender: request handlers hand it an event and await its future; one
+writer thread drains whatever is queued and commits it in a single transaction, then resolves all the futures.
+Under load many requests share one commit; a lone request pays one small transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    log_offset INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    payload    BLOB NOT NULL
+)
+"""
+
+
+class EventLogFull(Exception):
+    """The append queue is at its bound: the caller must answer 503 and must not serve the response."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    offset: int
+    event_id: str
+    payload: bytes
+
+
+class SqliteEventLog:
+    """Append-only log in a SQLite file (WAL). One instance per thread: sqlite3 connections are not shared."""
+
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        if synchronous.lower() not in {"full", "normal"}:
+            raise ValueError(f"event_log_sync must be 'full' or 'normal', not {synchronous!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute(_SCHEMA)
+
+    def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
+        """Durably append events in one transaction. An event id already in the log is not appended twice."""
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany("INSERT OR IGNORE INTO events (event_id, payload) VALUES (?, ?)", events)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def read(self, after_offset: int, limit: int) -> list[LogRecord]:
+        rows = self._conn.execute(
+            "SELECT log_offset, event_id, payload FROM events WHERE log_offset > ? ORDER BY log_offset LIMIT ?",
+            (after_offset, limit),
+        ).fetchall()
+        return [LogRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def last_offset(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(MAX(log_offset), 0) FROM events").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_STOP = object()
+
+
+class GroupCommitWriter:
+    """Group-committing appender for asyncio request handlers."""
+
+    def __init__(self, log_path: Path, synchronous: str, batch_max: int, queue_max: int) -> None:
+        self._log_path = log_path
+        self._synchronous = synchronous
+        self._batch_max = batch_max
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_max)
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+        self.appended = 0
+
+    def start(self) -> None:
+        # Open once here so a bad path or setting fails at startup, not on the first request.
+        SqliteEventLog(self._log_path, self._synchronous).close()
+        self._thread = threading.Thread(target=self._run, name="event-log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def append(self, event_id: str, payload: bytes) -> asyncio.Future[None]:
+        """Queue one event; the returned future completes once it is committed (or fails with the error)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        try:
+            self._queue.put_nowait((event_id, payload, loop, fut))
+        except queue.Full:
+            raise EventLogFull("usage event log is at its queue bound; try again shortly") from None
+        return fut
+
+    def _run(self) -> None:
+        log = SqliteEventLog(self._log_path, self._synchronous)
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self._batch_max:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit(log, batch)
+                if stop:
+                    return
+        finally:
+            log.close()
+
+    def _commit(self, log: SqliteEventLog, batch: list[object]) -> None:
+        items = [b for b in batch if isinstance(b, tuple)]
+        error: BaseException | None = None
+        try:
+            log.append_many([(i[0], i[1]) for i in items])
+            self.commits += 1
+            self.appended += len(items)
+        except Exception as exc:  # reported to every waiting request; none of them is served
+            error = exc
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for item in items:
+            by_loop.setdefault(item[2], []).append(item[3])
+        for loop, futures in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, futures, error)
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futures:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)

@@ -1,0 +1,77 @@
+"""Summing rated usage events into groups (currency, model, unit kind), exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Clamped, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow, Rounded
+from typing import NamedTuple
+
+EXACT_DIGITS = 200
+"""Significant digits kept while summing. A sum that would need more raises instead of rounding."""
+
+
+def exact_context() -> Context:
+    """A decimal context in which any rounding raises: sums and products are exact or fail loudly."""
+    traps = [Inexact, Rounded, InvalidOperation, Overflow, DivisionByZero, Clamped]
+    return Context(prec=EXACT_DIGITS, traps=traps)
+
+
+class UsageRow(NamedTuple):
+    """The fields of one rated usage event that billing reads."""
+
+    currency: str
+    model_name: str
+    unit_kind: str
+    quantity_iu: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """The exact totals of the usage events of one currency, model and unit kind."""
+
+    currency: str
+    model_name: str
+    unit_kind: str
+    events: int
+    quantity_iu: Decimal
+    amount_precise: Decimal
+    unit_price: Decimal | None
+    """The unit price when every event had the same one, else None."""
+
+
+@dataclass(slots=True)
+class _Totals:
+    events: int
+    quantity_iu: Decimal
+    amount: Decimal
+    unit_price: Decimal | None
+
+
+def aggregate_usage(rows: Iterable[UsageRow]) -> list[UsageGroup]:
+    """Group and sum usage rows; groups ordered by (currency, model name, unit kind)."""
+    ctx = exact_context()
+    totals: dict[tuple[str, str, str], _Totals] = {}
+    for row in rows:
+        key = (row.currency, row.model_name, row.unit_kind)
+        acc = totals.get(key)
+        if acc is None:
+            totals[key] = _Totals(1, row.quantity_iu, row.amount, row.unit_price)
+            continue
+        acc.events += 1
+        acc.quantity_iu = ctx.add(acc.quantity_iu, row.quantity_iu)
+        acc.amount = ctx.add(acc.amount, row.amount)
+        if acc.unit_price is not None and acc.unit_price != row.unit_price:
+            acc.unit_price = None
+    return [
+        UsageGroup(
+            *key,
+            events=acc.events,
+            quantity_iu=acc.quantity_iu,
+            amount_precise=acc.amount,
+            unit_price=acc.unit_price,
+        )
+        for key, acc in sorted(totals.items())
+    ]

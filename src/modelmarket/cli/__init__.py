@@ -1,0 +1,3 @@
+"""The ``modelmarket`` command line: thin commands over the same services the gateway uses."""
+
+__all__: list[str] = []

@@ -1,0 +1,59 @@
+"""``modelmarket accounts ...`` and ``modelmarket keys ...``."""
+
+from __future__ import annotations
+
+import click
+
+from modelmarket.accounts.service import ROLES
+from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
+
+
+@click.group()
+def accounts() -> None:
+    """Create and list accounts (consumers, providers, operators)."""
+
+
+@accounts.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), default="consumer", show_default=True,
+              help="consumer: calls models; provider: publishes them; operator: runs the platform.")
+@json_option
+@domain_errors
+def accounts_create(name: str, role: str, as_json: bool) -> None:
+    """Create the account NAME."""
+    account = platform().accounts.create(name, role)
+    if as_json:
+        echo_json(account.to_json())
+    else:
+        click.echo(f"created {account.role} account {account.name} ({account.id})")
+
+
+@accounts.command("list")
+@json_option
+@domain_errors
+def accounts_list(as_json: bool) -> None:
+    """List accounts."""
+    items = platform().accounts.list()
+    if as_json:
+        echo_json([a.to_json() for a in items])
+    else:
+        click.echo(table([[a.name, a.role, a.id, a.created_at] for a in items], ["NAME", "ROLE", "ID", "CREATED"]))
+
+
+@click.group()
+def keys() -> None:
+    """Issue API keys."""
+
+
+@keys.command("create")
+@click.argument("account")
+@json_option
+@domain_errors
+def keys_create(account: str, as_json: bool) -> None:
+    """Issue a new API key for ACCOUNT. The key is printed once and stored only as a hash."""
+    issued = platform().accounts.issue_key(account)
+    if as_json:
+        echo_json({"key_id": issued.key_id, "account": issued.account.name, "key": issued.secret})
+    else:
+        click.echo(issued.secret)
+        click.echo(f"(key {issued.key_id} for {issued.account.name}; it will not be shown again)", err=True)

@@ -1,0 +1,34 @@
+"""Entry point of the ``modelmarket`` command."""
+
+from __future__ import annotations
+
+import click
+
+from modelmarket import __version__
+from modelmarket.cli.accounts import accounts, keys
+from modelmarket.cli.audit import audit
+from modelmarket.cli.billing import invoice, statement, usage
+from modelmarket.cli.registry import models, publish
+from modelmarket.cli.serve import demo, runner, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelmarket")
+def cli() -> None:
+    """Model Marketplace OS: publish models, serve them behind one gateway, meter, bill and audit every call.
+
+    State lives in MODELMARKET_HOME (default ./.modelmarket); the store is SQLite there unless
+    MODELMARKET_DATABASE_URL names a PostgreSQL database.
+    """
+
+
+for command in (publish, models, accounts, keys, usage, invoice, statement, audit, serve, demo, runner):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="modelmarket")
+
+
+if __name__ == "__main__":
+    main()

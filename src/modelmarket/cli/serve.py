@@ -1,0 +1,161 @@
+"""``modelmarket serve``, ``demo`` and ``runner``: the long-running processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelmarket.bootstrap import Platform
+from modelmarket.cli.common import domain_errors, platform
+from modelmarket.core.errors import AlreadyExists, NotFound
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror} "
+                                   "(set MODELMARKET_PORT or --port to another port)") from None
+    sock.listen(2048)
+    return sock
+
+
+def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Callable[[str], None]) -> None:
+    import uvicorn
+
+    from modelmarket.gateway import GatewayApp
+
+    sock = _bind(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    app = GatewayApp(p, preload=preload)
+    original_startup = app.startup
+
+    async def startup() -> None:
+        await original_startup()
+        on_ready(url)
+
+    app.startup = startup  # type: ignore[method-assign]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools",
+                            loop="uvloop", timeout_keep_alive=300)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address [default: MODELMARKET_HOST or 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: MODELMARKET_PORT or 8000; 0 = any free].")
+@click.option("--no-preload", is_flag=True, help="Start model runners on first call instead of at startup.")
+@domain_errors
+def serve(host: str | None, port: int | None, no_preload: bool) -> None:
+    """Run the gateway: OIP v2 for every published model, the marketplace API and metering."""
+    p = platform()
+    h = host or p.settings.host
+    prt = p.settings.port if port is None else port
+
+    def ready(url: str) -> None:
+        click.echo(f"URL: {url}", err=False)
+        sys.stdout.flush()
+
+    run_gateway(p, h, prt, not no_preload, ready)
+
+
+def _ensure_account(p: Platform, name: str, role: str) -> None:
+    try:
+        p.accounts.get(name)
+    except NotFound:
+        try:
+            p.accounts.create(name, role, actor="demo")
+        except AlreadyExists:
+            pass
+
+
+def build_demo_catalogue(p: Platform, progress: Callable[[str], None]) -> Path:
+    """Build the three demo packages under HOME/demo and publish them (idempotent)."""
+    from modelmarket.demo.build import build_packages
+
+    _ensure_account(p, "demo-provider", "provider")
+    _ensure_account(p, "demo-consumer", "consumer")
+    _ensure_account(p, "operator", "operator")
+    out = p.settings.home / "demo"
+    for package in build_packages(out, progress):
+        result = p.registry.publish(package, actor="demo")
+        v = result.version
+        progress(f"{'published' if result.created else 'already published'}: {v.model_name} {v.version}")
+    return out
+
+
+def _examples(url: str, key: str, demo_dir: Path) -> list[str]:
+    ex = demo_dir / "examples"
+    auth = f'-H "Authorization: Bearer {key}"'
+    return [
+        f"curl -s {auth} -H 'Content-Type: application/json' -d @{ex / 'digit.json'} {url}/v2/models/digits/infer",
+        f"curl -s {auth} -H 'Content-Type: application/json' -d @{ex / 'sentiment.json'} "
+        f"{url}/v2/models/sentiment/infer",
+        f"curl -s {auth} {url}/api/usage",
+    ]
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Port [default: MODELMARKET_PORT or 8000].")
+@click.option("--build-only", is_flag=True, help="Build and publish the demo catalogue, then exit.")
+@domain_errors
+def demo(port: int | None, build_only: bool) -> None:
+    """Build the demo catalogue (digits, sentiment, speech-to-text), then run the platform with it.
+
+    Prints `URL: ...` and `API key: ...` (a fresh key of the account demo-consumer) and three example calls.
+    """
+    p = platform()
+
+    def progress(msg: str) -> None:
+        click.echo(f"[demo] {msg}", err=True)
+
+    demo_dir = build_demo_catalogue(p, progress)
+    if build_only:
+        return
+    key = p.accounts.issue_key("demo-consumer", actor="demo").secret
+
+    def ready(url: str) -> None:
+        click.echo(f"URL: {url}")
+        click.echo(f"API key: {key}")
+        click.echo("Try:")
+        for line in _examples(url, key, demo_dir):
+            click.echo(f"  {line}")
+        click.echo("Press Ctrl+C to stop.")
+        sys.stdout.flush()
+
+    run_gateway(p, p.settings.host, p.settings.port if port is None else port, True, ready)
+
+
+@click.command()
+@click.argument("ref", required=False)
+@click.option("--spec", "spec_path", type=click.Path(exists=True, path_type=Path),
+              help="Runner spec file written by the supervisor.")
+@click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
+@domain_errors
+def runner(ref: str | None, spec_path: Path | None, fd: int | None, host: str, port: int) -> None:
+    """Serve one model version over OIP v2 (REF = NAME[@VERSION|@ALIAS], or --spec FILE).
+
+    The gateway's supervisor starts runners itself; run one by hand to call a model directly.
+    """
+    from modelmarket.runtime.base import ModelSpec
+    from modelmarket.runtime.runner import serve as serve_runner
+    from modelmarket.runtime.supervisor import materialize
+
+    if spec_path is None:
+        if ref is None:
+            raise click.UsageError("give a model REF or --spec FILE")
+        p = platform()
+        name, _, version_ref = ref.partition("@")
+        version = p.registry.catalogue().resolve(name, version_ref or None)
+        spec_path = materialize(version, p.blobs, p.settings.runners_dir)
+    doc: dict[str, Any] = json.loads(spec_path.read_text())
+    serve_runner(ModelSpec.from_json(doc), host=host, port=port, fd=fd)

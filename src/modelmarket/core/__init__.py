@@ -1,0 +1,28 @@
+"""Shared kernel: money, ids, clock, errors and invariant checks. No I/O."""
+
+from modelmarket.core.errors import (
+    AlreadyExists,
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    PermissionDenied,
+    Unauthenticated,
+    ensure,
+)
+from modelmarket.core.money import Money, quantize_minor
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "DomainError",
+    "InvalidInput",
+    "Money",
+    "NotFound",
+    "NotReady",
+    "PermissionDenied",
+    "Unauthenticated",
+    "ensure",
+    "quantize_minor",
+]

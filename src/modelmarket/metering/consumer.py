@@ -1,0 +1,156 @@
+"""The metering consumer: reads usage events from the log, dedups by event id, aggregates per account,
+model and day. The consumer's offset lives in the store and moves in the same transaction as the rows it
+writes, and each event id is a primary key, so re-reading the log (at-least-once) never counts twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from modelmarket.adapters.bus import LogRecord, SqliteEventLog
+from modelmarket.adapters.store import Store
+from modelmarket.adapters.store import schema as t
+from modelmarket.metering.events import UsageEvent
+
+CONSUMER_NAME = "metering"
+log = logging.getLogger(__name__)
+
+
+def _offset(conn: Connection) -> int:
+    value = conn.execute(
+        select(t.consumer_offsets.c.log_offset).where(t.consumer_offsets.c.consumer == CONSUMER_NAME)
+    ).scalar()
+    return int(value or 0)
+
+
+def _save_offset(conn: Connection, offset: int, had_row: bool) -> None:
+    c = t.consumer_offsets.c
+    if had_row:
+        conn.execute(update(t.consumer_offsets).where(c.consumer == CONSUMER_NAME).values(log_offset=offset))
+    else:
+        conn.execute(insert(t.consumer_offsets).values(consumer=CONSUMER_NAME, log_offset=offset))
+
+
+def _event_row(record: LogRecord, event: UsageEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.id,
+        "account_id": event.account_id,
+        "model_name": event.model,
+        "version": event.version,
+        "provider_account_id": event.provider_account_id,
+        "unit_kind": event.unit_kind,
+        "quantity_iu": event.quantity_iu,
+        "unit_price": event.unit_price,
+        "amount": event.amount,
+        "currency": event.currency,
+        "occurred_at": event.time.isoformat(),
+        "day": event.time.date().isoformat(),
+        "latency_ms": event.latency_ms,
+        "log_offset": record.offset,
+    }
+
+
+def _new_rows(conn: Connection, records: Sequence[LogRecord]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for record in records:
+        event = UsageEvent.decode(record.payload)
+        rows.setdefault(event.id, _event_row(record, event))
+    if not rows:
+        return []
+    ids = list(rows)
+    seen: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        seen.update(conn.execute(select(t.usage_events.c.event_id).where(t.usage_events.c.event_id.in_(chunk))).scalars())
+    return [row for event_id, row in rows.items() if event_id not in seen]
+
+
+def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    totals: dict[tuple[str, str, str, str, str], list[Any]] = {}
+    for r in rows:
+        key = (r["account_id"], r["model_name"], r["day"], r["unit_kind"], r["currency"])
+        acc = totals.setdefault(key, [0, Decimal(0), Decimal(0)])
+        acc[0] += 1
+        acc[1] += r["quantity_iu"]
+        acc[2] += r["amount"]
+    d = t.usage_daily.c
+    for (account, model, day, unit, currency), (events, iu, amount) in totals.items():
+        where = (d.account_id == account, d.model_name == model, d.day == day, d.unit_kind == unit,
+                 d.currency == currency)
+        current = conn.execute(select(d.events, d.quantity_iu, d.amount).where(*where)).first()
+        if current is None:
+            conn.execute(insert(t.usage_daily).values(
+                account_id=account, model_name=model, day=day, unit_kind=unit, currency=currency,
+                events=events, quantity_iu=iu, amount=amount))
+        else:
+            conn.execute(update(t.usage_daily).where(*where).values(
+                events=current.events + events, quantity_iu=current.quantity_iu + iu,
+                amount=current.amount + amount))
+
+
+def consume_batch(store: Store, event_log: SqliteEventLog, limit: int = 5000) -> int:
+    """Apply the next batch of events from the log. Returns how many log records were read."""
+    with store.write() as conn:
+        had_row = conn.execute(
+            select(t.consumer_offsets.c.consumer).where(t.consumer_offsets.c.consumer == CONSUMER_NAME)
+        ).first() is not None
+        offset = _offset(conn)
+        records = event_log.read(offset, limit)
+        if not records:
+            return 0
+        rows = _new_rows(conn, records)
+        if rows:
+            conn.execute(insert(t.usage_events), rows)
+            _aggregate(conn, rows)
+        _save_offset(conn, records[-1].offset, had_row)
+    return len(records)
+
+
+def catch_up(store: Store, event_log: SqliteEventLog) -> int:
+    """Drain the log up to its current end (used by the CLI before it reports usage)."""
+    total = 0
+    while n := consume_batch(store, event_log):
+        total += n
+    return total
+
+
+class MeteringWorker:
+    """Background thread that keeps usage current (polls the log every ``poll_s``)."""
+
+    def __init__(self, store: Store, log_path: Any, synchronous: str, poll_s: float) -> None:
+        self.store = store
+        self.log_path = log_path
+        self.synchronous = synchronous
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="metering-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        event_log = SqliteEventLog(self.log_path, self.synchronous)
+        try:
+            while not self._stop.is_set():
+                try:
+                    n = catch_up(self.store, event_log)
+                except Exception:  # keep metering alive; the offset did not move, so nothing is lost
+                    log.exception("metering consumer failed; retrying")
+                    n = 0
+                if n == 0:
+                    self._stop.wait(self.poll_s)
+            catch_up(self.store, event_log)
+        finally:
+            event_log.close()

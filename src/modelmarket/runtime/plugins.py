@@ -1,0 +1,45 @@
+"""Discovery of Runtime plug-ins through the entry point group ``modelmarket.runtimes``.
+
+A third party ships a runtime as its own distribution by declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."modelmarket.runtimes"]
+    myformat = "mypackage.runtime:MyRuntime"
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+from modelmarket.core.errors import InvalidInput
+from modelmarket.runtime.base import Runtime
+
+__all__ = ["ENTRY_POINT_GROUP", "available_runtimes", "load_runtime_class"]
+
+ENTRY_POINT_GROUP = "modelmarket.runtimes"
+
+
+def _runtime_entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_runtimes() -> list[str]:
+    """Names of the installed runtimes, sorted."""
+    return sorted(_runtime_entry_points())
+
+
+def load_runtime_class(name: str) -> type[Runtime]:
+    """Import and return the Runtime class registered under ``name``.
+
+    An unknown name is an operating error (a manifest naming a runtime that is not installed) and raises
+    ``InvalidInput`` listing the installed runtimes. An entry point that does not name a Runtime subclass is a
+    broken plug-in and raises ``TypeError``.
+    """
+    found = _runtime_entry_points()
+    entry = found.get(name)
+    if entry is None:
+        available = ", ".join(sorted(found)) or "none"
+        raise InvalidInput(f"unknown runtime {name!r}; available runtimes: {available}")
+    loaded = entry.load()
+    if not (isinstance(loaded, type) and issubclass(loaded, Runtime)):
+        raise TypeError(f"entry point {entry.value!r} for runtime {name!r} is not a Runtime subclass")
+    return loaded

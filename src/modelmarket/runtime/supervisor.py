@@ -1,0 +1,211 @@
+"""The supervisor: starts one ModelRunner process per served version, waits for readiness, restarts one that
+dies (bounded, with backoff), and hands the gateway a pooled connection to each.
+
+Each runner gets an inherited listening socket the supervisor bound on a free loopback port, so there is no
+port race. Its artifacts are laid out as read-only symlinks to the content-addressed blobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelmarket.adapters.blobs import BlobStore
+from modelmarket.core.errors import NotReady
+from modelmarket.registry.service import VersionRecord
+from modelmarket.runtime.base import ModelSpec, TensorSpec
+from modelmarket.runtime.pool import RunnerPool
+
+log = logging.getLogger(__name__)
+
+
+def spec_for(version: VersionRecord, artifact_root: Path) -> ModelSpec:
+    m = version.manifest
+    return ModelSpec(
+        name=m.name,
+        version=m.version,
+        runtime=m.runtime,
+        artifact_root=artifact_root,
+        artifacts=tuple(a.path for a in version.artifacts),
+        inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.inputs),
+        outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.outputs),
+        parameters=dict(m.parameters),
+    )
+
+
+def materialize(version: VersionRecord, blobs: BlobStore, runners_dir: Path) -> Path:
+    """Write the runner's spec file with its artifacts linked under ``runners_dir/<version id>/artifacts``."""
+    base = runners_dir / version.id
+    root = base / "artifacts"
+    for art in version.artifacts:
+        link = root / art.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        target = blobs.path(art.sha256).resolve()
+        if link.is_symlink() and os.readlink(link) == str(target):
+            continue
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+    spec_path = base / "spec.json"
+    tmp = spec_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec_for(version, root).to_json(), indent=2))
+    os.replace(tmp, spec_path)
+    return spec_path
+
+
+@dataclass
+class RunnerProcess:
+    version: VersionRecord
+    spec_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    pool: RunnerPool | None = None
+    port: int = 0
+    ready: bool = False
+    restarts: int = 0
+    failed: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        runners_dir: Path,
+        start_timeout_s: float,
+        request_timeout_s: float,
+        pool_size: int,
+        max_restarts: int,
+    ) -> None:
+        self.blobs = blobs
+        self.runners_dir = runners_dir
+        self.start_timeout_s = start_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.pool_size = pool_size
+        self.max_restarts = max_restarts
+        self.runners: dict[str, RunnerProcess] = {}
+        self._monitor: asyncio.Task[None] | None = None
+
+    def start_monitor(self, interval_s: float = 0.5) -> None:
+        self._monitor = asyncio.create_task(self._watch(interval_s))
+
+    def is_ready(self, version: VersionRecord) -> bool:
+        runner = self.runners.get(version.id)
+        return runner is not None and runner.ready
+
+    async def pool_for(self, version: VersionRecord) -> RunnerPool:
+        """The pool of a ready runner for ``version``, starting the runner on first use."""
+        runner = self.runners.get(version.id)
+        if runner is not None and runner.ready and runner.pool is not None:
+            return runner.pool
+        return await self.ensure_started(version)
+
+    async def ensure_started(self, version: VersionRecord) -> RunnerPool:
+        runner = self.runners.get(version.id)
+        if runner is None:
+            spec_path = await asyncio.to_thread(materialize, version, self.blobs, self.runners_dir)
+            runner = RunnerProcess(version, spec_path, spec_path.parent / "runner.log")
+            self.runners[version.id] = runner
+        async with runner.lock:
+            if runner.failed is not None:
+                raise NotReady(runner.failed)
+            if not (runner.ready and runner.pool is not None):
+                await self._start(runner)
+            assert runner.pool is not None
+            return runner.pool
+
+    def _spawn(self, runner: RunnerProcess) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        runner.port = sock.getsockname()[1]
+        fd = sock.fileno()
+        cmd = [sys.executable, "-m", "modelmarket.cli.main", "runner", "--spec", str(runner.spec_path),
+               "--fd", str(fd)]
+        with open(runner.log_path, "ab") as log_file:
+            runner.proc = subprocess.Popen(cmd, pass_fds=(fd,), stdout=log_file, stderr=log_file,
+                                           stdin=subprocess.DEVNULL, start_new_session=True)
+        sock.close()
+
+    async def _start(self, runner: RunnerProcess) -> None:
+        name = f"{runner.version.model_name}@{runner.version.version}"
+        self._spawn(runner)
+        pool = RunnerPool("127.0.0.1", runner.port, self.pool_size, self.request_timeout_s)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            assert runner.proc is not None
+            if runner.proc.poll() is not None:
+                await pool.close()
+                raise NotReady(f"runner for {name} exited with code {runner.proc.returncode} while starting "
+                               f"(see {runner.log_path})")
+            try:
+                response = await pool.request("GET", "/v2/health/ready")
+                if response.status == 200:
+                    runner.pool, runner.ready = pool, True
+                    log.info("runner %s ready on port %d", name, runner.port)
+                    return
+            except NotReady:
+                pass
+            await asyncio.sleep(0.05)
+        await pool.close()
+        self._kill(runner)
+        raise NotReady(f"runner for {name} was not ready within {self.start_timeout_s}s (see {runner.log_path})")
+
+    async def _watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            for runner in list(self.runners.values()):
+                if runner.ready and runner.proc is not None and runner.proc.poll() is not None:
+                    await self._restart(runner)
+
+    async def _restart(self, runner: RunnerProcess) -> None:
+        name = f"{runner.version.model_name}@{runner.version.version}"
+        code = runner.proc.returncode if runner.proc else None
+        runner.ready = False
+        if runner.pool is not None:
+            await runner.pool.close()
+            runner.pool = None
+        if runner.restarts >= self.max_restarts:
+            runner.failed = f"runner for {name} died {runner.restarts + 1} times; not restarting"
+            log.error(runner.failed)
+            return
+        runner.restarts += 1
+        log.warning("runner %s exited with code %s; restart %d", name, code, runner.restarts)
+        await asyncio.sleep(min(0.2 * 2**runner.restarts, 5.0))
+        async with runner.lock:
+            try:
+                await self._start(runner)
+            except NotReady as exc:
+                log.error("restart of %s failed: %s", name, exc)
+
+    def _kill(self, runner: RunnerProcess, timeout_s: float = 5.0) -> None:
+        proc = runner.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for runner in self.runners.values():
+            runner.ready = False
+            if runner.pool is not None:
+                await runner.pool.close()
+            self._kill(runner)

@@ -1,0 +1,77 @@
+"""One settings model. Every field is read from the environment with the prefix ``MODELMARKET_``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELMARKET_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".modelmarket"),
+        description="State directory: the SQLite database, the blob store and the event log live here.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the store. Default: SQLite (WAL) at HOME/modelmarket.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:port/db.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the gateway binds to.")
+    port: int = Field(default=8000, description="Port the gateway binds to (0 picks a free one).")
+    gateway_id: str = Field(
+        default="gateway-1", description="This gateway instance's name; the `source` of its usage events."
+    )
+    event_log_sync: str = Field(
+        default="normal",
+        description="SQLite synchronous mode of the embedded event log: 'full' fsyncs every group commit, "
+        "'normal' (default) survives a process crash and fsyncs at WAL checkpoints.",
+    )
+    event_batch_max: int = Field(default=512, description="Most usage events written in one group commit.")
+    event_queue_max: int = Field(
+        default=10_000, description="Bound on usage events waiting for their group commit."
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, description="Largest inference request body the gateway accepts."
+    )
+    runner_start_timeout_s: float = Field(
+        default=60.0, description="How long the supervisor waits for a runner to become ready."
+    )
+    runner_request_timeout_s: float = Field(
+        default=60.0, description="How long the gateway waits for a runner's answer to one request."
+    )
+    runner_pool_size: int = Field(
+        default=64, description="Most pooled connections the gateway keeps open to one runner."
+    )
+    runner_max_restarts: int = Field(
+        default=5, description="Restarts the supervisor attempts for a dying runner before giving up."
+    )
+    cache_refresh_s: float = Field(
+        default=2.0, description="How often the gateway reloads its key and registry caches from the store."
+    )
+    metering_poll_s: float = Field(
+        default=0.1, description="How often the metering consumer reads new usage events from the log."
+    )
+    provider_share: Decimal = Field(
+        default=Decimal("0.80"), description="Provider's share of billed revenue (the platform keeps the rest)."
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'modelmarket.db').resolve()}"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def event_log_path(self) -> Path:
+        return self.home / "events.db"
+
+    @property
+    def runners_dir(self) -> Path:
+        return self.home / "runners"
