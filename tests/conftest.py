@@ -97,7 +97,8 @@ def pg_server() -> Iterator[PostgresServer]:
     if bindir is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found; `make test` installs Debian postgresql")
     prefix = _as_pg_user()
-    base = Path(tempfile.mkdtemp(prefix="mm-pg-"))
+    # as root the postgres user must reach the dir, so it goes under /tmp rather than a private TMPDIR
+    base = Path(tempfile.mkdtemp(prefix="mm-pg-", dir="/tmp" if prefix else None))
     data, sockets, log = base / "data", base / "sock", base / "server.log"
     sockets.mkdir()
     if prefix:
@@ -113,7 +114,11 @@ def pg_server() -> Iterator[PostgresServer]:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         start = [*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", str(PG_START_TIMEOUT_S), "start"]
-        _run(start, timeout_s=PG_START_TIMEOUT_S + 10)
+        try:
+            _run(start, timeout_s=PG_START_TIMEOUT_S + 10)
+        except RuntimeError as exc:
+            server_log = log.read_text(errors="replace")[-4000:] if log.exists() else "(no server log)"
+            raise RuntimeError(f"{exc}\nserver log:\n{server_log}") from None
         _wait_ready(server, PG_START_TIMEOUT_S)
         yield server
     finally:

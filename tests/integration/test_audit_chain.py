@@ -7,13 +7,14 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import delete, select, text, update
 
 from modelmarket.adapters.store import Store
 from modelmarket.adapters.store.schema import audit_log
-from modelmarket.audit import GENESIS_HASH, append, head, list_records, verify
+from modelmarket.audit import GENESIS_HASH, VerifyResult, append, head, list_records, record_hash, verify
 from modelmarket.core.errors import InvalidInput
 
 T0 = datetime(2026, 1, 31, 23, 59, 59, 123456, tzinfo=UTC)
@@ -32,7 +33,7 @@ def _append_n(store: Store, n: int) -> None:
             )
 
 
-def _verify(store: Store, batch_rows: int = 1000):  # type: ignore[no-untyped-def]
+def _verify(store: Store, batch_rows: int = 1000) -> VerifyResult:
     with store.read() as conn:
         return verify(conn, batch_rows=batch_rows)
 
@@ -47,7 +48,7 @@ def test_append_builds_a_chain_that_verifies(store: Store) -> None:
         records = list_records(conn, limit=100)
     assert [r.seq for r in records] == list(range(1, 8))
     assert records[0].prev_hash == GENESIS_HASH
-    assert all(later.prev_hash == earlier.hash for earlier, later in zip(records, records[1:], strict=False))
+    assert all(later.prev_hash == earlier.hash for earlier, later in pairwise(records))
 
 
 def test_hash_is_sha256_of_canonical_json(store: Store) -> None:
@@ -74,7 +75,9 @@ def test_hash_is_sha256_of_canonical_json(store: Store) -> None:
 
 def test_decimals_in_payload_are_stored_as_strings(store: Store) -> None:
     with store.write() as conn:
-        record = append(conn, actor="a", action="price.set", subject="m", payload={"p": Decimal("0.10")}, now=T0)
+        record = append(
+            conn, actor="a", action="price.set", subject="m", payload={"p": Decimal("0.10")}, now=T0
+        )
     assert record.payload == {"p": "0.10"}
     with store.read() as conn:
         assert list_records(conn, limit=1)[0].payload == {"p": "0.10"}
@@ -87,8 +90,8 @@ def test_append_rolls_back_with_the_callers_transaction(store: Store) -> None:
         raise RuntimeError("the state change failed")
 
     with store.read() as conn:
-        assert head(conn) is not None
-        assert head(conn).seq == 2  # type: ignore[union-attr]
+        last = head(conn)
+    assert last is not None and last.seq == 2
     assert _verify(store).records == 2
 
 
@@ -185,8 +188,6 @@ def test_rehashed_edit_is_caught_at_the_next_record(store: Store) -> None:
     with store.read() as conn:
         original = list_records(conn, limit=10)[1]
     forged_payload = {**original.payload, "index": 42}
-    from modelmarket.audit import record_hash
-
     forged_hash = record_hash(
         seq=2,
         occurred_at=original.occurred_at,
@@ -219,7 +220,9 @@ def test_concurrent_appends_from_two_threads_form_one_chain(store: Store) -> Non
             barrier.wait(timeout=10)
             for i in range(per_thread):
                 with store.write() as conn:
-                    append(conn, actor=name, action="usage.note", subject=f"{name}:{i}", payload={"i": i}, now=T0)
+                    append(
+                        conn, actor=name, action="usage.note", subject=f"{name}:{i}", payload={"i": i}, now=T0
+                    )
                     if store.dialect == "postgresql":
                         conn.execute(text("SELECT pg_sleep(0.001)"))  # widen the race window
         except BaseException as exc:

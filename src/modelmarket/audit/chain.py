@@ -69,8 +69,9 @@ def append(
 
     On PostgreSQL the table is locked (SHARE ROW EXCLUSIVE, which readers pass) until the transaction ends, so
     concurrent appenders take turns; on SQLite the store's write transaction (BEGIN IMMEDIATE) already does.
-    The transaction must be READ COMMITTED (the default) or this must be its first statement. ``payload``
-    holds JSON values and Decimals, and never secrets.
+    The lock is held until commit, so call this as the last step of the transaction; the transaction must be
+    READ COMMITTED (the default) or this must be its first statement. ``payload`` holds JSON values and
+    Decimals, and never secrets.
     """
     _check_lengths(actor=actor, action=action, subject=subject)
     if conn.dialect.name == "postgresql":

@@ -137,6 +137,10 @@ class Statement:
         for line in self.lines:
             ensure(line.events > 0, f"statement line {line.model_name} has no usage events")
             ensure(
+                line.gross == quantize_minor(line.gross_precise, self.currency),
+                f"statement line {line.model_name} is not its precise gross rounded once",
+            )
+            ensure(
                 line.provider_amount + line.platform_fee == line.gross,
                 f"statement line {line.model_name}: share + fee != gross",
             )

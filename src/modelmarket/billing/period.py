@@ -9,7 +9,7 @@ from datetime import date
 
 from modelmarket.core.errors import InvalidInput, ensure
 
-_PERIOD_RE = re.compile(r"(\d{4})-(\d{2})")
+_PERIOD_RE = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from modelmarket.billing import invoices as billing
+from modelmarket import billing
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.metering.consumer import catch_up
 from modelmarket.metering.usage import usage_summary

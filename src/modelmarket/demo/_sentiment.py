@@ -6,10 +6,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelmarket.demo._files import copy_tree, decimal4, manifest, spec_for, tensor, write_manifest
+from modelmarket.demo._files import (
+    copy_tree,
+    decimal4,
+    manifest,
+    spec_for,
+    tensor,
+    write_json,
+    write_manifest,
+)
 from modelmarket.runtime.base import ModelSpec, bytes_tensor
 
 LEXICONS = ("vader_lexicon.txt", "emoji_utf8_lexicon.txt")
+EXAMPLES = ("I love this marketplace, it is wonderful!", "The service was slow and awful.")
 
 # A small hand-written sanity set: it checks that the packaged lexicons load and score; it is not a benchmark.
 SANITY_SET: tuple[tuple[str, str], ...] = (
@@ -41,7 +50,8 @@ def sanity_accuracy(spec: ModelSpec) -> float:
     return sum(g == want for g, want in zip(got, expected, strict=True)) / len(expected)
 
 
-def build_sentiment(package_dir: Path, progress: Callable[[str], None]) -> Path:
+def build_sentiment(package_dir: Path, examples_dir: Path, progress: Callable[[str], None]) -> Path:
+    """Write the package and ``examples/sentiment.json``."""
     import vaderSentiment
 
     progress("sentiment: packaging the VADER lexicons")
@@ -65,6 +75,8 @@ def build_sentiment(package_dir: Path, progress: Callable[[str], None]) -> Path:
     progress(f"sentiment: sanity-set accuracy {accuracy:.4f}")
     doc["card"] = _card(accuracy)
     write_manifest(package_dir, doc)
+    texts = {"name": "text", "datatype": "BYTES", "shape": [len(EXAMPLES)], "data": list(EXAMPLES)}
+    write_json(examples_dir / "sentiment.json", {"id": "sentiment-example", "inputs": [texts]})
     return package_dir
 
 

@@ -9,7 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelmarket.demo._files import copy_tree, decimal4, manifest, spec_for, tensor, write_manifest
+from modelmarket.demo._files import (
+    copy_tree,
+    decimal4,
+    manifest,
+    spec_for,
+    tensor,
+    write_bytes,
+    write_manifest,
+)
 from modelmarket.runtime.base import ModelSpec, bytes_tensor
 from modelmarket.runtime.wav import wav_duration_s
 
@@ -20,14 +28,20 @@ ESPEAK_TIMEOUT_S = 60.0
 ARTIFACTS = ("en-us", "en-us.lm.bin", "cmudict-en-us.dict")
 
 
-def speak(text: str) -> bytes:
-    """A WAV file of ``text`` spoken by the system's espeak-ng."""
+def require_espeak() -> str:
+    """Path of the espeak-ng executable; ``RuntimeError`` naming it when it is not installed."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         raise RuntimeError(
             "espeak-ng is not installed; it is needed to speak examples/hello.wav "
             "(install the Debian package espeak-ng)"
         )
+    return espeak
+
+
+def speak(text: str) -> bytes:
+    """A WAV file of ``text`` spoken by the system's espeak-ng."""
+    espeak = require_espeak()
     with tempfile.TemporaryDirectory(prefix="modelmarket-espeak-") as tmp:
         wav_path = Path(tmp) / "speech.wav"
         subprocess.run(
@@ -61,9 +75,13 @@ def transcribe(spec: ModelSpec, wav: bytes) -> str:
     return bytes(text[0]).decode("utf-8")
 
 
-def build_speech(package_dir: Path, hello_wav: Path, progress: Callable[[str], None]) -> Path:
+def build_speech(package_dir: Path, examples_dir: Path, progress: Callable[[str], None]) -> Path:
+    """Write the package and ``examples/hello.wav``; raise ``RuntimeError`` when espeak-ng is missing."""
     import pocketsphinx
 
+    progress("speech-to-text: speaking examples/hello.wav with espeak-ng")
+    wav = speak(HELLO_TEXT)
+    write_bytes(examples_dir / "hello.wav", wav)
     progress("speech-to-text: packaging the pocketsphinx en-us model")
     source = Path(pocketsphinx.__file__).parent / "model" / "en-us"
     for name in ARTIFACTS:
@@ -81,7 +99,6 @@ def build_speech(package_dir: Path, hello_wav: Path, progress: Callable[[str], N
         unit="audio_minute",
         price_per_iu="0.0060",
     )
-    wav = hello_wav.read_bytes()
     transcript = transcribe(spec_for(package_dir, doc), wav)
     wer = word_error_rate(HELLO_TEXT, transcript)
     progress(f"speech-to-text: examples/hello.wav -> {transcript!r} (word error rate {wer:.4f})")

@@ -11,6 +11,7 @@ import orjson
 
 from modelmarket.accounts import Account
 from modelmarket.core.errors import InvalidInput, NotFound
+from modelmarket.metering.consumer import catch_up
 from modelmarket.metering.usage import usage_summary
 from modelmarket.runtime.asgi import Scope
 
@@ -64,6 +65,12 @@ async def handle(gw: GatewayApp, scope: Scope, path: str, account: Account | Non
         since, until = _day(params, "since"), _day(params, "until")
 
         def read() -> dict[str, Any]:
+            # Read-your-writes: apply events already in the log, so a call answered a moment ago is counted.
+            event_log = gw.platform.open_event_log()
+            try:
+                catch_up(gw.platform.store, event_log)
+            finally:
+                event_log.close()
             with gw.platform.store.read() as conn:
                 return usage_summary(conn, account.id, since, until).to_json()
 

@@ -153,7 +153,8 @@ class GatewayApp:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("malformed Authorization header: expected 'Bearer <key>'")
         account = self.state.keys.authenticate(token.strip())
-        if account is None and await self.state.reload_on_miss():
+        if account is None:
+            await self.state.reload_after_miss(time.monotonic())
             account = self.state.keys.authenticate(token.strip())
         if account is None:
             raise Unauthenticated("invalid API key")
@@ -163,8 +164,7 @@ class GatewayApp:
         try:
             return self.state.catalogue.resolve(name, ref)
         except NotFound:
-            if not await self.state.reload_on_miss():
-                raise
+            await self.state.reload_after_miss(time.monotonic())
             return self.state.catalogue.resolve(name, ref)
 
     async def _model_route(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:

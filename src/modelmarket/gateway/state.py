@@ -1,8 +1,9 @@
 """The gateway's in-memory view of keys and the catalogue, refreshed in the background.
 
 Requests authenticate and route against these snapshots: no database round trip on the hot path. A miss (an
-unknown key or model) triggers at most one reload per ``min_reload_s``, so a key or model created a moment ago
-works at once while a flood of bad keys cannot hammer the store.
+unknown key or model) waits for a reload that began after the miss: concurrent misses share one reload, and
+reloads start at most once per ``min_reload_s``, so a key or model created a moment ago works at once while a
+flood of bad keys cannot hammer the store (it is throttled instead).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class GatewayState:
         self.min_reload_s = min_reload_s
         self.keys = KeyIndex(by_hash={})
         self.catalogue = Catalogue(models={})
-        self._loaded_at = 0.0
+        self._reload_started = -1e9
         self._reload_lock = asyncio.Lock()
+        self._miss_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def _load(self) -> tuple[KeyIndex, Catalogue]:
@@ -35,15 +37,18 @@ class GatewayState:
 
     async def reload(self) -> None:
         async with self._reload_lock:
+            self._reload_started = time.monotonic()
             self.keys, self.catalogue = await asyncio.to_thread(self._load)
-            self._loaded_at = time.monotonic()
 
-    async def reload_on_miss(self) -> bool:
-        """Reload if the snapshot is older than ``min_reload_s``. Returns whether it reloaded."""
-        if time.monotonic() - self._loaded_at < self.min_reload_s:
-            return False
-        await self.reload()
-        return True
+    async def reload_after_miss(self, missed_at: float) -> None:
+        """Return once the snapshot reflects a reload that began after ``missed_at`` (time.monotonic())."""
+        async with self._miss_lock:
+            if self._reload_started > missed_at:
+                return
+            wait_s = self._reload_started + self.min_reload_s - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            await self.reload()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever())

@@ -1,0 +1,109 @@
+"""End-to-end fixtures: the real CLI in subprocesses and a real gateway (with its runners) on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+MM = [sys.executable, "-m", "modelmarket.cli.main"]
+
+
+@dataclass
+class Cli:
+    home: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
+        env["MODELMARKET_HOME"] = str(self.home)
+        return env
+
+    def run(self, *args: str, check: bool = True, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*MM, *args], env=self.env, capture_output=True, text=True, timeout=timeout_s)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"modelmarket {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def new_consumer(self, name: str) -> str:
+        """Create a consumer account and return a fresh API key for it."""
+        self.run("accounts", "create", name, "--role", "consumer")
+        return str(self.json("keys", "create", name)["key"])
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[str]
+    cli: Cli
+
+    @property
+    def hostport(self) -> str:
+        return self.url.removeprefix("http://")
+
+
+@pytest.fixture(scope="session")
+def demo_cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """A MODELMARKET_HOME with the demo catalogue built and published through the CLI."""
+    cli = Cli(tmp_path_factory.mktemp("mmhome"))
+    cli.run("demo", "--build-only", timeout_s=300)
+    return cli
+
+
+def start_gateway(cli: Cli, timeout_s: float = 90) -> Gateway:
+    log_path = cli.home / "gateway.log"
+    with open(log_path, "a") as log_file:
+        proc = subprocess.Popen([*MM, "serve", "--port", "0"], env=cli.env, stdout=subprocess.PIPE,
+                                stderr=log_file, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    url = None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            err = log_path.read_text()
+            raise AssertionError(f"gateway exited before it was ready:\n{err}")
+        match = re.match(r"URL: (http://\S+)", line)
+        if match:
+            url = match.group(1)
+            break
+    assert url, "gateway printed no URL line"
+    # Runners start in the background; wait until every demo model answers ready.
+    for model in ("digits", "sentiment", "speech-to-text"):
+        while time.monotonic() < deadline:
+            if httpx.get(f"{url}/v2/models/{model}/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"model {model} not ready within {timeout_s}s")
+    return Gateway(url=url, proc=proc, cli=cli)
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.proc.send_signal(signal.SIGINT)
+    try:
+        gateway.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        gateway.proc.kill()
+        gateway.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def gateway(demo_cli: Cli) -> Iterator[Gateway]:
+    gw = start_gateway(demo_cli)
+    yield gw
+    stop_gateway(gw)
