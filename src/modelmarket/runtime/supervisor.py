@@ -139,6 +139,7 @@ class Supervisor:
 
     async def _start(self, runner: RunnerProcess) -> None:
         name = f"{runner.version.model_name}@{runner.version.version}"
+        self._kill(runner)  # never two processes for one version
         self._spawn(runner)
         pool = RunnerPool("127.0.0.1", runner.port, self.pool_size, self.request_timeout_s)
         deadline = time.monotonic() + self.start_timeout_s
@@ -181,8 +182,10 @@ class Supervisor:
             return
         runner.restarts += 1
         log.warning("runner %s exited with code %s; restart %d", name, code, runner.restarts)
-        await asyncio.sleep(min(0.2 * 2**runner.restarts, 5.0))
         async with runner.lock:
+            if runner.ready:  # a request already started a new one
+                return
+            await asyncio.sleep(min(0.1 * 2**runner.restarts, 5.0))
             try:
                 await self._start(runner)
             except NotReady as exc:

@@ -1,0 +1,100 @@
+"""The supervisor restarts a runner that dies; `modelmarket demo` prints what a new user needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.conftest import MM, Cli, Gateway
+
+
+def _runner_pids(gateway_pid: int, model: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid != gateway_pid or b"runner" not in cmdline or b"--spec" not in cmdline:
+            continue
+        spec = json.loads(Path(cmdline[cmdline.index(b"--spec") + 1].decode()).read_text())
+        if spec["name"] == model:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_dead_runner_is_restarted_and_failed_calls_are_not_metered(gateway: Gateway) -> None:
+    key = gateway.cli.new_consumer("survivor")
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    [pid] = _runner_pids(gateway.proc.pid, "digits")
+    os.kill(pid, signal.SIGKILL)
+    ok = 0
+    failed_statuses = set()
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=gateway.url, headers=auth) as http:
+        while time.monotonic() < deadline and ok < 5:
+            r = http.post("/v2/models/digits/infer", json=body)
+            if r.status_code == 200:
+                ok += 1
+            else:
+                failed_statuses.add(r.status_code)
+                assert "error" in r.json()
+                time.sleep(0.05)
+        assert ok == 5, f"digits never came back; saw {failed_statuses}"
+        assert http.get("/v2/models/digits/ready").status_code == 200
+        usage = http.get("/api/usage").json()
+    assert failed_statuses <= {503}
+    [new_pid] = _runner_pids(gateway.proc.pid, "digits")
+    assert new_pid != pid
+    assert usage["total_events"] == ok  # calls that failed while the runner was down were not metered
+
+
+def test_demo_prints_url_key_and_working_examples(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    proc = subprocess.Popen([*MM, "demo", "--port", "0"], env=cli.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(line.startswith("Press Ctrl+C") for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"demo exited early; printed {lines}"
+            lines.append(line.rstrip("\n"))
+        url = next(re.match(r"URL: (\S+)", x).group(1) for x in lines if x.startswith("URL: "))  # type: ignore[union-attr]
+        key = next(x.removeprefix("API key: ") for x in lines if x.startswith("API key: "))
+        examples = [x.strip() for x in lines if x.strip().startswith("curl ")]
+        assert url.startswith("http://127.0.0.1:") and key.startswith("mm_") and len(examples) == 3
+        # Run the first example the way a user would paste it (minus curl): same URL, key and body file.
+        args = shlex.split(examples[0])
+        body_file = Path(args[args.index("-d") + 1].lstrip("@"))
+        target = args[-1]
+        deadline = time.monotonic() + 60
+        while True:
+            r = httpx.post(target, content=body_file.read_bytes(), headers={"Authorization": f"Bearer {key}"})
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_name"] == "digits"
+        usage = httpx.get(f"{url}/api/usage", headers={"Authorization": f"Bearer {key}"}).json()
+        assert usage["total_events"] == 1 and usage["account"] == "demo-consumer"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,214 @@
+"""Inference Unit counting per unit kind, and the CloudEvents usage event that carries it to billing."""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from modelmarket.core.errors import InvalidInput
+from modelmarket.metering.events import EVENT_TYPE, UsageEvent
+from modelmarket.metering.units import count_iu, count_tokens
+from modelmarket.runtime.base import Tensor, bytes_tensor
+
+
+def make_wav(seconds: float, rate_hz: int = 16_000, channels: int = 1, width_bytes: int = 2) -> bytes:
+    frames = round(seconds * rate_hz)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as writer:
+        writer.setnchannels(channels)
+        writer.setsampwidth(width_bytes)
+        writer.setframerate(rate_hz)
+        writer.writeframes(b"\x00" * (frames * channels * width_bytes))
+    return buf.getvalue()
+
+
+def texts(*items: str) -> Tensor:
+    return bytes_tensor("text", [s.encode("utf-8") for s in items])
+
+
+# -- request / image -------------------------------------------------------------------------------------
+
+
+def test_request_is_one_iu_whatever_the_inputs() -> None:
+    assert count_iu("request", [texts("a", "b", "c")]) == Decimal(1)
+    assert count_iu("request", []) == Decimal(1)
+
+
+@pytest.mark.parametrize(("shape", "images"), [([1, 64], 1), ([7, 64], 7), ([5, 3, 8, 8], 5), ([0, 64], 0)])
+def test_image_counts_the_batch_dimension_of_the_first_input(shape: list[int], images: int) -> None:
+    pixels = Tensor("pixels", "FP32", shape, np.zeros(shape, dtype=np.float32))
+    other = Tensor("extra", "FP32", [99, 2], np.zeros((99, 2), dtype=np.float32))
+    iu = count_iu("image", [pixels, other])
+    assert iu == Decimal(images)
+    assert isinstance(iu, Decimal)
+
+
+# -- tokens_1k -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("Hello, world!", 4),  # Hello , world !
+        ("don't stop", 4),  # don ' t stop
+        ("naïve café", 2),  # letters outside ASCII are word characters
+        ("snake_case 12.50", 4),  # snake_case 12 . 50
+        ("  \t\n ", 0),
+        ("", 0),
+        ("I ❤ NY", 3),  # a symbol is one token of its own
+        ("...", 3),
+    ],
+)
+def test_documented_tokenizer(text: str, tokens: int) -> None:
+    assert count_tokens(text) == tokens
+
+
+def test_tokens_1k_sums_every_bytes_element_of_every_bytes_input() -> None:
+    ids = Tensor("ids", "INT64", [3], np.arange(3))  # numeric inputs carry no text
+    iu = count_iu("tokens_1k", [texts("Hello, world!", "don't stop"), ids, texts("one")])
+    assert iu == Decimal("0.009")
+
+
+def test_tokens_1k_is_exact_not_rounded() -> None:
+    iu = count_iu("tokens_1k", [texts("word " * 1234 + "!")])
+    assert iu == Decimal("1.235")
+    assert str(count_iu("tokens_1k", [texts("x")])) == "0.001"
+
+
+def test_tokens_1k_refuses_text_that_is_not_utf8() -> None:
+    with pytest.raises(InvalidInput, match="input 'text': text is not valid UTF-8"):
+        count_iu("tokens_1k", [bytes_tensor("text", [b"ok", b"\xff\xfe"])])
+
+
+# -- audio_minute ----------------------------------------------------------------------------------------
+
+ONE_SIXTIETH = "0.01666666666666666666666666667"  # 1/60 at 28 significant digits
+TWO_SIXTIETHS = "0.03333333333333333333333333333"
+
+
+def audio(*clips: bytes) -> list[Tensor]:
+    return [bytes_tensor("audio", list(clips))]
+
+
+def test_one_second_is_one_sixtieth_of_a_minute() -> None:
+    assert str(count_iu("audio_minute", audio(make_wav(1.0)))) == ONE_SIXTIETH
+
+
+def test_started_seconds_are_billed_whole() -> None:
+    assert str(count_iu("audio_minute", audio(make_wav(1.2)))) == TWO_SIXTIETHS
+    assert str(count_iu("audio_minute", audio(make_wav(0.05, rate_hz=8_000)))) == ONE_SIXTIETH
+
+
+def test_a_minute_is_one_iu_and_stereo_counts_time_not_samples() -> None:
+    assert count_iu("audio_minute", audio(make_wav(60.0, rate_hz=8_000))) == Decimal(1)
+    assert str(count_iu("audio_minute", audio(make_wav(1.0, rate_hz=44_100, channels=2)))) == ONE_SIXTIETH
+
+
+def test_each_file_is_rounded_up_then_summed() -> None:
+    # 1.0 s + 1.2 s bills 1 + 2 = 3 seconds; 1.2 s + 1.2 s bills 2 + 2 = 4 (not ceil(2.4) = 3).
+    assert count_iu("audio_minute", audio(make_wav(1.0), make_wav(1.2))) == Decimal("0.05")
+    assert (
+        str(count_iu("audio_minute", audio(make_wav(1.2), make_wav(1.2))))
+        == "0.06666666666666666666666666667"
+    )
+
+
+def test_empty_wav_is_zero() -> None:
+    assert count_iu("audio_minute", audio(make_wav(0.0))) == Decimal(0)
+
+
+def test_audio_that_is_not_wav_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="not a readable PCM WAV file"):
+        count_iu("audio_minute", audio(make_wav(1.0), b"ID3\x03 this is an mp3, honest"))
+
+
+def test_unknown_unit_kind() -> None:
+    with pytest.raises(InvalidInput, match="unknown unit kind 'frames'"):
+        count_iu("frames", [texts("a")])
+
+
+# -- the usage event -------------------------------------------------------------------------------------
+
+
+def usage_event(**overrides: object) -> UsageEvent:
+    fields: dict[str, object] = {
+        "id": "req_0001",
+        "source": "gateway-7",
+        "account_id": "acc_consumer",
+        "time": datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC),
+        "model": "sentiment",
+        "version": "1.0.0",
+        "provider_account_id": "acc_provider",
+        "unit_kind": "tokens_1k",
+        "quantity_iu": count_iu("tokens_1k", [texts("Hello, world!")]),
+        "unit_price": Decimal("0.0200"),
+        "currency": "USD",
+        "latency_ms": Decimal("12.345"),
+        "route": "default",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    }
+    fields.update(overrides)
+    return UsageEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_usage_event_is_a_cloudevents_1_0_document() -> None:
+    doc = json.loads(usage_event().encode())
+    assert doc["specversion"] == "1.0"
+    assert doc["type"] == EVENT_TYPE == "modelmarket.inference.completed"
+    assert doc["id"] == "req_0001"
+    assert doc["source"] == "gateway-7"
+    assert doc["subject"] == "acc_consumer"
+    assert doc["time"] == "2024-02-29T23:59:58.123456Z"
+    assert doc["datacontenttype"] == "application/json"
+    data = doc["data"]
+    # Decimals travel as strings, never as JSON numbers (which readers parse as floats).
+    assert data["quantity_iu"] == "0.004"
+    assert data["unit_price"] == "0.0200"
+    assert data["latency_ms"] == "12.345"
+    assert (data["model"], data["version"], data["provider"]) == ("sentiment", "1.0.0", "acc_provider")
+    assert (data["unit_kind"], data["currency"], data["route"]) == ("tokens_1k", "USD", "default")
+
+
+def test_usage_event_round_trip_is_exact() -> None:
+    event = usage_event()
+    decoded = UsageEvent.decode(event.encode())
+    assert decoded == event
+    assert decoded.time.utcoffset() == timedelta(0)
+    assert isinstance(decoded.quantity_iu, Decimal)
+    assert decoded.amount == Decimal("0.00008")  # 0.004 IU x 0.0200 USD
+
+
+def test_audio_event_round_trip_keeps_all_28_digits() -> None:
+    iu = count_iu("audio_minute", audio(make_wav(1.0)))
+    event = usage_event(unit_kind="audio_minute", quantity_iu=iu, unit_price=Decimal("0.0060"))
+    decoded = UsageEvent.decode(event.encode())
+    assert str(decoded.quantity_iu) == ONE_SIXTIETH
+    assert decoded.amount == event.amount == Decimal("0.0001000000000000000000000000")
+
+
+def test_image_amount_is_iu_times_price() -> None:
+    event = usage_event(unit_kind="image", quantity_iu=Decimal(3), unit_price=Decimal("0.0010"))
+    assert UsageEvent.decode(event.encode()).amount == Decimal("0.0030")
+
+
+def test_trace_id_defaults_to_the_event_id_and_offsets_survive() -> None:
+    local = datetime(2024, 5, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
+    decoded = UsageEvent.decode(usage_event(trace_id=None, time=local).encode())
+    assert decoded.trace_id == "req_0001"
+    assert decoded.time == local
+
+
+def test_decode_refuses_other_event_types() -> None:
+    doc = json.loads(usage_event().encode())
+    doc["type"] = "com.example.other"
+    with pytest.raises(ValueError, match="not a usage event"):
+        UsageEvent.decode(json.dumps(doc).encode())
+    doc["type"], doc["specversion"] = EVENT_TYPE, "0.3"
+    with pytest.raises(ValueError, match="not a usage event"):
+        UsageEvent.decode(json.dumps(doc).encode())
