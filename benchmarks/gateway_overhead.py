@@ -30,7 +30,9 @@ from modelmarket.runtime.pool import RunnerPool
 MM = [sys.executable, "-m", "modelmarket.cli.main"]
 
 
-def _start(cmd: list[str], env: dict[str, str], pattern: str, timeout_s: float = 120) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    cmd: list[str], env: dict[str, str], pattern: str, timeout_s: float = 120
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
@@ -57,7 +59,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _sequential(pool: RunnerPool, path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> list[float]:
+async def _sequential(
+    pool: RunnerPool, path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int
+) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -68,8 +72,14 @@ async def _sequential(pool: RunnerPool, path: str, body: bytes, headers: list[tu
     return out
 
 
-async def _throughput(pool: RunnerPool, path: str, body: bytes, headers: list[tuple[bytes, bytes]],
-                      concurrency: int, seconds: float) -> float:
+async def _throughput(
+    pool: RunnerPool,
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    concurrency: int,
+    seconds: float,
+) -> float:
     stop_at = time.perf_counter() + seconds
     done = 0
 
@@ -100,8 +110,10 @@ async def _measure(gw_port: int, rn_port: int, key: str, body: bytes, n: int, se
         direct += await _sequential(rn, path, body, rn_h, n // 10)
         through += await _sequential(gw, path, body, gw_h, n // 10)
     res = {
-        "direct_p50_ms": statistics.median(direct), "direct_p99_ms": _pct(direct, 0.99),
-        "gateway_p50_ms": statistics.median(through), "gateway_p99_ms": _pct(through, 0.99),
+        "direct_p50_ms": statistics.median(direct),
+        "direct_p99_ms": _pct(direct, 0.99),
+        "gateway_p50_ms": statistics.median(through),
+        "gateway_p99_ms": _pct(through, 0.99),
     }
     for c in (1, 32):
         res[f"direct_rps_c{c}"] = await _throughput(rn, path, body, rn_h, c, seconds)
@@ -120,8 +132,9 @@ def main() -> None:
         env = {**os.environ, "MODELMARKET_HOME": home}
         print("building the demo catalogue ...", flush=True)
         subprocess.run([*MM, "demo", "--build-only"], env=env, check=True, stderr=subprocess.DEVNULL)
-        key = subprocess.run([*MM, "keys", "create", "demo-consumer"], env=env, check=True, capture_output=True,
-                             text=True).stdout.strip()
+        key = subprocess.run(
+            [*MM, "keys", "create", "demo-consumer"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
         body = (Path(home) / "demo" / "examples" / "digit.json").read_bytes()
         gateway, gw_url = _start([*MM, "serve", "--port", "0"], env, r"URL: http://127\.0\.0\.1:(\d+)")
         runner, rn_url = _start([*MM, "runner", "digits", "--port", "0"], env, r"listening on http://[\d.]+:(\d+)")
@@ -138,8 +151,10 @@ def main() -> None:
     print(f"  gateway overhead: median {over50:.3f} ms (target <= 1), p99 {over99:.3f} ms (target <= 5)")
     for c in (1, 32):
         d, g = res[f"direct_rps_c{c}"], res[f"gateway_rps_c{c}"]
-        print(f"throughput at concurrency {c:>2}: direct {d:8.0f} req/s  gateway {g:8.0f} req/s  "
-              f"ratio {g / d:.2f}" + ("  (target >= 0.7)" if c == 32 else ""))
+        print(
+            f"throughput at concurrency {c:>2}: direct {d:8.0f} req/s  gateway {g:8.0f} req/s  "
+            f"ratio {g / d:.2f}" + ("  (target >= 0.7)" if c == 32 else "")
+        )
     print(json.dumps({k: round(v, 4) for k, v in res.items()}))
 
 

@@ -32,9 +32,7 @@ class Settings(BaseSettings):
         "'normal' (default) survives a process crash and fsyncs at WAL checkpoints.",
     )
     event_batch_max: int = Field(default=512, description="Most usage events written in one group commit.")
-    event_queue_max: int = Field(
-        default=10_000, description="Bound on usage events waiting for their group commit."
-    )
+    event_queue_max: int = Field(default=10_000, description="Bound on usage events waiting for their group commit.")
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, description="Largest inference request body the gateway accepts."
     )
@@ -57,7 +55,8 @@ class Settings(BaseSettings):
         default=0.1, description="How often the metering consumer reads new usage events from the log."
     )
     provider_share: Decimal = Field(
-        default=Decimal("0.80"), description="Provider's share of billed revenue (the platform keeps the rest)."
+        default=Decimal("0.80"),
+        description="Provider's share of billed revenue (the platform keeps the rest).",
     )
 
     @property

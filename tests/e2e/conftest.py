@@ -67,8 +67,9 @@ def demo_cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
 def start_gateway(cli: Cli, timeout_s: float = 90) -> Gateway:
     log_path = cli.home / "gateway.log"
     with open(log_path, "a") as log_file:
-        proc = subprocess.Popen([*MM, "serve", "--port", "0"], env=cli.env, stdout=subprocess.PIPE,
-                                stderr=log_file, text=True)
+        proc = subprocess.Popen(
+            [*MM, "serve", "--port", "0"], env=cli.env, stdout=subprocess.PIPE, stderr=log_file, text=True
+        )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
     url = None

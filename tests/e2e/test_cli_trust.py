@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.e2e.conftest import Cli
 
 from modelmarket.demo.build import build_packages
-from tests.e2e.conftest import Cli
 
 
 @pytest.fixture()
@@ -119,9 +119,7 @@ def test_bad_package_is_refused_naming_the_field_and_nothing_is_written(
     assert sorted(p.name for p in (cli.home / "blobs").rglob("*") if p.is_file()) == blobs_before
 
 
-def test_republishing_a_version_with_different_bytes_is_refused(
-    fresh_cli: Cli, built: Path, tmp_path: Path
-) -> None:
+def test_republishing_a_version_with_different_bytes_is_refused(fresh_cli: Cli, built: Path, tmp_path: Path) -> None:
     cli = fresh_cli
     package = _package(cli, built, tmp_path, lambda m, d: None)
     assert cli.run("publish", str(package)).stdout.startswith("published: digits-fork 1.0.0")
@@ -135,11 +133,26 @@ def test_republishing_a_version_with_different_bytes_is_refused(
 
 def test_every_command_has_help(fresh_cli: Cli) -> None:
     top = fresh_cli.run("--help").stdout
-    for command in ("publish", "models", "accounts", "keys", "usage", "invoice", "statement", "audit", "serve",
-                    "demo", "runner"):
+    for command in (
+        "publish",
+        "models",
+        "accounts",
+        "keys",
+        "usage",
+        "invoice",
+        "statement",
+        "audit",
+        "serve",
+        "demo",
+        "runner",
+    ):
         assert command in top
         assert fresh_cli.run(command, "--help").returncode == 0
-    for group, subs in {"models": ("list", "show", "versions", "alias"), "accounts": ("create", "list"),
-                        "keys": ("create",), "audit": ("verify", "list")}.items():
+    for group, subs in {
+        "models": ("list", "show", "versions", "alias"),
+        "accounts": ("create", "list"),
+        "keys": ("create",),
+        "audit": ("verify", "list"),
+    }.items():
         for sub in subs:
             assert "Usage:" in fresh_cli.run(group, sub, "--help").stdout

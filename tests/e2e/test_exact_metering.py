@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import httpx
-
 from tests.e2e.conftest import Gateway
 
 
@@ -28,23 +27,49 @@ def test_only_successful_calls_are_metered_and_billed(gateway: Gateway) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     failures = [
         # (description, path, body, headers, expected status, words the error must contain)
-        ("bad shape", "/v2/models/digits/infer",
-         {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 63], "data": row[:63]}]}, auth, 400,
-         "shape"),
-        ("wrong datatype", "/v2/models/digits/infer",
-         {"inputs": [{"name": "pixels", "datatype": "INT64", "shape": [1, 64], "data": [1] * 64}]}, auth, 400,
-         "datatype"),
-        ("data/shape mismatch", "/v2/models/digits/infer",
-         {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [2, 64], "data": row}]}, auth, 400,
-         "elements"),
-        ("unknown input", "/v2/models/digits/infer",
-         {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 64], "data": row}]}, auth, 400,
-         "no input named"),
+        (
+            "bad shape",
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 63], "data": row[:63]}]},
+            auth,
+            400,
+            "shape",
+        ),
+        (
+            "wrong datatype",
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "pixels", "datatype": "INT64", "shape": [1, 64], "data": [1] * 64}]},
+            auth,
+            400,
+            "datatype",
+        ),
+        (
+            "data/shape mismatch",
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [2, 64], "data": row}]},
+            auth,
+            400,
+            "elements",
+        ),
+        (
+            "unknown input",
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 64], "data": row}]},
+            auth,
+            400,
+            "no input named",
+        ),
         ("unknown model", "/v2/models/nope/infer", good, auth, 404, "not published"),
         ("unknown version", "/v2/models/digits/versions/9.9.9/infer", good, auth, 404, "9.9.9"),
         ("missing key", "/v2/models/digits/infer", good, {}, 401, "missing API key"),
-        ("invalid key", "/v2/models/digits/infer", good, {"Authorization": "Bearer mm_not-a-real-key"}, 401,
-         "invalid API key"),
+        (
+            "invalid key",
+            "/v2/models/digits/infer",
+            good,
+            {"Authorization": "Bearer mm_not-a-real-key"},
+            401,
+            "invalid API key",
+        ),
         ("malformed header", "/v2/models/digits/infer", good, {"Authorization": key}, 401, "Bearer"),
     ]
     n_ok = 23

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from tests.e2e.conftest import MM, Cli, Gateway
 
 
@@ -64,8 +63,13 @@ def test_dead_runner_is_restarted_and_failed_calls_are_not_metered(gateway: Gate
 
 def test_demo_prints_url_key_and_working_examples(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "home")
-    proc = subprocess.Popen([*MM, "demo", "--port", "0"], env=cli.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*MM, "demo", "--port", "0"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines: list[str] = []

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from tests.e2e.conftest import Gateway
 from tritonclient.utils import InferenceServerException
 
 from modelmarket.demo.build import digits_split
 from modelmarket.metering.units import count_tokens
-from tests.e2e.conftest import Gateway
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from tests.e2e.conftest import Gateway
 
 
@@ -29,8 +28,13 @@ def _repackage(src: Path, dest: Path, **changes: object) -> Path:
 def test_publish_call_meter_invoice(gateway: Gateway, tmp_path: Path) -> None:
     cli = gateway.cli
     cli.run("accounts", "create", "acme", "--role", "provider")
-    package = _repackage(cli.home / "demo" / "digits", tmp_path / "acme-digits", name="acme-digits",
-                         provider="acme", price="0.0125")
+    package = _repackage(
+        cli.home / "demo" / "digits",
+        tmp_path / "acme-digits",
+        name="acme-digits",
+        provider="acme",
+        price="0.0125",
+    )
     out = cli.run("publish", str(package)).stdout
     assert out.startswith("published: acme-digits 1.0.0")
     again = cli.run("publish", str(package)).stdout

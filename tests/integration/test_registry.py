@@ -63,13 +63,13 @@ def count_rows(store: Store, table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def artifact_rows(store: Store) -> list[tuple[str, str, str, int]]:
+def artifact_rows(store: Store) -> list[tuple[Any, ...]]:
     a = t.artifacts.c
     with store.read() as conn:
         rows = conn.execute(
             select(a.version_id, a.path, a.sha256, a.size_bytes).order_by(a.version_id, a.path)
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
 
 def audit_records(store: Store) -> list[audit.AuditRecord]:
@@ -357,9 +357,10 @@ def test_blobs_are_read_only_files_named_by_their_sha256(platform: Platform, dem
 
 @pytest.mark.xfail(
     strict=True,
-    reason="registry/service.py:176-178 (_record) checks for the models row, then inserts it; on PostgreSQL "
+    reason="registry/service.py RegistryService._record checks for the models row, then inserts it; on PostgreSQL "
     "(READ COMMITTED) two concurrent first publishes of a new model both see no row and the second fails "
     "with a raw sqlalchemy IntegrityError (models_pkey) instead of publishing its version",
+    raises=AssertionError,
 )
 def test_concurrent_first_publishes_of_a_new_model(store: Store, demo_dir: Path, tmp_path: Path) -> None:
     if store.dialect != "postgresql":

@@ -424,8 +424,8 @@ def test_header_length_cutting_the_json_short() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="oip.py:50-52 InferRequest.binary_output calls out.get() on every requested output without "
-    "decode_request (oip.py:195-196) checking that 'outputs' holds objects: outputs: [\"y\"] raises "
+    reason="runtime/oip.py InferRequest.binary_output calls out.get() on every requested output and "
+    "decode_request only checks that 'outputs' holds objects: outputs: [\"y\"] raises "
     "AttributeError (a runner 500) instead of InvalidInput",
     raises=AttributeError,
 )
@@ -440,8 +440,8 @@ def test_requested_outputs_must_be_objects() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="oip.py:63-66 _check_shape accepts JSON booleans as dimensions (bool is an int subclass), then "
-    "data.reshape(shape) at oip.py:154 raises TypeError instead of InvalidInput",
+    reason="runtime/oip.py _check_shape accepts JSON booleans as dimensions (bool is an int subclass), "
+    "then data.reshape(shape) in _decode_input raises TypeError instead of InvalidInput",
     raises=TypeError,
 )
 def test_boolean_dimension_is_invalid_input() -> None:

@@ -65,13 +65,19 @@ class AccountService:
         if role not in ROLES:
             raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
         now = self.clock()
-        account = Account(id=new_id("acc_"), name=name, role=cast(Role, role), created_at=now.isoformat())
+        account = Account(id=new_id("acc_"), name=name, role=role, created_at=now.isoformat())
         with self.store.write() as conn:
             if conn.execute(select(t.accounts.c.id).where(t.accounts.c.name == name)).first() is not None:
                 raise AlreadyExists(f"an account named {name!r} already exists")
             conn.execute(insert(t.accounts).values(**account.to_json()))
-            audit.append(conn, actor=actor, action="account.created", subject=name,
-                         payload={"account_id": account.id, "role": role}, now=now)
+            audit.append(
+                conn,
+                actor=actor,
+                action="account.created",
+                subject=name,
+                payload={"account_id": account.id, "role": role},
+                now=now,
+            )
         return account
 
     def get(self, name: str) -> Account:
@@ -95,13 +101,25 @@ class AccountService:
         prefix = secret[:10]
         now = self.clock()
         with self.store.write() as conn:
-            conn.execute(insert(t.api_keys).values(
-                id=key_id, account_id=account.id, key_hash=hash_api_key(secret), prefix=prefix,
-                created_at=now.isoformat(), revoked_at=None,
-            ))
+            conn.execute(
+                insert(t.api_keys).values(
+                    id=key_id,
+                    account_id=account.id,
+                    key_hash=hash_api_key(secret),
+                    prefix=prefix,
+                    created_at=now.isoformat(),
+                    revoked_at=None,
+                )
+            )
             # The audit record names the key by id and prefix only: never the secret or its hash.
-            audit.append(conn, actor=actor, action="key.created", subject=account.name,
-                         payload={"key_id": key_id, "prefix": prefix}, now=now)
+            audit.append(
+                conn,
+                actor=actor,
+                action="key.created",
+                subject=account.name,
+                payload={"key_id": key_id, "prefix": prefix},
+                now=now,
+            )
         return IssuedKey(key_id=key_id, account=account, secret=secret, prefix=prefix)
 
     def key_index(self) -> KeyIndex:

@@ -76,9 +76,7 @@ def append(
     _check_lengths(actor=actor, action=action, subject=subject)
     if conn.dialect.name == "postgresql":
         conn.execute(text("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE"))
-    last = conn.execute(
-        select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-    ).first()
+    last = conn.execute(select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)).first()
     seq, prev_hash = (1, GENESIS_HASH) if last is None else (int(last.seq) + 1, str(last.hash))
     record = seal(
         seq=seq,
@@ -107,9 +105,7 @@ def verify(conn: Connection, *, batch_rows: int = VERIFY_BATCH_ROWS) -> VerifyRe
             outcome = _check_row(_RecordRow._make(row), expected_seq, prev_hash)
             if isinstance(outcome, str):
                 broken_seq = min(int(row.seq), expected_seq)
-                return VerifyResult(
-                    ok=False, records=expected_seq - 1, first_broken_seq=broken_seq, reason=outcome
-                )
+                return VerifyResult(ok=False, records=expected_seq - 1, first_broken_seq=broken_seq, reason=outcome)
             expected_seq, prev_hash = expected_seq + 1, outcome.hash
     return VerifyResult(ok=True, records=expected_seq - 1, first_broken_seq=None, reason=None)
 

@@ -159,9 +159,7 @@ def check_link(record: AuditRecord, expected_seq: int, prev_hash: str) -> str | 
             "(the record was reordered, replaced or rewritten)"
         )
     if not hash_ok:
-        return (
-            f"{record.describe()}: stored hash does not match the record's contents (the record was edited)"
-        )
+        return f"{record.describe()}: stored hash does not match the record's contents (the record was edited)"
     return (
         f"{record.describe()}: prev_hash does not match the hash of seq {expected_seq - 1} "
         "(a record before it was dropped, replaced or rehashed)"
@@ -172,9 +170,7 @@ def _gap_reason(record: AuditRecord, expected_seq: int) -> str:
     if record.seq < expected_seq:
         return f"{record.describe()} appears after seq {expected_seq - 1} (records out of order)"
     missing = (
-        f"seq {expected_seq} is"
-        if record.seq == expected_seq + 1
-        else f"seqs {expected_seq}-{record.seq - 1} are"
+        f"seq {expected_seq} is" if record.seq == expected_seq + 1 else f"seqs {expected_seq}-{record.seq - 1} are"
     )
     where = "is the first record" if expected_seq == 1 else f"follows seq {expected_seq - 1}"
     return f"{record.describe()} {where}: {missing} missing (dropped)"

@@ -70,9 +70,7 @@ class Invoice:
                 line.amount == quantize_minor(line.amount_precise, self.currency),
                 f"invoice line {line.model_name} is not its precise amount rounded once",
             )
-        ensure(
-            self.total == sum_exact(line.amount for line in self.lines), "invoice total != sum of its lines"
-        )
+        ensure(self.total == sum_exact(line.amount for line in self.lines), "invoice total != sum of its lines")
 
     @property
     def events(self) -> int:
@@ -193,9 +191,7 @@ def check_share(provider_share: Decimal) -> Decimal:
     return provider_share
 
 
-def split_gross(
-    gross_precise: Decimal, currency: str, provider_share: Decimal
-) -> tuple[Decimal, Decimal, Decimal]:
+def split_gross(gross_precise: Decimal, currency: str, provider_share: Decimal) -> tuple[Decimal, Decimal, Decimal]:
     """(gross, provider amount, platform fee): each rounded once; provider + platform == gross exactly."""
     gross = quantize_minor(gross_precise, currency)
     ctx = exact_context()

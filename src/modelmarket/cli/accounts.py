@@ -15,8 +15,13 @@ def accounts() -> None:
 
 @accounts.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(ROLES), default="consumer", show_default=True,
-              help="consumer: calls models; provider: publishes them; operator: runs the platform.")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="consumer",
+    show_default=True,
+    help="consumer: calls models; provider: publishes them; operator: runs the platform.",
+)
 @json_option
 @domain_errors
 def accounts_create(name: str, role: str, as_json: bool) -> None:

@@ -21,8 +21,14 @@ def audit_verify(as_json: bool) -> None:
     with platform().store.read() as conn:
         result = chain.verify(conn)
     if as_json:
-        echo_json({"ok": result.ok, "records": result.records, "first_broken_seq": result.first_broken_seq,
-                   "reason": result.reason})
+        echo_json(
+            {
+                "ok": result.ok,
+                "records": result.records,
+                "first_broken_seq": result.first_broken_seq,
+                "reason": result.reason,
+            }
+        )
     elif result.ok:
         click.echo(f"OK: {result.records} audit record(s), chain intact")
     else:
@@ -43,5 +49,9 @@ def audit_list(limit: int, after_seq: int, as_json: bool) -> None:
     if as_json:
         echo_json([r.to_json() for r in records])
         return
-    click.echo(table([[str(r.seq), r.occurred_at, r.actor, r.action, r.subject, r.hash[:12]] for r in records],
-                     ["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "HASH"]))
+    click.echo(
+        table(
+            [[str(r.seq), r.occurred_at, r.actor, r.action, r.subject, r.hash[:12]] for r in records],
+            ["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "HASH"],
+        )
+    )

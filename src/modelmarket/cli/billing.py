@@ -36,8 +36,9 @@ def usage(account: str, since: str | None, until: str | None, as_json: bool) -> 
     if as_json:
         echo_json({"account": acc.name, **summary.to_json()})
         return
-    rows = [[m.model, m.unit_kind, str(m.events), str(m.quantity_iu), f"{m.amount} {m.currency}"]
-            for m in summary.models]
+    rows = [
+        [m.model, m.unit_kind, str(m.events), str(m.quantity_iu), f"{m.amount} {m.currency}"] for m in summary.models
+    ]
     click.echo(f"usage of {acc.name}: {summary.total_events} event(s)")
     if rows:
         click.echo(table(rows, ["MODEL", "UNIT", "EVENTS", "IU", "AMOUNT (unrounded)"]))

@@ -27,8 +27,9 @@ def publish(package_dir: Path, as_json: bool) -> None:
         return
     verb = "published" if result.created else "already published (unchanged)"
     size = sum(a.size_bytes for a in v.artifacts)
-    click.echo(f"{verb}: {v.model_name} {v.version}  digest {v.digest[:16]}  "
-               f"{len(v.artifacts)} artifact(s), {size:,} bytes")
+    click.echo(
+        f"{verb}: {v.model_name} {v.version}  digest {v.digest[:16]}  {len(v.artifacts)} artifact(s), {size:,} bytes"
+    )
 
 
 @click.group()
@@ -50,10 +51,19 @@ def models_list(as_json: bool) -> None:
         m = latest.manifest
         price = f"{m.pricing.price_per_iu} {m.pricing.currency}/{m.pricing.unit}"
         rows.append([name, latest.version, m.task, m.runtime, price])
-        docs.append({"name": name, "latest": latest.version, "versions": sorted(entry.versions),
-                     "task": m.task, "modality": m.modality, "runtime": m.runtime,
-                     "price_per_iu": str(m.pricing.price_per_iu), "currency": m.pricing.currency,
-                     "unit": m.pricing.unit})
+        docs.append(
+            {
+                "name": name,
+                "latest": latest.version,
+                "versions": sorted(entry.versions),
+                "task": m.task,
+                "modality": m.modality,
+                "runtime": m.runtime,
+                "price_per_iu": str(m.pricing.price_per_iu),
+                "currency": m.pricing.currency,
+                "unit": m.pricing.unit,
+            }
+        )
     if as_json:
         echo_json(docs)
     elif rows:
@@ -100,11 +110,27 @@ def models_versions(name: str, as_json: bool) -> None:
         by_version.setdefault(version, []).append(alias)
     versions = entry.sorted_versions()
     if as_json:
-        echo_json([{"version": v.version, "digest": v.digest, "created_at": v.created_at,
-                    "aliases": sorted(by_version.get(v.version, []))} for v in versions])
+        echo_json(
+            [
+                {
+                    "version": v.version,
+                    "digest": v.digest,
+                    "created_at": v.created_at,
+                    "aliases": sorted(by_version.get(v.version, [])),
+                }
+                for v in versions
+            ]
+        )
         return
-    click.echo(table([[v.version, v.digest[:16], v.created_at, ",".join(sorted(by_version.get(v.version, [])))]
-                      for v in versions], ["VERSION", "DIGEST", "PUBLISHED", "ALIASES"]))
+    click.echo(
+        table(
+            [
+                [v.version, v.digest[:16], v.created_at, ",".join(sorted(by_version.get(v.version, [])))]
+                for v in versions
+            ],
+            ["VERSION", "DIGEST", "PUBLISHED", "ALIASES"],
+        )
+    )
 
 
 @models.command("alias")

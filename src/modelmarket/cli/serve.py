@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -22,8 +23,9 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.bind((host, port))
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror} "
-                                   "(set MODELMARKET_PORT or --port to another port)") from None
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror} (set MODELMARKET_PORT or --port to another port)"
+        ) from None
     sock.listen(2048)
     return sock
 
@@ -43,8 +45,15 @@ def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Call
         on_ready(url)
 
     app.startup = startup  # type: ignore[method-assign]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools",
-                            loop="uvloop", timeout_keep_alive=300)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        http="httptools",
+        loop="uvloop",
+        timeout_keep_alive=300,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -70,10 +79,8 @@ def _ensure_account(p: Platform, name: str, role: str) -> None:
     try:
         p.accounts.get(name)
     except NotFound:
-        try:
+        with contextlib.suppress(AlreadyExists):  # another process made it meanwhile
             p.accounts.create(name, role, actor="demo")
-        except AlreadyExists:
-            pass
 
 
 def build_demo_catalogue(p: Platform, progress: Callable[[str], None]) -> Path:
@@ -135,8 +142,12 @@ def demo(port: int | None, build_only: bool) -> None:
 
 @click.command()
 @click.argument("ref", required=False)
-@click.option("--spec", "spec_path", type=click.Path(exists=True, path_type=Path),
-              help="Runner spec file written by the supervisor.")
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Runner spec file written by the supervisor.",
+)
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")

@@ -48,9 +48,7 @@ def write_json(path: Path, doc: Any) -> None:
 
 
 def write_manifest(package_dir: Path, manifest: Mapping[str, Any]) -> None:
-    text = yaml.safe_dump(
-        dict(manifest), sort_keys=False, default_flow_style=None, width=110, allow_unicode=True
-    )
+    text = yaml.safe_dump(dict(manifest), sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
     write_bytes(package_dir / "modelmarket.yaml", text.encode("utf-8"))
 
 

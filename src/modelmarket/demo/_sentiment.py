@@ -102,7 +102,5 @@ def _card(accuracy: float) -> dict[str, Any]:
             f"A {len(SANITY_SET)}-sentence hand-written sanity set (4 per label, in "
             "modelmarket.demo._sentiment); a smoke check, not a benchmark."
         ),
-        "metrics": [
-            {"name": "sanity_accuracy", "value": decimal4(accuracy), "dataset": "demo sentiment sanity set"}
-        ],
+        "metrics": [{"name": "sanity_accuracy", "value": decimal4(accuracy), "dataset": "demo sentiment sanity set"}],
     }

@@ -127,7 +127,5 @@ def _card(wer: float, *, duration_s: float) -> dict[str, Any]:
             f"examples/hello.wav: espeak-ng (voice {ESPEAK_VOICE}, {ESPEAK_WPM} wpm) saying {HELLO_TEXT!r}, "
             f"{duration_s:.2f} s; one synthetic clip, a smoke check, not a benchmark."
         ),
-        "metrics": [
-            {"name": "word_error_rate", "value": decimal4(wer), "dataset": "examples/hello.wav (espeak-ng)"}
-        ],
+        "metrics": [{"name": "word_error_rate", "value": decimal4(wer), "dataset": "examples/hello.wav (espeak-ng)"}],
     }

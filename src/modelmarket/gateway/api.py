@@ -51,8 +51,11 @@ def _model_summary(gw: GatewayApp, name: str) -> dict[str, Any]:
         "runtime": m.runtime,
         "license": m.license,
         "summary": m.card.summary,
-        "pricing": {"unit": m.pricing.unit, "price_per_iu": str(m.pricing.price_per_iu),
-                    "currency": m.pricing.currency},
+        "pricing": {
+            "unit": m.pricing.unit,
+            "price_per_iu": str(m.pricing.price_per_iu),
+            "currency": m.pricing.currency,
+        },
     }
 
 
@@ -78,11 +81,14 @@ async def handle(gw: GatewayApp, scope: Scope, path: str, account: Account | Non
         doc["account"] = account.name
         return 200, orjson.dumps(doc)
     if path == "/api/models":
-        models = [_model_summary(gw, name) for name in sorted(gw.state.catalogue.models)
-                  if gw.state.catalogue.models[name].versions]
+        models = [
+            _model_summary(gw, name)
+            for name in sorted(gw.state.catalogue.models)
+            if gw.state.catalogue.models[name].versions
+        ]
         return 200, orjson.dumps({"models": models, "total": len(models)})
     if path.startswith("/api/models/"):
-        parts = path[len("/api/models/"):].strip("/").split("/")
+        parts = path[len("/api/models/") :].strip("/").split("/")
         if len(parts) == 1:
             return 200, orjson.dumps(_model_summary(gw, parts[0]))
         if len(parts) == 3 and parts[1] == "versions":

@@ -30,8 +30,8 @@ from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import count_iu
 from modelmarket.registry.service import VersionRecord
 from modelmarket.runtime import oip
-from modelmarket.runtime.base import TensorSpec
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond
+from modelmarket.runtime.base import TensorSpec
 from modelmarket.runtime.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ _MS = Decimal("0.001")
 
 def _split_model_path(path: str) -> tuple[str, str | None, str]:
     """``/v2/models/{m}[/versions/{v}][/tail]`` -> (m, v, tail). tail is '', 'ready' or 'infer'."""
-    parts = path[len("/v2/models/"):].split("/")
+    parts = path[len("/v2/models/") :].split("/")
     name, rest = parts[0], parts[1:]
     version = None
     if len(rest) >= 2 and rest[0] == "versions":
@@ -59,8 +59,14 @@ class GatewayApp:
         self.state = GatewayState(platform, s.cache_refresh_s)
         self.writer = GroupCommitWriter(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
         self.metering = MeteringWorker(platform.store, s.event_log_path, s.event_log_sync, s.metering_poll_s)
-        self.supervisor = Supervisor(platform.blobs, s.runners_dir, s.runner_start_timeout_s,
-                                     s.runner_request_timeout_s, s.runner_pool_size, s.runner_max_restarts)
+        self.supervisor = Supervisor(
+            platform.blobs,
+            s.runners_dir,
+            s.runner_start_timeout_s,
+            s.runner_request_timeout_s,
+            s.runner_pool_size,
+            s.runner_max_restarts,
+        )
         self.source = f"modelmarket/{s.gateway_id}"
         self._background: set[asyncio.Task[Any]] = set()
         self._spec_cache: dict[str, tuple[TensorSpec, ...]] = {}
@@ -220,9 +226,16 @@ class GatewayApp:
             await respond(send, answer.status, answer.body)  # the runner's {"error": ...}; no usage event
             return
         event = UsageEvent(
-            id=new_id("req_"), source=self.source, account_id=account.id, time=datetime.now(UTC),
-            model=name, version=version.version, provider_account_id=version.provider_account_id,
-            unit_kind=m.pricing.unit, quantity_iu=quantity, unit_price=m.pricing.price_per_iu,
+            id=new_id("req_"),
+            source=self.source,
+            account_id=account.id,
+            time=datetime.now(UTC),
+            model=name,
+            version=version.version,
+            provider_account_id=version.provider_account_id,
+            unit_kind=m.pricing.unit,
+            quantity_iu=quantity,
+            unit_price=m.pricing.price_per_iu,
             currency=m.pricing.currency,
             latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
             trace_id=_trace_id(scope),

@@ -67,7 +67,9 @@ def _new_rows(conn: Connection, records: Sequence[LogRecord]) -> list[dict[str, 
     seen: set[str] = set()
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
-        seen.update(conn.execute(select(t.usage_events.c.event_id).where(t.usage_events.c.event_id.in_(chunk))).scalars())
+        seen.update(
+            conn.execute(select(t.usage_events.c.event_id).where(t.usage_events.c.event_id.in_(chunk))).scalars()
+        )
     return [row for event_id, row in rows.items() if event_id not in seen]
 
 
@@ -81,25 +83,48 @@ def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         acc[2] += r["amount"]
     d = t.usage_daily.c
     for (account, model, day, unit, currency), (events, iu, amount) in totals.items():
-        where = (d.account_id == account, d.model_name == model, d.day == day, d.unit_kind == unit,
-                 d.currency == currency)
+        where = (
+            d.account_id == account,
+            d.model_name == model,
+            d.day == day,
+            d.unit_kind == unit,
+            d.currency == currency,
+        )
         current = conn.execute(select(d.events, d.quantity_iu, d.amount).where(*where)).first()
         if current is None:
-            conn.execute(insert(t.usage_daily).values(
-                account_id=account, model_name=model, day=day, unit_kind=unit, currency=currency,
-                events=events, quantity_iu=iu, amount=amount))
+            conn.execute(
+                insert(t.usage_daily).values(
+                    account_id=account,
+                    model_name=model,
+                    day=day,
+                    unit_kind=unit,
+                    currency=currency,
+                    events=events,
+                    quantity_iu=iu,
+                    amount=amount,
+                )
+            )
         else:
-            conn.execute(update(t.usage_daily).where(*where).values(
-                events=current.events + events, quantity_iu=current.quantity_iu + iu,
-                amount=current.amount + amount))
+            conn.execute(
+                update(t.usage_daily)
+                .where(*where)
+                .values(
+                    events=current.events + events,
+                    quantity_iu=current.quantity_iu + iu,
+                    amount=current.amount + amount,
+                )
+            )
 
 
 def consume_batch(store: Store, event_log: SqliteEventLog, limit: int = 5000) -> int:
     """Apply the next batch of events from the log. Returns how many log records were read."""
     with store.write() as conn:
-        had_row = conn.execute(
-            select(t.consumer_offsets.c.consumer).where(t.consumer_offsets.c.consumer == CONSUMER_NAME)
-        ).first() is not None
+        had_row = (
+            conn.execute(
+                select(t.consumer_offsets.c.consumer).where(t.consumer_offsets.c.consumer == CONSUMER_NAME)
+            ).first()
+            is not None
+        )
         offset = _offset(conn)
         records = event_log.read(offset, limit)
         if not records:

@@ -21,8 +21,14 @@ class ModelUsage:
     amount: Decimal
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "unit_kind": self.unit_kind, "currency": self.currency,
-                "events": self.events, "iu": str(self.quantity_iu), "amount": str(self.amount)}
+        return {
+            "model": self.model,
+            "unit_kind": self.unit_kind,
+            "currency": self.currency,
+            "events": self.events,
+            "iu": str(self.quantity_iu),
+            "amount": str(self.amount),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +68,9 @@ class UsageSummary:
         }
 
 
-def usage_summary(conn: Connection, account_id: str, since: str | None = None, until: str | None = None) -> UsageSummary:
+def usage_summary(
+    conn: Connection, account_id: str, since: str | None = None, until: str | None = None
+) -> UsageSummary:
     """Usage of ``account_id`` over days ``since``..``until`` inclusive (``YYYY-MM-DD``; None = unbounded)."""
     d = t.usage_daily.c
     query = select(d.model_name, d.unit_kind, d.currency, d.events, d.quantity_iu, d.amount).where(

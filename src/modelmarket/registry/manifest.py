@@ -16,8 +16,21 @@ from modelmarket.core.money import parse_decimal
 MANIFEST_NAME = "modelmarket.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
-             "FP64", "BYTES")
+DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+)
 UNIT_KINDS = ("image", "tokens_1k", "audio_minute", "request")
 
 
@@ -28,7 +41,18 @@ class _Strict(BaseModel):
 class TensorDecl(_Strict):
     name: str = Field(min_length=1, max_length=100)
     datatype: Literal[
-        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
         "BYTES",
     ]
     shape: list[int] = Field(min_length=1, max_length=8)

@@ -51,9 +51,7 @@ class VersionRecord:
             "created_at": self.created_at,
             "provider_account_id": self.provider_account_id,
             "manifest": self.manifest.to_json(),
-            "artifacts": [
-                {"path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes} for a in self.artifacts
-            ],
+            "artifacts": [{"path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes} for a in self.artifacts],
         }
 
 
@@ -149,15 +147,22 @@ class RegistryService:
         with self.store.read() as conn:
             row = conn.execute(select(t.accounts.c.id, t.accounts.c.role).where(t.accounts.c.name == provider)).first()
         if row is None:
-            raise InvalidInput(f"provider: no account named {provider!r} (create it with "
-                               f"`modelmarket accounts create {provider} --role provider`)")
+            raise InvalidInput(
+                f"provider: no account named {provider!r} (create it with "
+                f"`modelmarket accounts create {provider} --role provider`)"
+            )
         if row.role != "provider":
             raise InvalidInput(f"provider: account {provider!r} has role {row.role!r}, not 'provider'")
         return str(row.id)
 
     def _record(
-        self, conn: Connection, manifest: Manifest, stored: tuple[ArtifactRecord, ...], digest: str,
-        provider_id: str, actor: str,
+        self,
+        conn: Connection,
+        manifest: Manifest,
+        stored: tuple[ArtifactRecord, ...],
+        digest: str,
+        provider_id: str,
+        actor: str,
     ) -> PublishResult:
         now = self.clock().isoformat()
         existing = conn.execute(
@@ -180,18 +185,34 @@ class RegistryService:
             raise PermissionDenied(f"model {manifest.name!r} belongs to another provider")
         version_id = new_id("ver_")
         major, minor, patch = manifest.semver
-        conn.execute(insert(t.model_versions).values(
-            id=version_id, model_name=manifest.name, version=manifest.version, version_major=major,
-            version_minor=minor, version_patch=patch, digest=digest,
-            manifest_json=json.dumps(manifest.to_json(), sort_keys=True), created_at=now,
-        ))
-        conn.execute(insert(t.artifacts), [
-            {"version_id": version_id, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes}
-            for a in stored
-        ])
-        audit.append(conn, actor=actor, action="model.published", subject=f"{manifest.name}@{manifest.version}",
-                     payload={"digest": digest, "artifacts": {a.path: a.sha256 for a in stored}},
-                     now=self.clock())
+        conn.execute(
+            insert(t.model_versions).values(
+                id=version_id,
+                model_name=manifest.name,
+                version=manifest.version,
+                version_major=major,
+                version_minor=minor,
+                version_patch=patch,
+                digest=digest,
+                manifest_json=json.dumps(manifest.to_json(), sort_keys=True),
+                created_at=now,
+            )
+        )
+        conn.execute(
+            insert(t.artifacts),
+            [
+                {"version_id": version_id, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes}
+                for a in stored
+            ],
+        )
+        audit.append(
+            conn,
+            actor=actor,
+            action="model.published",
+            subject=f"{manifest.name}@{manifest.version}",
+            payload={"digest": digest, "artifacts": {a.path: a.sha256 for a in stored}},
+            now=self.clock(),
+        )
         if self._is_newest(conn, manifest):
             self._set_alias(conn, manifest.name, LATEST, manifest.version, actor)
         row = conn.execute(select(t.model_versions).where(t.model_versions.c.id == version_id)).one()
@@ -201,8 +222,10 @@ class RegistryService:
     def _is_newest(conn: Connection, manifest: Manifest) -> bool:
         v = t.model_versions.c
         newest = conn.execute(
-            select(v.version).where(v.model_name == manifest.name)
-            .order_by(v.version_major.desc(), v.version_minor.desc(), v.version_patch.desc()).limit(1)
+            select(v.version)
+            .where(v.model_name == manifest.name)
+            .order_by(v.version_major.desc(), v.version_minor.desc(), v.version_patch.desc())
+            .limit(1)
         ).scalar_one()
         return bool(newest == manifest.version)
 
@@ -213,13 +236,23 @@ class RegistryService:
         if current == version:
             return
         if current is None:
-            conn.execute(insert(t.aliases).values(model_name=model, alias=alias, version=version,
-                                                  updated_at=now.isoformat()))
+            conn.execute(
+                insert(t.aliases).values(model_name=model, alias=alias, version=version, updated_at=now.isoformat())
+            )
         else:
-            conn.execute(update(t.aliases).where(a.model_name == model, a.alias == alias)
-                         .values(version=version, updated_at=now.isoformat()))
-        audit.append(conn, actor=actor, action="alias.moved", subject=f"{model}@{alias}",
-                     payload={"from": current, "to": version}, now=now)
+            conn.execute(
+                update(t.aliases)
+                .where(a.model_name == model, a.alias == alias)
+                .values(version=version, updated_at=now.isoformat())
+            )
+        audit.append(
+            conn,
+            actor=actor,
+            action="alias.moved",
+            subject=f"{model}@{alias}",
+            payload={"from": current, "to": version},
+            now=now,
+        )
 
     # -- aliases -----------------------------------------------------------------------------------------
     def move_alias(self, model: str, alias: str, version: str, actor: str = "cli") -> None:
@@ -262,9 +295,14 @@ def _load_version(conn: Connection, row: Any) -> VersionRecord:
 
 def _version_from_rows(row: Any, provider_id: str, arts: list[ArtifactRecord]) -> VersionRecord:
     return VersionRecord(
-        id=row.id, model_name=row.model_name, version=row.version, digest=row.digest,
+        id=row.id,
+        model_name=row.model_name,
+        version=row.version,
+        digest=row.digest,
         manifest=parse_manifest(json.loads(row.manifest_json), f"stored manifest of {row.model_name}"),
-        provider_account_id=provider_id, artifacts=tuple(arts), created_at=row.created_at,
+        provider_account_id=provider_id,
+        artifacts=tuple(arts),
+        created_at=row.created_at,
     )
 
 

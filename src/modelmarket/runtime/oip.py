@@ -37,7 +37,19 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-_ORJSON_NATIVE = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64"}
+_ORJSON_NATIVE = {
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP32",
+    "FP64",
+}
 
 
 @dataclass(slots=True)
@@ -196,8 +208,9 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     if not isinstance(params, dict) or (outputs is not None and not isinstance(outputs, list)):
         raise InvalidInput("'parameters' must be an object and 'outputs' a list")
     req_id = doc.get("id")
-    return InferRequest(id=str(req_id) if req_id is not None else None, inputs=inputs, parameters=params,
-                        outputs=outputs)
+    return InferRequest(
+        id=str(req_id) if req_id is not None else None, inputs=inputs, parameters=params, outputs=outputs
+    )
 
 
 def validate_inputs(inputs: Sequence[Tensor], specs: Sequence[TensorSpec], model: str) -> None:
@@ -207,19 +220,20 @@ def validate_inputs(inputs: Sequence[Tensor], specs: Sequence[TensorSpec], model
     for tensor in inputs:
         spec = declared.get(tensor.name)
         if spec is None:
-            raise InvalidInput(f"model {model!r} has no input named {tensor.name!r} "
-                               f"(expected: {', '.join(declared)})")
+            raise InvalidInput(f"model {model!r} has no input named {tensor.name!r} (expected: {', '.join(declared)})")
         if tensor.name in seen:
             raise InvalidInput(f"input {tensor.name!r} is given twice")
         seen.add(tensor.name)
         if tensor.datatype != spec.datatype:
-            raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's "
-                               f"{spec.datatype}")
+            raise InvalidInput(
+                f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's {spec.datatype}"
+            )
         if len(tensor.shape) != len(spec.shape) or any(
             want != -1 and got != want for got, want in zip(tensor.shape, spec.shape, strict=True)
         ):
-            raise InvalidInput(f"input {tensor.name!r}: shape {tensor.shape} does not match the model's "
-                               f"{list(spec.shape)}")
+            raise InvalidInput(
+                f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {list(spec.shape)}"
+            )
     missing = [name for name in declared if name not in seen]
     if missing:
         raise InvalidInput(f"model {model!r} needs input(s) {', '.join(missing)}")
@@ -258,7 +272,9 @@ def encode_response(
             if tensor.datatype == "BYTES":
                 blob = _encode_bytes_binary(tensor.data)
             else:
-                blob = np.ascontiguousarray(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype].newbyteorder("<")).tobytes()
+                blob = np.ascontiguousarray(
+                    tensor.data, dtype=NUMPY_DTYPES[tensor.datatype].newbyteorder("<")
+                ).tobytes()
             doc["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

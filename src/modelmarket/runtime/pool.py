@@ -63,8 +63,13 @@ class RunnerPool:
     ) -> RunnerResponse:
         if self._closed:
             raise RunnerUnavailable("runner pool is closed")
-        head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header,
-                b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
+        head = [
+            f"{method} {path} HTTP/1.1\r\n".encode(),
+            self._host_header,
+            b"Content-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
         for name, value in headers or ():
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")

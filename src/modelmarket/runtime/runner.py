@@ -49,7 +49,11 @@ class RunnerApp:
                 await respond(send, 200, _OK)
                 return
             if path == "/v2":
-                body = {"name": "modelmarket-runner", "version": __version__, "extensions": ["binary_tensor_data"]}
+                body = {
+                    "name": "modelmarket-runner",
+                    "version": __version__,
+                    "extensions": ["binary_tensor_data"],
+                }
                 await respond(send, 200, orjson.dumps(body))
                 return
             if path in self._model_paths:
@@ -77,8 +81,13 @@ class RunnerApp:
         if header_len is None:
             await respond(send, 200, payload)
         else:
-            await respond(send, 200, payload, b"application/octet-stream",
-                          [(b"inference-header-content-length", str(header_len).encode())])
+            await respond(
+                send,
+                200,
+                payload,
+                b"application/octet-stream",
+                [(b"inference-header-content-length", str(header_len).encode())],
+            )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -103,8 +112,14 @@ def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 0, fd: int | Non
 
     runtime = load_runtime(spec)
     app = RunnerApp(runtime)
-    kwargs: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on",
-                              "http": "httptools", "loop": "uvloop", "timeout_keep_alive": 300}
+    kwargs: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+        "http": "httptools",
+        "loop": "uvloop",
+        "timeout_keep_alive": 300,
+    }
     if fd is not None:
         sock = socket.socket(fileno=fd)
         print(f"runner {spec.name}@{spec.version} ready on {sock.getsockname()}", file=sys.stderr, flush=True)
@@ -115,7 +130,9 @@ def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 0, fd: int | Non
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(1024)
-        print(f"runner {spec.name}@{spec.version} listening on http://{host}:{sock.getsockname()[1]}",
-              flush=True)
+        print(
+            f"runner {spec.name}@{spec.version} listening on http://{host}:{sock.getsockname()[1]}",
+            flush=True,
+        )
         server = uvicorn.Server(uvicorn.Config(app, **kwargs))
         server.run(sockets=[sock])

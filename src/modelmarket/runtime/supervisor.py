@@ -130,11 +130,25 @@ class Supervisor:
         sock.listen(1024)
         runner.port = sock.getsockname()[1]
         fd = sock.fileno()
-        cmd = [sys.executable, "-m", "modelmarket.cli.main", "runner", "--spec", str(runner.spec_path),
-               "--fd", str(fd)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelmarket.cli.main",
+            "runner",
+            "--spec",
+            str(runner.spec_path),
+            "--fd",
+            str(fd),
+        ]
         with open(runner.log_path, "ab") as log_file:
-            runner.proc = subprocess.Popen(cmd, pass_fds=(fd,), stdout=log_file, stderr=log_file,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)
+            runner.proc = subprocess.Popen(
+                cmd,
+                pass_fds=(fd,),
+                stdout=log_file,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         sock.close()
 
     async def _start(self, runner: RunnerProcess) -> None:
@@ -147,8 +161,10 @@ class Supervisor:
             assert runner.proc is not None
             if runner.proc.poll() is not None:
                 await pool.close()
-                raise NotReady(f"runner for {name} exited with code {runner.proc.returncode} while starting "
-                               f"(see {runner.log_path})")
+                raise NotReady(
+                    f"runner for {name} exited with code {runner.proc.returncode} while starting "
+                    f"(see {runner.log_path})"
+                )
             try:
                 response = await pool.request("GET", "/v2/health/ready")
                 if response.status == 200:

@@ -50,13 +50,9 @@ def read_wav(data: bytes) -> WavAudio:
     except (wave.Error, EOFError) as exc:
         raise InvalidInput(f"not a readable PCM WAV file: {exc or type(exc).__name__}") from None
     if channels < 1 or rate_hz < 1 or width < 1:
-        raise InvalidInput(
-            f"not a usable WAV file: {channels} channel(s), {rate_hz} Hz, {width * 8}-bit samples"
-        )
+        raise InvalidInput(f"not a usable WAV file: {channels} channel(s), {rate_hz} Hz, {width * 8}-bit samples")
     usable = len(frames) - len(frames) % (channels * width)
-    return WavAudio(
-        channels=channels, sample_rate_hz=rate_hz, sample_width_bytes=width, frames=frames[:usable]
-    )
+    return WavAudio(channels=channels, sample_rate_hz=rate_hz, sample_width_bytes=width, frames=frames[:usable])
 
 
 def wav_duration_s(data: bytes) -> float:

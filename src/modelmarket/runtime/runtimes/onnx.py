@@ -52,9 +52,9 @@ def _ort_type(type_name: str, what: str) -> tuple[Any, str]:
 def _bytes_to_str(data: npt.NDArray[Any]) -> npt.NDArray[Any]:
     try:
         return np.asarray(
-            np.vectorize(
-                lambda item: item.decode("utf-8") if isinstance(item, bytes) else str(item), otypes=[object]
-            )(data),
+            np.vectorize(lambda item: item.decode("utf-8") if isinstance(item, bytes) else str(item), otypes=[object])(
+                data
+            ),
             dtype=object,
         )
     except UnicodeDecodeError:
@@ -62,9 +62,7 @@ def _bytes_to_str(data: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def _str_to_bytes(data: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    return np.asarray(
-        np.vectorize(lambda item: str(item).encode("utf-8"), otypes=[object])(data), dtype=object
-    )
+    return np.asarray(np.vectorize(lambda item: str(item).encode("utf-8"), otypes=[object])(data), dtype=object)
 
 
 class OnnxRuntime(Runtime):
@@ -85,9 +83,7 @@ class OnnxRuntime(Runtime):
         for relpath in self.spec.artifacts:
             if relpath.endswith(".onnx"):
                 return relpath
-        raise InvalidInput(
-            f"model {self.spec.name!r} has no artifact ending in .onnx and no model_file parameter"
-        )
+        raise InvalidInput(f"model {self.spec.name!r} has no artifact ending in .onnx and no model_file parameter")
 
     def _session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -105,8 +101,7 @@ class OnnxRuntime(Runtime):
             str(path), sess_options=self._session_options(), providers=["CPUExecutionProvider"]
         )
         self._input_types = {
-            node.name: _ort_type(node.type, f"graph input {node.name!r}")
-            for node in self._session.get_inputs()
+            node.name: _ort_type(node.type, f"graph input {node.name!r}") for node in self._session.get_inputs()
         }
         for declared in self.spec.inputs:
             if declared.name not in self._input_types:
@@ -119,8 +114,7 @@ class OnnxRuntime(Runtime):
         for name in wanted:
             if name not in graph_outputs:
                 raise InvalidInput(
-                    f"declared output {name!r} is not a graph output; graph outputs: "
-                    + ", ".join(graph_outputs)
+                    f"declared output {name!r} is not a graph output; graph outputs: " + ", ".join(graph_outputs)
                 )
         self._output_names = wanted
         self._output_datatypes = [_ort_type(graph_outputs[n], f"graph output {n!r}")[1] for n in wanted]
