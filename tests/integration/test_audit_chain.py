@@ -53,9 +53,7 @@ def test_append_builds_a_chain_that_verifies(store: Store) -> None:
 
 def test_hash_is_sha256_of_canonical_json(store: Store) -> None:
     with store.write() as conn:
-        record = append(
-            conn, actor="a", action="key.issue", subject="account:x", payload={"b": 1, "a": "é"}, now=T0
-        )
+        record = append(conn, actor="a", action="key.issue", subject="account:x", payload={"b": 1, "a": "é"}, now=T0)
     document = {
         "seq": 1,
         "occurred_at": "2026-01-31T23:59:59.123456+00:00",
@@ -75,9 +73,7 @@ def test_hash_is_sha256_of_canonical_json(store: Store) -> None:
 
 def test_decimals_in_payload_are_stored_as_strings(store: Store) -> None:
     with store.write() as conn:
-        record = append(
-            conn, actor="a", action="price.set", subject="m", payload={"p": Decimal("0.10")}, now=T0
-        )
+        record = append(conn, actor="a", action="price.set", subject="m", payload={"p": Decimal("0.10")}, now=T0)
     assert record.payload == {"p": "0.10"}
     with store.read() as conn:
         assert list_records(conn, limit=1)[0].payload == {"p": "0.10"}
@@ -220,9 +216,7 @@ def test_concurrent_appends_from_two_threads_form_one_chain(store: Store) -> Non
             barrier.wait(timeout=10)
             for i in range(per_thread):
                 with store.write() as conn:
-                    append(
-                        conn, actor=name, action="usage.note", subject=f"{name}:{i}", payload={"i": i}, now=T0
-                    )
+                    append(conn, actor=name, action="usage.note", subject=f"{name}:{i}", payload={"i": i}, now=T0)
                     if store.dialect == "postgresql":
                         conn.execute(text("SELECT pg_sleep(0.001)"))  # widen the race window
         except BaseException as exc:

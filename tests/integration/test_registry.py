@@ -66,9 +66,7 @@ def count_rows(store: Store, table: Any) -> int:
 def artifact_rows(store: Store) -> list[tuple[Any, ...]]:
     a = t.artifacts.c
     with store.read() as conn:
-        rows = conn.execute(
-            select(a.version_id, a.path, a.sha256, a.size_bytes).order_by(a.version_id, a.path)
-        )
+        rows = conn.execute(select(a.version_id, a.path, a.sha256, a.size_bytes).order_by(a.version_id, a.path))
         return [tuple(r) for r in rows]
 
 
@@ -147,9 +145,7 @@ def test_republishing_the_same_bytes_is_a_no_op(platform: Platform, demo_dir: Pa
     assert artifact_rows(platform.store) == artifacts
 
 
-def test_same_version_with_changed_bytes_is_a_conflict(
-    platform: Platform, demo_dir: Path, tmp_path: Path
-) -> None:
+def test_same_version_with_changed_bytes_is_a_conflict(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
     original = platform.registry.publish(demo_dir / "digits")
     audits = count_rows(platform.store, t.audit_log)
     artifacts = artifact_rows(platform.store)
@@ -168,9 +164,7 @@ def test_same_version_with_changed_bytes_is_a_conflict(
     assert chain_ok(platform.store)
 
 
-def test_same_version_with_changed_manifest_is_a_conflict(
-    platform: Platform, demo_dir: Path, tmp_path: Path
-) -> None:
+def test_same_version_with_changed_manifest_is_a_conflict(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
     platform.registry.publish(demo_dir / "digits")
     repriced = copy_package(
         demo_dir, "digits", tmp_path, pricing={"unit": "image", "price_per_iu": "0.5", "currency": "USD"}
@@ -220,9 +214,7 @@ def test_move_alias_to_unknown_version_or_model(platform: Platform, demo_dir: Pa
     assert count_rows(platform.store, t.audit_log) == audits
 
 
-def test_alias_moves_are_audited_and_the_chain_verifies(
-    platform: Platform, demo_dir: Path, tmp_path: Path
-) -> None:
+def test_alias_moves_are_audited_and_the_chain_verifies(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
     for version in ("1.0.0", "1.1.0"):
         platform.registry.publish(copy_package(demo_dir, "digits", tmp_path, version=version))
     platform.registry.move_alias("digits", "stable", "1.0.0", actor="ops")
@@ -263,9 +255,7 @@ def test_missing_artifact_records_nothing(platform: Platform, demo_dir: Path, tm
 
 
 def test_empty_artifact_directory_is_refused(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
-    package = copy_package(
-        demo_dir, "digits", tmp_path, artifacts=[{"path": "model.onnx"}, {"path": "empty"}]
-    )
+    package = copy_package(demo_dir, "digits", tmp_path, artifacts=[{"path": "model.onnx"}, {"path": "empty"}])
     (package / "empty").mkdir()
     with pytest.raises(InvalidInput, match=r"artifacts\[1\]\.path: directory 'empty' is empty"):
         platform.registry.publish(package)
@@ -305,9 +295,7 @@ def test_malformed_manifest_is_refused_before_anything_is_stored(
 def test_directory_artifacts_expand_to_files_with_relative_paths(
     platform: Platform, demo_dir: Path, tmp_path: Path
 ) -> None:
-    package = copy_package(
-        demo_dir, "digits", tmp_path, artifacts=[{"path": "model.onnx"}, {"path": "extras"}]
-    )
+    package = copy_package(demo_dir, "digits", tmp_path, artifacts=[{"path": "model.onnx"}, {"path": "extras"}])
     (package / "extras" / "deep" / "deeper").mkdir(parents=True)
     (package / "extras" / "readme.txt").write_text("top\n")
     (package / "extras" / "deep" / "deeper" / "weights.bin").write_bytes(bytes(range(256)))
@@ -355,13 +343,6 @@ def test_blobs_are_read_only_files_named_by_their_sha256(platform: Platform, dem
 # -- concurrency -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry/service.py RegistryService._record checks for the models row, then inserts it; on PostgreSQL "
-    "(READ COMMITTED) two concurrent first publishes of a new model both see no row and the second fails "
-    "with a raw sqlalchemy IntegrityError (models_pkey) instead of publishing its version",
-    raises=AssertionError,
-)
 def test_concurrent_first_publishes_of_a_new_model(store: Store, demo_dir: Path, tmp_path: Path) -> None:
     if store.dialect != "postgresql":
         pytest.skip("SQLite write transactions (BEGIN IMMEDIATE) already serialize publishes")

@@ -17,9 +17,7 @@ JAN = Period(2026, 1)
 
 
 def _row(model: str, quantity: str, price: str, currency: str = "USD", unit: str = "image") -> UsageRow:
-    return UsageRow(
-        currency, model, unit, Decimal(quantity), Decimal(price), Decimal(quantity) * Decimal(price)
-    )
+    return UsageRow(currency, model, unit, Decimal(quantity), Decimal(price), Decimal(quantity) * Decimal(price))
 
 
 @pytest.mark.parametrize(

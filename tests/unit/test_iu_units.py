@@ -113,10 +113,7 @@ def test_a_minute_is_one_iu_and_stereo_counts_time_not_samples() -> None:
 def test_each_file_is_rounded_up_then_summed() -> None:
     # 1.0 s + 1.2 s bills 1 + 2 = 3 seconds; 1.2 s + 1.2 s bills 2 + 2 = 4 (not ceil(2.4) = 3).
     assert count_iu("audio_minute", audio(make_wav(1.0), make_wav(1.2))) == Decimal("0.05")
-    assert (
-        str(count_iu("audio_minute", audio(make_wav(1.2), make_wav(1.2))))
-        == "0.06666666666666666666666666667"
-    )
+    assert str(count_iu("audio_minute", audio(make_wav(1.2), make_wav(1.2)))) == "0.06666666666666666666666666667"
 
 
 def test_empty_wav_is_zero() -> None:

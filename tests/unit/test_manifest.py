@@ -152,9 +152,7 @@ def write_package(tmp_path: Path, demo_dir: Path, text: str) -> Path:
 def test_unquoted_yaml_price_is_a_float_and_is_refused(tmp_path: Path, demo_dir: Path) -> None:
     text = (demo_dir / "digits" / MANIFEST_NAME).read_text(encoding="utf-8")
     assert "price_per_iu: '0.0010'" in text
-    package = write_package(
-        tmp_path, demo_dir, text.replace("price_per_iu: '0.0010'", "price_per_iu: 0.0010")
-    )
+    package = write_package(tmp_path, demo_dir, text.replace("price_per_iu: '0.0010'", "price_per_iu: 0.0010"))
     with pytest.raises(InvalidInput, match=r"pricing\.price_per_iu: .*quoted decimal string, not a float"):
         load_manifest(package)
 

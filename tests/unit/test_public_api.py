@@ -34,7 +34,14 @@ EXPECTED = {
     "modelmarket.gateway": {"GatewayApp"},
     "modelmarket.adapters.store": {"Store", "open_store"},
     "modelmarket.adapters.blobs": {"BlobStore", "FsBlobStore"},
-    "modelmarket.adapters.bus": {"EventLogFull", "GroupCommitWriter", "LogRecord", "SqliteEventLog"},
+    "modelmarket.adapters.bus": {
+        "EventLogFull",
+        "GroupCommitWriter",
+        "LogRecord",
+        "LoopGroupCommitWriter",
+        "SqliteEventLog",
+        "make_writer",
+    },
 }
 
 

@@ -138,9 +138,7 @@ def test_onnx_serves_the_example_request_and_casts_dtypes(demo_dir: Path) -> Non
     body = json.loads((demo_dir / "examples" / "digit.json").read_text(encoding="utf-8"))
     row = body["inputs"][0]
     as_float64 = np.asarray(row["data"], dtype=np.float64).reshape(row["shape"])
-    label = outputs_by_name(runtime.predict([Tensor("pixels", "FP32", row["shape"], as_float64)], {}))[
-        "label"
-    ]
+    label = outputs_by_name(runtime.predict([Tensor("pixels", "FP32", row["shape"], as_float64)], {}))["label"]
 
     _, x_test, _, y_test = digits_split()
     index = int(body["id"].rsplit("-", 1)[1])
@@ -230,9 +228,7 @@ def test_non_wav_payload_is_invalid_input(sphinx: Runtime, payload: bytes) -> No
     with pytest.raises(InvalidInput, match="WAV"):
         wav_duration_s(payload)
     with pytest.raises(InvalidInput, match="audio element 1"):
-        sphinx.predict(
-            [bytes_tensor("audio", [make_wav(np.zeros(1600, dtype="<i2"), 16_000, 1), payload])], {}
-        )
+        sphinx.predict([bytes_tensor("audio", [make_wav(np.zeros(1600, dtype="<i2"), 16_000, 1), payload])], {})
 
 
 def test_8_bit_wav_is_refused_by_the_recognizer(sphinx: Runtime) -> None:

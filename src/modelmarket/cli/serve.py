@@ -53,6 +53,8 @@ def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Call
         http="httptools",
         loop="uvloop",
         timeout_keep_alive=300,
+        proxy_headers=False,
+        server_header=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
 

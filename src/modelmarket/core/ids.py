@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import time
@@ -22,3 +23,14 @@ def new_api_key() -> str:
 def hash_api_key(key: str) -> str:
     """Keys are 256-bit random tokens, so a plain SHA-256 is a sufficient one-way hash for lookup."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class RequestIds:
+    """Unique request ids without a syscall per id: a random per-process prefix plus a counter."""
+
+    def __init__(self, prefix: str = "req_") -> None:
+        self._prefix = f"{prefix}{int(time.time()):08x}{os.urandom(6).hex()}"
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"

@@ -18,14 +18,14 @@ import orjson
 
 from modelmarket import __version__
 from modelmarket.accounts import Account
-from modelmarket.adapters.bus import GroupCommitWriter
+from modelmarket.adapters.bus import make_writer
 from modelmarket.bootstrap import Platform
 from modelmarket.core.errors import DomainError, NotFound, Unauthenticated
-from modelmarket.core.ids import new_id
+from modelmarket.core.ids import RequestIds
 from modelmarket.gateway import api
 from modelmarket.gateway.errors import status_for
+from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.state import GatewayState
-from modelmarket.metering.consumer import MeteringWorker
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import count_iu
 from modelmarket.registry.service import VersionRecord
@@ -57,8 +57,8 @@ class GatewayApp:
         self.settings = s
         self.preload = preload
         self.state = GatewayState(platform, s.cache_refresh_s)
-        self.writer = GroupCommitWriter(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
-        self.metering = MeteringWorker(platform.store, s.event_log_path, s.event_log_sync, s.metering_poll_s)
+        self.writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
+        self.metering = MeteringProcess(s.home / "metering.log")
         self.supervisor = Supervisor(
             platform.blobs,
             s.runners_dir,
@@ -68,6 +68,7 @@ class GatewayApp:
             s.runner_max_restarts,
         )
         self.source = f"modelmarket/{s.gateway_id}"
+        self.request_ids = RequestIds("req_")
         self._background: set[asyncio.Task[Any]] = set()
         self._spec_cache: dict[str, tuple[TensorSpec, ...]] = {}
 
@@ -87,7 +88,7 @@ class GatewayApp:
         await self.state.stop()
         await self.supervisor.stop()
         self.writer.stop()
-        self.metering.stop()
+        await self.metering.stop()
 
     def _spawn_start(self, version: VersionRecord) -> None:
         async def start() -> None:
@@ -123,6 +124,9 @@ class GatewayApp:
             status = status_for(exc) or 500
             message = exc.message if isinstance(exc, DomainError) else str(exc)
             await respond(send, status, oip.error_body(message))
+        except Exception as exc:  # a bug: log it with its traceback, answer a JSON 500, never serve half a call
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            await respond(send, 500, oip.error_body(f"internal error ({type(exc).__name__}); see the gateway log"))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -226,7 +230,7 @@ class GatewayApp:
             await respond(send, answer.status, answer.body)  # the runner's {"error": ...}; no usage event
             return
         event = UsageEvent(
-            id=new_id("req_"),
+            id=self.request_ids.next(),
             source=self.source,
             account_id=account.id,
             time=datetime.now(UTC),

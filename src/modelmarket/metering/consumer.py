@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -50,7 +51,7 @@ def _event_row(record: LogRecord, event: UsageEvent) -> dict[str, Any]:
         "amount": event.amount,
         "currency": event.currency,
         "occurred_at": event.time.isoformat(),
-        "day": event.time.date().isoformat(),
+        "day": event.time.astimezone(UTC).date().isoformat(),
         "latency_ms": event.latency_ms,
         "log_offset": record.offset,
     }
@@ -145,37 +146,20 @@ def catch_up(store: Store, event_log: SqliteEventLog) -> int:
     return total
 
 
-class MeteringWorker:
-    """Background thread that keeps usage current (polls the log every ``poll_s``)."""
+def follow(
+    store: Store, event_log: SqliteEventLog, poll_s: float, stop: threading.Event, batch_max: int = 5000
+) -> None:
+    """Keep usage current until ``stop`` is set; then apply what is left in the log and return.
 
-    def __init__(self, store: Store, log_path: Any, synchronous: str, poll_s: float) -> None:
-        self.store = store
-        self.log_path = log_path
-        self.synchronous = synchronous
-        self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="metering-consumer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        event_log = SqliteEventLog(self.log_path, self.synchronous)
+    Sleeps ``poll_s`` after every batch that was not full, so under steady load the consumer works in batches of
+    about ``poll_s`` worth of events instead of spinning on a handful at a time.
+    """
+    while not stop.is_set():
         try:
-            while not self._stop.is_set():
-                try:
-                    n = catch_up(self.store, event_log)
-                except Exception:  # keep metering alive; the offset did not move, so nothing is lost
-                    log.exception("metering consumer failed; retrying")
-                    n = 0
-                if n == 0:
-                    self._stop.wait(self.poll_s)
-            catch_up(self.store, event_log)
-        finally:
-            event_log.close()
+            n = consume_batch(store, event_log, batch_max)
+        except Exception:  # keep metering alive; the offset did not move, so nothing is lost
+            log.exception("metering consumer failed; retrying")
+            n = 0
+        if n < batch_max:
+            stop.wait(poll_s)
+    catch_up(store, event_log)

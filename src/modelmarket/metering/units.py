@@ -2,7 +2,9 @@
 
 Unit kinds:
 
-- ``image``: one IU per image; the images are the first dimension (the batch) of the first input tensor.
+- ``image``: one IU per image; the images are the first dimension (the batch) of the first input tensor when
+  it has two or more dimensions or holds BYTES (one encoded image per element); a numeric rank-1 tensor is one
+  image.
 - ``tokens_1k``: one IU per 1,000 tokens of input text. Tokenizer: every BYTES element of every input is
   decoded as UTF-8 and split with the regular expression ``\\w+|[^\\w\\s]`` — a run of letters/digits/underscore
   is one token, and each other non-space character is one token. IU = tokens / 1000, exact.
@@ -60,7 +62,8 @@ def count_iu(unit_kind: str, inputs: Sequence[Tensor]) -> Decimal:
         return Decimal(1)
     if unit_kind == "image":
         first = inputs[0]
-        return Decimal(first.shape[0] if len(first.shape) >= 2 else 1)
+        batched = len(first.shape) >= 2 or first.datatype == "BYTES"
+        return Decimal(first.shape[0] if batched and first.shape else 1)
     if unit_kind == "tokens_1k":
         tokens = sum(count_tokens(text) for text in _text_elements(inputs))
         return Decimal(tokens) / _THOUSAND

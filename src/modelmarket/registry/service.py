@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select, text, update
 
 from modelmarket.adapters.blobs import BlobStore
 from modelmarket.adapters.store import Store
@@ -165,6 +165,9 @@ class RegistryService:
         actor: str,
     ) -> PublishResult:
         now = self.clock().isoformat()
+        if conn.dialect.name == "postgresql":
+            # Serialize publishes of one model (SQLite writers are already serialized by BEGIN IMMEDIATE).
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": manifest.name})
         existing = conn.execute(
             select(t.model_versions).where(
                 t.model_versions.c.model_name == manifest.name, t.model_versions.c.version == manifest.version

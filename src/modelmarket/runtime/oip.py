@@ -73,7 +73,7 @@ def _element_count(shape: Sequence[int]) -> int:
 
 
 def _check_shape(shape: Any, where: str) -> list[int]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
     return shape
 
@@ -104,14 +104,35 @@ def _flatten(data: Any) -> list[Any]:
     return data
 
 
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}  # JSON kinds each target dtype takes
+
+
 def _decode_numeric_json(data: Any, dtype: np.dtype[Any], count: int, where: str) -> npt.NDArray[Any]:
     try:
-        arr = np.asarray(data, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{where}: 'data' does not hold {dtype.name} numbers") from None
-    if arr.size != count:
-        raise InvalidInput(f"{where}: shape holds {count} elements but 'data' has {arr.size}")
-    return arr
+        raw = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{where}: 'data' is ragged: every row must have the same length") from None
+    if raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise InvalidInput(f"{where}: 'data' must hold {dtype.name} values (found {_describe_kind(raw.dtype.kind)})")
+    if raw.size != count:
+        raise InvalidInput(f"{where}: shape holds {count} elements but 'data' has {raw.size}")
+    flat = raw.reshape(-1)
+    if dtype.kind in "iu" and flat.size:
+        info = np.iinfo(dtype)
+        if int(flat.min()) < info.min or int(flat.max()) > info.max:
+            raise InvalidInput(f"{where}: 'data' has values outside the range of {dtype.name}")
+    return flat.astype(dtype, copy=False)
+
+
+def _describe_kind(kind: str) -> str:
+    return {
+        "b": "booleans",
+        "i": "integers",
+        "u": "integers",
+        "f": "decimals",
+        "U": "strings",
+        "O": "mixed or null values",
+    }.get(kind, "other values")
 
 
 def _decode_bytes_binary(raw: memoryview, count: int, where: str) -> npt.NDArray[Any]:
@@ -207,6 +228,9 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     outputs = doc.get("outputs")
     if not isinstance(params, dict) or (outputs is not None and not isinstance(outputs, list)):
         raise InvalidInput("'parameters' must be an object and 'outputs' a list")
+    for i, out in enumerate(outputs or ()):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise InvalidInput(f"outputs[{i}]: must be an object with a 'name'")
     req_id = doc.get("id")
     return InferRequest(
         id=str(req_id) if req_id is not None else None, inputs=inputs, parameters=params, outputs=outputs

@@ -39,6 +39,17 @@ class _StaleConnection(Exception):
     pass
 
 
+def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
 class RunnerPool:
     def __init__(self, host: str, port: int, max_connections: int, timeout_s: float) -> None:
         self.host = host
@@ -93,27 +104,24 @@ class RunnerPool:
             return response
 
     async def _roundtrip(self, conn: _Conn, payload: bytes, reused: bool) -> RunnerResponse:
+        where = f"runner at {self.host}:{self.port}"
         try:
-            conn.writer.write(payload)
-            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), self.timeout_s)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            if reused:
-                raise _StaleConnection() from exc
-            raise RunnerUnavailable(f"runner at {self.host}:{self.port} closed the connection") from None
+            async with asyncio.timeout(self.timeout_s):
+                conn.writer.write(payload)
+                try:
+                    head = await conn.reader.readuntil(b"\r\n\r\n")
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    if reused:
+                        raise _StaleConnection() from exc
+                    raise RunnerUnavailable(f"{where} closed the connection") from None
+                status, headers = _parse_head(head)
+                length = int(headers.get(b"content-length", b"0"))
+                try:
+                    body = await conn.reader.readexactly(length) if length else b""
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    raise RunnerUnavailable(f"{where} broke off its answer") from None
         except TimeoutError:
-            raise RunnerUnavailable(f"runner at {self.host}:{self.port} did not answer in {self.timeout_s}s") from None
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-        length = int(headers.get(b"content-length", b"0"))
-        try:
-            body = await asyncio.wait_for(conn.reader.readexactly(length), self.timeout_s) if length else b""
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            raise RunnerUnavailable(f"runner at {self.host}:{self.port} broke off its answer") from None
+            raise RunnerUnavailable(f"{where} did not answer within {self.timeout_s}s") from None
         return RunnerResponse(status, headers, body)
 
     async def close(self) -> None:

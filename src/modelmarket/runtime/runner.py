@@ -119,6 +119,8 @@ def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 0, fd: int | Non
         "http": "httptools",
         "loop": "uvloop",
         "timeout_keep_alive": 300,
+        "proxy_headers": False,
+        "server_header": False,
     }
     if fd is not None:
         sock = socket.socket(fileno=fd)

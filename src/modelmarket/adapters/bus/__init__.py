@@ -1,5 +1,19 @@
 """Event log port and its embedded adapter (append-only SQLite log with group commit)."""
 
-from modelmarket.adapters.bus.sqlite_log import EventLogFull, GroupCommitWriter, LogRecord, SqliteEventLog
+from modelmarket.adapters.bus.sqlite_log import (
+    EventLogFull,
+    GroupCommitWriter,
+    LogRecord,
+    LoopGroupCommitWriter,
+    SqliteEventLog,
+    make_writer,
+)
 
-__all__ = ["EventLogFull", "GroupCommitWriter", "LogRecord", "SqliteEventLog"]
+__all__ = [
+    "EventLogFull",
+    "GroupCommitWriter",
+    "LogRecord",
+    "LoopGroupCommitWriter",
+    "SqliteEventLog",
+    "make_writer",
+]
