@@ -23,11 +23,14 @@ MM = [sys.executable, "-m", "modelmarket.cli.main"]
 @dataclass
 class Cli:
     home: Path
+    database_url: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
         env["MODELMARKET_HOME"] = str(self.home)
+        if self.database_url:
+            env["MODELMARKET_DATABASE_URL"] = self.database_url
         return env
 
     def run(self, *args: str, check: bool = True, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -64,7 +67,9 @@ def demo_cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return cli
 
 
-def start_gateway(cli: Cli, timeout_s: float = 90) -> Gateway:
+def start_gateway(
+    cli: Cli, timeout_s: float = 90, models: tuple[str, ...] = ("digits", "sentiment", "speech-to-text")
+) -> Gateway:
     log_path = cli.home / "gateway.log"
     with open(log_path, "a") as log_file:
         proc = subprocess.Popen(
@@ -84,7 +89,7 @@ def start_gateway(cli: Cli, timeout_s: float = 90) -> Gateway:
             break
     assert url, "gateway printed no URL line"
     # Runners start in the background; wait until every demo model answers ready.
-    for model in ("digits", "sentiment", "speech-to-text"):
+    for model in models:
         while time.monotonic() < deadline:
             if httpx.get(f"{url}/v2/models/{model}/ready").status_code == 200:
                 break

@@ -6,13 +6,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
-from tests.e2e.conftest import MM, Cli, Gateway
+from tests.e2e.conftest import MM, Cli, Gateway, start_gateway
 
 
 def _runner_pids(gateway_pid: int, model: str) -> list[int]:
@@ -102,3 +103,41 @@ def test_demo_prints_url_key_and_working_examples(tmp_path: Path) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_children_stop_when_the_gateway_is_killed(demo_cli: Cli, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
+    cli.run("accounts", "create", "demo-provider", "--role", "provider")
+    cli.run("publish", str(tmp_path / "packages" / "digits"))
+    gw = start_gateway(cli, models=("digits",))
+    children = _children(gw.proc.pid)
+    assert len(children) == 2  # the digits runner and the metering consumer
+    gw.proc.kill()
+    gw.proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in children), "runner or metering process outlived the gateway"

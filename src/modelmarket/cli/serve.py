@@ -14,6 +14,7 @@ import click
 
 from modelmarket.bootstrap import Platform
 from modelmarket.cli.common import domain_errors, platform
+from modelmarket.core import lifetime
 from modelmarket.core.errors import AlreadyExists, NotFound
 
 
@@ -153,8 +154,11 @@ def demo(port: int | None, build_only: bool) -> None:
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
+@click.option("--exit-with-parent", is_flag=True, help="Stop when the process that started this one exits.")
 @domain_errors
-def runner(ref: str | None, spec_path: Path | None, fd: int | None, host: str, port: int) -> None:
+def runner(
+    ref: str | None, spec_path: Path | None, fd: int | None, host: str, port: int, exit_with_parent: bool
+) -> None:
     """Serve one model version over OIP v2 (REF = NAME[@VERSION|@ALIAS], or --spec FILE).
 
     The gateway's supervisor starts runners itself; run one by hand to call a model directly.
@@ -170,5 +174,7 @@ def runner(ref: str | None, spec_path: Path | None, fd: int | None, host: str, p
         name, _, version_ref = ref.partition("@")
         version = p.registry.catalogue().resolve(name, version_ref or None)
         spec_path = materialize(version, p.blobs, p.settings.runners_dir)
+    if exit_with_parent:
+        lifetime.exit_with_parent()
     doc: dict[str, Any] = json.loads(spec_path.read_text())
     serve_runner(ModelSpec.from_json(doc), host=host, port=port, fd=fd)

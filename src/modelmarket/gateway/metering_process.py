@@ -27,7 +27,7 @@ class MeteringProcess:
         self._task: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "modelmarket.cli.main", "meter"]
+        cmd = [sys.executable, "-m", "modelmarket.cli.main", "meter", "--exit-with-parent"]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
 

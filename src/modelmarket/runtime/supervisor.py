@@ -139,6 +139,7 @@ class Supervisor:
             str(runner.spec_path),
             "--fd",
             str(fd),
+            "--exit-with-parent",
         ]
         with open(runner.log_path, "ab") as log_file:
             runner.proc = subprocess.Popen(
