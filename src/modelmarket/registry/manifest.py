@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,22 +16,12 @@ from modelmarket.core.money import parse_decimal
 MANIFEST_NAME = "modelmarket.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
-UNIT_KINDS = ("image", "tokens_1k", "audio_minute", "request")
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+]
+UnitKind = Literal["image", "tokens_1k", "audio_minute", "request"]
+DATATYPES: tuple[str, ...] = get_args(Datatype)
+UNIT_KINDS: tuple[str, ...] = get_args(UnitKind)
 
 
 class _Strict(BaseModel):
@@ -40,21 +30,7 @@ class _Strict(BaseModel):
 
 class TensorDecl(_Strict):
     name: str = Field(min_length=1, max_length=100)
-    datatype: Literal[
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-        "BYTES",
-    ]
+    datatype: Datatype
     shape: list[int] = Field(min_length=1, max_length=8)
 
     @field_validator("shape")
@@ -79,7 +55,7 @@ class ArtifactDecl(_Strict):
 
 
 class Pricing(_Strict):
-    unit: Literal["image", "tokens_1k", "audio_minute", "request"]
+    unit: UnitKind
     price_per_iu: Decimal
     currency: str = Field(pattern=r"^[A-Z]{3}$")
 
