@@ -68,12 +68,15 @@ def demo_cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
 
 
 def start_gateway(
-    cli: Cli, timeout_s: float = 90, models: tuple[str, ...] = ("digits", "sentiment", "speech-to-text")
+    cli: Cli,
+    timeout_s: float = 90,
+    models: tuple[str, ...] = ("digits", "sentiment", "speech-to-text"),
+    extra_args: tuple[str, ...] = (),
 ) -> Gateway:
     log_path = cli.home / "gateway.log"
     with open(log_path, "a") as log_file:
         proc = subprocess.Popen(
-            [*MM, "serve", "--port", "0"], env=cli.env, stdout=subprocess.PIPE, stderr=log_file, text=True
+            [*MM, "serve", "--port", "0", *extra_args], env=cli.env, stdout=subprocess.PIPE, stderr=log_file, text=True
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s

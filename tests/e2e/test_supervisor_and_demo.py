@@ -10,10 +10,11 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from tests.e2e.conftest import MM, Cli, Gateway, start_gateway
+from tests.e2e.conftest import MM, Cli, Gateway, start_gateway, stop_gateway
 
 
 def _runner_pids(gateway_pid: int, model: str) -> list[int]:
@@ -141,3 +142,28 @@ def test_children_stop_when_the_gateway_is_killed(demo_cli: Cli, tmp_path: Path)
     while time.monotonic() < deadline and any(_alive(c) for c in children):
         time.sleep(0.2)
     assert not any(_alive(c) for c in children), "runner or metering process outlived the gateway"
+
+
+def test_concurrent_first_calls_share_one_runner(demo_cli: Cli, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
+    cli.run("accounts", "create", "demo-provider", "--role", "provider")
+    cli.run("publish", str(tmp_path / "packages" / "digits"))
+    key = cli.new_consumer("eager")
+    gw = start_gateway(cli, models=(), extra_args=("--no-preload",))
+    try:
+        assert _runner_pids(gw.proc.pid, "digits") == []  # nothing started before the first call
+        body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}
+
+        def call(_: int) -> int:
+            r = httpx.post(
+                f"{gw.url}/v2/models/digits/infer", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            )
+            return r.status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(call, range(8)))
+        assert statuses == [200] * 8
+        assert len(_runner_pids(gw.proc.pid, "digits")) == 1
+    finally:
+        stop_gateway(gw)

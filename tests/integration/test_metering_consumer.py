@@ -18,6 +18,7 @@ from modelmarket.adapters.store import Store
 from modelmarket.adapters.store import schema as t
 from modelmarket.metering.consumer import CONSUMER_NAME, catch_up, consume_batch
 from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.units import UNIT_DIVISOR
 from modelmarket.metering.usage import usage_summary
 
 CONSUMER = "acc_consumer"
@@ -44,6 +45,7 @@ def event(
         version="1.0.0",
         provider_account_id="acc_provider",
         unit_kind=unit_kind,
+        quantity=int((Decimal(iu) * UNIT_DIVISOR[unit_kind]).to_integral_value()),
         quantity_iu=Decimal(iu),
         unit_price=Decimal(price),
         currency=currency,
@@ -121,9 +123,9 @@ def test_catch_up_again_adds_nothing(store: Store, event_log: SqliteEventLog) ->
 def test_new_events_after_catch_up_are_added(store: Store, event_log: SqliteEventLog) -> None:
     append(event_log, event(iu="2"))
     catch_up(store, event_log)
-    append(event_log, event(iu="5"), event(iu="0.5"))
+    append(event_log, event(iu="5"), event(iu="1"))
     assert catch_up(store, event_log) == 2
-    assert summary_totals(store) == (3, Decimal("7.5"), {"USD": Decimal("0.0075")})
+    assert summary_totals(store) == (3, Decimal("8"), {"USD": Decimal("0.0080")})
 
 
 def test_small_batches_reach_the_same_totals(store: Store, event_log: SqliteEventLog) -> None:

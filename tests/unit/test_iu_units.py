@@ -143,6 +143,7 @@ def usage_event(**overrides: object) -> UsageEvent:
         "version": "1.0.0",
         "provider_account_id": "acc_provider",
         "unit_kind": "tokens_1k",
+        "quantity": 4,
         "quantity_iu": count_iu("tokens_1k", [texts("Hello, world!")]),
         "unit_price": Decimal("0.0200"),
         "currency": "USD",
@@ -183,21 +184,22 @@ def test_usage_event_round_trip_is_exact() -> None:
 
 def test_audio_event_round_trip_keeps_all_28_digits() -> None:
     iu = count_iu("audio_minute", audio(make_wav(1.0)))
-    event = usage_event(unit_kind="audio_minute", quantity_iu=iu, unit_price=Decimal("0.0060"))
+    event = usage_event(unit_kind="audio_minute", quantity=1, quantity_iu=iu, unit_price=Decimal("0.0060"))
     decoded = UsageEvent.decode(event.encode())
     assert str(decoded.quantity_iu) == ONE_SIXTIETH
     assert decoded.amount == event.amount == Decimal("0.0001000000000000000000000000")
 
 
 def test_image_amount_is_iu_times_price() -> None:
-    event = usage_event(unit_kind="image", quantity_iu=Decimal(3), unit_price=Decimal("0.0010"))
+    event = usage_event(unit_kind="image", quantity=3, quantity_iu=Decimal(3), unit_price=Decimal("0.0010"))
     assert UsageEvent.decode(event.encode()).amount == Decimal("0.0030")
 
 
-def test_trace_id_defaults_to_the_event_id_and_offsets_survive() -> None:
+def test_trace_id_is_null_without_a_traceparent_and_offsets_survive() -> None:
     local = datetime(2024, 5, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
     decoded = UsageEvent.decode(usage_event(trace_id=None, time=local).encode())
-    assert decoded.trace_id == "req_0001"
+    assert decoded.trace_id is None
+    assert json.loads(usage_event(trace_id=None).encode())["data"]["trace_id"] is None
     assert decoded.time == local
 
 

@@ -17,7 +17,13 @@ import pytest
 
 from modelmarket.core.errors import InvalidInput
 from modelmarket.runtime.base import Tensor, TensorSpec, bytes_tensor
-from modelmarket.runtime.oip import InferRequest, decode_request, encode_response, validate_inputs
+from modelmarket.runtime.oip import (
+    InferRequest,
+    decode_request,
+    encode_response,
+    validate_inputs,
+    validate_requested_outputs,
+)
 
 
 def json_body(doc: dict[str, Any]) -> bytes:
@@ -409,8 +415,35 @@ def tensor(name: str, datatype: str, shape: list[int]) -> Tensor:
 
 
 def test_valid_inputs_pass_and_minus_one_accepts_any_size() -> None:
-    for batch in (0, 1, 17):
+    for batch in (1, 17, 250):
         validate_inputs([tensor("mask", "BOOL", [batch, 8, 8]), tensor("pixels", "FP32", [batch, 64])], SPECS, "digits")
+
+
+def test_an_empty_batch_is_refused_so_nothing_is_billed_for_nothing() -> None:
+    with pytest.raises(InvalidInput, match="'mask' has no elements"):
+        validate_inputs([tensor("mask", "BOOL", [0, 8, 8]), tensor("pixels", "FP32", [0, 64])], SPECS, "digits")
+
+
+def test_a_requested_output_the_model_lacks_is_refused() -> None:
+    body = json_body(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": [{"name": "nope"}]}
+    )
+    request = decode_request(body, None)
+    with pytest.raises(InvalidInput, match="no output named 'nope'"):
+        validate_requested_outputs(request, frozenset({"label", "probabilities"}), "digits")
+    validate_requested_outputs(
+        decode_request(
+            json_body(
+                {
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                    "outputs": [{"name": "label"}],
+                }
+            ),
+            None,
+        ),
+        frozenset({"label"}),
+        "digits",
+    )
 
 
 def test_unknown_input_name() -> None:

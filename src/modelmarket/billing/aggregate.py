@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Clamped, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow, Rounded
+from fractions import Fraction
 from typing import NamedTuple
 
 EXACT_DIGITS = 200
@@ -26,6 +27,8 @@ class UsageRow(NamedTuple):
     quantity_iu: Decimal
     unit_price: Decimal
     amount: Decimal
+    """The event's exact amount is ``amount / amount_divisor`` (see the usage_events table)."""
+    amount_divisor: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +40,38 @@ class UsageGroup:
     unit_kind: str
     events: int
     quantity_iu: Decimal
-    amount_precise: Decimal
+    amount_exact: Fraction
+    """The exact sum of the events' amounts."""
     unit_price: Decimal | None
     """The unit price when every event had the same one, else None."""
+
+    @property
+    def amount_precise(self) -> Decimal:
+        """``amount_exact`` as a decimal: exact when it has a finite decimal expansion, else 50 digits."""
+        return fraction_to_decimal(self.amount_exact)
 
 
 @dataclass(slots=True)
 class _Totals:
     events: int
     quantity_iu: Decimal
-    amount: Decimal
+    amounts: dict[int, Decimal]  # divisor -> exact sum of numerators
     unit_price: Decimal | None
+
+
+def fraction_to_decimal(value: Fraction) -> Decimal:
+    """Exact when the denominator has only the factors 2 and 5; otherwise rounded to 50 significant digits."""
+    den = value.denominator
+    for factor in (2, 5):
+        while den % factor == 0:
+            den //= factor
+    if den == 1:
+        return exact_context().divide(Decimal(value.numerator), Decimal(value.denominator))
+    return Context(prec=50).divide(Decimal(value.numerator), Decimal(value.denominator))
+
+
+def _exact_sum(amounts: dict[int, Decimal]) -> Fraction:
+    return sum((Fraction(numerator) / divisor for divisor, numerator in amounts.items()), Fraction(0))
 
 
 def aggregate_usage(rows: Iterable[UsageRow]) -> list[UsageGroup]:
@@ -58,11 +82,11 @@ def aggregate_usage(rows: Iterable[UsageRow]) -> list[UsageGroup]:
         key = (row.currency, row.model_name, row.unit_kind)
         acc = totals.get(key)
         if acc is None:
-            totals[key] = _Totals(1, row.quantity_iu, row.amount, row.unit_price)
+            totals[key] = _Totals(1, row.quantity_iu, {row.amount_divisor: row.amount}, row.unit_price)
             continue
         acc.events += 1
         acc.quantity_iu = ctx.add(acc.quantity_iu, row.quantity_iu)
-        acc.amount = ctx.add(acc.amount, row.amount)
+        acc.amounts[row.amount_divisor] = ctx.add(acc.amounts.get(row.amount_divisor, Decimal(0)), row.amount)
         if acc.unit_price is not None and acc.unit_price != row.unit_price:
             acc.unit_price = None
     return [
@@ -70,7 +94,7 @@ def aggregate_usage(rows: Iterable[UsageRow]) -> list[UsageGroup]:
             *key,
             events=acc.events,
             quantity_iu=acc.quantity_iu,
-            amount_precise=acc.amount,
+            amount_exact=_exact_sum(acc.amounts),
             unit_price=acc.unit_price,
         )
         for key, acc in sorted(totals.items())

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from itertools import groupby
 from typing import Any
 
 from modelmarket.billing.aggregate import UsageGroup, exact_context
 from modelmarket.billing.period import Period
 from modelmarket.core.errors import InvalidInput, ensure
-from modelmarket.core.money import quantize_minor
+from modelmarket.core.money import quantize_minor, round_minor
 
 
 def decimal_text(value: Decimal) -> str:
@@ -191,12 +192,14 @@ def check_share(provider_share: Decimal) -> Decimal:
     return provider_share
 
 
-def split_gross(gross_precise: Decimal, currency: str, provider_share: Decimal) -> tuple[Decimal, Decimal, Decimal]:
+def split_gross(
+    gross_exact: Fraction | Decimal, currency: str, provider_share: Decimal
+) -> tuple[Decimal, Decimal, Decimal]:
     """(gross, provider amount, platform fee): each rounded once; provider + platform == gross exactly."""
-    gross = quantize_minor(gross_precise, currency)
-    ctx = exact_context()
-    provider = quantize_minor(ctx.multiply(gross_precise, provider_share), currency)
-    platform = ctx.subtract(gross, provider)
+    gross_exact = Fraction(gross_exact)
+    gross = round_minor(gross_exact, currency)
+    provider = round_minor(gross_exact * Fraction(provider_share), currency)
+    platform = exact_context().subtract(gross, provider)
     ensure(provider + platform == gross, "revenue split does not add up to the gross")
     return gross, provider, platform
 
@@ -209,12 +212,12 @@ def invoice_line(group: UsageGroup) -> InvoiceLine:
         quantity_iu=group.quantity_iu,
         unit_price=group.unit_price,
         amount_precise=group.amount_precise,
-        amount=quantize_minor(group.amount_precise, group.currency),
+        amount=round_minor(group.amount_exact, group.currency),
     )
 
 
 def statement_line(group: UsageGroup, provider_share: Decimal) -> StatementLine:
-    gross, provider, platform = split_gross(group.amount_precise, group.currency, provider_share)
+    gross, provider, platform = split_gross(group.amount_exact, group.currency, provider_share)
     return StatementLine(
         model_name=group.model_name,
         unit_kind=group.unit_kind,

@@ -45,6 +45,7 @@ def _usage_rows(conn: Connection, owner: ColumnElement[bool], period: Period) ->
             usage_events.c.quantity_iu,
             usage_events.c.unit_price,
             usage_events.c.amount,
+            usage_events.c.amount_divisor,
         )
         .where(
             owner,

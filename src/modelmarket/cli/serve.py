@@ -16,6 +16,7 @@ from modelmarket.bootstrap import Platform
 from modelmarket.cli.common import domain_errors, platform
 from modelmarket.core import lifetime
 from modelmarket.core.errors import AlreadyExists, NotFound
+from modelmarket.settings import Settings
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -155,9 +156,21 @@ def demo(port: int | None, build_only: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
 @click.option("--exit-with-parent", is_flag=True, help="Stop when the process that started this one exits.")
+@click.option(
+    "--max-request-bytes",
+    type=int,
+    default=None,
+    help="Largest request body [default: MODELMARKET_MAX_REQUEST_BYTES]; larger bodies get 413.",
+)
 @domain_errors
 def runner(
-    ref: str | None, spec_path: Path | None, fd: int | None, host: str, port: int, exit_with_parent: bool
+    ref: str | None,
+    spec_path: Path | None,
+    fd: int | None,
+    host: str,
+    port: int,
+    exit_with_parent: bool,
+    max_request_bytes: int | None,
 ) -> None:
     """Serve one model version over OIP v2 (REF = NAME[@VERSION|@ALIAS], or --spec FILE).
 
@@ -177,4 +190,5 @@ def runner(
     if exit_with_parent:
         lifetime.exit_with_parent()
     doc: dict[str, Any] = json.loads(spec_path.read_text())
-    serve_runner(ModelSpec.from_json(doc), host=host, port=port, fd=fd)
+    limit = max_request_bytes if max_request_bytes is not None else Settings().max_request_bytes
+    serve_runner(ModelSpec.from_json(doc), host=host, port=port, fd=fd, max_request_bytes=limit)

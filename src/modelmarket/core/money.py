@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from fractions import Fraction
 
 from modelmarket.core.errors import InvalidInput, ensure
 
@@ -19,6 +20,12 @@ def quantize_minor(amount: Decimal, currency: str) -> Decimal:
     """Round once, to the currency's minor unit, half-to-even."""
     exponent = Decimal(1).scaleb(-minor_units(currency))
     return amount.quantize(exponent, rounding=ROUND_HALF_EVEN)
+
+
+def round_minor(value: Fraction | Decimal, currency: str) -> Decimal:
+    """Round an exact rational amount once, to the currency's minor unit, half-to-even, with no error."""
+    places = minor_units(currency)
+    return Decimal(round(Fraction(value) * 10**places)).scaleb(-places)
 
 
 def parse_decimal(value: object, field: str) -> Decimal:

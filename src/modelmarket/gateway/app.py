@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,19 +21,20 @@ from modelmarket import __version__
 from modelmarket.accounts import Account
 from modelmarket.adapters.bus import make_writer
 from modelmarket.bootstrap import Platform
-from modelmarket.core.errors import DomainError, NotFound, Unauthenticated
+from modelmarket.core.errors import DomainError, InvalidInput, NotFound, Unauthenticated
 from modelmarket.core.ids import RequestIds
 from modelmarket.gateway import api
 from modelmarket.gateway.errors import status_for
 from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.units import count_iu
+from modelmarket.metering.units import count_units, iu_from_units
 from modelmarket.registry.service import VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond
 from modelmarket.runtime.base import TensorSpec
 from modelmarket.runtime.supervisor import Supervisor
+from modelmarket.settings import Settings
 
 log = logging.getLogger(__name__)
 _OK = b"{}"
@@ -58,7 +60,7 @@ class GatewayApp:
         self.preload = preload
         self.state = GatewayState(platform, s.cache_refresh_s)
         self.writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
-        self.metering = MeteringProcess(s.home / "metering.log")
+        self.metering = MeteringProcess(s.home / "metering.log", _child_env(s))
         self.supervisor = Supervisor(
             platform.blobs,
             s.runners_dir,
@@ -66,11 +68,13 @@ class GatewayApp:
             s.runner_request_timeout_s,
             s.runner_pool_size,
             s.runner_max_restarts,
+            s.max_request_bytes,
         )
         self.source = f"modelmarket/{s.gateway_id}"
         self.request_ids = RequestIds("req_")
         self._background: set[asyncio.Task[Any]] = set()
         self._spec_cache: dict[str, tuple[TensorSpec, ...]] = {}
+        self._outputs_cache: dict[str, frozenset[str]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -85,6 +89,8 @@ class GatewayApp:
                     self._spawn_start(entry.resolve(None))
 
     async def shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.state.stop()
         await self.supervisor.stop()
         self.writer.stop()
@@ -147,8 +153,12 @@ class GatewayApp:
     async def _server_route(self, scope: Scope, send: Send, path: str) -> None:
         if scope["method"] != "GET":
             await respond(send, 405, oip.error_body(f"{scope['method']} is not allowed on {path}"))
-        elif path in ("/v2/health/live", "/v2/health/ready"):
-            await respond(send, 200, _OK)
+        elif path == "/v2/health/live":
+            await respond(send, 200, b"")
+        elif path == "/v2/health/ready":
+            # Ready when every runner asked for (all preloaded models, or the ones called so far) is ready.
+            ready = self.supervisor.all_ready() or not self.supervisor.runners
+            await respond(send, 200 if ready else 400, b"" if ready else oip.error_body("models are starting"))
         elif path in ("/v2", "/v2/"):
             body = {"name": "modelmarket", "version": __version__, "extensions": ["binary_tensor_data"]}
             await respond(send, 200, orjson.dumps(body))
@@ -189,10 +199,10 @@ class GatewayApp:
         version = await self._resolve(name, ref)
         if tail == "ready":
             if self.supervisor.is_ready(version):
-                await respond(send, 200, _OK)
-            else:
+                await respond(send, 200, b"")
+            else:  # OIP: 200 means ready, a 4xx means not ready
                 self._spawn_start(version)
-                await respond(send, 503, oip.error_body(f"model {name!r} version {version.version} is starting"))
+                await respond(send, 400, oip.error_body(f"model {name!r} version {version.version} is starting"))
             return
         m = version.manifest
         entry = self.state.catalogue.get(name)
@@ -214,12 +224,13 @@ class GatewayApp:
         try:
             header_len = int(raw_len) if raw_len is not None else None
         except ValueError:
-            header_len = -1
+            raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
         request = oip.decode_request(body, header_len)
         m = version.manifest
         inputs_spec = self._input_specs(version)
         oip.validate_inputs(request.inputs, inputs_spec, name)
-        quantity = count_iu(m.pricing.unit, request.inputs)
+        oip.validate_requested_outputs(request, self._output_names(version), name)
+        units = count_units(m.pricing.unit, request.inputs)
         pool = await self.supervisor.pool_for(version)
         fwd_headers = [(b"Content-Type", header(scope, b"content-type") or b"application/json")]
         if raw_len is not None:
@@ -238,7 +249,8 @@ class GatewayApp:
             version=version.version,
             provider_account_id=version.provider_account_id,
             unit_kind=m.pricing.unit,
-            quantity_iu=quantity,
+            quantity=units,
+            quantity_iu=iu_from_units(m.pricing.unit, units),
             unit_price=m.pricing.price_per_iu,
             currency=m.pricing.currency,
             latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
@@ -252,12 +264,29 @@ class GatewayApp:
         ctype = answer.headers.get(b"content-type", b"application/json")
         await respond(send, 200, answer.body, ctype, headers)
 
+    def _output_names(self, version: VersionRecord) -> frozenset[str]:
+        names = self._outputs_cache.get(version.id)
+        if names is None:
+            names = frozenset(t.name for t in version.manifest.outputs)
+            self._outputs_cache[version.id] = names
+        return names
+
     def _input_specs(self, version: VersionRecord) -> tuple[TensorSpec, ...]:
         specs = self._spec_cache.get(version.id)
         if specs is None:
             specs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in version.manifest.inputs)
             self._spec_cache[version.id] = specs
         return specs
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The environment of the metering child: this gateway's settings, whatever the parent's environment says."""
+    env = dict(os.environ)
+    env["MODELMARKET_HOME"] = str(settings.home.resolve())
+    env["MODELMARKET_DATABASE_URL"] = settings.resolved_database_url
+    env["MODELMARKET_EVENT_LOG_SYNC"] = settings.event_log_sync
+    env["MODELMARKET_METERING_POLL_S"] = str(settings.metering_poll_s)
+    return env
 
 
 def _trace_id(scope: Scope) -> str | None:

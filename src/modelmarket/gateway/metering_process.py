@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class MeteringProcess:
-    def __init__(self, log_path: Path, check_interval_s: float = 1.0) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], check_interval_s: float = 1.0) -> None:
         self.log_path = log_path
+        self.env = env
         self.check_interval_s = check_interval_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -29,7 +30,9 @@ class MeteringProcess:
     def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "modelmarket.cli.main", "meter", "--exit-with-parent"]
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+            )
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select, text, update
 
 from modelmarket.adapters.bus import LogRecord, SqliteEventLog
 from modelmarket.adapters.store import Store
@@ -46,9 +46,11 @@ def _event_row(record: LogRecord, event: UsageEvent) -> dict[str, Any]:
         "version": event.version,
         "provider_account_id": event.provider_account_id,
         "unit_kind": event.unit_kind,
+        "quantity_base": event.quantity,
         "quantity_iu": event.quantity_iu,
         "unit_price": event.unit_price,
-        "amount": event.amount,
+        "amount": event.amount_numerator,
+        "amount_divisor": event.amount_divisor,
         "currency": event.currency,
         "occurred_at": event.time.isoformat(),
         "day": event.time.astimezone(UTC).date().isoformat(),
@@ -81,7 +83,7 @@ def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         acc = totals.setdefault(key, [0, Decimal(0), Decimal(0)])
         acc[0] += 1
         acc[1] += r["quantity_iu"]
-        acc[2] += r["amount"]
+        acc[2] += r["amount"] / r["amount_divisor"]  # display aggregate; billing reads the exact event rows
     d = t.usage_daily.c
     for (account, model, day, unit, currency), (events, iu, amount) in totals.items():
         where = (
@@ -120,6 +122,10 @@ def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 def consume_batch(store: Store, event_log: SqliteEventLog, limit: int = 5000) -> int:
     """Apply the next batch of events from the log. Returns how many log records were read."""
     with store.write() as conn:
+        if conn.dialect.name == "postgresql":
+            # One consumer at a time (the gateway's child, /api/usage, the CLI); SQLite's BEGIN IMMEDIATE already
+            # serializes writers. Held until commit, so a second consumer reads the offset this one moves.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7042002)"))
         had_row = (
             conn.execute(
                 select(t.consumer_offsets.c.consumer).where(t.consumer_offsets.c.consumer == CONSUMER_NAME)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, Rounded
 from typing import Any
 
 import orjson
 
+from modelmarket.metering.units import BASE_UNIT, UNIT_DIVISOR
+
 EVENT_TYPE = "modelmarket.inference.completed"
+_EXACT = Context(prec=200, traps=[Inexact, Rounded])
+_DISPLAY = Context(prec=28)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,7 @@ class UsageEvent:
     version: str
     provider_account_id: str
     unit_kind: str
+    quantity: int  # base units: images, tokens, seconds or requests (see metering.units)
     quantity_iu: Decimal
     unit_price: Decimal
     currency: str
@@ -30,8 +35,18 @@ class UsageEvent:
     trace_id: str | None = None
 
     @property
+    def amount_divisor(self) -> int:
+        return UNIT_DIVISOR[self.unit_kind]
+
+    @property
+    def amount_numerator(self) -> Decimal:
+        """Exact: the event's amount is ``amount_numerator / amount_divisor``."""
+        return _EXACT.multiply(Decimal(self.quantity), self.unit_price)
+
+    @property
     def amount(self) -> Decimal:
-        return self.quantity_iu * self.unit_price
+        """The amount as a decimal, for display (28 significant digits when the divisor is not 10^k)."""
+        return _DISPLAY.divide(self.amount_numerator, Decimal(self.amount_divisor))
 
     def to_cloudevent(self) -> dict[str, Any]:
         return {
@@ -47,12 +62,14 @@ class UsageEvent:
                 "version": self.version,
                 "provider": self.provider_account_id,
                 "unit_kind": self.unit_kind,
-                "quantity_iu": str(self.quantity_iu),
-                "unit_price": str(self.unit_price),
+                "quantity": self.quantity,
+                "base_unit": BASE_UNIT[self.unit_kind],
+                "quantity_iu": format(self.quantity_iu, "f"),
+                "unit_price": format(self.unit_price, "f"),
                 "currency": self.currency,
-                "latency_ms": str(self.latency_ms),
+                "latency_ms": format(self.latency_ms, "f"),
                 "route": self.route,
-                "trace_id": self.trace_id or self.id,
+                "trace_id": self.trace_id,
             },
         }
 
@@ -74,6 +91,7 @@ class UsageEvent:
             version=data["version"],
             provider_account_id=data["provider"],
             unit_kind=data["unit_kind"],
+            quantity=int(data["quantity"]),
             quantity_iu=Decimal(data["quantity_iu"]),
             unit_price=Decimal(data["unit_price"]),
             currency=data["currency"],

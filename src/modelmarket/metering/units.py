@@ -9,8 +9,12 @@ Unit kinds:
   decoded as UTF-8 and split with the regular expression ``\\w+|[^\\w\\s]`` — a run of letters/digits/underscore
   is one token, and each other non-space character is one token. IU = tokens / 1000, exact.
 - ``audio_minute``: one IU per minute of audio, prorated per started second: each BYTES element is a WAV file,
-  its duration is rounded up to the whole second, IU = seconds / 60 (a Decimal at 28 significant digits).
+  its duration is rounded up to the whole second, IU = seconds / 60.
 - ``request``: one IU per call.
+
+Counting yields a whole number of *base units* (images, tokens, seconds, requests); IU = base units / divisor.
+The base count is what is billed: an amount is ``base units x price per IU / divisor``, kept as an exact
+fraction until the invoice line rounds it once (1/60 has no exact decimal).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from modelmarket.runtime.wav import wav_duration_s
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _CTX = Context(prec=28)
-_THOUSAND = Decimal(1000)
-_SIXTY = Decimal(60)
+UNIT_DIVISOR = {"image": 1, "tokens_1k": 1000, "audio_minute": 60, "request": 1}
+BASE_UNIT = {"image": "image", "tokens_1k": "token", "audio_minute": "second", "request": "request"}
 
 
 def count_tokens(text: str) -> int:
@@ -57,16 +61,25 @@ def _audio_seconds(inputs: Sequence[Tensor]) -> int:
     return seconds
 
 
-def count_iu(unit_kind: str, inputs: Sequence[Tensor]) -> Decimal:
+def count_units(unit_kind: str, inputs: Sequence[Tensor]) -> int:
+    """The request's size in base units of ``unit_kind`` (see the module docstring)."""
     if unit_kind == "request":
-        return Decimal(1)
+        return 1
     if unit_kind == "image":
         first = inputs[0]
         batched = len(first.shape) >= 2 or first.datatype == "BYTES"
-        return Decimal(first.shape[0] if batched and first.shape else 1)
+        return first.shape[0] if batched and first.shape else 1
     if unit_kind == "tokens_1k":
-        tokens = sum(count_tokens(text) for text in _text_elements(inputs))
-        return Decimal(tokens) / _THOUSAND
+        return sum(count_tokens(text) for text in _text_elements(inputs))
     if unit_kind == "audio_minute":
-        return _CTX.divide(Decimal(_audio_seconds(inputs)), _SIXTY)
+        return _audio_seconds(inputs)
     raise InvalidInput(f"unknown unit kind {unit_kind!r}")
+
+
+def iu_from_units(unit_kind: str, units: int) -> Decimal:
+    """IU for a base-unit count: exact when the divisor is a power of ten, else 28 significant digits."""
+    return _CTX.divide(Decimal(units), Decimal(UNIT_DIVISOR[unit_kind]))
+
+
+def count_iu(unit_kind: str, inputs: Sequence[Tensor]) -> Decimal:
+    return iu_from_units(unit_kind, count_units(unit_kind, inputs))

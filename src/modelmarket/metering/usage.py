@@ -11,6 +11,11 @@ from sqlalchemy import Connection, select
 from modelmarket.adapters.store import schema as t
 
 
+def _text(value: Decimal) -> str:
+    """Plain positional notation (never ``1E-7``) for JSON."""
+    return format(value, "f")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelUsage:
     model: str
@@ -26,8 +31,8 @@ class ModelUsage:
             "unit_kind": self.unit_kind,
             "currency": self.currency,
             "events": self.events,
-            "iu": str(self.quantity_iu),
-            "amount": str(self.amount),
+            "iu": _text(self.quantity_iu),
+            "amount": _text(self.amount),
         }
 
 
@@ -60,10 +65,11 @@ class UsageSummary:
             "since": self.since,
             "until": self.until,
             "total_events": self.total_events,
-            "total_iu": str(self.total_iu),
-            "total_amount": str(by_currency[single]) if single else str(sum(by_currency.values(), Decimal(0))),
+            "total_iu": _text(self.total_iu),
+            # One currency: its total. None used: "0". Several: null, see totals_by_currency (never added up).
+            "total_amount": _text(by_currency[single]) if single else ("0" if not by_currency else None),
             "currency": single,
-            "totals_by_currency": {k: str(v) for k, v in sorted(by_currency.items())},
+            "totals_by_currency": {k: _text(v) for k, v in sorted(by_currency.items())},
             "models": [m.to_json() for m in self.models],
         }
 

@@ -258,9 +258,19 @@ def validate_inputs(inputs: Sequence[Tensor], specs: Sequence[TensorSpec], model
             raise InvalidInput(
                 f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {list(spec.shape)}"
             )
+        if tensor.data.size == 0:
+            raise InvalidInput(f"input {tensor.name!r} has no elements (shape {tensor.shape})")
     missing = [name for name in declared if name not in seen]
     if missing:
         raise InvalidInput(f"model {model!r} needs input(s) {', '.join(missing)}")
+
+
+def validate_requested_outputs(request: InferRequest, output_names: frozenset[str], model: str) -> None:
+    for out in request.outputs or ():
+        if out["name"] not in output_names:
+            raise InvalidInput(
+                f"model {model!r} has no output named {out['name']!r} (outputs: {', '.join(sorted(output_names))})"
+            )
 
 
 def _encode_bytes_binary(arr: npt.NDArray[Any]) -> bytes:

@@ -93,7 +93,11 @@ class RunnerPool:
             except _StaleConnection:
                 conn.close()
                 conn = await self._open()
-                response = await self._roundtrip(conn, payload, False)
+                try:
+                    response = await self._roundtrip(conn, payload, False)
+                except BaseException:
+                    conn.close()
+                    raise
             except BaseException:
                 conn.close()
                 raise

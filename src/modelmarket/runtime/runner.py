@@ -72,7 +72,10 @@ class RunnerApp:
             oip.validate_inputs(request.inputs, self.spec.inputs, self.spec.name)
             outputs = self.runtime.predict(request.inputs, request.parameters)
             payload, header_len = oip.encode_response(self.spec.name, self.spec.version, request, outputs)
-        except (InvalidInput, BodyTooLarge, ValueError) as exc:
+        except BodyTooLarge as exc:
+            await respond(send, 413, oip.error_body(str(exc)))
+            return
+        except (InvalidInput, ValueError) as exc:
             await respond(send, 400, oip.error_body(str(exc)))
             return
         except Exception as exc:  # a model failure is the runner's 500, reported with its cause
@@ -106,12 +109,18 @@ def load_runtime(spec: ModelSpec) -> Runtime:
     return runtime
 
 
-def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 0, fd: int | None = None) -> None:
+def serve(
+    spec: ModelSpec,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    fd: int | None = None,
+    max_request_bytes: int = 64 * 1024 * 1024,
+) -> None:
     """Load the model, then serve it until SIGTERM/SIGINT. With ``fd``, serve on an inherited listening socket."""
     import uvicorn
 
     runtime = load_runtime(spec)
-    app = RunnerApp(runtime)
+    app = RunnerApp(runtime, max_request_bytes)
     kwargs: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,

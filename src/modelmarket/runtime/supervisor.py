@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +54,16 @@ def materialize(version: VersionRecord, blobs: BlobStore, runners_dir: Path) -> 
         target = blobs.path(art.sha256).resolve()
         if link.is_symlink() and os.readlink(link) == str(target):
             continue
-        if link.exists() or link.is_symlink():
-            link.unlink()
-        link.symlink_to(target)
+        # Link under a unique name, then rename over: safe when two processes lay out the same version.
+        fd, tmp_link = tempfile.mkstemp(dir=link.parent, prefix=".link-")
+        os.close(fd)
+        os.unlink(tmp_link)
+        os.symlink(target, tmp_link)
+        os.replace(tmp_link, link)
     spec_path = base / "spec.json"
-    tmp = spec_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec_for(version, root).to_json(), indent=2))
+    fd, tmp = tempfile.mkstemp(dir=base, prefix=".spec-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(spec_for(version, root).to_json(), indent=2))
     os.replace(tmp, spec_path)
     return spec_path
 
@@ -66,8 +71,8 @@ def materialize(version: VersionRecord, blobs: BlobStore, runners_dir: Path) -> 
 @dataclass
 class RunnerProcess:
     version: VersionRecord
-    spec_path: Path
-    log_path: Path
+    spec_path: Path | None = None
+    log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     pool: RunnerPool | None = None
     port: int = 0
@@ -86,8 +91,10 @@ class Supervisor:
         request_timeout_s: float,
         pool_size: int,
         max_restarts: int,
+        max_request_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.blobs = blobs
+        self.max_request_bytes = max_request_bytes
         self.runners_dir = runners_dir
         self.start_timeout_s = start_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -111,18 +118,22 @@ class Supervisor:
         return await self.ensure_started(version)
 
     async def ensure_started(self, version: VersionRecord) -> RunnerPool:
-        runner = self.runners.get(version.id)
-        if runner is None:
-            spec_path = await asyncio.to_thread(materialize, version, self.blobs, self.runners_dir)
-            runner = RunnerProcess(version, spec_path, spec_path.parent / "runner.log")
-            self.runners[version.id] = runner
+        # Register before the first await, so concurrent first calls share one runner and one lock.
+        runner = self.runners.setdefault(version.id, RunnerProcess(version))
         async with runner.lock:
             if runner.failed is not None:
                 raise NotReady(runner.failed)
+            if runner.spec_path is None:
+                runner.spec_path = await asyncio.to_thread(materialize, version, self.blobs, self.runners_dir)
+                runner.log_path = runner.spec_path.parent / "runner.log"
             if not (runner.ready and runner.pool is not None):
                 await self._start(runner)
             assert runner.pool is not None
             return runner.pool
+
+    def all_ready(self) -> bool:
+        """Whether every runner the gateway has asked for is ready (and at least one was asked for)."""
+        return bool(self.runners) and all(r.ready for r in self.runners.values())
 
     def _spawn(self, runner: RunnerProcess) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -139,8 +150,11 @@ class Supervisor:
             str(runner.spec_path),
             "--fd",
             str(fd),
+            "--max-request-bytes",
+            str(self.max_request_bytes),
             "--exit-with-parent",
         ]
+        assert runner.log_path is not None
         with open(runner.log_path, "ab") as log_file:
             runner.proc = subprocess.Popen(
                 cmd,
@@ -154,7 +168,7 @@ class Supervisor:
 
     async def _start(self, runner: RunnerProcess) -> None:
         name = f"{runner.version.model_name}@{runner.version.version}"
-        self._kill(runner)  # never two processes for one version
+        await self._kill(runner)  # never two processes for one version
         self._spawn(runner)
         pool = RunnerPool("127.0.0.1", runner.port, self.pool_size, self.request_timeout_s)
         deadline = time.monotonic() + self.start_timeout_s
@@ -176,7 +190,7 @@ class Supervisor:
                 pass
             await asyncio.sleep(0.05)
         await pool.close()
-        self._kill(runner)
+        await self._kill(runner)
         raise NotReady(f"runner for {name} was not ready within {self.start_timeout_s}s (see {runner.log_path})")
 
     async def _watch(self, interval_s: float) -> None:
@@ -208,16 +222,16 @@ class Supervisor:
             except NotReady as exc:
                 log.error("restart of %s failed: %s", name, exc)
 
-    def _kill(self, runner: RunnerProcess, timeout_s: float = 5.0) -> None:
+    async def _kill(self, runner: RunnerProcess, timeout_s: float = 5.0) -> None:
         proc = runner.proc
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=timeout_s)
+            await asyncio.to_thread(proc.wait, timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=timeout_s)
+            await asyncio.to_thread(proc.wait, timeout_s)
 
     async def stop(self) -> None:
         if self._monitor is not None:
@@ -228,4 +242,4 @@ class Supervisor:
             runner.ready = False
             if runner.pool is not None:
                 await runner.pool.close()
-            self._kill(runner)
+            await self._kill(runner)

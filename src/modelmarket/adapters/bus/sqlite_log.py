@@ -3,9 +3,11 @@
 The port is deliberately narrow (append, read from offset; consumers keep their offsets in the store, in the
 same transaction as their effects) so that a NATS JetStream or Kafka adapter is one module.
 
-``GroupCommitWriter`` is the hot-path appender: request handlers hand it an event and await its future; one
-writer thread drains whatever is queued and commits it in a single transaction, then resolves all the futures.
-Under load many requests share one commit; a lone request pays one small transaction.
+Two hot-path appenders share one interface (``append`` returns a future that completes once the event is
+committed): ``LoopGroupCommitWriter`` (the default, for ``synchronous=NORMAL``) commits on the event loop every
+append made in one loop iteration; ``GroupCommitWriter`` (for ``synchronous=FULL``) drains a queue in a writer
+thread, so fsyncs stay off the loop. Under load many requests share one commit; a lone request pays one small
+transaction. ``make_writer`` picks by the setting.
 """
 
 from __future__ import annotations

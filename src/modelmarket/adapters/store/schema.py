@@ -108,12 +108,16 @@ usage_events = Table(
     Column("unit_kind", String(40), nullable=False),
     Column("quantity_iu", DecimalText, nullable=False),
     Column("unit_price", DecimalText, nullable=False),
+    # The exact amount is amount / amount_divisor (audio is priced per minute but billed per second: 1/60
+    # has no exact decimal, so the event keeps the numerator seconds x price and the divisor 60).
     Column("amount", DecimalText, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("occurred_at", String(40), nullable=False),
     Column("day", String(10), nullable=False),
     Column("latency_ms", DecimalText, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
+    Column("amount_divisor", Integer, nullable=False, server_default="1"),
+    Column("quantity_base", BigInteger, nullable=True),
     Index("ix_usage_events_account_day", "account_id", "day"),
     Index("ix_usage_events_provider_day", "provider_account_id", "day"),
 )
