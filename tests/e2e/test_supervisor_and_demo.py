@@ -120,6 +120,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "?"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -135,13 +142,15 @@ def test_children_stop_when_the_gateway_is_killed(demo_cli: Cli, tmp_path: Path)
     cli.run("publish", str(tmp_path / "packages" / "digits"))
     gw = start_gateway(cli, models=("digits",))
     children = _children(gw.proc.pid)
-    assert len(children) == 2  # the digits runner and the metering consumer
+    described = [(c, _cmdline(c)) for c in children]
+    assert len(children) == 2, described  # the digits runner and the metering consumer
     gw.proc.kill()
     gw.proc.wait(timeout=10)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(_alive(c) for c in children):
         time.sleep(0.2)
-    assert not any(_alive(c) for c in children), "runner or metering process outlived the gateway"
+    survivors = [(c, _cmdline(c)) for c in children if _alive(c)]
+    assert not survivors, f"outlived the gateway: {survivors}"
 
 
 def test_concurrent_first_calls_share_one_runner(demo_cli: Cli, tmp_path: Path) -> None:
