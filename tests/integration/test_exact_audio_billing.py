@@ -32,13 +32,17 @@ def _second(i: int, price: str) -> UsageEvent:
     )
 
 
+def _meter_seconds(store: Store, tmp_path: Path, calls: int, price: str) -> None:
+    log = SqliteEventLog(tmp_path / "events.db")
+    log.append_many([(e.id, e.encode()) for e in (_second(i, price) for i in range(calls))])
+    catch_up(store, log)
+    log.close()
+
+
 def test_a_half_cent_tie_built_from_sixtieths_rounds_half_even(store: Store, tmp_path: Path) -> None:
     # 150 one-second calls at 0.0100 per minute cost exactly 0.025: half-to-even gives 0.02. Summing 28-digit
     # per-second amounts (0.0001666...67 each) would land just above the tie and bill 0.03.
-    log = SqliteEventLog(tmp_path / "events.db")
-    log.append_many([(e.id, e.encode()) for e in (_second(i, "0.0100") for i in range(150))])
-    catch_up(store, log)
-    log.close()
+    _meter_seconds(store, tmp_path, 150, "0.0100")
     with store.read() as conn:
         [invoice] = build_invoice(conn, "acc_c", parse_period("2026-11"))
         [statement] = build_provider_statement(conn, "acc_p", parse_period("2026-11"), Decimal("0.80"))
@@ -54,10 +58,7 @@ def test_a_half_cent_tie_built_from_sixtieths_rounds_half_even(store: Store, tmp
 
 
 def test_sixty_one_second_calls_are_exactly_one_minute(store: Store, tmp_path: Path) -> None:
-    log = SqliteEventLog(tmp_path / "events.db")
-    log.append_many([(e.id, e.encode()) for e in (_second(i, "0.0060") for i in range(60))])
-    catch_up(store, log)
-    log.close()
+    _meter_seconds(store, tmp_path, 60, "0.0060")
     with store.read() as conn:
         [invoice] = build_invoice(conn, "acc_c", parse_period("2026-11"))
         seconds = conn.exec_driver_sql("SELECT SUM(quantity_base) FROM usage_events").scalar()
