@@ -110,3 +110,20 @@ def test_request_ids_are_unique_across_instances() -> None:
     ids = {a.next() for _ in range(1000)} | {b.next() for _ in range(1000)}
     assert len(ids) == 2000
     assert all(i.startswith("req_") for i in ids)
+
+
+def test_the_metering_child_runs_on_the_gateways_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelmarket.gateway.app import _child_env
+    from modelmarket.settings import Settings
+
+    monkeypatch.setenv("MODELMARKET_HOME", "/somewhere/else")
+    monkeypatch.delenv("MODELMARKET_DATABASE_URL", raising=False)
+    settings = Settings(home=tmp_path / "home", event_log_sync="full", metering_poll_s=0.25)
+    env = _child_env(settings)
+    assert env["MODELMARKET_HOME"] == str((tmp_path / "home").resolve())
+    assert env["MODELMARKET_DATABASE_URL"] == settings.resolved_database_url
+    assert env["MODELMARKET_EVENT_LOG_SYNC"] == "full"
+    monkeypatch.setenv("MODELMARKET_HOME", env["MODELMARKET_HOME"])
+    monkeypatch.setenv("MODELMARKET_DATABASE_URL", env["MODELMARKET_DATABASE_URL"])
+    child = Settings()  # what the child process builds from that environment
+    assert child.resolved_database_url == settings.resolved_database_url
