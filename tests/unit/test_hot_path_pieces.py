@@ -127,3 +127,31 @@ def test_the_metering_child_runs_on_the_gateways_own_settings(tmp_path: Path, mo
     monkeypatch.setenv("MODELMARKET_DATABASE_URL", env["MODELMARKET_DATABASE_URL"])
     child = Settings()  # what the child process builds from that environment
     assert child.resolved_database_url == settings.resolved_database_url
+
+
+def test_request_bodies_past_the_limit_are_refused() -> None:
+    from modelmarket.runtime.asgi import BodyTooLarge, read_body
+
+    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3
+
+    async def main() -> None:
+        messages = iter([*chunks, {"type": "http.request", "body": b"", "more_body": False}])
+
+        async def receive() -> dict[str, object]:
+            return next(messages)
+
+        with pytest.raises(BodyTooLarge, match="limit of 1000 bytes"):
+            await read_body(receive, 1000)
+        small = iter(
+            [
+                {"type": "http.request", "body": b"abc", "more_body": True},
+                {"type": "http.request", "body": b"def", "more_body": False},
+            ]
+        )
+
+        async def receive_small() -> dict[str, object]:
+            return next(small)
+
+        assert await read_body(receive_small, 1000) == b"abcdef"
+
+    asyncio.run(main())

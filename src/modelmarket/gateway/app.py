@@ -97,6 +97,8 @@ class GatewayApp:
         await self.metering.stop()
 
     def _spawn_start(self, version: VersionRecord) -> None:
+        self.supervisor.register(version)  # counted by /v2/health/ready from now on
+
         async def start() -> None:
             try:
                 await self.supervisor.ensure_started(version)

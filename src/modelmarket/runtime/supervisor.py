@@ -117,9 +117,16 @@ class Supervisor:
             return runner.pool
         return await self.ensure_started(version)
 
+    def register(self, version: VersionRecord) -> RunnerProcess:
+        """The version's runner record (created on first use; its process starts in ``ensure_started``)."""
+        runner = self.runners.get(version.id)
+        if runner is None:
+            runner = self.runners[version.id] = RunnerProcess(version)
+        return runner
+
     async def ensure_started(self, version: VersionRecord) -> RunnerPool:
         # Register before the first await, so concurrent first calls share one runner and one lock.
-        runner = self.runners.setdefault(version.id, RunnerProcess(version))
+        runner = self.register(version)
         async with runner.lock:
             if runner.failed is not None:
                 raise NotReady(runner.failed)
