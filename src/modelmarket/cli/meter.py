@@ -14,9 +14,9 @@ from modelmarket.metering.consumer import catch_up, follow
 
 @click.command()
 @click.option("--once", is_flag=True, help="Apply every usage event in the log, print the count and exit.")
-@click.option("--exit-with-parent", is_flag=True, help="Stop when the process that started this one exits.")
+@click.option("--parent-pid", type=int, default=None, metavar="PID", help="Stop when process PID (the starter) exits.")
 @domain_errors
-def meter(once: bool, exit_with_parent: bool) -> None:
+def meter(once: bool, parent_pid: int | None) -> None:
     """Read usage events from the event log and aggregate usage per account, model and day.
 
     Idempotent by event id: running several, or re-reading the log, never counts an event twice. Without
@@ -31,8 +31,8 @@ def meter(once: bool, exit_with_parent: bool) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        if exit_with_parent:
-            lifetime.exit_with_parent()
+        if parent_pid is not None:
+            lifetime.exit_with_parent(parent_pid)
         follow(p.store, event_log, p.settings.metering_poll_s, stop)
     finally:
         event_log.close()

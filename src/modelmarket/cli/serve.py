@@ -155,7 +155,7 @@ def demo(port: int | None, build_only: bool) -> None:
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
-@click.option("--exit-with-parent", is_flag=True, help="Stop when the process that started this one exits.")
+@click.option("--parent-pid", type=int, default=None, metavar="PID", help="Stop when process PID (the starter) exits.")
 @click.option(
     "--max-request-bytes",
     type=int,
@@ -169,7 +169,7 @@ def runner(
     fd: int | None,
     host: str,
     port: int,
-    exit_with_parent: bool,
+    parent_pid: int | None,
     max_request_bytes: int | None,
 ) -> None:
     """Serve one model version over OIP v2 (REF = NAME[@VERSION|@ALIAS], or --spec FILE).
@@ -187,8 +187,8 @@ def runner(
         name, _, version_ref = ref.partition("@")
         version = p.registry.catalogue().resolve(name, version_ref or None)
         spec_path = materialize(version, p.blobs, p.settings.runners_dir)
-    if exit_with_parent:
-        lifetime.exit_with_parent()
+    if parent_pid is not None:
+        lifetime.exit_with_parent(parent_pid)
     doc: dict[str, Any] = json.loads(spec_path.read_text())
     limit = max_request_bytes if max_request_bytes is not None else Settings().max_request_bytes
     serve_runner(ModelSpec.from_json(doc), host=host, port=port, fd=fd, max_request_bytes=limit)

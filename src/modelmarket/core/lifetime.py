@@ -7,9 +7,12 @@ import signal
 import threading
 
 
-def exit_with_parent(interval_s: float = 1.0) -> None:
-    """Send ourselves SIGTERM (a graceful stop) once our parent process has exited."""
-    parent = os.getppid()
+def exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
+    """Send ourselves SIGTERM (a graceful stop) once process ``parent`` is no longer our parent.
+
+    The parent passes its pid on the command line: had the child read ``os.getppid()`` itself, a parent that
+    died while the child was still starting would go unnoticed.
+    """
 
     def watch() -> None:
         while os.getppid() == parent:

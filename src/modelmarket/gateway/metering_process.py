@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ class MeteringProcess:
         self._task: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "modelmarket.cli.main", "meter", "--exit-with-parent"]
+        cmd = [sys.executable, "-m", "modelmarket.cli.main", "meter", "--parent-pid", str(os.getpid())]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True

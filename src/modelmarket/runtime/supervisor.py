@@ -159,7 +159,8 @@ class Supervisor:
             str(fd),
             "--max-request-bytes",
             str(self.max_request_bytes),
-            "--exit-with-parent",
+            "--parent-pid",
+            str(os.getpid()),
         ]
         assert runner.log_path is not None
         with open(runner.log_path, "ab") as log_file:
