@@ -11,7 +11,10 @@ import time
 def test_child_stops_when_its_parent_is_already_gone() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    code = f"import time\nfrom modelmarket.core.lifetime import exit_with_parent\nexit_with_parent({dead.pid})\ntime.sleep(30)\n"
+    code = (
+        "import time\nfrom modelmarket.core.lifetime import exit_with_parent\n"
+        f"exit_with_parent({dead.pid})\ntime.sleep(30)\n"
+    )
     started = time.monotonic()
     child = subprocess.run([sys.executable, "-c", code], timeout=20)
     assert child.returncode == -signal.SIGTERM
