@@ -166,6 +166,8 @@ def follow(
         except Exception:  # keep metering alive; the offset did not move, so nothing is lost
             log.exception("metering consumer failed; retrying")
             n = 0
+        if n:
+            event_log.checkpoint()  # off the request path: the gateway's writer does not checkpoint
         if n < batch_max:
             stop.wait(poll_s)
     catch_up(store, event_log)

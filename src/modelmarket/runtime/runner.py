@@ -7,6 +7,7 @@ that answers ``/v2/health/ready`` is ready.
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 from typing import Any
@@ -121,6 +122,8 @@ def serve(
 
     runtime = load_runtime(spec)
     app = RunnerApp(runtime, max_request_bytes)
+    gc.collect()
+    gc.freeze()  # the loaded model lives as long as the process: no need to rescan it in every full collection
     kwargs: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,

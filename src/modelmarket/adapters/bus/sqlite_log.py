@@ -40,10 +40,15 @@ class LogRecord:
     payload: bytes
 
 
+# The hot-path writer leaves WAL checkpoints (page copies plus an fsync) to the metering consumer, which
+# checkpoints after each batch; this bound on the WAL is only a backstop for when no consumer runs.
+WRITER_AUTOCHECKPOINT_PAGES = 50_000
+
+
 class SqliteEventLog:
     """Append-only log in a SQLite file (WAL). One instance per thread: sqlite3 connections are not shared."""
 
-    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+    def __init__(self, path: Path, synchronous: str = "normal", autocheckpoint_pages: int | None = None) -> None:
         if synchronous.lower() not in {"full", "normal"}:
             raise ValueError(f"event_log_sync must be 'full' or 'normal', not {synchronous!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +57,13 @@ class SqliteEventLog:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._conn.execute("PRAGMA busy_timeout=30000")
+        if autocheckpoint_pages is not None:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
         self._conn.execute(_SCHEMA)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file without blocking the writer (PASSIVE)."""
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
         """Durably append events in one transaction. An event id already in the log is not appended twice."""
@@ -118,7 +129,7 @@ class GroupCommitWriter:
         return fut
 
     def _run(self) -> None:
-        log = SqliteEventLog(self._log_path, self._synchronous)
+        log = SqliteEventLog(self._log_path, self._synchronous, WRITER_AUTOCHECKPOINT_PAGES)
         try:
             while True:
                 first = self._queue.get()
@@ -188,7 +199,7 @@ class LoopGroupCommitWriter:
         self.appended = 0
 
     def start(self) -> None:
-        self._log = SqliteEventLog(self._log_path, self._synchronous)
+        self._log = SqliteEventLog(self._log_path, self._synchronous, WRITER_AUTOCHECKPOINT_PAGES)
 
     def stop(self) -> None:
         if self._pending:
