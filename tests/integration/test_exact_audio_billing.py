@@ -12,6 +12,7 @@ from modelmarket.billing import build_invoice, build_provider_statement, parse_p
 from modelmarket.metering.consumer import catch_up
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import iu_from_units
+from modelmarket.metering.usage import usage_summary
 
 
 def _second(i: int, price: str) -> UsageEvent:
@@ -46,6 +47,8 @@ def test_a_half_cent_tie_built_from_sixtieths_rounds_half_even(store: Store, tmp
     with store.read() as conn:
         [invoice] = build_invoice(conn, "acc_c", parse_period("2026-11"))
         [statement] = build_provider_statement(conn, "acc_p", parse_period("2026-11"), Decimal("0.80"))
+        usage = usage_summary(conn, "acc_c").to_json()
+    assert usage["total_amount"] == "0.025" and usage["total_iu"] == "2.5"  # the same exact figure as the invoice
     [line] = invoice.lines
     assert line.events == 150
     assert line.amount_precise == Decimal("0.025")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -16,6 +17,7 @@ from sqlalchemy import select, update
 from modelmarket.adapters.bus import EventLogFull, GroupCommitWriter, SqliteEventLog
 from modelmarket.adapters.store import Store
 from modelmarket.adapters.store import schema as t
+from modelmarket.core.money import fraction_to_decimal
 from modelmarket.metering.consumer import CONSUMER_NAME, catch_up, consume_batch
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UNIT_DIVISOR
@@ -67,7 +69,8 @@ def append(event_log: SqliteEventLog, *events: UsageEvent) -> None:
 def summary_totals(store: Store, account: str = CONSUMER) -> tuple[int, Decimal, dict[str, Decimal]]:
     with store.read() as conn:
         summary = usage_summary(conn, account)
-    return summary.total_events, summary.total_iu, summary.totals_by_currency()
+    totals = {c: fraction_to_decimal(v) for c, v in summary.totals_by_currency().items()}
+    return summary.total_events, fraction_to_decimal(summary.total_iu), totals
 
 
 def daily_rows(store: Store) -> list[tuple[Any, ...]]:
@@ -199,12 +202,13 @@ def test_day_is_the_utc_day_whatever_the_offset(store: Store, event_log: SqliteE
     assert [row[2] for row in daily_rows(store)] == ["2024-02-29"]
 
 
-def test_usage_rows_keep_28_digit_audio_quantities(store: Store, event_log: SqliteEventLog) -> None:
-    sixtieth = "0.01666666666666666666666666667"
+def test_audio_usage_is_exact_in_base_units(store: Store, event_log: SqliteEventLog) -> None:
+    sixtieth = "0.01666666666666666666666666667"  # what one second looks like as a 28-digit IU
     append(event_log, *(event(unit_kind="audio_minute", iu=sixtieth, price="0.0060") for _ in range(3)))
     catch_up(store, event_log)
-    _, iu, _ = summary_totals(store)
-    assert iu == Decimal("0.05000000000000000000000000001")  # 3 x the stored string, nothing lost to floats
+    _, iu, amounts = summary_totals(store)
+    assert iu == Decimal("0.05")  # 3 seconds / 60, exactly: summed in seconds, not in rounded sixtieths
+    assert amounts == {"USD": Decimal("0.0003")}
 
 
 # -- group commit ----------------------------------------------------------------------------------------
@@ -270,3 +274,27 @@ def test_group_commit_queue_is_bounded(tmp_path: Path) -> None:
 
     asyncio.run(overfill())
     assert writer.commits == 0
+
+
+def test_a_record_that_is_not_a_usage_event_is_set_aside_not_blocking(store: Store, event_log: SqliteEventLog) -> None:
+    append(event_log, event(iu="2"))
+    event_log.append_many([("junk-1", b'{"type": "something.else"}')])
+    append(event_log, event(iu="3"))
+    catch_up(store, event_log)
+    assert summary_totals(store)[:2] == (2, Decimal(5))  # the events on both sides of the bad one are metered
+    with store.read() as conn:
+        rejects = conn.execute(select(t.metering_rejects.c.event_id, t.metering_rejects.c.error)).all()
+    assert [r.event_id for r in rejects] == ["junk-1"] and "not a usage event" in rejects[0].error
+    with store.write() as conn:
+        conn.execute(update(t.consumer_offsets).values(log_offset=0))
+    catch_up(store, event_log)  # re-reading records the reject once
+    with store.read() as conn:
+        assert len(conn.execute(select(t.metering_rejects)).all()) == 1
+
+
+def test_events_written_before_base_units_were_recorded_still_meter(store: Store, event_log: SqliteEventLog) -> None:
+    doc = json.loads(event(unit_kind="tokens_1k", iu="1.5", price="0.0200").encode())
+    del doc["data"]["quantity"], doc["data"]["base_unit"]
+    event_log.append_many([(doc["id"], json.dumps(doc).encode())])
+    catch_up(store, event_log)
+    assert summary_totals(store) == (1, Decimal("1.5"), {"USD": Decimal("0.03")})

@@ -186,3 +186,30 @@ def test_missing_manifest_file(tmp_path: Path, demo_dir: Path) -> None:
 def test_package_that_is_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="not a directory"):
         load_manifest(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("price", "words"),
+    [("0.00000000001", "at most 10 digits after the decimal point"), ("1000000000000", "must be less than")],
+)
+def test_price_precision_and_size_are_bounded(price: str, words: str) -> None:
+    from modelmarket.registry.manifest import Manifest
+
+    doc = {
+        "name": "m",
+        "version": "1.0.0",
+        "task": "t",
+        "modality": "text",
+        "runtime": "vader",
+        "provider": "p",
+        "license": "MIT",
+        "artifacts": [{"path": "a"}],
+        "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "BYTES", "shape": [-1]}],
+        "pricing": {"unit": "request", "price_per_iu": price, "currency": "USD"},
+        "card": {"summary": "s"},
+    }
+    with pytest.raises(InvalidInput, match=f"pricing.price_per_iu: .*{words}"):
+        parse_manifest(doc)
+    doc["pricing"]["price_per_iu"] = "0.0000000001"
+    assert isinstance(parse_manifest(doc), Manifest)

@@ -8,6 +8,8 @@ from decimal import Clamped, Context, Decimal, DivisionByZero, Inexact, InvalidO
 from fractions import Fraction
 from typing import NamedTuple
 
+from modelmarket.core.money import fraction_to_decimal
+
 EXACT_DIGITS = 200
 """Significant digits kept while summing. A sum that would need more raises instead of rounding."""
 
@@ -57,17 +59,6 @@ class _Totals:
     quantity_iu: Decimal
     amounts: dict[int, Decimal]  # divisor -> exact sum of numerators
     unit_price: Decimal | None
-
-
-def fraction_to_decimal(value: Fraction) -> Decimal:
-    """Exact when the denominator has only the factors 2 and 5; otherwise rounded to 50 significant digits."""
-    den = value.denominator
-    for factor in (2, 5):
-        while den % factor == 0:
-            den //= factor
-    if den == 1:
-        return exact_context().divide(Decimal(value.numerator), Decimal(value.denominator))
-    return Context(prec=50).divide(Decimal(value.numerator), Decimal(value.denominator))
 
 
 def _exact_sum(amounts: dict[int, Decimal]) -> Fraction:

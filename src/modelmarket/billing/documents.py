@@ -17,7 +17,7 @@ from typing import Any
 from modelmarket.billing.aggregate import UsageGroup, exact_context
 from modelmarket.billing.period import Period
 from modelmarket.core.errors import InvalidInput, ensure
-from modelmarket.core.money import quantize_minor, round_minor
+from modelmarket.core.money import fraction_to_decimal, round_minor
 
 
 def decimal_text(value: Decimal) -> str:
@@ -40,6 +40,12 @@ class InvoiceLine:
     amount_precise: Decimal
     amount: Decimal
     """``amount_precise`` rounded once to the currency's minor unit, half to even."""
+    amount_exact: Fraction | None = None
+    """The exact amount when ``amount_precise`` is only its 50-digit rendering (a repeating decimal)."""
+
+    @property
+    def exact(self) -> Fraction:
+        return self.amount_exact if self.amount_exact is not None else Fraction(self.amount_precise)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,7 +74,7 @@ class Invoice:
         for line in self.lines:
             ensure(line.events > 0, f"invoice line {line.model_name} has no usage events")
             ensure(
-                line.amount == quantize_minor(line.amount_precise, self.currency),
+                line.amount == round_minor(line.exact, self.currency),
                 f"invoice line {line.model_name} is not its precise amount rounded once",
             )
         ensure(self.total == sum_exact(line.amount for line in self.lines), "invoice total != sum of its lines")
@@ -79,7 +85,7 @@ class Invoice:
 
     @property
     def total_precise(self) -> Decimal:
-        return sum_exact(line.amount_precise for line in self.lines)
+        return fraction_to_decimal(sum((line.exact for line in self.lines), Fraction(0)))
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict; every decimal is a string."""
@@ -107,6 +113,12 @@ class StatementLine:
     """``gross_precise`` x provider share, rounded once."""
     platform_fee: Decimal
     """``gross - provider_amount``, so the two always add up to the gross exactly."""
+    gross_exact: Fraction | None = None
+    """The exact gross when ``gross_precise`` is only its 50-digit rendering (a repeating decimal)."""
+
+    @property
+    def exact(self) -> Fraction:
+        return self.gross_exact if self.gross_exact is not None else Fraction(self.gross_precise)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,7 +148,7 @@ class Statement:
         for line in self.lines:
             ensure(line.events > 0, f"statement line {line.model_name} has no usage events")
             ensure(
-                line.gross == quantize_minor(line.gross_precise, self.currency),
+                line.gross == round_minor(line.exact, self.currency),
                 f"statement line {line.model_name} is not its precise gross rounded once",
             )
             ensure(
@@ -213,6 +225,7 @@ def invoice_line(group: UsageGroup) -> InvoiceLine:
         unit_price=group.unit_price,
         amount_precise=group.amount_precise,
         amount=round_minor(group.amount_exact, group.currency),
+        amount_exact=group.amount_exact,
     )
 
 
@@ -224,6 +237,7 @@ def statement_line(group: UsageGroup, provider_share: Decimal) -> StatementLine:
         events=group.events,
         quantity_iu=group.quantity_iu,
         gross_precise=group.amount_precise,
+        gross_exact=group.amount_exact,
         gross=gross,
         provider_amount=provider,
         platform_fee=platform,

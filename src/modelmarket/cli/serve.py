@@ -155,7 +155,13 @@ def demo(port: int | None, build_only: bool) -> None:
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
-@click.option("--parent-pid", type=int, default=None, metavar="PID", help="Stop when process PID (the starter) exits.")
+@click.option(
+    "--parent-pid",
+    type=int,
+    default=None,
+    metavar="PID",
+    help="Stop once process PID, the direct parent that started this one, has exited.",
+)
 @click.option(
     "--max-request-bytes",
     type=int,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation, Rounded
 from fractions import Fraction
 
 from modelmarket.core.errors import InvalidInput, ensure
@@ -22,10 +22,23 @@ def quantize_minor(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(exponent, rounding=ROUND_HALF_EVEN)
 
 
+_EXACT = Context(prec=1000, traps=[Inexact, Rounded])
+
+
 def round_minor(value: Fraction | Decimal, currency: str) -> Decimal:
     """Round an exact rational amount once, to the currency's minor unit, half-to-even, with no error."""
     places = minor_units(currency)
-    return Decimal(round(Fraction(value) * 10**places)).scaleb(-places)
+    return Decimal(round(Fraction(value) * 10**places)).scaleb(-places, context=_EXACT)
+
+
+def fraction_to_decimal(value: Fraction) -> Decimal:
+    """Exact when the denominator has only the factors 2 and 5; otherwise rounded to 50 significant digits."""
+    den = value.denominator
+    for factor in (2, 5):
+        while den % factor == 0:
+            den //= factor
+    ctx = _EXACT if den == 1 else Context(prec=50)
+    return ctx.divide(Decimal(value.numerator), Decimal(value.denominator))
 
 
 def parse_decimal(value: object, field: str) -> Decimal:

@@ -61,7 +61,7 @@ class GatewayApp:
         self.preload = preload
         self.state = GatewayState(platform, s.cache_refresh_s)
         self.writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
-        self.metering = MeteringProcess(s.home / "metering.log", _child_env(s))
+        self.metering = MeteringProcess(s.home / "metering.log", _child_env(s, _store_url(platform)))
         self.supervisor = Supervisor(
             platform.blobs,
             s.runners_dir,
@@ -87,7 +87,9 @@ class GatewayApp:
         if self.preload:
             for entry in self.state.catalogue.models.values():
                 if entry.versions:
-                    self._spawn_start(entry.resolve(None))
+                    version = entry.resolve(None)
+                    self.supervisor.preloaded.add(version.id)
+                    self._spawn_start(version)
         # Everything built so far lives as long as the process: keep it out of the cyclic collector's scans,
         # so a full collection during a request stays short.
         gc.collect()
@@ -102,7 +104,7 @@ class GatewayApp:
         await self.metering.stop()
 
     def _spawn_start(self, version: VersionRecord) -> None:
-        self.supervisor.register(version)  # counted by /v2/health/ready from now on
+        self.supervisor.register(version)
 
         async def start() -> None:
             try:
@@ -163,8 +165,8 @@ class GatewayApp:
         elif path == "/v2/health/live":
             await respond(send, 200, b"")
         elif path == "/v2/health/ready":
-            # Ready when every runner asked for (all preloaded models, or the ones called so far) is ready.
-            ready = self.supervisor.all_ready() or not self.supervisor.runners
+            # Ready once the runners preloaded at startup are up (models not preloaded start on first call).
+            ready = self.supervisor.preloaded_ready()
             await respond(send, 200 if ready else 400, b"" if ready else oip.error_body("models are starting"))
         elif path in ("/v2", "/v2/"):
             body = {"name": "modelmarket", "version": __version__, "extensions": ["binary_tensor_data"]}
@@ -207,9 +209,8 @@ class GatewayApp:
         if tail == "ready":
             if self.supervisor.is_ready(version):
                 await respond(send, 200, b"")
-            else:  # OIP: 200 means ready, a 4xx means not ready
-                self._spawn_start(version)
-                await respond(send, 400, oip.error_body(f"model {name!r} version {version.version} is starting"))
+            else:  # OIP: 200 means ready, a 4xx means not ready; a runner starts on the first inference call
+                await respond(send, 400, oip.error_body(f"model {name!r} version {version.version} is not loaded"))
             return
         m = version.manifest
         entry = self.state.catalogue.get(name)
@@ -286,11 +287,16 @@ class GatewayApp:
         return specs
 
 
-def _child_env(settings: Settings) -> dict[str, str]:
+def _store_url(platform: Platform) -> str:
+    """The URL of the store this gateway actually uses (which may have been passed to bootstrap)."""
+    return platform.store.engine.url.render_as_string(hide_password=False)
+
+
+def _child_env(settings: Settings, store_url: str | None = None) -> dict[str, str]:
     """The environment of the metering child: this gateway's settings, whatever the parent's environment says."""
     env = dict(os.environ)
     env["MODELMARKET_HOME"] = str(settings.home.resolve())
-    env["MODELMARKET_DATABASE_URL"] = settings.resolved_database_url
+    env["MODELMARKET_DATABASE_URL"] = store_url or settings.resolved_database_url
     env["MODELMARKET_EVENT_LOG_SYNC"] = settings.event_log_sync
     env["MODELMARKET_METERING_POLL_S"] = str(settings.metering_poll_s)
     return env

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import UTC
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import Context, Decimal, Inexact, Rounded
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, text, update
@@ -17,6 +17,7 @@ from sqlalchemy import Connection, insert, select, text, update
 from modelmarket.adapters.bus import LogRecord, SqliteEventLog
 from modelmarket.adapters.store import Store
 from modelmarket.adapters.store import schema as t
+from modelmarket.core.errors import ensure
 from modelmarket.metering.events import UsageEvent
 
 CONSUMER_NAME = "metering"
@@ -59,11 +60,34 @@ def _event_row(record: LogRecord, event: UsageEvent) -> dict[str, Any]:
     }
 
 
-def _new_rows(conn: Connection, records: Sequence[LogRecord]) -> list[dict[str, Any]]:
+_EXACT = Context(prec=200, traps=[Inexact, Rounded])
+
+
+def _decode(records: Sequence[LogRecord]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Rows by event id, and rejects: records that are not valid usage events are set aside, never dropped."""
     rows: dict[str, dict[str, Any]] = {}
+    rejects: list[dict[str, Any]] = []
     for record in records:
-        event = UsageEvent.decode(record.payload)
-        rows.setdefault(event.id, _event_row(record, event))
+        try:
+            event = UsageEvent.decode(record.payload)
+            row = _event_row(record, event)
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+            log.error("log record %d (%s) is not a usage event: %r", record.offset, record.event_id, exc)
+            rejects.append(
+                {
+                    "log_offset": record.offset,
+                    "event_id": record.event_id[:64],
+                    "error": repr(exc)[:2000],
+                    "payload": record.payload.decode("utf-8", "replace"),
+                    "rejected_at": datetime.now(UTC).isoformat(),
+                }
+            )
+            continue
+        rows.setdefault(event.id, row)
+    return rows, rejects
+
+
+def _new_rows(conn: Connection, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if not rows:
         return []
     ids = list(rows)
@@ -77,15 +101,17 @@ def _new_rows(conn: Connection, records: Sequence[LogRecord]) -> list[dict[str, 
 
 
 def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    totals: dict[tuple[str, str, str, str, str], list[Any]] = {}
+    """Add the rows to the per-day totals, exactly: amounts as numerator sums over the unit's divisor."""
+    totals: dict[tuple[str, str, str, str, str, int], list[Any]] = {}
     for r in rows:
-        key = (r["account_id"], r["model_name"], r["day"], r["unit_kind"], r["currency"])
-        acc = totals.setdefault(key, [0, Decimal(0), Decimal(0)])
+        key = (r["account_id"], r["model_name"], r["day"], r["unit_kind"], r["currency"], r["amount_divisor"])
+        acc = totals.setdefault(key, [0, Decimal(0), Decimal(0), 0])
         acc[0] += 1
-        acc[1] += r["quantity_iu"]
-        acc[2] += r["amount"] / r["amount_divisor"]  # display aggregate; billing reads the exact event rows
+        acc[1] = _EXACT.add(acc[1], r["quantity_iu"])
+        acc[2] = _EXACT.add(acc[2], r["amount"])
+        acc[3] += r["quantity_base"]
     d = t.usage_daily.c
-    for (account, model, day, unit, currency), (events, iu, amount) in totals.items():
+    for (account, model, day, unit, currency, divisor), (events, iu, amount, base) in totals.items():
         where = (
             d.account_id == account,
             d.model_name == model,
@@ -93,7 +119,9 @@ def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
             d.unit_kind == unit,
             d.currency == currency,
         )
-        current = conn.execute(select(d.events, d.quantity_iu, d.amount).where(*where)).first()
+        current = conn.execute(
+            select(d.events, d.quantity_iu, d.amount, d.amount_divisor, d.quantity_base).where(*where)
+        ).first()
         if current is None:
             conn.execute(
                 insert(t.usage_daily).values(
@@ -105,18 +133,34 @@ def _aggregate(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                     events=events,
                     quantity_iu=iu,
                     amount=amount,
+                    amount_divisor=divisor,
+                    quantity_base=base,
                 )
             )
-        else:
-            conn.execute(
-                update(t.usage_daily)
-                .where(*where)
-                .values(
-                    events=current.events + events,
-                    quantity_iu=current.quantity_iu + iu,
-                    amount=current.amount + amount,
-                )
+            continue
+        ensure(current.amount_divisor == divisor, f"usage_daily divisor changed for {model} {unit} on {day}")
+        conn.execute(
+            update(t.usage_daily)
+            .where(*where)
+            .values(
+                events=current.events + events,
+                quantity_iu=_EXACT.add(current.quantity_iu, iu),
+                amount=_EXACT.add(current.amount, amount),
+                quantity_base=current.quantity_base + base,
             )
+        )
+
+
+def _reject(conn: Connection, rejects: list[dict[str, Any]]) -> None:
+    offsets = [r["log_offset"] for r in rejects]
+    known = set(
+        conn.execute(
+            select(t.metering_rejects.c.log_offset).where(t.metering_rejects.c.log_offset.in_(offsets))
+        ).scalars()
+    )
+    fresh = [r for r in rejects if r["log_offset"] not in known]
+    if fresh:
+        conn.execute(insert(t.metering_rejects), fresh)
 
 
 def consume_batch(store: Store, event_log: SqliteEventLog, limit: int = 5000) -> int:
@@ -136,7 +180,10 @@ def consume_batch(store: Store, event_log: SqliteEventLog, limit: int = 5000) ->
         records = event_log.read(offset, limit)
         if not records:
             return 0
-        rows = _new_rows(conn, records)
+        decoded, rejects = _decode(records)
+        if rejects:
+            _reject(conn, rejects)
+        rows = _new_rows(conn, decoded)
         if rows:
             conn.execute(insert(t.usage_events), rows)
             _aggregate(conn, rows)

@@ -16,6 +16,13 @@ _EXACT = Context(prec=200, traps=[Inexact, Rounded])
 _DISPLAY = Context(prec=28)
 
 
+def _base_quantity(data: dict[str, Any]) -> int:
+    """The event's base-unit count; events written before it was recorded carry only ``quantity_iu``."""
+    if "quantity" in data:
+        return int(data["quantity"])
+    return int((Decimal(data["quantity_iu"]) * UNIT_DIVISOR[data["unit_kind"]]).to_integral_value())
+
+
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
     id: str
@@ -91,7 +98,7 @@ class UsageEvent:
             version=data["version"],
             provider_account_id=data["provider"],
             unit_kind=data["unit_kind"],
-            quantity=int(data["quantity"]),
+            quantity=_base_quantity(data),
             quantity_iu=Decimal(data["quantity_iu"]),
             unit_price=Decimal(data["unit_price"]),
             currency=data["currency"],

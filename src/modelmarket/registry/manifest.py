@@ -19,6 +19,8 @@ SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
 ]
+PRICE_MAX_DECIMALS = 10  # bounded precision keeps every stored amount exact and short
+PRICE_LIMIT = 10**12
 UnitKind = Literal["image", "tokens_1k", "audio_minute", "request"]
 DATATYPES: tuple[str, ...] = get_args(Datatype)
 UNIT_KINDS: tuple[str, ...] = get_args(UnitKind)
@@ -68,6 +70,10 @@ class Pricing(_Strict):
             raise ValueError(exc.message.removeprefix("price_per_iu: ")) from None
         if price < 0:
             raise ValueError("must not be negative")
+        if int(price.as_tuple().exponent) < -PRICE_MAX_DECIMALS:
+            raise ValueError(f"at most {PRICE_MAX_DECIMALS} digits after the decimal point")
+        if price >= PRICE_LIMIT:
+            raise ValueError(f"must be less than {PRICE_LIMIT:,}")
         return price
 
 

@@ -204,7 +204,9 @@ def _slice(binary: memoryview, offset: int, size: Any, where: str) -> memoryview
 def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     """Decode an inference request body. ``header_length`` is the Inference-Header-Content-Length, if sent."""
     if header_length is not None:
-        if header_length < 0 or header_length > len(body):
+        if header_length < 0:
+            raise InvalidInput("Inference-Header-Content-Length must not be negative")
+        if header_length > len(body):
             raise InvalidInput("Inference-Header-Content-Length is larger than the request body")
         json_part, binary = body[:header_length], memoryview(body)[header_length:]
     else:

@@ -101,7 +101,9 @@ class Supervisor:
         self.pool_size = pool_size
         self.max_restarts = max_restarts
         self.runners: dict[str, RunnerProcess] = {}
+        self.preloaded: set[str] = set()
         self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start_monitor(self, interval_s: float = 0.5) -> None:
         self._monitor = asyncio.create_task(self._watch(interval_s))
@@ -128,6 +130,8 @@ class Supervisor:
         # Register before the first await, so concurrent first calls share one runner and one lock.
         runner = self.register(version)
         async with runner.lock:
+            if self._stopping:
+                raise NotReady("the gateway is shutting down")
             if runner.failed is not None:
                 raise NotReady(runner.failed)
             if runner.spec_path is None:
@@ -138,9 +142,10 @@ class Supervisor:
             assert runner.pool is not None
             return runner.pool
 
-    def all_ready(self) -> bool:
-        """Whether every runner the gateway has asked for is ready (and at least one was asked for)."""
-        return bool(self.runners) and all(r.ready for r in self.runners.values())
+    def preloaded_ready(self) -> bool:
+        """Whether every runner preloaded at startup is ready; one that failed for good does not hold this back."""
+        runners = [self.runners[v] for v in self.preloaded if v in self.runners]
+        return all(r.ready or r.failed is not None for r in runners)
 
     def _spawn(self, runner: RunnerProcess) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -206,7 +211,10 @@ class Supervisor:
             await asyncio.sleep(interval_s)
             for runner in list(self.runners.values()):
                 if runner.ready and runner.proc is not None and runner.proc.poll() is not None:
-                    await self._restart(runner)
+                    try:
+                        await self._restart(runner)
+                    except Exception:  # one runner's trouble must not end the watch over the others
+                        log.exception("restarting %s@%s failed", runner.version.model_name, runner.version.version)
 
     async def _restart(self, runner: RunnerProcess) -> None:
         name = f"{runner.version.model_name}@{runner.version.version}"
@@ -225,6 +233,8 @@ class Supervisor:
             if runner.ready:  # a request already started a new one
                 return
             await asyncio.sleep(min(0.1 * 2**runner.restarts, 5.0))
+            if self._stopping:
+                return
             try:
                 await self._start(runner)
             except NotReady as exc:
@@ -239,15 +249,23 @@ class Supervisor:
             await asyncio.to_thread(proc.wait, timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            await asyncio.to_thread(proc.wait, timeout_s)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, timeout_s)
 
     async def stop(self) -> None:
+        """Stop every runner. No runner starts after this begins."""
+        self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._monitor
-        for runner in self.runners.values():
+        for runner in list(self.runners.values()):
             runner.ready = False
-            if runner.pool is not None:
-                await runner.pool.close()
-            await self._kill(runner)
+            try:
+                if runner.pool is not None:
+                    await runner.pool.close()
+            finally:
+                try:
+                    await self._kill(runner)
+                except Exception:  # keep going: the other runners must still be stopped
+                    log.exception("stopping %s@%s failed", runner.version.model_name, runner.version.version)

@@ -132,7 +132,21 @@ usage_daily = Table(
     Column("currency", String(3), primary_key=True),
     Column("events", BigInteger, nullable=False),
     Column("quantity_iu", DecimalText, nullable=False),
+    # Exact: the day's amount is amount / amount_divisor and its IU quantity_base / amount_divisor.
     Column("amount", DecimalText, nullable=False),
+    Column("amount_divisor", Integer, nullable=False, server_default="1"),
+    Column("quantity_base", BigInteger, nullable=False, server_default="0"),
+)
+
+metering_rejects = Table(
+    "metering_rejects",
+    metadata,
+    # A log record the consumer could not read as a usage event: kept, with why, instead of blocking the log.
+    Column("log_offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("rejected_at", String(40), nullable=False),
 )
 
 consumer_offsets = Table(
