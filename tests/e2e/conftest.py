@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,16 @@ class Gateway:
     @property
     def hostport(self) -> str:
         return self.url.removeprefix("http://")
+
+
+@pytest.fixture()
+def digits_cli(demo_cli: Cli, tmp_path: Path) -> Cli:
+    """A fresh MODELMARKET_HOME with only `digits` published (its package copied from the demo build)."""
+    cli = Cli(tmp_path / "home")
+    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
+    cli.run("accounts", "create", "demo-provider", "--role", "provider")
+    cli.run("publish", str(tmp_path / "packages" / "digits"))
+    return cli
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import httpx
 from tests.e2e.conftest import Cli, start_gateway
 
 
-def test_every_answered_call_has_its_event_after_a_kill(demo_cli: Cli, tmp_path: Path) -> None:
-    cli = Cli(tmp_path / "home")
-    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
-    cli.run("accounts", "create", "demo-provider", "--role", "provider")
-    cli.run("publish", str(tmp_path / "packages" / "digits"))
+def test_every_answered_call_has_its_event_after_a_kill(digits_cli: Cli) -> None:
+    cli = digits_cli
     key = cli.new_consumer("crash-test")
     gw = start_gateway(cli, models=("digits",))
     body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [2.0] * 64}]}

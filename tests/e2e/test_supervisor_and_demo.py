@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -135,11 +134,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_children_stop_when_the_gateway_is_killed(demo_cli: Cli, tmp_path: Path) -> None:
-    cli = Cli(tmp_path / "home")
-    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
-    cli.run("accounts", "create", "demo-provider", "--role", "provider")
-    cli.run("publish", str(tmp_path / "packages" / "digits"))
+def test_children_stop_when_the_gateway_is_killed(digits_cli: Cli) -> None:
+    cli = digits_cli
     gw = start_gateway(cli, models=("digits",))
     children = _children(gw.proc.pid)
     described = [(c, _cmdline(c)) for c in children]
@@ -153,11 +149,8 @@ def test_children_stop_when_the_gateway_is_killed(demo_cli: Cli, tmp_path: Path)
     assert not survivors, f"outlived the gateway: {survivors}"
 
 
-def test_concurrent_first_calls_share_one_runner(demo_cli: Cli, tmp_path: Path) -> None:
-    cli = Cli(tmp_path / "home")
-    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
-    cli.run("accounts", "create", "demo-provider", "--role", "provider")
-    cli.run("publish", str(tmp_path / "packages" / "digits"))
+def test_concurrent_first_calls_share_one_runner(digits_cli: Cli) -> None:
+    cli = digits_cli
     key = cli.new_consumer("eager")
     gw = start_gateway(cli, models=(), extra_args=("--no-preload",))
     try:

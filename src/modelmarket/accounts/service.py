@@ -91,9 +91,6 @@ class AccountService:
         with self.store.read() as conn:
             return [_account(r) for r in conn.execute(select(t.accounts).order_by(t.accounts.c.name))]
 
-    def names_by_id(self) -> dict[str, str]:
-        return {a.id: a.name for a in self.list()}
-
     def issue_key(self, account_name: str, actor: str = "cli") -> IssuedKey:
         account = self.get(account_name)
         secret = new_api_key()

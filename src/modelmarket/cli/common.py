@@ -15,6 +15,13 @@ from modelmarket.core.errors import DomainError
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+parent_pid_option = click.option(
+    "--parent-pid",
+    type=int,
+    default=None,
+    metavar="PID",
+    help="Stop once process PID, the direct parent that started this one, has exited.",
+)
 
 
 def platform() -> Platform:

@@ -7,20 +7,14 @@ import threading
 
 import click
 
-from modelmarket.cli.common import domain_errors, platform
+from modelmarket.cli.common import domain_errors, parent_pid_option, platform
 from modelmarket.core import lifetime
 from modelmarket.metering.consumer import catch_up, follow
 
 
 @click.command()
 @click.option("--once", is_flag=True, help="Apply every usage event in the log, print the count and exit.")
-@click.option(
-    "--parent-pid",
-    type=int,
-    default=None,
-    metavar="PID",
-    help="Stop once process PID, the direct parent that started this one, has exited.",
-)
+@parent_pid_option
 @domain_errors
 def meter(once: bool, parent_pid: int | None) -> None:
     """Read usage events from the event log and aggregate usage per account, model and day.

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from modelmarket.bootstrap import Platform
-from modelmarket.cli.common import domain_errors, platform
+from modelmarket.cli.common import domain_errors, parent_pid_option, platform
 from modelmarket.core import lifetime
 from modelmarket.core.errors import AlreadyExists, NotFound
 from modelmarket.settings import Settings
@@ -155,13 +155,7 @@ def demo(port: int | None, build_only: bool) -> None:
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
-@click.option(
-    "--parent-pid",
-    type=int,
-    default=None,
-    metavar="PID",
-    help="Stop once process PID, the direct parent that started this one, has exited.",
-)
+@parent_pid_option
 @click.option(
     "--max-request-bytes",
     type=int,
