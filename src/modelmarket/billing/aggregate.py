@@ -31,6 +31,8 @@ class UsageRow(NamedTuple):
     amount: Decimal
     """The event's exact amount is ``amount / amount_divisor`` (see the usage_events table)."""
     amount_divisor: int = 1
+    quantity_base: int | None = None
+    """Base units (images, tokens, seconds, requests); IU = quantity_base / amount_divisor, exactly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +58,15 @@ class UsageGroup:
 @dataclass(slots=True)
 class _Totals:
     events: int
-    quantity_iu: Decimal
+    quantity_iu: Fraction
     amounts: dict[int, Decimal]  # divisor -> exact sum of numerators
     unit_price: Decimal | None
+
+
+def _row_iu(row: UsageRow) -> Fraction:
+    if row.quantity_base is None:
+        return Fraction(row.quantity_iu)
+    return Fraction(row.quantity_base, row.amount_divisor)
 
 
 def _exact_sum(amounts: dict[int, Decimal]) -> Fraction:
@@ -72,11 +80,12 @@ def aggregate_usage(rows: Iterable[UsageRow]) -> list[UsageGroup]:
     for row in rows:
         key = (row.currency, row.model_name, row.unit_kind)
         acc = totals.get(key)
+        iu = _row_iu(row)
         if acc is None:
-            totals[key] = _Totals(1, row.quantity_iu, {row.amount_divisor: row.amount}, row.unit_price)
+            totals[key] = _Totals(1, iu, {row.amount_divisor: row.amount}, row.unit_price)
             continue
         acc.events += 1
-        acc.quantity_iu = ctx.add(acc.quantity_iu, row.quantity_iu)
+        acc.quantity_iu += iu
         acc.amounts[row.amount_divisor] = ctx.add(acc.amounts.get(row.amount_divisor, Decimal(0)), row.amount)
         if acc.unit_price is not None and acc.unit_price != row.unit_price:
             acc.unit_price = None
@@ -84,7 +93,7 @@ def aggregate_usage(rows: Iterable[UsageRow]) -> list[UsageGroup]:
         UsageGroup(
             *key,
             events=acc.events,
-            quantity_iu=acc.quantity_iu,
+            quantity_iu=fraction_to_decimal(acc.quantity_iu),
             amount_exact=_exact_sum(acc.amounts),
             unit_price=acc.unit_price,
         )

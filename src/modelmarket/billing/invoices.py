@@ -46,6 +46,7 @@ def _usage_rows(conn: Connection, owner: ColumnElement[bool], period: Period) ->
             usage_events.c.unit_price,
             usage_events.c.amount,
             usage_events.c.amount_divisor,
+            usage_events.c.quantity_base,
         )
         .where(
             owner,

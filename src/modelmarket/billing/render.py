@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from modelmarket.billing.documents import Invoice, Statement, decimal_text
 
 _GAP = "  "
+DISPLAY_PLACES = 6
+
+
+def approx_text(value: Decimal, places: int = DISPLAY_PLACES) -> str:
+    """A quantity for people: at most ``places`` decimals, marked with ``~`` when that rounded it."""
+    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    if shown == value:
+        return decimal_text(value)
+    return "~" + decimal_text(shown.normalize() if shown != 0 else shown)
 
 
 def render_invoice_text(invoice: Invoice, account_name: str) -> str:
@@ -18,7 +27,7 @@ def render_invoice_text(invoice: Invoice, account_name: str) -> str:
             line.model_name,
             line.unit_kind,
             str(line.events),
-            decimal_text(line.quantity_iu),
+            approx_text(line.quantity_iu),
             "mixed" if line.unit_price is None else decimal_text(line.unit_price),
             decimal_text(line.amount),
         ]
@@ -47,7 +56,7 @@ def render_statement_text(statement: Statement, provider_name: str) -> str:
             line.model_name,
             line.unit_kind,
             str(line.events),
-            decimal_text(line.quantity_iu),
+            approx_text(line.quantity_iu),
             decimal_text(line.gross),
             decimal_text(line.provider_amount),
             decimal_text(line.platform_fee),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from modelmarket import billing
+from modelmarket.billing.render import approx_text
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.metering.consumer import catch_up
 from modelmarket.metering.usage import usage_summary
@@ -37,7 +38,8 @@ def usage(account: str, since: str | None, until: str | None, as_json: bool) -> 
         echo_json({"account": acc.name, **summary.to_json()})
         return
     rows = [
-        [m.model, m.unit_kind, str(m.events), str(m.quantity_iu), f"{m.amount} {m.currency}"] for m in summary.models
+        [m.model, m.unit_kind, str(m.events), approx_text(m.quantity_iu), f"{approx_text(m.amount)} {m.currency}"]
+        for m in summary.models
     ]
     click.echo(f"usage of {acc.name}: {summary.total_events} event(s)")
     if rows:
