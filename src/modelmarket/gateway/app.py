@@ -74,8 +74,7 @@ class GatewayApp:
         self.source = f"modelmarket/{s.gateway_id}"
         self.request_ids = RequestIds("req_")
         self._background: set[asyncio.Task[Any]] = set()
-        self._spec_cache: dict[str, tuple[TensorSpec, ...]] = {}
-        self._outputs_cache: dict[str, frozenset[str]] = {}
+        self._contracts: dict[str, tuple[tuple[TensorSpec, ...], frozenset[str]]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -234,11 +233,10 @@ class GatewayApp:
         except ValueError:
             raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
         request = oip.decode_request(body, header_len)
-        m = version.manifest
-        inputs_spec = self._input_specs(version)
+        inputs_spec, output_names = self._contract(version)
         oip.validate_inputs(request.inputs, inputs_spec, name)
-        oip.validate_requested_outputs(request, self._output_names(version), name)
-        units = count_units(m.pricing.unit, request.inputs)
+        oip.validate_requested_outputs(request, output_names, name)
+        units = count_units(version.manifest.pricing.unit, request.inputs)
         pool = await self.supervisor.pool_for(version)
         fwd_headers = [(b"Content-Type", header(scope, b"content-type") or b"application/json")]
         if raw_len is not None:
@@ -248,22 +246,7 @@ class GatewayApp:
         if answer.status != 200:
             await respond(send, answer.status, answer.body)  # the runner's {"error": ...}; no usage event
             return
-        event = UsageEvent(
-            id=self.request_ids.next(),
-            source=self.source,
-            account_id=account.id,
-            time=datetime.now(UTC),
-            model=name,
-            version=version.version,
-            provider_account_id=version.provider_account_id,
-            unit_kind=m.pricing.unit,
-            quantity=units,
-            quantity_iu=iu_from_units(m.pricing.unit, units),
-            unit_price=m.pricing.price_per_iu,
-            currency=m.pricing.currency,
-            latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
-            trace_id=_trace_id(scope),
-        )
+        event = self._usage_event(scope, account, version, units, started)
         await self.writer.append(event.id, event.encode())
         headers = [(b"x-request-id", event.id.encode())]
         ihcl = answer.headers.get(b"inference-header-content-length")
@@ -272,19 +255,35 @@ class GatewayApp:
         ctype = answer.headers.get(b"content-type", b"application/json")
         await respond(send, 200, answer.body, ctype, headers)
 
-    def _output_names(self, version: VersionRecord) -> frozenset[str]:
-        names = self._outputs_cache.get(version.id)
-        if names is None:
-            names = frozenset(t.name for t in version.manifest.outputs)
-            self._outputs_cache[version.id] = names
-        return names
+    def _usage_event(
+        self, scope: Scope, account: Account, version: VersionRecord, units: int, started: float
+    ) -> UsageEvent:
+        pricing = version.manifest.pricing
+        return UsageEvent(
+            id=self.request_ids.next(),
+            source=self.source,
+            account_id=account.id,
+            time=datetime.now(UTC),
+            model=version.model_name,
+            version=version.version,
+            provider_account_id=version.provider_account_id,
+            unit_kind=pricing.unit,
+            quantity=units,
+            quantity_iu=iu_from_units(pricing.unit, units),
+            unit_price=pricing.price_per_iu,
+            currency=pricing.currency,
+            latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
+            trace_id=_trace_id(scope),
+        )
 
-    def _input_specs(self, version: VersionRecord) -> tuple[TensorSpec, ...]:
-        specs = self._spec_cache.get(version.id)
-        if specs is None:
-            specs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in version.manifest.inputs)
-            self._spec_cache[version.id] = specs
-        return specs
+    def _contract(self, version: VersionRecord) -> tuple[tuple[TensorSpec, ...], frozenset[str]]:
+        """The version's declared inputs and output names, built once per version."""
+        contract = self._contracts.get(version.id)
+        if contract is None:
+            m = version.manifest
+            inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.inputs)
+            contract = self._contracts[version.id] = (inputs, frozenset(t.name for t in m.outputs))
+        return contract
 
 
 def _store_url(platform: Platform) -> str:
