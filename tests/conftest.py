@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from modelmarket.adapters.store import Store, open_store
+from modelmarket.demo import build_packages
 
 PG_START_TIMEOUT_S = 60
 PG_STOP_TIMEOUT_S = 30
@@ -156,3 +157,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         pg_store.dispose()
         with psycopg.connect(server.admin_conninfo, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model packages, built once per session. Read-only: copy a package before changing it."""
+    out = tmp_path_factory.mktemp("demo")
+    packages = build_packages(out, progress=lambda _: None)
+    assert [p.name for p in packages] == ["digits", "sentiment", "speech-to-text"]
+    return out

@@ -10,8 +10,6 @@ import pytest
 import yaml
 from tests.e2e.conftest import Cli
 
-from modelmarket.demo.build import build_packages
-
 
 @pytest.fixture()
 def fresh_cli(tmp_path: Path) -> Cli:
@@ -52,17 +50,10 @@ def test_audit_never_records_key_secrets(fresh_cli: Cli) -> None:
     assert secret not in dump  # only the hash is stored, and the audit names the key by id and prefix
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("packages")
-    build_packages(out, progress=lambda _msg: None)
-    return out
-
-
-def _package(cli: Cli, built: Path, tmp_path: Path, mutate: object) -> Path:
+def _package(cli: Cli, demo_dir: Path, tmp_path: Path, mutate: object) -> Path:
     cli.run("accounts", "create", "demo-provider", "--role", "provider")
     dest = tmp_path / "pkg"
-    shutil.copytree(built / "digits", dest)
+    shutil.copytree(demo_dir / "digits", dest)
     manifest = yaml.safe_load((dest / "modelmarket.yaml").read_text())
     manifest["name"] = "digits-fork"
     assert callable(mutate)
@@ -102,10 +93,10 @@ def _unknown_field(m: dict, d: Path) -> None:
     ],
 )
 def test_bad_package_is_refused_naming_the_field_and_nothing_is_written(
-    fresh_cli: Cli, built: Path, tmp_path: Path, mutate: object, names: str
+    fresh_cli: Cli, demo_dir: Path, tmp_path: Path, mutate: object, names: str
 ) -> None:
     cli = fresh_cli
-    package = _package(cli, built, tmp_path, mutate)
+    package = _package(cli, demo_dir, tmp_path, mutate)
     before_models = cli.json("models", "list")
     before_audit = _audit_count(cli)
     blobs_before = sorted(p.name for p in (cli.home / "blobs").rglob("*") if p.is_file())
@@ -119,9 +110,9 @@ def test_bad_package_is_refused_naming_the_field_and_nothing_is_written(
     assert sorted(p.name for p in (cli.home / "blobs").rglob("*") if p.is_file()) == blobs_before
 
 
-def test_republishing_a_version_with_different_bytes_is_refused(fresh_cli: Cli, built: Path, tmp_path: Path) -> None:
+def test_republishing_a_version_with_different_bytes_is_refused(fresh_cli: Cli, demo_dir: Path, tmp_path: Path) -> None:
     cli = fresh_cli
-    package = _package(cli, built, tmp_path, lambda m, d: None)
+    package = _package(cli, demo_dir, tmp_path, lambda m, d: None)
     assert cli.run("publish", str(package)).stdout.startswith("published: digits-fork 1.0.0")
     with open(package / "model.onnx", "ab") as fh:
         fh.write(b"\0")

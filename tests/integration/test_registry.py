@@ -21,7 +21,6 @@ from modelmarket.adapters.store import schema as t
 from modelmarket.audit import chain as audit
 from modelmarket.bootstrap import Platform, bootstrap
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from modelmarket.demo import build_packages
 from modelmarket.registry.manifest import MANIFEST_NAME
 from modelmarket.runtime.plugins import available_runtimes
 from modelmarket.settings import Settings
@@ -30,13 +29,6 @@ pytestmark = pytest.mark.timeout(180)
 
 PROVIDER = "demo-provider"
 _copies = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    build_packages(out, progress=lambda _: None)
-    return out
 
 
 @pytest.fixture()

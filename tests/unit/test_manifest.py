@@ -13,17 +13,9 @@ import pytest
 import yaml
 
 from modelmarket.core.errors import InvalidInput
-from modelmarket.demo import build_packages
 from modelmarket.registry.manifest import MANIFEST_NAME, load_manifest, parse_manifest
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    build_packages(out, progress=lambda _: None)
-    return out
 
 
 @pytest.fixture()

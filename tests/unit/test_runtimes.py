@@ -22,14 +22,6 @@ from modelmarket.runtime.wav import wav_duration_s
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    packages = build_packages(out, progress=lambda _: None)
-    assert [p.name for p in packages] == ["digits", "sentiment", "speech-to-text"]
-    return out
-
-
 def read_manifest(package_dir: Path) -> dict[str, Any]:
     with (package_dir / "modelmarket.yaml").open(encoding="utf-8") as f:
         doc: dict[str, Any] = yaml.safe_load(f)
