@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from modelmarket.adapters.store import Store, open_store
+from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.demo import build_packages
 
 PG_START_TIMEOUT_S = 60
@@ -137,7 +137,7 @@ def _stop_pg(pg_ctl: list[str], data: Path) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     """A freshly migrated store: SQLite in tmp_path, or a new database on the session's PostgreSQL."""
     if request.param == "sqlite":
         sqlite_store = open_store(f"sqlite:///{tmp_path / 'modelmarket.db'}")

@@ -1,29 +1,56 @@
-"""The composition root: Settings -> adapters -> services. Nothing else constructs adapters."""
+"""The composition root: Settings -> adapters -> services. The only place that constructs adapters."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from modelmarket.accounts import AccountService
-from modelmarket.adapters.blobs import BlobStore, FsBlobStore
+from modelmarket.adapters.blobs import FsBlobStore
 from modelmarket.adapters.bus import SqliteEventLog
-from modelmarket.adapters.store import Store, open_store
+from modelmarket.adapters.store import SqlStore, open_store
+from modelmarket.audit import AuditService
+from modelmarket.billing import BillingService
 from modelmarket.core.clock import Clock, utc_now
+from modelmarket.metering import MeteringService, UsageService
+from modelmarket.metering.ports import EventLog
 from modelmarket.registry import RegistryService
+from modelmarket.registry.ports import BlobStore, RuntimeCatalog
 from modelmarket.settings import Settings
+
+
+class PluginRuntimes:
+    """The runtimes installed as entry points (``modelmarket.runtimes``), as the registry sees them."""
+
+    def __init__(self, names: Iterable[str] | None = None) -> None:
+        from modelmarket.runtime.plugins import available_runtimes
+
+        self._names = tuple(available_runtimes() if names is None else names)
+
+    def names(self) -> Iterable[str]:
+        return self._names
+
+    def validate(self, runtime: str, parameters: Mapping[str, Any], artifacts: Sequence[str]) -> None:
+        from modelmarket.runtime.plugins import validate_runtime_parameters
+
+        validate_runtime_parameters(runtime, parameters, artifacts)
 
 
 @dataclass
 class Platform:
     settings: Settings
-    store: Store
+    store: SqlStore
     blobs: BlobStore
     clock: Clock
     accounts: AccountService
     registry: RegistryService
+    metering: MeteringService
+    usage: UsageService
+    billing: BillingService
+    audit: AuditService
 
-    def open_event_log(self) -> SqliteEventLog:
+    def open_event_log(self) -> EventLog:
         return SqliteEventLog(self.settings.event_log_path, self.settings.event_log_sync)
 
     def close(self) -> None:
@@ -32,20 +59,22 @@ class Platform:
 
 def bootstrap(
     settings: Settings | None = None,
-    store: Store | None = None,
+    store: SqlStore | None = None,
     blobs: BlobStore | None = None,
     clock: Clock | None = None,
-    runtimes: Iterable[str] | None = None,
+    runtimes: RuntimeCatalog | None = None,
 ) -> Platform:
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     store = store or open_store(settings.resolved_database_url, lock_dir=settings.home)
     blobs = blobs or FsBlobStore(settings.blobs_dir)
     clock = clock or utc_now
-    if runtimes is None:
-        from modelmarket.runtime.plugins import available_runtimes
+    runtimes = runtimes or PluginRuntimes()
 
-        runtimes = available_runtimes()
+    def open_log() -> EventLog:
+        return SqliteEventLog(settings.event_log_path, settings.event_log_sync)
+
+    metering = MeteringService(store, open_log, clock, settings.metering_poll_s)
     return Platform(
         settings=settings,
         store=store,
@@ -53,4 +82,8 @@ def bootstrap(
         clock=clock,
         accounts=AccountService(store, clock),
         registry=RegistryService(store, blobs, clock, runtimes),
+        metering=metering,
+        usage=UsageService(store, metering),
+        billing=BillingService(store, metering, settings.provider_share),
+        audit=AuditService(store),
     )

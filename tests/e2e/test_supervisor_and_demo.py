@@ -169,3 +169,36 @@ def test_concurrent_first_calls_share_one_runner(digits_cli: Cli) -> None:
         assert len(_runner_pids(gw.proc.pid, "digits")) == 1
     finally:
         stop_gateway(gw)
+
+
+def test_zz_repro_restart_after_kill(digits_cli: Cli) -> None:
+    cli = digits_cli
+    key = cli.new_consumer("again")
+    gw = start_gateway(cli, models=("digits",))
+    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [2.0] * 64}]}
+    import threading
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    http.post("/v2/models/digits/infer", json=body)
+                except httpx.HTTPError:
+                    return
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    gw.proc.kill()
+    gw.proc.wait()
+    stop.set()
+    started = time.monotonic()
+    gw2 = start_gateway(cli, models=("digits",))
+    try:
+        while httpx.get(f"{gw2.url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() - started < 90, httpx.get(f"{gw2.url}/v2/health/ready").text
+            time.sleep(0.2)
+        print("ready after", time.monotonic() - started)
+    finally:
+        stop_gateway(gw2)

@@ -17,7 +17,7 @@ from modelmarket.core.errors import InvalidInput
 from modelmarket.demo import build_packages, digits_split
 from modelmarket.runtime.base import ModelSpec, Runtime, Tensor, TensorSpec, bytes_tensor
 from modelmarket.runtime.plugins import available_runtimes, load_runtime_class
-from modelmarket.runtime.wav import wav_duration_s
+from modelmarket.core.wav import wav_duration_s
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, cast
 
-from sqlalchemy import insert, select
-
-from modelmarket.adapters.store import Store
-from modelmarket.adapters.store import schema as t
+from modelmarket.accounts.ports import ROLES, Account, AccountsUnitOfWork, Role, StoredKey
 from modelmarket.audit import chain as audit
+from modelmarket.core.clock import Clock
 from modelmarket.core.errors import AlreadyExists, InvalidInput, NotFound
 from modelmarket.core.ids import hash_api_key, new_api_key, new_id
+from modelmarket.core.uow import UnitOfWorkFactory
 
-Role = Literal["consumer", "provider", "operator"]
-ROLES: tuple[Role, ...] = ("consumer", "provider", "operator")
 ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    id: str
-    name: str
-    role: Role
-    created_at: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role, "created_at": self.created_at}
+KEY_PREFIX_CHARS = 10
+"""Characters of a key kept in clear to recognise it by (``mm_`` and 7 random ones): too few to guess the rest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +35,9 @@ class KeyIndex:
         return self.by_hash.get(hash_api_key(secret))
 
 
-def _account(row: Any) -> Account:
-    return Account(id=row.id, name=row.name, role=cast(Role, row.role), created_at=row.created_at)
-
-
 class AccountService:
-    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
-        self.store = store
+    def __init__(self, uow: UnitOfWorkFactory[AccountsUnitOfWork], clock: Clock) -> None:
+        self.uow = uow
         self.clock = clock
 
     def create(self, name: str, role: str, actor: str = "cli") -> Account:
@@ -65,13 +46,13 @@ class AccountService:
         if role not in ROLES:
             raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")
         now = self.clock()
-        account = Account(id=new_id("acc_"), name=name, role=role, created_at=now.isoformat())
-        with self.store.write() as conn:
-            if conn.execute(select(t.accounts.c.id).where(t.accounts.c.name == name)).first() is not None:
+        account = Account(id=new_id("acc_"), name=name, role=_role(role), created_at=now.isoformat())
+        with self.uow.write() as uow:
+            if uow.accounts.by_name(name) is not None:
                 raise AlreadyExists(f"an account named {name!r} already exists")
-            conn.execute(insert(t.accounts).values(**account.to_json()))
+            uow.accounts.add(account)
             audit.append(
-                conn,
+                uow.audit,
                 actor=actor,
                 action="account.created",
                 subject=name,
@@ -81,49 +62,77 @@ class AccountService:
         return account
 
     def get(self, name: str) -> Account:
-        with self.store.read() as conn:
-            row = conn.execute(select(t.accounts).where(t.accounts.c.name == name)).first()
-        if row is None:
-            raise NotFound(f"no account named {name!r}")
-        return _account(row)
+        with self.uow.read() as uow:
+            account = uow.accounts.by_name(name)
+        if account is None:
+            raise NotFound(f"no account named {name!r} (create it with `modelmarket accounts create {name}`)")
+        return account
 
     def list(self) -> list[Account]:
-        with self.store.read() as conn:
-            return [_account(r) for r in conn.execute(select(t.accounts).order_by(t.accounts.c.name))]
+        with self.uow.read() as uow:
+            return uow.accounts.all()
 
     def issue_key(self, account_name: str, actor: str = "cli") -> IssuedKey:
-        account = self.get(account_name)
         secret = new_api_key()
-        key_id = new_id("key_")
-        prefix = secret[:10]
         now = self.clock()
-        with self.store.write() as conn:
-            conn.execute(
-                insert(t.api_keys).values(
-                    id=key_id,
-                    account_id=account.id,
-                    key_hash=hash_api_key(secret),
-                    prefix=prefix,
-                    created_at=now.isoformat(),
-                    revoked_at=None,
-                )
+        with self.uow.write() as uow:
+            account = uow.accounts.by_name(account_name)
+            if account is None:
+                raise NotFound(f"no account named {account_name!r}")
+            key = StoredKey(
+                id=new_id("key_"),
+                account_id=account.id,
+                key_hash=hash_api_key(secret),
+                prefix=secret[:KEY_PREFIX_CHARS],
+                created_at=now.isoformat(),
             )
+            uow.accounts.add_key(key)
             # The audit record names the key by id and prefix only: never the secret or its hash.
             audit.append(
-                conn,
+                uow.audit,
                 actor=actor,
                 action="key.created",
                 subject=account.name,
-                payload={"key_id": key_id, "prefix": prefix},
+                payload={"key_id": key.id, "prefix": key.prefix},
                 now=now,
             )
-        return IssuedKey(key_id=key_id, account=account, secret=secret, prefix=prefix)
+        return IssuedKey(key_id=key.id, account=account, secret=secret, prefix=key.prefix)
+
+    def keys(self, account_name: str) -> list[StoredKey]:
+        with self.uow.read() as uow:
+            account = uow.accounts.by_name(account_name)
+            if account is None:
+                raise NotFound(f"no account named {account_name!r}")
+            return uow.accounts.keys_of(account.id)
+
+    def revoke_key(self, key_id: str, actor: str = "cli") -> StoredKey:
+        """Revoke a key at once: the gateway stops accepting it within its cache refresh interval."""
+        now = self.clock()
+        with self.uow.write() as uow:
+            key = uow.accounts.key(key_id)
+            if key is None:
+                raise NotFound(f"no API key with id {key_id!r} (see `modelmarket keys list ACCOUNT`)")
+            if key.revoked_at is not None:
+                return key
+            account = uow.accounts.by_id(key.account_id)
+            uow.accounts.revoke_key(key_id, now.isoformat())
+            audit.append(
+                uow.audit,
+                actor=actor,
+                action="key.revoked",
+                subject=account.name if account else key.account_id,
+                payload={"key_id": key.id, "prefix": key.prefix},
+                now=now,
+            )
+        return StoredKey(key.id, key.account_id, key.key_hash, key.prefix, key.created_at, now.isoformat())
 
     def key_index(self) -> KeyIndex:
-        with self.store.read() as conn:
-            rows = conn.execute(
-                select(t.api_keys.c.key_hash, t.accounts)
-                .join(t.accounts, t.accounts.c.id == t.api_keys.c.account_id)
-                .where(t.api_keys.c.revoked_at.is_(None))
-            ).all()
-        return KeyIndex(by_hash={r.key_hash: _account(r) for r in rows})
+        with self.uow.read() as uow:
+            return KeyIndex(by_hash=dict(uow.accounts.active_keys()))
+
+
+def _role(role: str) -> Role:
+    for known in ROLES:
+        if known == role:
+            return known
+    raise InvalidInput(f"role: {role!r} is not one of {', '.join(ROLES)}")

@@ -2,10 +2,12 @@
 
 from modelmarket.audit.chain import append, head, list_records, verify
 from modelmarket.audit.records import GENESIS_HASH, AuditRecord, VerifyResult, canonical_json, record_hash
+from modelmarket.audit.service import AuditService
 
 __all__ = [
     "GENESIS_HASH",
     "AuditRecord",
+    "AuditService",
     "VerifyResult",
     "append",
     "canonical_json",

@@ -14,10 +14,11 @@ from fractions import Fraction
 from itertools import groupby
 from typing import Any
 
-from modelmarket.billing.aggregate import UsageGroup, exact_context
+from modelmarket.billing.aggregate import UsageGroup
 from modelmarket.billing.period import Period
 from modelmarket.core.errors import InvalidInput, ensure
-from modelmarket.core.money import fraction_to_decimal, round_minor
+from modelmarket.core.money import EXACT, exact_text, fraction_to_decimal, round_minor
+from modelmarket.metering.units import UnitKind
 
 
 def decimal_text(value: Decimal) -> str:
@@ -32,28 +33,39 @@ def _optional_text(value: Decimal | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class InvoiceLine:
     model_name: str
-    unit_kind: str
+    unit_kind: UnitKind
     events: int
-    quantity_iu: Decimal
+    quantity_base: int
+    """Base units (images, tokens, seconds, requests); IU = quantity_base / unit_kind.divisor, exactly."""
     unit_price: Decimal | None
     """The price per IU when all the line's events had the same one, else None."""
-    amount_precise: Decimal
+    amount_exact: Fraction
     amount: Decimal
-    """``amount_precise`` rounded once to the currency's minor unit, half to even."""
-    amount_exact: Fraction | None = None
-    """The exact amount when ``amount_precise`` is only its 50-digit rendering (a repeating decimal)."""
+    """``amount_exact`` rounded once to the currency's minor unit, half to even."""
 
     @property
     def exact(self) -> Fraction:
-        return self.amount_exact if self.amount_exact is not None else Fraction(self.amount_precise)
+        return self.amount_exact
+
+    @property
+    def quantity_iu(self) -> Fraction:
+        return self.unit_kind.iu(self.quantity_base)
+
+    @property
+    def amount_precise(self) -> Decimal:
+        """``amount_exact`` as a decimal: exact when it has a finite expansion, else 50 significant digits."""
+        return fraction_to_decimal(self.amount_exact)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
-            "unit_kind": self.unit_kind,
+            "unit_kind": self.unit_kind.value,
             "events": self.events,
-            "quantity_iu": decimal_text(self.quantity_iu),
+            "quantity": self.quantity_base,
+            "base_unit": self.unit_kind.base_unit,
+            "quantity_iu": exact_text(self.quantity_iu),
             "unit_price": _optional_text(self.unit_price),
+            "amount_exact": exact_text(self.amount_exact),
             "amount_precise": decimal_text(self.amount_precise),
             "amount": decimal_text(self.amount),
         }
@@ -103,29 +115,38 @@ class Invoice:
 @dataclass(frozen=True, slots=True)
 class StatementLine:
     model_name: str
-    unit_kind: str
+    unit_kind: UnitKind
     events: int
-    quantity_iu: Decimal
-    gross_precise: Decimal
+    quantity_base: int
+    gross_exact: Fraction
     gross: Decimal
-    """``gross_precise`` rounded once to the currency's minor unit, half to even."""
+    """``gross_exact`` rounded once to the currency's minor unit, half to even."""
     provider_amount: Decimal
-    """``gross_precise`` x provider share, rounded once."""
+    """``gross_exact`` x provider share, rounded once."""
     platform_fee: Decimal
     """``gross - provider_amount``, so the two always add up to the gross exactly."""
-    gross_exact: Fraction | None = None
-    """The exact gross when ``gross_precise`` is only its 50-digit rendering (a repeating decimal)."""
 
     @property
     def exact(self) -> Fraction:
-        return self.gross_exact if self.gross_exact is not None else Fraction(self.gross_precise)
+        return self.gross_exact
+
+    @property
+    def quantity_iu(self) -> Fraction:
+        return self.unit_kind.iu(self.quantity_base)
+
+    @property
+    def gross_precise(self) -> Decimal:
+        return fraction_to_decimal(self.gross_exact)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
-            "unit_kind": self.unit_kind,
+            "unit_kind": self.unit_kind.value,
             "events": self.events,
-            "quantity_iu": decimal_text(self.quantity_iu),
+            "quantity": self.quantity_base,
+            "base_unit": self.unit_kind.base_unit,
+            "quantity_iu": exact_text(self.quantity_iu),
+            "gross_exact": exact_text(self.gross_exact),
             "gross_precise": decimal_text(self.gross_precise),
             "gross": decimal_text(self.gross),
             "provider_amount": decimal_text(self.provider_amount),
@@ -188,10 +209,9 @@ class Statement:
 
 
 def sum_exact(values: Iterable[Decimal]) -> Decimal:
-    ctx = exact_context()
     total = Decimal(0)
     for value in values:
-        total = ctx.add(total, value)
+        total = EXACT.add(total, value)
     return total
 
 
@@ -211,7 +231,7 @@ def split_gross(
     gross_exact = Fraction(gross_exact)
     gross = round_minor(gross_exact, currency)
     provider = round_minor(gross_exact * Fraction(provider_share), currency)
-    platform = exact_context().subtract(gross, provider)
+    platform = EXACT.subtract(gross, provider)
     ensure(provider + platform == gross, "revenue split does not add up to the gross")
     return gross, provider, platform
 
@@ -221,11 +241,10 @@ def invoice_line(group: UsageGroup) -> InvoiceLine:
         model_name=group.model_name,
         unit_kind=group.unit_kind,
         events=group.events,
-        quantity_iu=group.quantity_iu,
+        quantity_base=group.quantity_base,
         unit_price=group.unit_price,
-        amount_precise=group.amount_precise,
-        amount=round_minor(group.amount_exact, group.currency),
         amount_exact=group.amount_exact,
+        amount=round_minor(group.amount_exact, group.currency),
     )
 
 
@@ -235,8 +254,7 @@ def statement_line(group: UsageGroup, provider_share: Decimal) -> StatementLine:
         model_name=group.model_name,
         unit_kind=group.unit_kind,
         events=group.events,
-        quantity_iu=group.quantity_iu,
-        gross_precise=group.amount_precise,
+        quantity_base=group.quantity_base,
         gross_exact=group.amount_exact,
         gross=gross,
         provider_amount=provider,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
+from fractions import Fraction
 
 from modelmarket.billing.documents import Invoice, Statement, decimal_text
 
@@ -11,11 +12,12 @@ _GAP = "  "
 DISPLAY_PLACES = 6
 
 
-def approx_text(value: Decimal, places: int = DISPLAY_PLACES) -> str:
-    """A quantity for people: at most ``places`` decimals, marked with ``~`` when that rounded it."""
-    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
-    if shown == value:
-        return decimal_text(value)
+def approx_text(value: Decimal | Fraction, places: int = DISPLAY_PLACES) -> str:
+    """A quantity for people: exact when it fits ``places`` decimals, else rounded to them and marked ``~``."""
+    exact = Fraction(value)
+    shown = Decimal(round(exact * 10**places)).scaleb(-places)
+    if Fraction(shown) == exact:
+        return decimal_text(shown.normalize() if shown != 0 else Decimal(0))
     return "~" + decimal_text(shown.normalize() if shown != 0 else shown)
 
 
@@ -25,7 +27,7 @@ def render_invoice_text(invoice: Invoice, account_name: str) -> str:
     body = [
         [
             line.model_name,
-            line.unit_kind,
+            line.unit_kind.value,
             str(line.events),
             approx_text(line.quantity_iu),
             "mixed" if line.unit_price is None else decimal_text(line.unit_price),
@@ -54,7 +56,7 @@ def render_statement_text(statement: Statement, provider_name: str) -> str:
     body = [
         [
             line.model_name,
-            line.unit_kind,
+            line.unit_kind.value,
             str(line.events),
             approx_text(line.quantity_iu),
             decimal_text(line.gross),

@@ -47,7 +47,7 @@ def accounts_list(as_json: bool) -> None:
 
 @click.group()
 def keys() -> None:
-    """Issue API keys."""
+    """Issue, list and revoke API keys."""
 
 
 @keys.command("create")
@@ -62,3 +62,30 @@ def keys_create(account: str, as_json: bool) -> None:
     else:
         click.echo(issued.secret)
         click.echo(f"(key {issued.key_id} for {issued.account.name}; it will not be shown again)", err=True)
+
+
+@keys.command("list")
+@click.argument("account")
+@json_option
+@domain_errors
+def keys_list(account: str, as_json: bool) -> None:
+    """List ACCOUNT's API keys by id and prefix (the secrets are never stored)."""
+    items = platform().accounts.keys(account)
+    if as_json:
+        echo_json([k.to_json() for k in items])
+        return
+    rows = [[k.id, k.prefix + "...", k.created_at, k.revoked_at or "active"] for k in items]
+    click.echo(table(rows, ["KEY ID", "PREFIX", "CREATED", "REVOKED"]))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@json_option
+@domain_errors
+def keys_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke the API key KEY_ID at once (audited). The gateway refuses it within MODELMARKET_CACHE_REFRESH_S."""
+    key = platform().accounts.revoke_key(key_id)
+    if as_json:
+        echo_json(key.to_json())
+    else:
+        click.echo(f"revoked key {key.id} ({key.prefix}...) at {key.revoked_at}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from modelmarket.audit import chain
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 
 
@@ -18,8 +17,7 @@ def audit() -> None:
 @domain_errors
 def audit_verify(as_json: bool) -> None:
     """Recompute the hash chain. Prints OK, or names the first broken record and exits with status 1."""
-    with platform().store.read() as conn:
-        result = chain.verify(conn)
+    result = platform().audit.verify()
     if as_json:
         echo_json(
             {
@@ -44,8 +42,7 @@ def audit_verify(as_json: bool) -> None:
 @domain_errors
 def audit_list(limit: int, after_seq: int, as_json: bool) -> None:
     """Print audit records in order."""
-    with platform().store.read() as conn:
-        records = chain.list_records(conn, limit=limit, after_seq=after_seq)
+    records = platform().audit.list(limit, after_seq)
     if as_json:
         echo_json([r.to_json() for r in records])
         return

@@ -7,18 +7,6 @@ import click
 from modelmarket import billing
 from modelmarket.billing.render import approx_text
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
-from modelmarket.metering.consumer import catch_up
-from modelmarket.metering.usage import usage_summary
-
-
-def _catch_up() -> None:
-    """Apply every usage event already in the log, so the figures include calls served a moment ago."""
-    p = platform()
-    event_log = p.open_event_log()
-    try:
-        catch_up(p.store, event_log)
-    finally:
-        event_log.close()
 
 
 @click.command()
@@ -31,19 +19,24 @@ def usage(account: str, since: str | None, until: str | None, as_json: bool) -> 
     """Show ACCOUNT's usage: events, Inference Units and amount per model."""
     p = platform()
     acc = p.accounts.get(account)
-    _catch_up()
-    with p.store.read() as conn:
-        summary = usage_summary(conn, acc.id, since, until)
+    summary = p.usage.summary(acc.id, since, until)
     if as_json:
         echo_json({"account": acc.name, **summary.to_json()})
         return
     rows = [
-        [m.model, m.unit_kind, str(m.events), approx_text(m.quantity_iu), f"{approx_text(m.amount)} {m.currency}"]
+        [
+            m.model,
+            m.unit_kind.value,
+            str(m.events),
+            f"{m.quantity_base} {m.unit_kind.base_unit}(s)",
+            approx_text(m.iu_exact),
+            f"{approx_text(m.amount_exact)} {m.currency}",
+        ]
         for m in summary.models
     ]
     click.echo(f"usage of {acc.name}: {summary.total_events} event(s)")
     if rows:
-        click.echo(table(rows, ["MODEL", "UNIT", "EVENTS", "IU", "AMOUNT (unrounded)"]))
+        click.echo(table(rows, ["MODEL", "UNIT", "EVENTS", "QUANTITY", "IU", "AMOUNT (unrounded)"]))
 
 
 @click.command()
@@ -55,10 +48,7 @@ def invoice(account: str, period: str, as_json: bool) -> None:
     """Build ACCOUNT's invoice for a month: one line per model, rounded once per line, Decimal totals."""
     p = platform()
     acc = p.accounts.get(account)
-    parsed = billing.parse_period(period)
-    _catch_up()
-    with p.store.read() as conn:
-        invoices = billing.build_invoice(conn, acc.id, parsed)
+    invoices = p.billing.invoices(acc.id, billing.parse_period(period))
     if as_json:
         echo_json({"account": acc.name, "period": period, "invoices": [i.to_json() for i in invoices]})
         return
@@ -77,10 +67,7 @@ def statement(provider: str, period: str, as_json: bool) -> None:
     """Build PROVIDER's revenue statement for a month: gross, provider share and platform fee per model."""
     p = platform()
     acc = p.accounts.get(provider)
-    parsed = billing.parse_period(period)
-    _catch_up()
-    with p.store.read() as conn:
-        statements = billing.build_provider_statement(conn, acc.id, parsed, p.settings.provider_share)
+    statements = p.billing.statements(acc.id, billing.parse_period(period))
     if as_json:
         echo_json({"provider": acc.name, "period": period, "statements": [s.to_json() for s in statements]})
         return

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from modelmarket.bootstrap import Platform, bootstrap
-from modelmarket.core.errors import DomainError
+from modelmarket.core.errors import DomainError, MeteringHalted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +49,10 @@ def domain_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except DomainError as exc:
             raise click.ClickException(exc.message) from None
+        except MeteringHalted as exc:
+            raise click.ClickException(
+                f"metering is halted: {exc.reason} (fix the cause, then run `modelmarket meter --resume`)"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -9,30 +9,39 @@ import click
 
 from modelmarket.cli.common import domain_errors, parent_pid_option, platform
 from modelmarket.core import lifetime
-from modelmarket.metering.consumer import catch_up, follow
 
 
 @click.command()
 @click.option("--once", is_flag=True, help="Apply every usage event in the log, print the count and exit.")
+@click.option("--status", is_flag=True, help="Print whether metering is running or halted (and why), then exit.")
+@click.option("--resume", is_flag=True, help="Clear a halt after its cause was dealt with, then exit.")
 @parent_pid_option
 @domain_errors
-def meter(once: bool, parent_pid: int | None) -> None:
+def meter(once: bool, status: bool, resume: bool, parent_pid: int | None) -> None:
     """Read usage events from the event log and aggregate usage per account, model and day.
 
     Idempotent by event id: running several, or re-reading the log, never counts an event twice. Without
-    --once it follows the log (every MODELMARKET_METERING_POLL_S) until SIGTERM or Ctrl+C.
+    --once it follows the log (every MODELMARKET_METERING_POLL_S) until SIGTERM or Ctrl+C. A broken invariant
+    (say, an event log that ends before the offset already applied) halts metering: it exits with status 1 and
+    the reason, leaves the log untouched, and stays halted until `--resume`.
     """
     p = platform()
-    event_log = p.open_event_log()
-    try:
-        if once:
-            click.echo(f"applied {catch_up(p.store, event_log)} log record(s)")
-            return
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        if parent_pid is not None:
-            lifetime.exit_with_parent(parent_pid)
-        follow(p.store, event_log, p.settings.metering_poll_s, stop)
-    finally:
-        event_log.close()
+    if status:
+        halted = p.metering.halted()
+        click.echo("metering: running" if halted is None else f"metering: HALTED: {halted}")
+        if halted is not None:
+            raise SystemExit(1)
+        return
+    if resume:
+        p.metering.resume()
+        click.echo("metering: resumed")
+        return
+    if once:
+        click.echo(f"applied {p.metering.catch_up()} log record(s)")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:
+        lifetime.exit_with_parent(parent_pid)
+    p.metering.follow(stop)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
+from modelmarket.registry import model_summary
 
 
 @click.command()
@@ -43,27 +44,17 @@ def models() -> None:
 def models_list(as_json: bool) -> None:
     """List published models with their latest version and price."""
     cat = platform().registry.catalogue()
-    rows = []
-    docs = []
-    for name in sorted(cat.models):
-        entry = cat.models[name]
-        latest = entry.resolve(None)
-        m = latest.manifest
-        price = f"{m.pricing.price_per_iu} {m.pricing.currency}/{m.pricing.unit}"
-        rows.append([name, latest.version, m.task, m.runtime, price])
-        docs.append(
-            {
-                "name": name,
-                "latest": latest.version,
-                "versions": sorted(entry.versions),
-                "task": m.task,
-                "modality": m.modality,
-                "runtime": m.runtime,
-                "price_per_iu": str(m.pricing.price_per_iu),
-                "currency": m.pricing.currency,
-                "unit": m.pricing.unit,
-            }
-        )
+    docs = [model_summary(cat.get(name)) for name in cat.names()]
+    rows = [
+        [
+            d["name"],
+            d["latest"],
+            d["task"],
+            d["runtime"],
+            f"{d['pricing']['price_per_iu']} {d['pricing']['currency']}/{d['pricing']['unit']}",
+        ]
+        for d in docs
+    ]
     if as_json:
         echo_json(docs)
     elif rows:
@@ -87,7 +78,7 @@ def models_show(ref: str, as_json: bool) -> None:
     click.echo(f"{m.name} {m.version}  ({m.task}, {m.modality}, runtime {m.runtime})")
     click.echo(f"  summary:  {m.card.summary}")
     click.echo(f"  license:  {m.license}")
-    click.echo(f"  price:    {m.pricing.price_per_iu} {m.pricing.currency} per IU ({m.pricing.unit})")
+    click.echo(f"  price:    {m.pricing.price_per_iu} {m.pricing.currency} per IU ({m.pricing.unit.value})")
     click.echo(f"  digest:   {v.digest}")
     for t in m.inputs:
         click.echo(f"  input:    {t.name} {t.datatype} {t.shape}")

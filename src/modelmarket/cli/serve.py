@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -33,32 +31,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Callable[[str], None]) -> None:
-    import uvicorn
-
-    from modelmarket.gateway import GatewayApp
+    from modelmarket.gateway import build_gateway
+    from modelmarket.runtime.asgi import serve_asgi
 
     sock = _bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    app = GatewayApp(p, preload=preload)
-    original_startup = app.startup
-
-    async def startup() -> None:
-        await original_startup()
-        on_ready(url)
-
-    app.startup = startup  # type: ignore[method-assign]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        http="httptools",
-        loop="uvloop",
-        timeout_keep_alive=300,
-        proxy_headers=False,
-        server_header=False,
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    app = build_gateway(p, preload, on_ready=lambda: on_ready(url))
+    serve_asgi(app, [sock])
 
 
 @click.command()
@@ -152,9 +131,16 @@ def demo(port: int | None, build_only: bool) -> None:
     type=click.Path(exists=True, path_type=Path),
     help="Runner spec file written by the supervisor.",
 )
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Listen on a Unix socket at this path instead of TCP.",
+)
 @click.option("--fd", type=int, default=None, help="Serve on this inherited listening socket.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=0, show_default=True, help="Port when not given --fd (0 = free).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="TCP address (without --socket or --fd).")
+@click.option("--port", type=int, default=0, show_default=True, help="TCP port (0 = any free one).")
 @parent_pid_option
 @click.option(
     "--max-request-bytes",
@@ -166,6 +152,7 @@ def demo(port: int | None, build_only: bool) -> None:
 def runner(
     ref: str | None,
     spec_path: Path | None,
+    socket_path: Path | None,
     fd: int | None,
     host: str,
     port: int,
@@ -174,12 +161,14 @@ def runner(
 ) -> None:
     """Serve one model version over OIP v2 (REF = NAME[@VERSION|@ALIAS], or --spec FILE).
 
-    The gateway's supervisor starts runners itself; run one by hand to call a model directly.
+    The gateway's supervisor starts runners itself (on private Unix sockets); run one by hand to call a model
+    directly, on loopback TCP by default. Anyone who can reach that port can call the model: no key, no usage.
     """
-    from modelmarket.runtime.base import ModelSpec
-    from modelmarket.runtime.runner import serve as serve_runner
+    from modelmarket.runtime import runner as model_runner
     from modelmarket.runtime.supervisor import materialize
 
+    if socket_path is not None and fd is not None:
+        raise click.UsageError("give --socket or --fd, not both")
     if spec_path is None:
         if ref is None:
             raise click.UsageError("give a model REF or --spec FILE")
@@ -189,6 +178,9 @@ def runner(
         spec_path = materialize(version, p.blobs, p.settings.runners_dir)
     if parent_pid is not None:
         lifetime.exit_with_parent(parent_pid)
-    doc: dict[str, Any] = json.loads(spec_path.read_text())
     limit = max_request_bytes if max_request_bytes is not None else Settings().max_request_bytes
-    serve_runner(ModelSpec.from_json(doc), host=host, port=port, fd=fd, max_request_bytes=limit)
+    listen = model_runner.Listen(socket_path=socket_path, fd=fd, host=host, port=port)
+    try:
+        model_runner.serve(model_runner.read_spec(spec_path), listen, limit)
+    except model_runner.ModelLoadFailed as exc:
+        raise click.ClickException(str(exc)) from None

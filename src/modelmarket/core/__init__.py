@@ -11,14 +11,13 @@ from modelmarket.core.errors import (
     Unauthenticated,
     ensure,
 )
-from modelmarket.core.money import Money, quantize_minor
+from modelmarket.core.money import quantize_minor
 
 __all__ = [
     "AlreadyExists",
     "Conflict",
     "DomainError",
     "InvalidInput",
-    "Money",
     "NotFound",
     "NotReady",
     "PermissionDenied",

@@ -47,3 +47,14 @@ def ensure(condition: bool, message: str) -> None:
     """Assert an invariant that must survive ``python -O`` (unlike ``assert``)."""
     if not condition:
         raise InvariantViolated(message)
+
+
+class MeteringHalted(Exception):
+    """The metering consumer met a record that breaks an invariant: it stops and leaves the log as it is.
+
+    Not a DomainError: nothing a caller sent can fix it; an operator must look (the reason says where).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

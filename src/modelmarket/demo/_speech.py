@@ -19,7 +19,7 @@ from modelmarket.demo._files import (
     write_manifest,
 )
 from modelmarket.runtime.base import ModelSpec, bytes_tensor
-from modelmarket.runtime.wav import wav_duration_s
+from modelmarket.core.wav import wav_duration_s
 
 HELLO_TEXT = "hello world"
 ESPEAK_VOICE = "en-us+m3"

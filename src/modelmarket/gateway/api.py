@@ -1,96 +1,82 @@
-"""Marketplace API under ``/api/``: the catalogue and the caller's usage. JSON in, JSON out."""
+"""Marketplace API under ``/api/``: the catalogue and the caller's usage. JSON in, JSON out.
+
+Authentication is required by default: a route is public only if it is in ``PUBLIC_ROUTES``, and a test checks
+that every other route answers 401 without a key.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
 
 from modelmarket.accounts import Account
-from modelmarket.core.errors import InvalidInput, NotFound
-from modelmarket.metering.consumer import catch_up
-from modelmarket.metering.usage import usage_summary
-from modelmarket.runtime.asgi import Scope
+from modelmarket.metering.usage import UsageService
+from modelmarket.registry import model_summary
+from modelmarket.registry.catalogue import Catalogue
 
-if TYPE_CHECKING:
-    from modelmarket.gateway.app import GatewayApp
+PUBLIC_ROUTES = frozenset({"/api/models", "/api/models/{name}", "/api/models/{name}/versions/{ref}"})
+"""The only /api routes answered without an API key: the public catalogue."""
 
-_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def needs_auth(path: str) -> bool:
-    return path.startswith("/api/usage")
+Authenticate = Callable[[Request], Awaitable[Account]]
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    raw = scope.get("query_string", b"").decode("latin-1")
-    return {k: v[-1] for k, v in parse_qs(raw).items()}
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
-def _day(params: dict[str, str], key: str) -> str | None:
-    value = params.get(key)
-    if value is not None and not _DAY_RE.match(value):
-        raise InvalidInput(f"query parameter {key!r}: {value!r} is not a date YYYY-MM-DD")
-    return value
+@dataclass
+class ApiContext:
+    catalogue: Callable[[], Catalogue]
+    usage: UsageService
 
 
-def _model_summary(gw: GatewayApp, name: str) -> dict[str, Any]:
-    entry = gw.state.catalogue.get(name)
-    latest = entry.resolve(None)
-    m = latest.manifest
-    return {
-        "name": name,
-        "latest": latest.version,
-        "versions": [v.version for v in entry.sorted_versions()],
-        "aliases": dict(sorted(entry.aliases.items())),
-        "task": m.task,
-        "modality": m.modality,
-        "runtime": m.runtime,
-        "license": m.license,
-        "summary": m.card.summary,
-        "pricing": {
-            "unit": m.pricing.unit,
-            "price_per_iu": str(m.pricing.price_per_iu),
-            "currency": m.pricing.currency,
-        },
-    }
+def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
+    async def models(request: Request) -> JSON:
+        cat = ctx.catalogue()
+        docs = [model_summary(cat.get(name)) for name in cat.names()]
+        return JSON({"models": docs, "total": len(docs)})
+
+    async def model(request: Request) -> JSON:
+        return JSON(model_summary(ctx.catalogue().get(request.path_params["name"])))
+
+    async def version(request: Request) -> JSON:
+        params = request.path_params
+        return JSON(ctx.catalogue().resolve(params["name"], params["ref"]).to_json())
+
+    async def usage(request: Request) -> JSON:
+        account: Account = request.state.account
+        since, until = request.query_params.get("since"), request.query_params.get("until")
+        summary = await asyncio.to_thread(ctx.usage.summary, account.id, since, until)
+        return JSON({**summary.to_json(), "account": account.name})
+
+    endpoints: list[tuple[str, Callable[[Request], Awaitable[JSON]]]] = [
+        ("/api/models", models),
+        ("/api/models/{name}", model),
+        ("/api/models/{name}/versions/{ref}", version),
+        ("/api/usage", usage),
+    ]
+    routes = [
+        Route(path, endpoint if path in PUBLIC_ROUTES else _authenticated(endpoint, authenticate), methods=["GET"])
+        for path, endpoint in endpoints
+    ]
+    return Router(routes=routes)
 
 
-async def handle(gw: GatewayApp, scope: Scope, path: str, account: Account | None) -> tuple[int, bytes]:
-    if scope["method"] != "GET":
-        return 405, orjson.dumps({"error": f"{scope['method']} is not allowed on {path}"})
-    params = _query(scope)
-    if path == "/api/usage":
-        assert account is not None
-        since, until = _day(params, "since"), _day(params, "until")
+def _authenticated(
+    endpoint: Callable[[Request], Awaitable[JSON]], authenticate: Authenticate
+) -> Callable[[Request], Awaitable[JSON]]:
+    async def guarded(request: Request) -> JSON:
+        request.state.account = await authenticate(request)
+        return await endpoint(request)
 
-        def read() -> dict[str, Any]:
-            # Read-your-writes: apply events already in the log, so a call answered a moment ago is counted.
-            event_log = gw.platform.open_event_log()
-            try:
-                catch_up(gw.platform.store, event_log)
-            finally:
-                event_log.close()
-            with gw.platform.store.read() as conn:
-                return usage_summary(conn, account.id, since, until).to_json()
-
-        doc = await asyncio.to_thread(read)
-        doc["account"] = account.name
-        return 200, orjson.dumps(doc)
-    if path == "/api/models":
-        models = [
-            _model_summary(gw, name)
-            for name in sorted(gw.state.catalogue.models)
-            if gw.state.catalogue.models[name].versions
-        ]
-        return 200, orjson.dumps({"models": models, "total": len(models)})
-    if path.startswith("/api/models/"):
-        parts = path[len("/api/models/") :].strip("/").split("/")
-        if len(parts) == 1:
-            return 200, orjson.dumps(_model_summary(gw, parts[0]))
-        if len(parts) == 3 and parts[1] == "versions":
-            return 200, orjson.dumps(gw.state.catalogue.resolve(parts[0], parts[2]).to_json())
-    raise NotFound(f"no route GET {path}")
+    return guarded

@@ -1,67 +1,109 @@
 """The metering consumer as a child process of the gateway.
 
 Rating and aggregating usage is Python work; in the gateway's process it would compete with the request path
-for the interpreter lock. As its own process (``modelmarket meter``) it runs on another core, and a crash of it
-loses nothing: the consumer's offset moves only with the rows it wrote. The gateway restarts it if it dies.
+for the interpreter lock. As its own process it runs on another core, and a crash of it loses nothing: the
+consumer's offset moves only with the rows it wrote. The gateway restarts it through a ``RestartPolicy``,
+except when it stopped because a record breaks an invariant (exit status ``EXIT_METERING_HALTED``): restarting
+would only halt again on the same record, so it stays down and ``failure`` says why (readiness reports it).
+
+The child is started as ``python -m modelmarket.gateway.metering_process --parent-pid N``, never through the CLI.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import argparse
 import os
 import signal
-import subprocess
 import sys
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from modelmarket.bootstrap import bootstrap
+from modelmarket.core import lifetime
+from modelmarket.core.errors import MeteringHalted
+from modelmarket.core.process import ChildProcess, ChildState, RestartPolicy
+
+EXIT_METERING_HALTED = 3
+"""Exit status of a consumer that met a record breaking an invariant: an operator must look; no restart."""
+METERING_STOP_TIMEOUT_S = 15.0
+"""Grace after SIGTERM: the consumer applies what is left in the log before it exits."""
+METERING_POLICY = RestartPolicy(max_restarts=5, backoff_base_s=0.5, backoff_cap_s=10.0, reset_after_s=60.0)
+
+
+def metering_command(parent_pid: int) -> list[str]:
+    return [sys.executable, "-m", "modelmarket.gateway.metering_process", "--parent-pid", str(parent_pid)]
 
 
 class MeteringProcess:
-    def __init__(self, log_path: Path, env: dict[str, str], check_interval_s: float = 1.0) -> None:
-        self.log_path = log_path
-        self.env = env
-        self.check_interval_s = check_interval_s
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._task: asyncio.Task[None] | None = None
+    """The gateway's metering child. ``command`` replaces the real consumer (tests use a stand-in)."""
 
-    def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "modelmarket.cli.main", "meter", "--parent-pid", str(os.getpid())]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+    def __init__(
+        self,
+        log_path: Path,
+        env: Mapping[str, str],
+        *,
+        policy: RestartPolicy = METERING_POLICY,
+        command: Sequence[str] | None = None,
+        stop_timeout_s: float = METERING_STOP_TIMEOUT_S,
+    ) -> None:
+        self.log_path = log_path
+        self.env = dict(env)
+        self.policy = policy
+        self.command = list(command) if command is not None else None
+        self.stop_timeout_s = stop_timeout_s
+        self.child: ChildProcess | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the consumer is down for good (halted on a record, or out of restarts); None while it is not."""
+        child = self.child
+        return child.failure if child is not None and child.state is ChildState.FAILED else None
+
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts if self.child is not None else 0
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._spawn()
-        self._task = asyncio.create_task(self._watch())
+        """Spawn the consumer and watch it. Call from the gateway's event loop."""
+        self.child = ChildProcess(
+            "metering consumer",
+            self.command or metering_command(os.getpid()),
+            policy=self.policy,
+            env=self.env,
+            log_path=self.log_path,
+            no_restart_codes={EXIT_METERING_HALTED: "metering halted"},
+            stop_timeout_s=self.stop_timeout_s,
+        )
+        self.child.start()
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_interval_s)
-            if self.proc is not None and self.proc.poll() is not None:
-                self.restarts += 1
-                log.warning(
-                    "metering consumer exited with code %s; restarting (%d)", self.proc.returncode, self.restarts
-                )
-                await asyncio.sleep(min(0.5 * self.restarts, 10.0))
-                self._spawn()
+    async def stop(self) -> None:
+        """SIGTERM (it applies what is in the log, then exits), SIGKILL after ``stop_timeout_s``."""
+        if self.child is not None:
+            await self.child.stop()
 
-    async def stop(self, timeout_s: float = 15.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # it applies what is in the log, then exits
-        try:
-            await asyncio.to_thread(proc.wait, timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Follow the event log until SIGTERM/SIGINT (exit 0), or until a record breaks an invariant
+    (``metering halted: <reason>`` on stderr, exit ``EXIT_METERING_HALTED``)."""
+    parser = argparse.ArgumentParser(prog="python -m modelmarket.gateway.metering_process")
+    parser.add_argument("--parent-pid", type=int, help="stop once process PID, our parent, has exited")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.parent_pid is not None:
+        lifetime.exit_with_parent(args.parent_pid)
+    platform = bootstrap()
+    try:
+        platform.metering.follow(stop)
+    except MeteringHalted as exc:
+        print(f"metering halted: {exc.reason}", file=sys.stderr, flush=True)
+        return EXIT_METERING_HALTED
+    finally:
+        platform.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,11 @@
-"""The gateway's in-memory view of keys and the catalogue, refreshed in the background.
+"""The gateway's in-memory views of keys and of the catalogue, each refreshed in the background on its own.
 
 Requests authenticate and route against these snapshots: no database round trip on the hot path. A miss (an
-unknown key or model) waits for a reload that began after the miss: concurrent misses share one reload, and
-reloads start at most once per ``min_reload_s``, so a key or model created a moment ago works at once while a
-flood of bad keys cannot hammer the store (it is throttled instead).
+unknown key or model) waits for a reload of that snapshot that began after the miss: concurrent misses share
+one reload, and reloads start at most once per ``min_reload_s``, so a key or model created a moment ago works
+at once while a flood of bad keys cannot hammer the store (it is throttled instead). Keys and the catalogue
+reload separately: a burst of unknown keys never re-reads the catalogue, and a catalogue reload reads in full
+only the versions it has not seen (``registry.CatalogueLoader``).
 """
 
 from __future__ import annotations
@@ -12,33 +14,36 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from modelmarket.accounts import KeyIndex
-from modelmarket.bootstrap import Platform
-from modelmarket.registry.service import Catalogue
+from modelmarket.accounts import Account, KeyIndex
+from modelmarket.registry import Catalogue
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+MIN_RELOAD_S = 0.5
+"""Least time between two reloads of one snapshot triggered by misses."""
 
 
-class GatewayState:
-    def __init__(self, platform: Platform, refresh_s: float, min_reload_s: float = 0.5) -> None:
-        self.platform = platform
+class Snapshot(Generic[T]):
+    def __init__(self, name: str, load: Callable[[], T], initial: T, refresh_s: float, min_reload_s: float) -> None:
+        self.name = name
+        self._load = load
+        self.value = initial
         self.refresh_s = refresh_s
         self.min_reload_s = min_reload_s
-        self.keys = KeyIndex(by_hash={})
-        self.catalogue = Catalogue(models={})
+        self.loaded_at = -1e9
         self._reload_started = -1e9
         self._reload_lock = asyncio.Lock()
         self._miss_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
-    def _load(self) -> tuple[KeyIndex, Catalogue]:
-        return self.platform.accounts.key_index(), self.platform.registry.catalogue()
-
     async def reload(self) -> None:
         async with self._reload_lock:
             self._reload_started = time.monotonic()
-            self.keys, self.catalogue = await asyncio.to_thread(self._load)
+            self.value = await asyncio.to_thread(self._load)
+            self.loaded_at = time.monotonic()
 
     async def reload_after_miss(self, missed_at: float) -> None:
         """Return once the snapshot reflects a reload that began after ``missed_at`` (time.monotonic())."""
@@ -59,10 +64,49 @@ class GatewayState:
             try:
                 await self.reload()
             except Exception:  # keep serving from the last good snapshot
-                log.exception("refreshing the gateway's key and catalogue snapshot failed")
+                log.exception("refreshing the gateway's %s snapshot failed", self.name)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class GatewayState:
+    """Both snapshots; satisfies the data plane's ``CatalogueSource``."""
+
+    def __init__(
+        self,
+        load_keys: Callable[[], KeyIndex],
+        load_catalogue: Callable[[], Catalogue],
+        refresh_s: float,
+        min_reload_s: float = MIN_RELOAD_S,
+    ) -> None:
+        self.keys = Snapshot("key", load_keys, KeyIndex(by_hash={}), refresh_s, min_reload_s)
+        self.models = Snapshot("catalogue", load_catalogue, Catalogue(models={}), refresh_s, min_reload_s)
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.models.value
+
+    async def reload_after_miss(self, missed_at: float) -> None:
+        await self.models.reload_after_miss(missed_at)
+
+    async def authenticate(self, secret: str) -> Account | None:
+        account = self.keys.value.authenticate(secret)
+        if account is None:
+            await self.keys.reload_after_miss(time.monotonic())
+            account = self.keys.value.authenticate(secret)
+        return account
+
+    async def reload(self) -> None:
+        await asyncio.gather(self.keys.reload(), self.models.reload())
+
+    def start(self) -> None:
+        self.keys.start()
+        self.models.start()
+
+    async def stop(self) -> None:
+        await self.keys.stop()
+        await self.models.stop()

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Context, Decimal, Inexact, Rounded
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import orjson
 
-from modelmarket.metering.units import BASE_UNIT, UNIT_DIVISOR
+from modelmarket.core.money import EXACT, exact_text
+from modelmarket.metering.units import UnitKind
 
 EVENT_TYPE = "modelmarket.inference.completed"
-_EXACT = Context(prec=200, traps=[Inexact, Rounded])
-_DISPLAY = Context(prec=28)
-
-
-def _base_quantity(data: dict[str, Any]) -> int:
-    """The event's base-unit count; events written before it was recorded carry only ``quantity_iu``."""
-    if "quantity" in data:
-        return int(data["quantity"])
-    return int((Decimal(data["quantity_iu"]) * UNIT_DIVISOR[data["unit_kind"]]).to_integral_value())
+MAX_EVENT_STRING = 200
+"""Longest string an event carries (ids, names, route): nothing copied from a request grows an event unbounded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,28 +27,43 @@ class UsageEvent:
     model: str
     version: str
     provider_account_id: str
-    unit_kind: str
-    quantity: int  # base units: images, tokens, seconds or requests (see metering.units)
-    quantity_iu: Decimal
+    unit_kind: UnitKind
+    quantity: int
+    """Base units: images, tokens, seconds or requests (see ``metering.units``). What is billed."""
     unit_price: Decimal
     currency: str
     latency_ms: Decimal
     route: str = "default"
     trace_id: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("id", "source", "account_id", "model", "version", "provider_account_id", "route", "currency"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not 0 < len(value) <= MAX_EVENT_STRING:
+                raise ValueError(f"usage event {name} must be 1-{MAX_EVENT_STRING} characters")
+        if self.trace_id is not None and len(self.trace_id) != 32:
+            raise ValueError("usage event trace_id must be 32 hex characters")
+        if self.quantity < 0:
+            raise ValueError("usage event quantity must not be negative")
+        if not self.unit_price.is_finite() or self.unit_price < 0:
+            raise ValueError(f"usage event unit_price {self.unit_price} must be a finite, non-negative decimal")
+
     @property
-    def amount_divisor(self) -> int:
-        return UNIT_DIVISOR[self.unit_kind]
+    def quantity_iu(self) -> Fraction:
+        return self.unit_kind.iu(self.quantity)
 
     @property
     def amount_numerator(self) -> Decimal:
-        """Exact: the event's amount is ``amount_numerator / amount_divisor``."""
-        return _EXACT.multiply(Decimal(self.quantity), self.unit_price)
+        """Exact: the event's amount is ``amount_numerator / unit_kind.divisor``."""
+        return EXACT.multiply(Decimal(self.quantity), self.unit_price)
 
     @property
-    def amount(self) -> Decimal:
-        """The amount as a decimal, for display (28 significant digits when the divisor is not 10^k)."""
-        return _DISPLAY.divide(self.amount_numerator, Decimal(self.amount_divisor))
+    def amount(self) -> Fraction:
+        return Fraction(self.amount_numerator) / self.unit_kind.divisor
+
+    @property
+    def day(self) -> date:
+        return self.time.astimezone(UTC).date()
 
     def to_cloudevent(self) -> dict[str, Any]:
         return {
@@ -68,10 +78,10 @@ class UsageEvent:
                 "model": self.model,
                 "version": self.version,
                 "provider": self.provider_account_id,
-                "unit_kind": self.unit_kind,
+                "unit_kind": self.unit_kind.value,
                 "quantity": self.quantity,
-                "base_unit": BASE_UNIT[self.unit_kind],
-                "quantity_iu": format(self.quantity_iu, "f"),
+                "base_unit": self.unit_kind.base_unit,
+                "quantity_iu": exact_text(self.quantity_iu),
                 "unit_price": format(self.unit_price, "f"),
                 "currency": self.currency,
                 "latency_ms": format(self.latency_ms, "f"),
@@ -85,21 +95,27 @@ class UsageEvent:
 
     @classmethod
     def decode(cls, payload: bytes) -> UsageEvent:
+        """Read an event; raises ValueError/KeyError/TypeError for anything that is not a valid usage event."""
         doc = orjson.loads(payload)
         if doc.get("type") != EVENT_TYPE or doc.get("specversion") != "1.0":
             raise ValueError(f"not a usage event: type={doc.get('type')!r}")
         data = doc["data"]
+        quantity = data["quantity"]
+        if not isinstance(quantity, int) or isinstance(quantity, bool):
+            raise TypeError(f"quantity must be an integer, not {quantity!r}")
+        time = datetime.fromisoformat(doc["time"].replace("Z", "+00:00"))
+        if time.utcoffset() is None:
+            raise ValueError("event time must carry a UTC offset")
         return cls(
             id=doc["id"],
             source=doc["source"],
             account_id=doc["subject"],
-            time=datetime.fromisoformat(doc["time"].replace("Z", "+00:00")),
+            time=time,
             model=data["model"],
             version=data["version"],
             provider_account_id=data["provider"],
-            unit_kind=data["unit_kind"],
-            quantity=_base_quantity(data),
-            quantity_iu=Decimal(data["quantity_iu"]),
+            unit_kind=UnitKind(data["unit_kind"]),
+            quantity=quantity,
             unit_price=Decimal(data["unit_price"]),
             currency=data["currency"],
             latency_ms=Decimal(data["latency_ms"]),

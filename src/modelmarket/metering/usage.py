@@ -2,47 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from datetime import date
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Connection, select
+from modelmarket.core.errors import InvalidInput
+from modelmarket.core.money import exact_text
+from modelmarket.core.uow import UnitOfWorkFactory
+from modelmarket.metering.consumer import MeteringService
+from modelmarket.metering.ports import DailyUsage, MeteringUnitOfWork
+from modelmarket.metering.units import UnitKind
 
-from modelmarket.adapters.store import schema as t
-from modelmarket.core.money import fraction_to_decimal
-
-
-def _text(value: Fraction) -> str:
-    """Plain positional notation (never ``1E-7``) for JSON; 50 significant digits for repeating decimals."""
-    return format(fraction_to_decimal(value), "f")
+CATCH_UP_MAX_RECORDS = 50_000
+"""Most log records a usage read applies before it answers (read-your-writes without an unbounded wait)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ModelUsage:
     model: str
-    unit_kind: str
+    unit_kind: UnitKind
     currency: str
     events: int
-    iu_exact: Fraction
+    quantity_base: int
     amount_exact: Fraction
 
     @property
-    def quantity_iu(self) -> Decimal:
-        return fraction_to_decimal(self.iu_exact)
-
-    @property
-    def amount(self) -> Decimal:
-        return fraction_to_decimal(self.amount_exact)
+    def iu_exact(self) -> Fraction:
+        return self.unit_kind.iu(self.quantity_base)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
-            "unit_kind": self.unit_kind,
+            "unit_kind": self.unit_kind.value,
             "currency": self.currency,
             "events": self.events,
-            "iu": _text(self.iu_exact),
-            "amount": _text(self.amount_exact),
+            "quantity": self.quantity_base,
+            "base_unit": self.unit_kind.base_unit,
+            "iu": exact_text(self.iu_exact),
+            "amount": exact_text(self.amount_exact),
         }
 
 
@@ -75,39 +74,51 @@ class UsageSummary:
             "since": self.since,
             "until": self.until,
             "total_events": self.total_events,
-            "total_iu": _text(self.total_iu),
+            "total_iu": exact_text(self.total_iu),
             # Unrounded (invoices round once per line). One currency: its total; none used: "0"; several: null,
             # see totals_by_currency (amounts in different currencies are never added up).
-            "total_amount": _text(by_currency[single]) if single else ("0" if not by_currency else None),
+            "total_amount": exact_text(by_currency[single]) if single else ("0" if not by_currency else None),
             "currency": single,
-            "totals_by_currency": {k: _text(v) for k, v in sorted(by_currency.items())},
+            "totals_by_currency": {k: exact_text(v) for k, v in sorted(by_currency.items())},
             "models": [m.to_json() for m in self.models],
         }
 
 
-def _day_iu(row: Any) -> Fraction:
-    if row.quantity_base or not row.quantity_iu:
-        return Fraction(row.quantity_base, row.amount_divisor)
-    return Fraction(row.quantity_iu)  # a day aggregated before base units were recorded
+def parse_day(value: str | None, field: str) -> str | None:
+    """A ``YYYY-MM-DD`` day that exists (``2026-02-30`` is refused), or None."""
+    if value is None:
+        return None
+    try:
+        if len(value) != len("YYYY-MM-DD"):
+            raise ValueError(value)
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise InvalidInput(f"{field}: {value!r} is not a date YYYY-MM-DD") from None
 
 
-def usage_summary(
-    conn: Connection, account_id: str, since: str | None = None, until: str | None = None
-) -> UsageSummary:
-    """Usage of ``account_id`` over days ``since``..``until`` inclusive (``YYYY-MM-DD``; None = unbounded)."""
-    d = t.usage_daily.c
-    query = select(
-        d.model_name, d.unit_kind, d.currency, d.events, d.quantity_iu, d.amount, d.amount_divisor, d.quantity_base
-    ).where(d.account_id == account_id)
-    if since:
-        query = query.where(d.day >= since)
-    if until:
-        query = query.where(d.day <= until)
-    totals: dict[tuple[str, str, str], list[Any]] = {}
-    for row in conn.execute(query):
-        acc = totals.setdefault((row.model_name, row.unit_kind, row.currency), [0, Fraction(0), Fraction(0)])
+def summarize(account_id: str, days: Iterable[DailyUsage], since: str | None, until: str | None) -> UsageSummary:
+    totals: dict[tuple[str, UnitKind, str], list[Any]] = {}
+    for row in days:
+        acc = totals.setdefault((row.model_name, row.unit_kind, row.currency), [0, 0, Fraction(0)])
         acc[0] += row.events
-        acc[1] += _day_iu(row)
-        acc[2] += Fraction(row.amount) / row.amount_divisor
-    models = [ModelUsage(m, u, c, int(v[0]), v[1], v[2]) for (m, u, c), v in sorted(totals.items())]
+        acc[1] += row.quantity_base
+        acc[2] += Fraction(row.amount_numerator) / row.unit_kind.divisor
+    models = [ModelUsage(m, u, c, v[0], v[1], v[2]) for (m, u, c), v in sorted(totals.items())]
     return UsageSummary(account_id=account_id, models=models, since=since, until=until)
+
+
+class UsageService:
+    """An account's usage, current as of the call (the log is applied first, boundedly)."""
+
+    def __init__(self, uow: UnitOfWorkFactory[MeteringUnitOfWork], metering: MeteringService) -> None:
+        self.uow = uow
+        self.metering = metering
+
+    def summary(self, account_id: str, since: str | None = None, until: str | None = None) -> UsageSummary:
+        first, last = parse_day(since, "since"), parse_day(until, "until")
+        if first and last and first > last:
+            raise InvalidInput(f"since {first} is after until {last}")
+        self.metering.catch_up(CATCH_UP_MAX_RECORDS)
+        with self.uow.read() as uow:
+            days = uow.usage.daily_usage(account_id, first, last)
+        return summarize(account_id, days, first, last)

@@ -1,94 +1,33 @@
-"""Registry services: publish an immutable version, list and show models, move aliases, resolve references."""
+"""Registry services: publish an immutable version, move aliases, and load the catalogue snapshot."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, update
-
-from modelmarket.adapters.blobs import BlobStore
-from modelmarket.adapters.store import Store
-from modelmarket.adapters.store import schema as t
 from modelmarket.audit import chain as audit
+from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from modelmarket.core.ids import new_id
+from modelmarket.core.uow import Lock, UnitOfWorkFactory
+from modelmarket.registry.catalogue import LATEST, ArtifactRecord, Catalogue, ModelEntry, VersionRecord
 from modelmarket.registry.manifest import NAME_RE, Manifest, load_manifest, parse_manifest
+from modelmarket.registry.package import collect_artifacts, open_package_file
+from modelmarket.registry.ports import (
+    BlobStore,
+    RegistryRepository,
+    RegistryUnitOfWork,
+    RuntimeCatalog,
+    StoredAlias,
+    StoredModel,
+    StoredVersion,
+)
 
-LATEST = "latest"
 ALIAS_RE = NAME_RE
-
-
-@dataclass(frozen=True, slots=True)
-class ArtifactRecord:
-    path: str
-    sha256: str
-    size_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class VersionRecord:
-    id: str
-    model_name: str
-    version: str
-    digest: str
-    manifest: Manifest
-    provider_account_id: str
-    artifacts: tuple[ArtifactRecord, ...]
-    created_at: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "model": self.model_name,
-            "version": self.version,
-            "digest": self.digest,
-            "created_at": self.created_at,
-            "provider_account_id": self.provider_account_id,
-            "manifest": self.manifest.to_json(),
-            "artifacts": [{"path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes} for a in self.artifacts],
-        }
-
-
-@dataclass(slots=True)
-class ModelEntry:
-    name: str
-    provider_account_id: str
-    versions: dict[str, VersionRecord] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)
-
-    def sorted_versions(self) -> list[VersionRecord]:
-        return sorted(self.versions.values(), key=lambda v: v.manifest.semver)
-
-    def resolve(self, ref: str | None) -> VersionRecord:
-        """``ref`` is a version, an alias, or None for ``latest``."""
-        key = ref or LATEST
-        if key in self.versions:
-            return self.versions[key]
-        if key in self.aliases:
-            return self.versions[self.aliases[key]]
-        raise NotFound(f"model {self.name!r} has no version or alias {key!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Catalogue:
-    """An in-memory snapshot of every model, version and alias (what the gateway routes with)."""
-
-    models: dict[str, ModelEntry]
-
-    def get(self, name: str) -> ModelEntry:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise NotFound(f"model {name!r} is not published") from None
-
-    def resolve(self, name: str, ref: str | None = None) -> VersionRecord:
-        return self.get(name).resolve(ref)
+HASH_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,159 +36,121 @@ class PublishResult:
     created: bool  # False when the same bytes were already published under this version
 
 
-def _expand_artifacts(package_dir: Path, manifest: Manifest) -> list[tuple[str, Path]]:
-    files: list[tuple[str, Path]] = []
-    for i, decl in enumerate(manifest.artifacts):
-        src = package_dir / decl.path
-        if src.is_file():
-            files.append((decl.path, src))
-        elif src.is_dir():
-            inner = sorted(p for p in src.rglob("*") if p.is_file())
-            if not inner:
-                raise InvalidInput(f"artifacts[{i}].path: directory {decl.path!r} is empty")
-            files.extend((p.relative_to(package_dir).as_posix(), p) for p in inner)
-        else:
-            raise InvalidInput(f"artifacts[{i}].path: {decl.path!r} does not exist in {package_dir}")
-    return files
-
-
 def version_digest(manifest: Manifest, artifacts: Iterable[ArtifactRecord]) -> str:
     doc = {"manifest": manifest.to_json(), "artifacts": sorted((a.path, a.sha256) for a in artifacts)}
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open_package_file(path) as fh:
+        while chunk := fh.read(HASH_CHUNK_BYTES):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def version_from_stored(stored: StoredVersion) -> VersionRecord:
+    return VersionRecord(
+        id=stored.id,
+        model_name=stored.model_name,
+        version=stored.version,
+        digest=stored.digest,
+        manifest=parse_manifest(json.loads(stored.manifest_json), f"stored manifest of {stored.model_name}"),
+        provider_account_id=stored.provider_account_id,
+        artifacts=stored.artifacts,
+        created_at=stored.created_at,
+    )
+
+
 class RegistryService:
     def __init__(
-        self, store: Store, blobs: BlobStore, clock: Callable[[], datetime], known_runtimes: Iterable[str]
+        self,
+        uow: UnitOfWorkFactory[RegistryUnitOfWork],
+        blobs: BlobStore,
+        clock: Clock,
+        runtimes: RuntimeCatalog,
     ) -> None:
-        self.store = store
+        self.uow = uow
         self.blobs = blobs
         self.clock = clock
-        self.known_runtimes = frozenset(known_runtimes)
+        self.runtimes = runtimes
 
     # -- publish -----------------------------------------------------------------------------------------
     def publish(self, package_dir: Path, actor: str = "cli") -> PublishResult:
+        """Validate, hash, store and record a version. Nothing is stored for a package that is refused."""
         manifest = load_manifest(package_dir)
-        if manifest.runtime not in self.known_runtimes:
-            known = ", ".join(sorted(self.known_runtimes))
-            raise InvalidInput(f"runtime: unknown runtime {manifest.runtime!r} (available: {known})")
+        known = sorted(self.runtimes.names())
+        if manifest.runtime not in known:
+            raise InvalidInput(f"runtime: unknown runtime {manifest.runtime!r} (available: {', '.join(known)})")
         _check_tensor_names(manifest)
-        files = _expand_artifacts(package_dir, manifest)
-        provider_id = self._provider_id(manifest.provider)
-        # Blobs first: they are immutable and content-addressed, so a crash here leaves no half version.
-        stored = tuple(ArtifactRecord(rel, *self.blobs.put_file(src)) for rel, src in files)
-        digest = version_digest(manifest, stored)
-        with self.store.write() as conn:
-            return self._record(conn, manifest, stored, digest, provider_id, actor)
-
-    def _provider_id(self, provider: str) -> str:
-        with self.store.read() as conn:
-            row = conn.execute(select(t.accounts.c.id, t.accounts.c.role).where(t.accounts.c.name == provider)).first()
-        if row is None:
-            raise InvalidInput(
-                f"provider: no account named {provider!r} (create it with "
-                f"`modelmarket accounts create {provider} --role provider`)"
-            )
-        if row.role != "provider":
-            raise InvalidInput(f"provider: account {provider!r} has role {row.role!r}, not 'provider'")
-        return str(row.id)
+        files = collect_artifacts(package_dir, manifest)
+        self.runtimes.validate(manifest.runtime, manifest.parameters, [f.relpath for f in files])
+        hashed = tuple(ArtifactRecord(f.relpath, *_hash_file(f.path)) for f in files)
+        digest = version_digest(manifest, hashed)
+        with self.uow.read() as uow:
+            provider_id = _provider_id(uow, manifest.provider)
+            existing = uow.registry.version(manifest.name, manifest.version)
+        if existing is not None:  # refused or a no-op before any blob is written
+            return PublishResult(_same_or_conflict(existing, manifest, digest), created=False)
+        # Blobs next: immutable and content-addressed, so a crash here leaves no half version.
+        for art, f in zip(hashed, files, strict=True):
+            self.blobs.put_file(f.path, expected_sha256=art.sha256)
+        with self.uow.write(Lock.PUBLISH, manifest.name) as uow:
+            return self._record(uow, manifest, hashed, digest, provider_id, actor)
 
     def _record(
         self,
-        conn: Connection,
+        uow: RegistryUnitOfWork,
         manifest: Manifest,
         stored: tuple[ArtifactRecord, ...],
         digest: str,
         provider_id: str,
         actor: str,
     ) -> PublishResult:
-        now = self.clock().isoformat()
-        if conn.dialect.name == "postgresql":
-            # Serialize publishes of one model (SQLite writers are already serialized by BEGIN IMMEDIATE).
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": manifest.name})
-        existing = conn.execute(
-            select(t.model_versions).where(
-                t.model_versions.c.model_name == manifest.name, t.model_versions.c.version == manifest.version
-            )
-        ).first()
-        if existing is not None:
-            if existing.digest != digest:
-                raise Conflict(
-                    f"{manifest.name} {manifest.version} is already published with different content "
-                    f"(digest {existing.digest[:12]}, yours {digest[:12]}); versions are immutable: "
-                    "bump the version"
-                )
-            return PublishResult(_load_version(conn, existing), created=False)
-        model = conn.execute(select(t.models).where(t.models.c.name == manifest.name)).first()
+        now = self.clock()
+        existing = uow.registry.version(manifest.name, manifest.version)
+        if existing is not None:  # published meanwhile by someone else
+            return PublishResult(_same_or_conflict(existing, manifest, digest), created=False)
+        model = uow.registry.model(manifest.name)
         if model is None:
-            conn.execute(insert(t.models).values(name=manifest.name, provider_account_id=provider_id, created_at=now))
+            uow.registry.add_model(StoredModel(manifest.name, provider_id, now.isoformat()))
         elif model.provider_account_id != provider_id:
             raise PermissionDenied(f"model {manifest.name!r} belongs to another provider")
-        version_id = new_id("ver_")
-        major, minor, patch = manifest.semver
-        conn.execute(
-            insert(t.model_versions).values(
-                id=version_id,
-                model_name=manifest.name,
-                version=manifest.version,
-                version_major=major,
-                version_minor=minor,
-                version_patch=patch,
-                digest=digest,
-                manifest_json=json.dumps(manifest.to_json(), sort_keys=True),
-                created_at=now,
-            )
+        version = StoredVersion(
+            id=new_id("ver_"),
+            model_name=manifest.name,
+            version=manifest.version,
+            semver=manifest.semver,
+            digest=digest,
+            manifest_json=json.dumps(manifest.to_json(), sort_keys=True),
+            created_at=now.isoformat(),
+            provider_account_id=provider_id,
+            artifacts=stored,
         )
-        conn.execute(
-            insert(t.artifacts),
-            [
-                {"version_id": version_id, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes}
-                for a in stored
-            ],
-        )
+        uow.registry.add_version(version)
         audit.append(
-            conn,
+            uow.audit,
             actor=actor,
             action="model.published",
             subject=f"{manifest.name}@{manifest.version}",
             payload={"digest": digest, "artifacts": {a.path: a.sha256 for a in stored}},
-            now=self.clock(),
+            now=now,
         )
-        if self._is_newest(conn, manifest):
-            self._set_alias(conn, manifest.name, LATEST, manifest.version, actor)
-        row = conn.execute(select(t.model_versions).where(t.model_versions.c.id == version_id)).one()
-        return PublishResult(_load_version(conn, row), created=True)
+        if uow.registry.newest_version(manifest.name) == manifest.version:
+            self._set_alias(uow, manifest.name, LATEST, manifest.version, actor)
+        return PublishResult(version_from_stored(version), created=True)
 
-    @staticmethod
-    def _is_newest(conn: Connection, manifest: Manifest) -> bool:
-        v = t.model_versions.c
-        newest = conn.execute(
-            select(v.version)
-            .where(v.model_name == manifest.name)
-            .order_by(v.version_major.desc(), v.version_minor.desc(), v.version_patch.desc())
-            .limit(1)
-        ).scalar_one()
-        return bool(newest == manifest.version)
-
-    def _set_alias(self, conn: Connection, model: str, alias: str, version: str, actor: str) -> None:
-        a = t.aliases.c
-        now = self.clock()
-        current = conn.execute(select(a.version).where(a.model_name == model, a.alias == alias)).scalar()
+    def _set_alias(self, uow: RegistryUnitOfWork, model: str, alias: str, version: str, actor: str) -> None:
+        current = uow.registry.alias(model, alias)
         if current == version:
             return
-        if current is None:
-            conn.execute(
-                insert(t.aliases).values(model_name=model, alias=alias, version=version, updated_at=now.isoformat())
-            )
-        else:
-            conn.execute(
-                update(t.aliases)
-                .where(a.model_name == model, a.alias == alias)
-                .values(version=version, updated_at=now.isoformat())
-            )
+        now = self.clock()
+        uow.registry.set_alias(StoredAlias(model, alias, version), now.isoformat())
         audit.append(
-            conn,
+            uow.audit,
             actor=actor,
             action="alias.moved",
             subject=f"{model}@{alias}",
@@ -261,20 +162,38 @@ class RegistryService:
     def move_alias(self, model: str, alias: str, version: str, actor: str = "cli") -> None:
         if not ALIAS_RE.match(alias):
             raise InvalidInput(f"alias: {alias!r} must be lowercase letters, digits and '-'")
-        with self.store.write() as conn:
-            exists = conn.execute(select(t.models.c.name).where(t.models.c.name == model)).first()
-            if exists is None:
+        with self.uow.write() as uow:
+            if uow.registry.model(model) is None:
                 raise NotFound(f"model {model!r} is not published")
-            v = t.model_versions.c
-            found = conn.execute(select(v.id).where(v.model_name == model, v.version == version)).first()
-            if found is None:
+            if uow.registry.version(model, version) is None:
                 raise NotFound(f"model {model!r} has no version {version!r}")
-            self._set_alias(conn, model, alias, version, actor)
+            self._set_alias(uow, model, alias, version, actor)
 
     # -- reads -------------------------------------------------------------------------------------------
     def catalogue(self) -> Catalogue:
-        with self.store.read() as conn:
-            return load_catalogue(conn)
+        """A fresh, complete snapshot (every version parsed)."""
+        return CatalogueLoader(self.uow).load()
+
+
+def _same_or_conflict(existing: StoredVersion, manifest: Manifest, digest: str) -> VersionRecord:
+    if existing.digest != digest:
+        raise Conflict(
+            f"{manifest.name} {manifest.version} is already published with different content "
+            f"(digest {existing.digest[:12]}, yours {digest[:12]}); versions are immutable: bump the version"
+        )
+    return version_from_stored(existing)
+
+
+def _provider_id(uow: RegistryUnitOfWork, provider: str) -> str:
+    account = uow.accounts.by_name(provider)
+    if account is None:
+        raise InvalidInput(
+            f"provider: no account named {provider!r} (create it with "
+            f"`modelmarket accounts create {provider} --role provider`)"
+        )
+    if account.role != "provider":
+        raise InvalidInput(f"provider: account {provider!r} has role {account.role!r}, not 'provider'")
+    return account.id
 
 
 def _check_tensor_names(manifest: Manifest) -> None:
@@ -286,40 +205,45 @@ def _check_tensor_names(manifest: Manifest) -> None:
             seen.add(tensor.name)
 
 
-def _load_version(conn: Connection, row: Any) -> VersionRecord:
-    arts = conn.execute(
-        select(t.artifacts).where(t.artifacts.c.version_id == row.id).order_by(t.artifacts.c.path)
-    ).all()
-    provider = conn.execute(
-        select(t.models.c.provider_account_id).where(t.models.c.name == row.model_name)
-    ).scalar_one()
-    return _version_from_rows(row, provider, [ArtifactRecord(a.path, a.sha256, a.size_bytes) for a in arts])
+class CatalogueLoader:
+    """Builds catalogue snapshots, reusing the versions it parsed before.
+
+    Versions are immutable, so a reload reads the cheap index of version ids, the models and the aliases, and
+    fetches and parses in full only the versions it has not seen: at 10,000 versions a reload with nothing new
+    parses nothing.
+    """
+
+    def __init__(self, uow: UnitOfWorkFactory[RegistryUnitOfWork]) -> None:
+        self.uow = uow
+        self._versions: dict[str, VersionRecord] = {}
+
+    def load(self) -> Catalogue:
+        with self.uow.read() as uow:
+            models = uow.registry.models()
+            index = uow.registry.version_index()
+            missing = [version_id for version_id, _ in index if version_id not in self._versions]
+            fresh = _fetch(uow.registry, missing)
+            aliases = uow.registry.aliases()
+        for stored in fresh:
+            self._versions[stored.id] = version_from_stored(stored)
+        live = {version_id for version_id, _ in index}
+        for gone in [v for v in self._versions if v not in live]:
+            del self._versions[gone]
+        entries = {m.name: ModelEntry(name=m.name, provider_account_id=m.provider_account_id) for m in models}
+        for version_id, model_name in index:
+            record = self._versions[version_id]
+            entries[model_name].versions[record.version] = record
+        for al in aliases:
+            entries[al.model_name].aliases[al.alias] = al.version
+        return Catalogue(models=entries)
 
 
-def _version_from_rows(row: Any, provider_id: str, arts: list[ArtifactRecord]) -> VersionRecord:
-    return VersionRecord(
-        id=row.id,
-        model_name=row.model_name,
-        version=row.version,
-        digest=row.digest,
-        manifest=parse_manifest(json.loads(row.manifest_json), f"stored manifest of {row.model_name}"),
-        provider_account_id=provider_id,
-        artifacts=tuple(arts),
-        created_at=row.created_at,
-    )
+VERSION_FETCH_BATCH = 500
+"""Versions fetched per query while loading new ones (bounded IN lists)."""
 
 
-def load_catalogue(conn: Connection) -> Catalogue:
-    entries = {
-        m.name: ModelEntry(name=m.name, provider_account_id=m.provider_account_id)
-        for m in conn.execute(select(t.models))
-    }
-    arts: dict[str, list[ArtifactRecord]] = {}
-    for a in conn.execute(select(t.artifacts).order_by(t.artifacts.c.path)):
-        arts.setdefault(a.version_id, []).append(ArtifactRecord(a.path, a.sha256, a.size_bytes))
-    for row in conn.execute(select(t.model_versions)):
-        entry = entries[row.model_name]
-        entry.versions[row.version] = _version_from_rows(row, entry.provider_account_id, arts.get(row.id, []))
-    for al in conn.execute(select(t.aliases)):
-        entries[al.model_name].aliases[al.alias] = al.version
-    return Catalogue(models=entries)
+def _fetch(repo: RegistryRepository, ids: Sequence[str]) -> list[StoredVersion]:
+    out: list[StoredVersion] = []
+    for i in range(0, len(ids), VERSION_FETCH_BATCH):
+        out.extend(repo.versions(ids[i : i + VERSION_FETCH_BATCH]))
+    return out

@@ -16,29 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
+from modelmarket.core.tensors import Tensor, TensorSpec, bytes_tensor
 
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """Declared metadata of one input or output tensor (-1 in ``shape`` means any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-@dataclass(slots=True)
-class Tensor:
-    name: str
-    datatype: str
-    shape: list[int]
-    data: npt.NDArray[Any]
-    parameters: dict[str, Any] = field(default_factory=dict)
+__all__ = ["ModelSpec", "Runtime", "Tensor", "TensorSpec", "bytes_tensor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +91,3 @@ class Runtime(ABC):
             "inputs": [t.to_json() for t in self.spec.inputs],
             "outputs": [t.to_json() for t in self.spec.outputs],
         }
-
-
-def bytes_tensor(name: str, items: Sequence[bytes], shape: Sequence[int] | None = None) -> Tensor:
-    """Build a BYTES tensor from a sequence of bytes objects."""
-    arr = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        arr[i] = item
-    shp = list(shape) if shape is not None else [len(items)]
-    return Tensor(name=name, datatype="BYTES", shape=shp, data=arr.reshape(shp))

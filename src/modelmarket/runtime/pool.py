@@ -1,26 +1,44 @@
-"""Pooled HTTP/1.1 keep-alive connections from the gateway to one runner.
+"""Pooled HTTP/1.1 keep-alive connections from the gateway to one runner, over the runner's Unix socket.
 
-A deliberately small client: the peer is our own runner, which always answers with Content-Length. Connections
-are reused (LIFO), bounded by ``max_connections``; a request that finds its reused connection closed by the
-peer before any answer byte is retried once on a fresh connection.
+A deliberately small client (about ten times cheaper per call than httpx), so it must cover the edge cases a
+library would: an answer may carry ``Content-Length``, come ``Transfer-Encoding: chunked``, or carry neither and
+end when the peer closes (then the connection cannot be reused). Every answer is bounded by
+``max_response_bytes``. Connections are reused (LIFO), bounded by ``max_connections``; a request that finds its
+reused connection closed by the peer before any answer byte is retried once on a fresh connection.
+
+A call that times out leaves the runner busy with work nobody waits for; ``on_timeout`` lets the supervisor
+recycle that runner so the next call does not queue behind the abandoned one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from modelmarket.core.errors import NotReady
 
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+STREAM_LIMIT_BYTES = 1024 * 1024
+"""Buffer limit of each connection's reader: also the longest answer head, chunk-size line or trailer accepted."""
+TRAILER_LIMIT_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 256 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
 
 class RunnerUnavailable(NotReady):
-    pass
+    """The runner cannot be reached, broke off, or answered something this client will not read."""
+
+
+class RunnerTimeout(RunnerUnavailable):
+    """The runner took longer than the request timeout to answer."""
 
 
 @dataclass(slots=True)
 class RunnerResponse:
     status: int
     headers: dict[bytes, bytes]
+    """Lower-cased names. ``transfer-encoding`` is dropped: ``body`` is already de-chunked."""
     body: bytes
 
 
@@ -39,34 +57,111 @@ class _StaleConnection(Exception):
     pass
 
 
-def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
+class _BadAnswer(Exception):
+    """The answer cannot be read (malformed, too large, unsupported framing): the connection is unusable."""
+
+
+def parse_head(head: bytes) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """(status, HTTP version, lower-cased headers) of an answer head ending in CRLF CRLF."""
     lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise _BadAnswer(f"malformed status line {lines[0][:80]!r}")
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         if line:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
-    return status, headers
+    return int(parts[1]), parts[0], headers
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """A ``Transfer-Encoding: chunked`` body (RFC 9112 section 7.1), at most ``limit`` bytes once de-chunked."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size_text = size_line[:-2].split(b";", 1)[0].strip()  # chunk extensions are ignored
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _BadAnswer(f"malformed chunk size {size_text[:20]!r}") from None
+        if size < 0:
+            raise _BadAnswer(f"malformed chunk size {size_text[:20]!r}")
+        if size == 0:
+            break
+        total += size
+        if total > limit:
+            raise _BadAnswer(f"answer is larger than the limit of {limit} bytes")
+        chunks.append(await reader.readexactly(size))
+        if await reader.readexactly(2) != b"\r\n":
+            raise _BadAnswer("a chunk is not followed by CRLF")
+    trailer_bytes = 0
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers: read and dropped, bounded
+        trailer_bytes += len(line)
+        if trailer_bytes > TRAILER_LIMIT_BYTES:
+            raise _BadAnswer("answer trailers are too large")
+    return b"".join(chunks)
+
+
+async def _read_to_eof(reader: asyncio.StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await reader.read(READ_CHUNK_BYTES):
+        total += len(chunk)
+        if total > limit:
+            raise _BadAnswer(f"answer is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_body(
+    reader: asyncio.StreamReader, status: int, headers: dict[bytes, bytes], limit: int
+) -> tuple[bytes, bool]:
+    """The answer body and whether the connection may be reused after it."""
+    if status in _NO_BODY_STATUSES or 100 <= status < 200:
+        return b"", True
+    coding = headers.pop(b"transfer-encoding", None)
+    if coding is not None:
+        if coding.lower() != b"chunked":
+            raise _BadAnswer(f"unsupported Transfer-Encoding {coding[:40]!r} (only chunked)")
+        return await _read_chunked(reader, limit), True
+    raw_length = headers.get(b"content-length")
+    if raw_length is None:
+        return await _read_to_eof(reader, limit), False  # the end of the body is the end of the connection
+    if not raw_length.isdigit():
+        raise _BadAnswer(f"malformed Content-Length {raw_length[:40]!r}")
+    length = int(raw_length)
+    if length > limit:
+        raise _BadAnswer(f"answer of {length} bytes is larger than the limit of {limit} bytes")
+    return (await reader.readexactly(length) if length else b""), True
 
 
 class RunnerPool:
-    def __init__(self, host: str, port: int, max_connections: int, timeout_s: float) -> None:
-        self.host = host
-        self.port = port
+    def __init__(
+        self,
+        socket_path: str,
+        max_connections: int,
+        timeout_s: float,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        self.socket_path = socket_path
         self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
+        self.on_timeout = on_timeout
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
-        self._host_header = f"Host: {host}:{port}\r\n".encode()
 
     async def _open(self) -> _Conn:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=2**20), self.timeout_s
+                asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT_BYTES), self.timeout_s
             )
         except (OSError, TimeoutError) as exc:
-            raise RunnerUnavailable(f"cannot connect to runner at {self.host}:{self.port}: {exc}") from None
+            raise RunnerUnavailable(f"cannot connect to the runner at {self.socket_path}: {exc}") from None
         return _Conn(reader, writer)
 
     async def request(
@@ -76,8 +171,7 @@ class RunnerPool:
             raise RunnerUnavailable("runner pool is closed")
         head = [
             f"{method} {path} HTTP/1.1\r\n".encode(),
-            self._host_header,
-            b"Content-Length: ",
+            b"Host: runner\r\nContent-Length: ",
             str(len(body)).encode(),
             b"\r\n",
         ]
@@ -89,26 +183,26 @@ class RunnerPool:
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else await self._open()
             try:
-                response = await self._roundtrip(conn, payload, reused)
+                response, reusable = await self._roundtrip(conn, payload, reused)
             except _StaleConnection:
                 conn.close()
                 conn = await self._open()
                 try:
-                    response = await self._roundtrip(conn, payload, False)
+                    response, reusable = await self._roundtrip(conn, payload, False)
                 except BaseException:
                     conn.close()
                     raise
             except BaseException:
                 conn.close()
                 raise
-            if response.headers.get(b"connection", b"").lower() == b"close" or self._closed:
-                conn.close()
-            else:
+            if reusable and not self._closed:
                 self._idle.append(conn)
+            else:
+                conn.close()
             return response
 
-    async def _roundtrip(self, conn: _Conn, payload: bytes, reused: bool) -> RunnerResponse:
-        where = f"runner at {self.host}:{self.port}"
+    async def _roundtrip(self, conn: _Conn, payload: bytes, reused: bool) -> tuple[RunnerResponse, bool]:
+        where = f"the runner at {self.socket_path}"
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn.writer.write(payload)
@@ -118,17 +212,46 @@ class RunnerPool:
                     if reused:
                         raise _StaleConnection() from exc
                     raise RunnerUnavailable(f"{where} closed the connection") from None
-                status, headers = _parse_head(head)
-                length = int(headers.get(b"content-length", b"0"))
-                try:
-                    body = await conn.reader.readexactly(length) if length else b""
-                except (ConnectionError, asyncio.IncompleteReadError):
-                    raise RunnerUnavailable(f"{where} broke off its answer") from None
+                status, version, headers = parse_head(head)
+                body, reusable = await read_body(conn.reader, status, headers, self.max_response_bytes)
         except TimeoutError:
-            raise RunnerUnavailable(f"{where} did not answer within {self.timeout_s}s") from None
-        return RunnerResponse(status, headers, body)
+            if self.on_timeout is not None:
+                self.on_timeout()
+            raise RunnerTimeout(f"{where} did not answer within {self.timeout_s:g}s") from None
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise RunnerUnavailable(f"{where} broke off its answer") from None
+        except (_BadAnswer, asyncio.LimitOverrunError) as exc:
+            raise RunnerUnavailable(f"{where} answered something unreadable: {exc}") from None
+        connection = headers.get(b"connection", b"").lower()
+        if connection == b"close" or (version == b"HTTP/1.0" and connection != b"keep-alive"):
+            reusable = False
+        return RunnerResponse(status, headers, body), reusable
+
+    def drop_idle(self) -> None:
+        """Close the idle connections (their runner was replaced); calls in flight keep theirs."""
+        while self._idle:
+            self._idle.pop().close()
 
     async def close(self) -> None:
         self._closed = True
-        while self._idle:
-            self._idle.pop().close()
+        self.drop_idle()
+
+
+async def probe_ready(socket_path: str, timeout_s: float) -> bool:
+    """Whether the runner at ``socket_path`` answers ``GET /v2/health/ready`` with 200 within ``timeout_s``.
+
+    A fresh connection, outside the pool: a probe must not wait for a pool slot, nor leave a connection that
+    answered late in the pool.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_unix_connection(socket_path, limit=STREAM_LIMIT_BYTES)
+            try:
+                writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: runner\r\nConnection: close\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, _, _ = parse_head(head)
+                return status == 200
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _BadAnswer):
+        return False

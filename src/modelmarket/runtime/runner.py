@@ -1,31 +1,50 @@
 """The ModelRunner: one process that loads one model version through its Runtime and serves it over OIP v2.
 
 Routes: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{m}[/versions/{v}]``,
-``GET .../ready``, ``POST .../infer``. The model is loaded before the server accepts connections, so a runner
-that answers ``/v2/health/ready`` is ready.
+``GET .../ready``, ``POST .../infer``. The model is loaded before the listening socket is even bound, so a
+runner that answers ``/v2/health/ready`` is ready.
+
+The supervisor starts it as ``python -m modelmarket.runtime.runner --spec FILE --socket PATH --parent-pid N``:
+it listens on a Unix socket in a directory only the platform's user can enter, so the only way to a model is
+through the gateway (its keys, its usage events). ``modelmarket runner`` (by hand, for calling a model directly)
+may listen on loopback TCP instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
+import os
 import socket
+import stat
 import sys
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
 from modelmarket import __version__
+from modelmarket.core import lifetime
 from modelmarket.core.errors import InvalidInput
 from modelmarket.runtime import oip
-from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond
+from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond, serve_asgi
 from modelmarket.runtime.base import ModelSpec, Runtime
 from modelmarket.runtime.plugins import load_runtime_class
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues for the runner; the gateway's pool opens at most runner_pool_size of them."""
+EXIT_MODEL_LOAD_FAILED = 3
+"""Exit status of a runner whose model failed to load: restarting cannot help, an operator must look."""
+_PRIVATE_SOCKET_UMASK = 0o177
 
 _OK = b"{}"
 
 
 class RunnerApp:
-    def __init__(self, runtime: Runtime, max_request_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, runtime: Runtime, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
         self.max_request_bytes = max_request_bytes
@@ -104,49 +123,135 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+class ModelLoadFailed(Exception):
+    """The runtime could not load the model (a missing or corrupt artifact, a broken plug-in)."""
+
+
 def load_runtime(spec: ModelSpec) -> Runtime:
-    runtime = load_runtime_class(spec.runtime)(spec)
-    runtime.load()
+    try:
+        runtime = load_runtime_class(spec.runtime)(spec)
+        runtime.load()
+    except Exception as exc:  # whatever the plug-in raised, the runner cannot serve this model
+        raise ModelLoadFailed(f"model {spec.name}@{spec.version} failed to load: {exc!r}") from exc
     return runtime
 
 
-def serve(
-    spec: ModelSpec,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    fd: int | None = None,
-    max_request_bytes: int = 64 * 1024 * 1024,
-) -> None:
-    """Load the model, then serve it until SIGTERM/SIGINT. With ``fd``, serve on an inherited listening socket."""
-    import uvicorn
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where a runner listens: a Unix socket path, an inherited listening socket (``fd``), or TCP host/port."""
 
+    socket_path: Path | None = None
+    fd: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Listen on a Unix socket at ``path``, replacing a stale socket file a killed runner left behind.
+
+    The file is created with mode 0600 (umask set around the bind, not chmod after it, so there is no moment
+    it is open to others); the directory it is in is what keeps other users out in the first place.
+    """
+    if path.is_socket():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(_PRIVATE_SOCKET_UMASK)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+def open_listener(listen: Listen) -> tuple[socket.socket, str]:
+    """The listening socket and a description of it for people."""
+    if listen.socket_path is not None:
+        return bind_unix(listen.socket_path), f"unix:{listen.socket_path}"
+    if listen.fd is not None:
+        sock = socket.socket(fileno=listen.fd)
+        return sock, f"inherited socket {sock.getsockname()!r}"
+    sock = bind_tcp(listen.host, listen.port)
+    return sock, f"http://{listen.host}:{sock.getsockname()[1]}"
+
+
+def serve(spec: ModelSpec, listen: Listen, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    """Load the model, then listen and serve it until SIGTERM/SIGINT. Raises ``ModelLoadFailed``."""
     runtime = load_runtime(spec)
     app = RunnerApp(runtime, max_request_bytes)
     gc.collect()
     gc.freeze()  # the loaded model lives as long as the process: no need to rescan it in every full collection
-    kwargs: dict[str, Any] = {
-        "log_level": "warning",
-        "access_log": False,
-        "lifespan": "on",
-        "http": "httptools",
-        "loop": "uvloop",
-        "timeout_keep_alive": 300,
-        "proxy_headers": False,
-        "server_header": False,
-    }
-    if fd is not None:
-        sock = socket.socket(fileno=fd)
-        print(f"runner {spec.name}@{spec.version} ready on {sock.getsockname()}", file=sys.stderr, flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, **kwargs))
-        server.run(sockets=[sock])
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        print(
-            f"runner {spec.name}@{spec.version} listening on http://{host}:{sock.getsockname()[1]}",
-            flush=True,
-        )
-        server = uvicorn.Server(uvicorn.Config(app, **kwargs))
-        server.run(sockets=[sock])
+    sock, where = open_listener(listen)
+    bound_inode = os.stat(listen.socket_path).st_ino if listen.socket_path is not None else None
+    print(f"runner {spec.name}@{spec.version} ready on {where}", file=sys.stderr, flush=True)
+    try:
+        serve_asgi(app, [sock])
+    finally:
+        sock.close()
+        if listen.socket_path is not None:
+            _unlink_if_ours(listen.socket_path, bound_inode)
+
+
+def _unlink_if_ours(path: Path, inode: int | None) -> None:
+    """Remove our socket file on the way out, unless a successor already replaced it with its own."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
+        path.unlink(missing_ok=True)
+
+
+def read_spec(path: Path) -> ModelSpec:
+    return ModelSpec.from_json(json.loads(path.read_text()))
+
+
+def _arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelmarket.runtime.runner", description="Serve one model version over OIP v2."
+    )
+    parser.add_argument("--spec", type=Path, required=True, help="runner spec file written by the supervisor")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="listen on a Unix socket at this path")
+    where.add_argument("--fd", type=int, help="serve on this inherited listening socket")
+    where.add_argument("--port", type=int, help="listen on loopback TCP at this port (0 = any free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP address with --port")
+    parser.add_argument("--parent-pid", type=int, help="stop once process PID, our parent, has exited")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The runner process: the exit status is 0 after a graceful stop, ``EXIT_MODEL_LOAD_FAILED`` if the model
+    could not load (the supervisor then gives up on it instead of restarting it in a loop)."""
+    args = _arguments().parse_args(argv)
+    if args.socket is None and args.fd is None and args.port is None:
+        _arguments().error("give one of --socket, --fd or --port")
+    if args.parent_pid is not None:
+        lifetime.exit_with_parent(args.parent_pid)
+    listen = Listen(socket_path=args.socket, fd=args.fd, host=args.host, port=args.port or 0)
+    try:
+        serve(read_spec(args.spec), listen, args.max_request_bytes)
+    except ModelLoadFailed as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return EXIT_MODEL_LOAD_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
-"""Blob store port and its filesystem adapter (content-addressed by sha256, immutable)."""
+"""The blob store adapter: content-addressed files (implements ``registry.ports.BlobStore``)."""
 
-from modelmarket.adapters.blobs.fs import BlobStore, FsBlobStore
+from modelmarket.adapters.blobs.fs import FsBlobStore
 
-__all__ = ["BlobStore", "FsBlobStore"]
+__all__ = ["FsBlobStore"]

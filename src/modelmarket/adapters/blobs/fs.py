@@ -6,25 +6,10 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
 
-from modelmarket.core.errors import NotFound
+from modelmarket.core.errors import Conflict, NotFound
 
 _CHUNK = 1024 * 1024
-
-
-class BlobStore(Protocol):
-    def put_file(self, src: Path) -> tuple[str, int]: ...
-    def path(self, digest: str) -> Path: ...
-    def exists(self, digest: str) -> bool: ...
-
-
-def sha256_file(src: Path) -> str:
-    h = hashlib.sha256()
-    with open(src, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FsBlobStore:
@@ -34,15 +19,18 @@ class FsBlobStore:
     def _location(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
 
-    def put_file(self, src: Path) -> tuple[str, int]:
-        """Copy ``src`` in, hashing while copying. Returns (sha256, size). Idempotent for equal content."""
+    def put_file(self, src: Path, expected_sha256: str | None = None) -> tuple[str, int]:
+        """Copy ``src`` in, hashing while copying. Returns (sha256, size). Idempotent for equal content.
+
+        With ``expected_sha256``, bytes that hash otherwise (the file changed after it was checked) are refused.
+        """
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
         try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+            with os.fdopen(fd, "wb") as out, os.fdopen(os.open(src, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
                 while chunk := fh.read(_CHUNK):
                     h.update(chunk)
                     size += len(chunk)
@@ -50,6 +38,8 @@ class FsBlobStore:
                 out.flush()
                 os.fsync(out.fileno())
             digest = h.hexdigest()
+            if expected_sha256 is not None and digest != expected_sha256:
+                raise Conflict(f"{src} changed while it was being published; publish again")
             dest = self._location(digest)
             if dest.exists():
                 os.unlink(tmp_name)

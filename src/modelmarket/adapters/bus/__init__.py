@@ -3,7 +3,6 @@
 from modelmarket.adapters.bus.sqlite_log import (
     EventLogFull,
     GroupCommitWriter,
-    LogRecord,
     LoopGroupCommitWriter,
     SqliteEventLog,
     make_writer,
@@ -12,7 +11,6 @@ from modelmarket.adapters.bus.sqlite_log import (
 __all__ = [
     "EventLogFull",
     "GroupCommitWriter",
-    "LogRecord",
     "LoopGroupCommitWriter",
     "SqliteEventLog",
     "make_writer",

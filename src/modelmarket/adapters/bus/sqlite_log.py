@@ -17,8 +17,9 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from modelmarket.metering.ports import EventLogFull, LogRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -29,20 +30,11 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-class EventLogFull(Exception):
-    """The append queue is at its bound: the caller must answer 503 and must not serve the response."""
-
-
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    offset: int
-    event_id: str
-    payload: bytes
-
-
-# The hot-path writer leaves WAL checkpoints (page copies plus an fsync) to the metering consumer, which
-# checkpoints after each batch; this bound on the WAL is only a backstop for when no consumer runs.
+# The hot-path writer leaves WAL checkpoints (page copies plus an fsync) to the reader (the metering consumer),
+# which checkpoints once it has read this many records; the writer's bound on the WAL is only a backstop for when
+# no consumer runs.
 WRITER_AUTOCHECKPOINT_PAGES = 50_000
+READER_CHECKPOINT_RECORDS = 1_000
 
 
 class SqliteEventLog:
@@ -60,10 +52,12 @@ class SqliteEventLog:
         if autocheckpoint_pages is not None:
             self._conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
         self._conn.execute(_SCHEMA)
+        self._read_since_checkpoint = 0
 
-    def checkpoint(self) -> None:
+    def _checkpoint(self) -> None:
         """Copy committed WAL pages into the database file without blocking the writer (PASSIVE)."""
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._read_since_checkpoint = 0
 
     def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
         """Durably append events in one transaction. An event id already in the log is not appended twice."""
@@ -81,6 +75,9 @@ class SqliteEventLog:
             "SELECT log_offset, event_id, payload FROM events WHERE log_offset > ? ORDER BY log_offset LIMIT ?",
             (after_offset, limit),
         ).fetchall()
+        self._read_since_checkpoint += len(rows)
+        if self._read_since_checkpoint >= READER_CHECKPOINT_RECORDS or (not rows and self._read_since_checkpoint):
+            self._checkpoint()  # housekeeping on the reader's side, off the request path
         return [LogRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
     def last_offset(self) -> int:

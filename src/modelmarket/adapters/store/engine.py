@@ -1,4 +1,4 @@
-"""Engine setup and the Store handle: connections, write transactions, migrations."""
+"""Engine setup (SQLite WAL / PostgreSQL) and migrations; ``open_store`` returns the migrated ``SqlStore``."""
 
 from __future__ import annotations
 
@@ -10,33 +10,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
+from modelmarket.adapters.store.uow import MIGRATION_LOCK_ID, SqlStore
+from modelmarket.core.errors import InvalidInput
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-class Store:
-    """A handle on the SQL store. ``write()`` opens a serialized write transaction, ``read()`` a snapshot."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(mm_write=True) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
-
-    def dispose(self) -> None:
-        self.engine.dispose()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -71,19 +52,37 @@ def migrate(engine: Engine, lock_dir: Path | None = None) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with _migration_lock(engine, lock_dir), engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        _check_known_revision(conn, ScriptDirectory.from_config(cfg))
+        try:
+            command.upgrade(cfg, "head")
+        except CommandError as exc:
+            raise InvalidInput(f"cannot migrate the store: {exc}") from None
+
+
+def _check_known_revision(conn: Connection, scripts: ScriptDirectory) -> None:
+    """A store written by a pre-release schema names a revision that no longer exists: say so plainly."""
+    if not conn.dialect.has_table(conn, "alembic_version"):
+        return
+    current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    known = {s.revision for s in scripts.walk_revisions()}
+    if current is not None and current not in known:
+        raise InvalidInput(
+            f"the store at {conn.engine.url.render_as_string(hide_password=True)} has schema revision "
+            f"{current!r}, which this version does not know (a pre-release schema): start from a new "
+            "MODELMARKET_HOME or database"
+        )
 
 
 @contextmanager
 def _migration_lock(engine: Engine, lock_dir: Path | None) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(7042001)"))
+            conn.execute(text("SELECT pg_advisory_lock(:lock_id)"), {"lock_id": MIGRATION_LOCK_ID})
             conn.commit()
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(7042001)"))
+                conn.execute(text("SELECT pg_advisory_unlock(:lock_id)"), {"lock_id": MIGRATION_LOCK_ID})
                 conn.commit()
         return
     if lock_dir is None:
@@ -98,10 +97,10 @@ def _migration_lock(engine: Engine, lock_dir: Path | None) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_store(url: str, lock_dir: Path | None = None) -> Store:
+def open_store(url: str, lock_dir: Path | None = None) -> SqlStore:
     """Open (and migrate) the store at ``url``."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_store_engine(url)
     migrate(engine, lock_dir)
-    return Store(engine)
+    return SqlStore(engine)

@@ -106,18 +106,17 @@ usage_events = Table(
     Column("version", String(100), nullable=False),
     Column("provider_account_id", String(40), nullable=False),
     Column("unit_kind", String(40), nullable=False),
-    Column("quantity_iu", DecimalText, nullable=False),
+    # Base units (images, tokens, seconds, requests): what is billed. IU = quantity_base / the unit's divisor.
+    Column("quantity_base", BigInteger, nullable=False),
     Column("unit_price", DecimalText, nullable=False),
-    # The exact amount is amount / amount_divisor (audio is priced per minute but billed per second: 1/60
-    # has no exact decimal, so the event keeps the numerator seconds x price and the divisor 60).
-    Column("amount", DecimalText, nullable=False),
+    # Exact: the event's amount is amount_numerator / the unit's divisor (audio is priced per minute but billed
+    # per second, and 1/60 has no exact decimal).
+    Column("amount_numerator", DecimalText, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("occurred_at", String(40), nullable=False),
     Column("day", String(10), nullable=False),
     Column("latency_ms", DecimalText, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
-    Column("amount_divisor", Integer, nullable=False, server_default="1"),
-    Column("quantity_base", BigInteger, nullable=True),
     Index("ix_usage_events_account_day", "account_id", "day"),
     Index("ix_usage_events_provider_day", "provider_account_id", "day"),
 )
@@ -131,11 +130,8 @@ usage_daily = Table(
     Column("unit_kind", String(40), primary_key=True),
     Column("currency", String(3), primary_key=True),
     Column("events", BigInteger, nullable=False),
-    Column("quantity_iu", DecimalText, nullable=False),
-    # Exact: the day's amount is amount / amount_divisor and its IU quantity_base / amount_divisor.
-    Column("amount", DecimalText, nullable=False),
-    Column("amount_divisor", Integer, nullable=False, server_default="1"),
-    Column("quantity_base", BigInteger, nullable=False, server_default="0"),
+    Column("quantity_base", BigInteger, nullable=False),
+    Column("amount_numerator", DecimalText, nullable=False),
 )
 
 metering_rejects = Table(
@@ -154,6 +150,8 @@ consumer_offsets = Table(
     metadata,
     Column("consumer", String(100), primary_key=True),
     Column("log_offset", BigInteger, nullable=False),
+    # Set when the consumer met a broken invariant and stopped; cleared by `modelmarket meter --resume`.
+    Column("halted_reason", Text, nullable=True),
 )
 
 audit_log = Table(

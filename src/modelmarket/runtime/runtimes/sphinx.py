@@ -24,7 +24,7 @@ from pocketsphinx import Decoder
 
 from modelmarket.core.errors import InvalidInput
 from modelmarket.runtime.base import Runtime, Tensor, bytes_tensor
-from modelmarket.runtime.wav import read_wav
+from modelmarket.core.wav import read_wav
 
 __all__ = ["DECODER_RATE_HZ", "PocketsphinxRuntime", "pcm16_mono_16k"]
 

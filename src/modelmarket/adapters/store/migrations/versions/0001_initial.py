@@ -1,4 +1,5 @@
-"""Initial schema: accounts, keys, registry, usage, consumer offsets, audit chain.
+"""Initial schema: accounts, keys, registry, usage (exact base units and amount numerators), rejects, consumer
+offsets, audit chain.
 
 Revision ID: 0001
 Revises:
@@ -74,9 +75,9 @@ def upgrade() -> None:
         sa.Column("version", sa.String(100), nullable=False),
         sa.Column("provider_account_id", sa.String(40), nullable=False),
         sa.Column("unit_kind", sa.String(40), nullable=False),
-        sa.Column("quantity_iu", _DEC, nullable=False),
+        sa.Column("quantity_base", sa.BigInteger, nullable=False),
         sa.Column("unit_price", _DEC, nullable=False),
-        sa.Column("amount", _DEC, nullable=False),
+        sa.Column("amount_numerator", _DEC, nullable=False),
         sa.Column("currency", sa.String(3), nullable=False),
         sa.Column("occurred_at", _TS, nullable=False),
         sa.Column("day", sa.String(10), nullable=False),
@@ -93,13 +94,22 @@ def upgrade() -> None:
         sa.Column("unit_kind", sa.String(40), primary_key=True),
         sa.Column("currency", sa.String(3), primary_key=True),
         sa.Column("events", sa.BigInteger, nullable=False),
-        sa.Column("quantity_iu", _DEC, nullable=False),
-        sa.Column("amount", _DEC, nullable=False),
+        sa.Column("quantity_base", sa.BigInteger, nullable=False),
+        sa.Column("amount_numerator", _DEC, nullable=False),
+    )
+    op.create_table(
+        "metering_rejects",
+        sa.Column("log_offset", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("rejected_at", _TS, nullable=False),
     )
     op.create_table(
         "consumer_offsets",
         sa.Column("consumer", sa.String(100), primary_key=True),
         sa.Column("log_offset", sa.BigInteger, nullable=False),
+        sa.Column("halted_reason", sa.Text, nullable=True),
     )
     op.create_table(
         "audit_log",
@@ -118,6 +128,7 @@ def downgrade() -> None:
     for table in (
         "audit_log",
         "consumer_offsets",
+        "metering_rejects",
         "usage_daily",
         "usage_events",
         "aliases",

@@ -1,0 +1,74 @@
+"""What the accounts context needs from storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from modelmarket.audit.ports import AuditRepository
+
+Role = Literal["consumer", "provider", "operator"]
+ROLES: tuple[Role, ...] = ("consumer", "provider", "operator")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    role: Role
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "created_at": self.created_at}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """An API key as stored: its SHA-256 hash and a short prefix to recognise it by, never the secret."""
+
+    id: str
+    account_id: str
+    key_hash: str
+    prefix: str
+    created_at: str
+    revoked_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key_id": self.id,
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+class AccountRepository(Protocol):
+    def add(self, account: Account) -> None: ...
+
+    def by_name(self, name: str) -> Account | None: ...
+
+    def by_id(self, account_id: str) -> Account | None: ...
+
+    def all(self) -> list[Account]:
+        """Every account, by name."""
+        ...
+
+    def add_key(self, key: StoredKey) -> None: ...
+
+    def key(self, key_id: str) -> StoredKey | None: ...
+
+    def keys_of(self, account_id: str) -> list[StoredKey]: ...
+
+    def revoke_key(self, key_id: str, revoked_at: str) -> None: ...
+
+    def active_keys(self) -> list[tuple[str, Account]]:
+        """(key hash, account) of every key not revoked."""
+        ...
+
+
+class AccountsUnitOfWork(Protocol):
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...

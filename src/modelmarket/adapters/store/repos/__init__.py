@@ -1,0 +1,1 @@
+"""SQLAlchemy Core implementations of the contexts' repository ports, one module per context."""

@@ -1,0 +1,160 @@
+"""``UsageRepository`` (metering) and ``BillingRepository`` on SQL: both read and write the usage tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from modelmarket.adapters.store import schema as t
+from modelmarket.billing.aggregate import UsageRow
+from modelmarket.billing.ports import Owner
+from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.ports import DailyUsage, Reject
+from modelmarket.metering.units import UnitKind
+
+USAGE_BATCH_ROWS = 2000
+"""Usage rows fetched per round trip while building a document (events are streamed, never loaded whole)."""
+_D = t.usage_daily.c
+_O = t.consumer_offsets.c
+
+
+def _daily(row: Any) -> DailyUsage:
+    return DailyUsage(
+        row.account_id,
+        row.model_name,
+        row.day,
+        UnitKind(row.unit_kind),
+        row.currency,
+        int(row.events),
+        int(row.quantity_base),
+        row.amount_numerator,
+    )
+
+
+class SqlUsageRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def _offset_row(self, consumer: str) -> Any:
+        return self.conn.execute(select(t.consumer_offsets).where(_O.consumer == consumer)).first()
+
+    def offset(self, consumer: str) -> int:
+        row = self._offset_row(consumer)
+        return 0 if row is None else int(row.log_offset)
+
+    def save_offset(self, consumer: str, offset: int) -> None:
+        self._upsert_offset(consumer, log_offset=offset)
+
+    def halted(self, consumer: str) -> str | None:
+        row = self._offset_row(consumer)
+        return None if row is None else row.halted_reason
+
+    def set_halted(self, consumer: str, reason: str | None) -> None:
+        self._upsert_offset(consumer, halted_reason=reason)
+
+    def _upsert_offset(self, consumer: str, **values: Any) -> None:
+        changed = self.conn.execute(update(t.consumer_offsets).where(_O.consumer == consumer).values(**values))
+        if changed.rowcount == 0:
+            self.conn.execute(insert(t.consumer_offsets).values({"consumer": consumer, "log_offset": 0, **values}))
+
+    def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        c = t.usage_events.c
+        return set(self.conn.execute(select(c.event_id).where(c.event_id.in_(list(event_ids)))).scalars())
+
+    def add_events(self, events: Sequence[tuple[int, UsageEvent]]) -> None:
+        rows = [
+            {
+                "event_id": e.id,
+                "account_id": e.account_id,
+                "model_name": e.model,
+                "version": e.version,
+                "provider_account_id": e.provider_account_id,
+                "unit_kind": e.unit_kind.value,
+                "quantity_base": e.quantity,
+                "unit_price": e.unit_price,
+                "amount_numerator": e.amount_numerator,
+                "currency": e.currency,
+                "occurred_at": e.time.isoformat(),
+                "day": e.day.isoformat(),
+                "latency_ms": e.latency_ms,
+                "log_offset": offset,
+            }
+            for offset, e in events
+        ]
+        self.conn.execute(insert(t.usage_events), rows)
+
+    def _where(self, key: tuple[str, str, str, UnitKind, str]) -> tuple[Any, ...]:
+        account, model, day, unit, currency = key
+        return (
+            _D.account_id == account,
+            _D.model_name == model,
+            _D.day == day,
+            _D.unit_kind == unit.value,
+            _D.currency == currency,
+        )
+
+    def daily(self, key: tuple[str, str, str, UnitKind, str]) -> DailyUsage | None:
+        row = self.conn.execute(select(t.usage_daily).where(*self._where(key))).first()
+        return None if row is None else _daily(row)
+
+    def put_daily(self, row: DailyUsage, is_new: bool) -> None:
+        values = {"events": row.events, "quantity_base": row.quantity_base, "amount_numerator": row.amount_numerator}
+        if is_new:
+            keys = dict(zip(("account_id", "model_name", "day", "unit_kind", "currency"), row.key, strict=True))
+            keys["unit_kind"] = row.unit_kind.value
+            self.conn.execute(insert(t.usage_daily).values(**keys, **values))
+        else:
+            self.conn.execute(update(t.usage_daily).where(*self._where(row.key)).values(**values))
+
+    def add_rejects(self, rejects: Sequence[Reject]) -> None:
+        r = t.metering_rejects.c
+        offsets = [x.log_offset for x in rejects]
+        known = set(self.conn.execute(select(r.log_offset).where(r.log_offset.in_(offsets))).scalars())
+        fresh = [
+            {
+                "log_offset": x.log_offset,
+                "event_id": x.event_id,
+                "error": x.error,
+                "payload": x.payload,
+                "rejected_at": x.rejected_at,
+            }
+            for x in rejects
+            if x.log_offset not in known
+        ]
+        if fresh:
+            self.conn.execute(insert(t.metering_rejects), fresh)
+
+    def daily_usage(self, account_id: str, since: str | None, until: str | None) -> list[DailyUsage]:
+        query = select(t.usage_daily).where(_D.account_id == account_id)
+        if since:
+            query = query.where(_D.day >= since)
+        if until:
+            query = query.where(_D.day <= until)
+        return [_daily(r) for r in self.conn.execute(query.order_by(_D.day, _D.model_name))]
+
+
+class SqlBillingRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def usage_rows(self, owner: Owner, account_id: str, first_day: date, last_day: date) -> Iterator[UsageRow]:
+        e = t.usage_events.c
+        who = e.account_id if owner == "consumer" else e.provider_account_id
+        stmt = (
+            select(e.currency, e.model_name, e.unit_kind, e.unit_price, e.quantity_base, e.amount_numerator)
+            .where(who == account_id, e.day >= first_day.isoformat(), e.day <= last_day.isoformat())
+            .execution_options(yield_per=USAGE_BATCH_ROWS)
+        )
+        with self.conn.execute(stmt) as result:
+            for row in result:
+                yield UsageRow(
+                    row.currency,
+                    row.model_name,
+                    UnitKind(row.unit_kind),
+                    row.unit_price,
+                    int(row.quantity_base),
+                    row.amount_numerator,
+                )

@@ -1,0 +1,84 @@
+"""The SQL unit of work: one transaction, the repositories of every context on it, and the write locks.
+
+SQLite: every write transaction starts with ``BEGIN IMMEDIATE``, which already serializes writers, so named
+locks cost nothing more. PostgreSQL: a named lock is a transaction-scoped advisory lock, released at commit or
+rollback; keyed locks (a model's publishes) use the two-integer form so keys of different locks never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, text
+
+from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
+from modelmarket.adapters.store.repos.audit import SqlAuditRepository
+from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
+from modelmarket.adapters.store.repos.usage import SqlBillingRepository, SqlUsageRepository
+from modelmarket.core.uow import Lock
+
+ADVISORY_LOCK_IDS: dict[Lock, int] = {Lock.PUBLISH: 7042003, Lock.METERING: 7042002, Lock.PLANS: 7042004}
+"""PostgreSQL advisory lock ids (the first key of the two-key form for keyed locks). Never reuse a number."""
+MIGRATION_LOCK_ID = 7042001
+
+
+class SqlUnitOfWork:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._accounts = SqlAccountRepository(conn)
+        self._registry = SqlRegistryRepository(conn)
+        self._usage = SqlUsageRepository(conn)
+        self._billing = SqlBillingRepository(conn)
+        self._audit = SqlAuditRepository(conn)
+
+    @property
+    def accounts(self) -> SqlAccountRepository:
+        return self._accounts
+
+    @property
+    def registry(self) -> SqlRegistryRepository:
+        return self._registry
+
+    @property
+    def usage(self) -> SqlUsageRepository:
+        return self._usage
+
+    @property
+    def billing(self) -> SqlBillingRepository:
+        return self._billing
+
+    @property
+    def audit(self) -> SqlAuditRepository:
+        return self._audit
+
+
+class SqlStore:
+    """The store: opens units of work on SQLite or PostgreSQL (``UnitOfWorkFactory[SqlUnitOfWork]``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def url(self) -> str:
+        """The URL this store uses, password included (for a child process that must open the same store)."""
+        return self.engine.url.render_as_string(hide_password=False)
+
+    @contextmanager
+    def write(self, lock: Lock | None = None, key: str = "") -> Iterator[SqlUnitOfWork]:
+        with self.engine.connect().execution_options(mm_write=True) as conn, conn.begin():
+            if lock is not None and conn.dialect.name == "postgresql":
+                lock_id = ADVISORY_LOCK_IDS[lock]
+                if key:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:a, hashtext(:k))"), {"a": lock_id, "k": key})
+                else:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:a)"), {"a": lock_id})
+            yield SqlUnitOfWork(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[SqlUnitOfWork]:
+        with self.engine.connect() as conn, conn.begin():
+            yield SqlUnitOfWork(conn)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

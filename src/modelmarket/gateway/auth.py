@@ -1,0 +1,26 @@
+"""API key authentication against the gateway's key snapshot (no database read on the hot path)."""
+
+from __future__ import annotations
+
+from modelmarket.accounts import Account
+from modelmarket.core.errors import Unauthenticated
+from modelmarket.gateway.state import GatewayState
+from modelmarket.runtime.asgi import Scope, header
+
+MAX_AUTHORIZATION_BYTES = 512
+"""Longest Authorization header read: a key is ~46 characters; anything far longer is refused unread."""
+
+
+async def authenticate(state: GatewayState, scope: Scope) -> Account:
+    raw = header(scope, b"authorization")
+    if raw is None:
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    if len(raw) > MAX_AUTHORIZATION_BYTES:
+        raise Unauthenticated(f"malformed Authorization header: longer than {MAX_AUTHORIZATION_BYTES} bytes")
+    scheme, _, token = raw.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed Authorization header: expected 'Bearer <key>'")
+    account = await state.authenticate(token.strip())
+    if account is None:
+        raise Unauthenticated("invalid API key")
+    return account

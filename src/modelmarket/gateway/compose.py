@@ -1,0 +1,77 @@
+"""``bootstrap_gateway``: builds the gateway's parts from a Platform (the gateway's own composition root)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+from modelmarket.accounts import Account
+from modelmarket.adapters.bus import make_writer
+from modelmarket.bootstrap import Platform
+from modelmarket.core.ids import RequestIds
+from modelmarket.gateway.api import ApiContext, build_router
+from modelmarket.gateway.app import GatewayApp, GatewayParts
+from modelmarket.gateway.auth import authenticate
+from modelmarket.gateway.dataplane import DataPlane
+from modelmarket.gateway.metering_process import MeteringProcess
+from modelmarket.gateway.state import GatewayState
+from modelmarket.registry import CatalogueLoader
+from modelmarket.runtime.supervisor import Supervisor
+from modelmarket.settings import Settings
+
+
+def child_env(settings: Settings, store_url: str) -> dict[str, str]:
+    """The environment of the metering child: this gateway's settings, whatever the parent's environment says."""
+    env = dict(os.environ)
+    env["MODELMARKET_HOME"] = str(settings.home.resolve())
+    env["MODELMARKET_DATABASE_URL"] = store_url
+    env["MODELMARKET_EVENT_LOG_SYNC"] = settings.event_log_sync
+    env["MODELMARKET_METERING_POLL_S"] = str(settings.metering_poll_s)
+    return env
+
+
+def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: bool = True) -> GatewayParts:
+    s = platform.settings
+    loader = CatalogueLoader(platform.store)
+    state = GatewayState(platform.accounts.key_index, loader.load, s.cache_refresh_s)
+    writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
+    metering = MeteringProcess(s.home / "metering.log", child_env(s, platform.store.url)) if metering_child else None
+    supervisor = Supervisor(
+        platform.blobs,
+        s.runners_dir,
+        s.runner_start_timeout_s,
+        s.runner_request_timeout_s,
+        s.runner_pool_size,
+        s.runner_max_restarts,
+        s.max_request_bytes,
+    )
+    checks: tuple[Callable[[], str | None], ...] = ()
+    if metering is not None:
+        checks = (lambda: _metering_problem(metering),)
+    dataplane = DataPlane(
+        state,
+        supervisor,
+        writer,
+        platform.clock,
+        source=f"modelmarket/{s.gateway_id}",
+        max_request_bytes=s.max_request_bytes,
+        request_ids=RequestIds("req_"),
+        health_checks=checks,
+    )
+
+    async def authenticate_request(request: Request) -> Account:
+        return await authenticate(state, request.scope)
+
+    api = build_router(ApiContext(lambda: state.catalogue, platform.usage), authenticate_request)
+    return GatewayParts(dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload)
+
+
+def _metering_problem(metering: MeteringProcess) -> str | None:
+    failure = getattr(metering, "failure", None)
+    return f"metering stopped: {failure}" if isinstance(failure, str) else None
+
+
+def build_gateway(platform: Platform, preload: bool = True, on_ready: Callable[[], None] | None = None) -> GatewayApp:
+    return GatewayApp(bootstrap_gateway(platform, preload), on_ready)

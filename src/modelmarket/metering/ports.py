@@ -1,0 +1,102 @@
+"""What metering needs: the event log it reads (and the gateway appends to), and the usage tables it writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.units import UnitKind
+
+
+class EventLogFull(Exception):
+    """The append queue is at its bound: the caller must answer 503 and must not serve the response."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    offset: int
+    event_id: str
+    payload: bytes
+
+
+class EventLog(Protocol):
+    """An append-only log read by offset. Narrow on purpose: a JetStream or Kafka adapter is one module."""
+
+    def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
+        """Durably append (event id, payload) pairs in one step; an id already in the log is not added twice."""
+        ...
+
+    def read(self, after_offset: int, limit: int) -> list[LogRecord]:
+        """Up to ``limit`` records with offset greater than ``after_offset``, in offset order."""
+        ...
+
+    def last_offset(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """One account's exact usage of one model on one UTC day: amount = amount_numerator / unit_kind.divisor."""
+
+    account_id: str
+    model_name: str
+    day: str
+    unit_kind: UnitKind
+    currency: str
+    events: int
+    quantity_base: int
+    amount_numerator: Decimal
+
+    @property
+    def key(self) -> tuple[str, str, str, UnitKind, str]:
+        return (self.account_id, self.model_name, self.day, self.unit_kind, self.currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A log record that is not a valid usage event: kept, with why, instead of blocking the log."""
+
+    log_offset: int
+    event_id: str
+    error: str
+    payload: str
+    rejected_at: str
+
+
+class UsageRepository(Protocol):
+    def offset(self, consumer: str) -> int:
+        """The last log offset ``consumer`` applied (0 before the first)."""
+        ...
+
+    def save_offset(self, consumer: str, offset: int) -> None: ...
+
+    def halted(self, consumer: str) -> str | None:
+        """Why ``consumer`` was halted, or None while it may run."""
+        ...
+
+    def set_halted(self, consumer: str, reason: str | None) -> None: ...
+
+    def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+    def add_events(self, events: Sequence[tuple[int, UsageEvent]]) -> None:
+        """Rated events with the log offset each was read at."""
+        ...
+
+    def daily(self, key: tuple[str, str, str, UnitKind, str]) -> DailyUsage | None: ...
+
+    def put_daily(self, row: DailyUsage, is_new: bool) -> None: ...
+
+    def add_rejects(self, rejects: Sequence[Reject]) -> None:
+        """Insert the rejects whose offsets are not already set aside."""
+        ...
+
+    def daily_usage(self, account_id: str, since: str | None, until: str | None) -> list[DailyUsage]: ...
+
+
+class MeteringUnitOfWork(Protocol):
+    @property
+    def usage(self) -> UsageRepository: ...

@@ -1,0 +1,29 @@
+"""One shape for a model in lists: what the CLI, the API and the dashboard all show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelmarket.registry.catalogue import ModelEntry
+
+
+def model_summary(entry: ModelEntry) -> dict[str, Any]:
+    """A model with its latest version's facts; versions in semver order, aliases by name."""
+    latest = entry.resolve(None)
+    m = latest.manifest
+    return {
+        "name": entry.name,
+        "latest": latest.version,
+        "versions": [v.version for v in entry.sorted_versions()],
+        "aliases": dict(sorted(entry.aliases.items())),
+        "task": m.task,
+        "modality": m.modality,
+        "runtime": m.runtime,
+        "license": m.license,
+        "summary": m.card.summary,
+        "pricing": {
+            "unit": m.pricing.unit.value,
+            "price_per_iu": format(m.pricing.price_per_iu, "f"),
+            "currency": m.pricing.currency,
+        },
+    }

@@ -1,0 +1,297 @@
+"""In-memory fakes of every port: service tests run on them in milliseconds.
+
+A ``FakeStore`` is a unit-of-work factory over plain dicts. A write transaction works on a deep copy of the
+state and swaps it in only when the block ends without an exception, so a failed service call leaves nothing
+half-written, exactly as a rolled-back SQL transaction would. Locks are recorded, so a test can check that a
+service asked for the lock it needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from modelmarket.accounts.ports import Account, StoredKey
+from modelmarket.audit.ports import StoredAuditRecord
+from modelmarket.audit.records import AuditRecord
+from modelmarket.billing.aggregate import UsageRow
+from modelmarket.billing.ports import Owner
+from modelmarket.core.errors import InvalidInput, NotFound
+from modelmarket.core.uow import Lock
+from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.ports import DailyUsage, LogRecord, Reject
+from modelmarket.metering.units import UnitKind
+from modelmarket.registry.ports import StoredAlias, StoredModel, StoredVersion
+
+
+@dataclass
+class _State:
+    accounts: dict[str, Account] = field(default_factory=dict)
+    keys: dict[str, StoredKey] = field(default_factory=dict)
+    models: dict[str, StoredModel] = field(default_factory=dict)
+    versions: dict[str, StoredVersion] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], str] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+    halted: dict[str, str] = field(default_factory=dict)
+    events: dict[str, tuple[int, UsageEvent]] = field(default_factory=dict)
+    daily: dict[tuple[str, str, str, UnitKind, str], DailyUsage] = field(default_factory=dict)
+    rejects: dict[int, Reject] = field(default_factory=dict)
+    audit: list[tuple[AuditRecord, str]] = field(default_factory=list)
+
+
+class FakeAccounts:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def add(self, account: Account) -> None:
+        self.s.accounts[account.id] = account
+
+    def by_name(self, name: str) -> Account | None:
+        return next((a for a in self.s.accounts.values() if a.name == name), None)
+
+    def by_id(self, account_id: str) -> Account | None:
+        return self.s.accounts.get(account_id)
+
+    def all(self) -> list[Account]:
+        return sorted(self.s.accounts.values(), key=lambda a: a.name)
+
+    def add_key(self, key: StoredKey) -> None:
+        self.s.keys[key.id] = key
+
+    def key(self, key_id: str) -> StoredKey | None:
+        return self.s.keys.get(key_id)
+
+    def keys_of(self, account_id: str) -> list[StoredKey]:
+        return sorted((k for k in self.s.keys.values() if k.account_id == account_id), key=lambda k: k.created_at)
+
+    def revoke_key(self, key_id: str, revoked_at: str) -> None:
+        self.s.keys[key_id] = replace(self.s.keys[key_id], revoked_at=revoked_at)
+
+    def active_keys(self) -> list[tuple[str, Account]]:
+        return [(k.key_hash, self.s.accounts[k.account_id]) for k in self.s.keys.values() if k.revoked_at is None]
+
+
+class FakeRegistry:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def model(self, name: str) -> StoredModel | None:
+        return self.s.models.get(name)
+
+    def add_model(self, model: StoredModel) -> None:
+        self.s.models[model.name] = model
+
+    def version(self, model_name: str, version: str) -> StoredVersion | None:
+        return next(
+            (v for v in self.s.versions.values() if v.model_name == model_name and v.version == version), None
+        )
+
+    def add_version(self, version: StoredVersion) -> None:
+        assert self.version(version.model_name, version.version) is None, "unique (model, version)"
+        self.s.versions[version.id] = version
+
+    def newest_version(self, model_name: str) -> str | None:
+        mine = [v for v in self.s.versions.values() if v.model_name == model_name]
+        return max(mine, key=lambda v: v.semver).version if mine else None
+
+    def alias(self, model_name: str, alias: str) -> str | None:
+        return self.s.aliases.get((model_name, alias))
+
+    def set_alias(self, alias: StoredAlias, updated_at: str) -> None:
+        self.s.aliases[(alias.model_name, alias.alias)] = alias.version
+
+    def models(self) -> list[StoredModel]:
+        return sorted(self.s.models.values())
+
+    def version_index(self) -> list[tuple[str, str]]:
+        return [(v.id, v.model_name) for v in self.s.versions.values()]
+
+    def versions(self, ids: Sequence[str]) -> list[StoredVersion]:
+        return [self.s.versions[i] for i in ids if i in self.s.versions]
+
+    def aliases(self) -> list[StoredAlias]:
+        return [StoredAlias(m, a, v) for (m, a), v in self.s.aliases.items()]
+
+
+class FakeUsage:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def offset(self, consumer: str) -> int:
+        return self.s.offsets.get(consumer, 0)
+
+    def save_offset(self, consumer: str, offset: int) -> None:
+        self.s.offsets[consumer] = offset
+
+    def halted(self, consumer: str) -> str | None:
+        return self.s.halted.get(consumer)
+
+    def set_halted(self, consumer: str, reason: str | None) -> None:
+        if reason is None:
+            self.s.halted.pop(consumer, None)
+        else:
+            self.s.halted[consumer] = reason
+
+    def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        return {i for i in event_ids if i in self.s.events}
+
+    def add_events(self, events: Sequence[tuple[int, UsageEvent]]) -> None:
+        for offset, event in events:
+            assert event.id not in self.s.events, "event ids are unique"
+            self.s.events[event.id] = (offset, event)
+
+    def daily(self, key: tuple[str, str, str, UnitKind, str]) -> DailyUsage | None:
+        return self.s.daily.get(key)
+
+    def put_daily(self, row: DailyUsage, is_new: bool) -> None:
+        assert (row.key not in self.s.daily) == is_new
+        self.s.daily[row.key] = row
+
+    def add_rejects(self, rejects: Sequence[Reject]) -> None:
+        for r in rejects:
+            self.s.rejects.setdefault(r.log_offset, r)
+
+    def daily_usage(self, account_id: str, since: str | None, until: str | None) -> list[DailyUsage]:
+        return [
+            d
+            for d in self.s.daily.values()
+            if d.account_id == account_id and (since is None or d.day >= since) and (until is None or d.day <= until)
+        ]
+
+
+class FakeBilling:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def usage_rows(self, owner: Owner, account_id: str, first_day: date, last_day: date) -> Iterator[UsageRow]:
+        for _, e in self.s.events.values():
+            who = e.account_id if owner == "consumer" else e.provider_account_id
+            if who == account_id and first_day <= e.day <= last_day:
+                yield UsageRow(e.currency, e.model, e.unit_kind, e.unit_price, e.quantity, e.amount_numerator)
+
+
+class FakeAudit:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def last(self) -> tuple[int, str] | None:
+        return (self.s.audit[-1][0].seq, self.s.audit[-1][0].hash) if self.s.audit else None
+
+    def insert(self, record: AuditRecord, payload_json: str) -> None:
+        self.s.audit.append((record, payload_json))
+
+    def _stored(self, record: AuditRecord, payload_json: str) -> StoredAuditRecord:
+        r = record
+        return StoredAuditRecord(r.seq, r.occurred_at, r.actor, r.action, r.subject, payload_json, r.prev_hash, r.hash)
+
+    def scan(self, batch_rows: int) -> Iterator[StoredAuditRecord]:
+        for record, payload_json in self.s.audit:
+            yield self._stored(record, payload_json)
+
+    def page(self, after_seq: int, limit: int) -> list[StoredAuditRecord]:
+        return [self._stored(r, p) for r, p in self.s.audit if r.seq > after_seq][:limit]
+
+    def newest(self) -> StoredAuditRecord | None:
+        return self._stored(*self.s.audit[-1]) if self.s.audit else None
+
+
+class FakeUnitOfWork:
+    def __init__(self, s: _State) -> None:
+        self.accounts = FakeAccounts(s)
+        self.registry = FakeRegistry(s)
+        self.usage = FakeUsage(s)
+        self.billing = FakeBilling(s)
+        self.audit = FakeAudit(s)
+
+
+class FakeStore:
+    """``UnitOfWorkFactory`` over in-memory state, with all-or-nothing writes."""
+
+    def __init__(self) -> None:
+        self.state = _State()
+        self.locks: list[tuple[Lock | None, str]] = []
+        self.commits = 0
+
+    @contextmanager
+    def write(self, lock: Lock | None = None, key: str = "") -> Iterator[FakeUnitOfWork]:
+        self.locks.append((lock, key))
+        draft = copy.deepcopy(self.state)
+        yield FakeUnitOfWork(draft)
+        self.state = draft
+        self.commits += 1
+
+    @contextmanager
+    def read(self) -> Iterator[FakeUnitOfWork]:
+        yield FakeUnitOfWork(copy.deepcopy(self.state))
+
+
+class FakeEventLog:
+    """``EventLog`` as a list; offsets start at 1 and never repeat."""
+
+    def __init__(self) -> None:
+        self.records: list[LogRecord] = []
+        self.closed = 0
+
+    def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
+        known = {r.event_id for r in self.records}
+        for event_id, payload in events:
+            if event_id not in known:
+                self.records.append(LogRecord(len(self.records) + 1, event_id, payload))
+                known.add(event_id)
+
+    def read(self, after_offset: int, limit: int) -> list[LogRecord]:
+        return [r for r in self.records if r.offset > after_offset][:limit]
+
+    def last_offset(self) -> int:
+        return self.records[-1].offset if self.records else 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class FakeBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs: dict[str, bytes] = {}
+
+    def put_file(self, src: Path, expected_sha256: str | None = None) -> tuple[str, int]:
+        data = src.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise InvalidInput(f"{src} changed while it was being published")
+        self.blobs[digest] = data
+        return digest, len(data)
+
+    def path(self, digest: str) -> Path:
+        if digest not in self.blobs:
+            raise NotFound(f"blob sha256:{digest} is not in the blob store")
+        out = self.root / digest
+        out.write_bytes(self.blobs[digest])
+        return out
+
+    def exists(self, digest: str) -> bool:
+        return digest in self.blobs
+
+
+class FakeRuntimes:
+    """``RuntimeCatalog``: a fixed set of names; ``refuse`` maps a parameter name to the message to refuse it."""
+
+    def __init__(self, names: Iterable[str] = ("onnx", "vader", "pocketsphinx"), refuse: Mapping[str, str] = {}) -> None:
+        self._names = tuple(names)
+        self.refuse = dict(refuse)
+        self.validated: list[tuple[str, dict[str, Any], list[str]]] = []
+
+    def names(self) -> Iterable[str]:
+        return self._names
+
+    def validate(self, runtime: str, parameters: Mapping[str, Any], artifacts: Sequence[str]) -> None:
+        self.validated.append((runtime, dict(parameters), list(artifacts)))
+        for name, message in self.refuse.items():
+            if name in parameters:
+                raise InvalidInput(f"parameters.{name}: {message}")
