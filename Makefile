@@ -42,6 +42,7 @@ test: install sysdeps-test
 
 bench: install sysdeps
 	$(BIN)/python benchmarks/gateway_overhead.py
+	$(BIN)/python benchmarks/catalogue_reload.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

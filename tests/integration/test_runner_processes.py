@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -207,9 +209,7 @@ def test_a_runner_listens_only_on_a_private_unix_socket(tmp_path: Path, plugin_s
     assert not supervisor.runners[version.id].socket_path.exists()  # type: ignore[union-attr]
 
 
-def test_a_hung_runner_is_not_ready_within_seconds_then_killed_and_restarted(
-    tmp_path: Path, plugin_site: Path
-) -> None:
+def test_a_hung_runner_is_not_ready_within_seconds_then_killed_and_restarted(tmp_path: Path, plugin_site: Path) -> None:
     supervisor = make_supervisor(tmp_path, unresponsive_after_s=3.0)
     version = version_record()
 
@@ -261,7 +261,7 @@ def test_a_model_that_cannot_load_fails_at_once_instead_of_restarting(tmp_path: 
 
     async def scenario() -> None:
         supervisor.preloaded.add(version.id)
-        with pytest.raises(NotReady, match="the model failed to load.*the artifact is corrupt"):
+        with pytest.raises(NotReady, match=r"the model failed to load.*the artifact is corrupt"):
             await supervisor.ensure_started(version)
         assert supervisor.runners[version.id].child.spawns == 1  # type: ignore[union-attr]
         assert not supervisor.preloaded_ready()
@@ -297,8 +297,6 @@ def test_a_stale_socket_of_a_killed_gateway_is_cleared_and_never_used(tmp_path: 
     dead.wait()
     stale = socket_path_for(tmp_path / "runners", version.id, dead.pid)
     stale.parent.mkdir(parents=True)
-    import socket
-
     leftover = socket.socket(socket.AF_UNIX)
     leftover.bind(str(stale))  # bound, never listening again: what a SIGKILLed gateway's runner leaves
     leftover.close()
@@ -328,10 +326,29 @@ def test_the_runner_module_serves_tcp_when_started_by_hand(tmp_path: Path, plugi
         line = proc.stderr.readline()
         assert "ready on http://127.0.0.1:" in line, line
         url = line.rsplit(" ", 1)[1].strip()
-        import httpx
-
         r = httpx.post(f"{url}/v2/models/sleepy/infer", content=infer_body(0.0), timeout=10)
         assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0.0]
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=15) == -signal.SIGTERM  # uvicorn re-raises the signal after a graceful stop
+
+
+def test_the_metering_child_runs_from_its_module_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    from modelmarket.gateway.metering_process import MeteringProcess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
+    env["MODELMARKET_HOME"] = str(tmp_path / "home")
+
+    async def scenario() -> None:
+        metering = MeteringProcess(tmp_path / "home" / "metering.log", env)
+        metering.start()
+        assert metering.child is not None
+        command = metering.child.command
+        assert command[1:3] == ["-m", "modelmarket.gateway.metering_process"]
+        await until(lambda: (tmp_path / "home" / "modelmarket.db").exists(), 30)  # bootstrap() ran
+        await asyncio.sleep(1.0)
+        assert metering.child.pid is not None and metering.failure is None
+        await metering.stop()
+        assert metering.child.returncode == 0  # it applied what was in the log and exited by itself
+
+    asyncio.run(scenario())

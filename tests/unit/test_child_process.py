@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -59,7 +60,7 @@ def test_a_crashing_child_is_restarted_with_growing_backoff_then_given_up(tmp_pa
 
     run(scenario)
     times = [float(x) for x in starts.read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 3
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # 0.2 s, then doubled
 
@@ -230,5 +231,45 @@ def test_a_command_that_cannot_start_fails_with_the_os_error(tmp_path: Path) -> 
         assert child.state is ChildState.FAILED
         assert child.failure is not None and "cannot start ghost" in child.failure
         await child.stop()
+
+    run(scenario)
+
+
+HALTING_CONSUMER = """
+import sys
+from modelmarket.core.errors import MeteringHalted
+from modelmarket.gateway import metering_process
+
+
+class HaltingMetering:
+    def follow(self, stop):
+        raise MeteringHalted("log offset 12 is past the end of the event log")
+
+
+class FakePlatform:
+    metering = HaltingMetering()
+
+    def close(self):
+        pass
+
+
+metering_process.bootstrap = lambda: FakePlatform()
+sys.exit(metering_process.main([]))
+"""
+
+
+def test_a_halted_metering_consumer_is_not_restarted_and_the_gateway_can_say_why(tmp_path: Path) -> None:
+    from modelmarket.gateway.metering_process import EXIT_METERING_HALTED, MeteringProcess
+
+    async def scenario() -> None:
+        metering = MeteringProcess(tmp_path / "metering.log", dict(os.environ), command=py(HALTING_CONSUMER))
+        metering.start()
+        await until(lambda: metering.failure is not None)
+        await asyncio.sleep(0.8)  # longer than the first backoff: a restart would have happened
+        assert metering.child is not None and metering.child.spawns == 1
+        assert metering.child.returncode == EXIT_METERING_HALTED
+        assert metering.failure is not None
+        assert "metering halted: log offset 12 is past the end of the event log" in metering.failure
+        await metering.stop()
 
     run(scenario)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from modelmarket.adapters.bus.sqlite_log import GroupCommitWriter
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.ids import RequestIds
 from modelmarket.metering.units import count_iu
-from modelmarket.runtime.base import Tensor
+from modelmarket.core.tensors import Tensor
 from modelmarket.runtime.oip import decode_request
 
 
@@ -47,8 +47,8 @@ def test_json_integers_are_accepted_for_floats_and_keep_their_values() -> None:
 
 def test_image_iu_counts_encoded_images_in_a_bytes_vector() -> None:
     images = np.array([b"\x89PNG...", b"\x89PNG...", b"\x89PNG..."], dtype=object)
-    assert count_iu("image", [Tensor("img", "BYTES", [3], images)]) == Decimal(3)
-    assert count_iu("image", [Tensor("px", "FP32", [64], np.zeros(64, dtype=np.float32))]) == Decimal(1)
+    assert count_iu("image", [Tensor("img", "BYTES", [3], images)]) == Fraction(3)
+    assert count_iu("image", [Tensor("px", "FP32", [64], np.zeros(64, dtype=np.float32))]) == Fraction(1)
 
 
 def test_loop_writer_commits_concurrent_appends_together(tmp_path: Path) -> None:
@@ -113,20 +113,22 @@ def test_request_ids_are_unique_across_instances() -> None:
 
 
 def test_the_metering_child_runs_on_the_gateways_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelmarket.gateway.app import _child_env
+    from modelmarket.gateway.compose import child_env
     from modelmarket.settings import Settings
 
     monkeypatch.setenv("MODELMARKET_HOME", "/somewhere/else")
     monkeypatch.delenv("MODELMARKET_DATABASE_URL", raising=False)
     settings = Settings(home=tmp_path / "home", event_log_sync="full", metering_poll_s=0.25)
-    env = _child_env(settings)
+    env = child_env(settings, settings.resolved_database_url)  # the gateway passes its store's URL
     assert env["MODELMARKET_HOME"] == str((tmp_path / "home").resolve())
     assert env["MODELMARKET_DATABASE_URL"] == settings.resolved_database_url
     assert env["MODELMARKET_EVENT_LOG_SYNC"] == "full"
-    monkeypatch.setenv("MODELMARKET_HOME", env["MODELMARKET_HOME"])
-    monkeypatch.setenv("MODELMARKET_DATABASE_URL", env["MODELMARKET_DATABASE_URL"])
+    assert env["MODELMARKET_METERING_POLL_S"] == "0.25"
+    for name in ("MODELMARKET_HOME", "MODELMARKET_DATABASE_URL", "MODELMARKET_EVENT_LOG_SYNC", "MODELMARKET_METERING_POLL_S"):
+        monkeypatch.setenv(name, env[name])
     child = Settings()  # what the child process builds from that environment
     assert child.resolved_database_url == settings.resolved_database_url
+    assert (child.event_log_sync, child.metering_poll_s) == ("full", 0.25)
 
 
 def test_request_bodies_past_the_limit_are_refused() -> None:

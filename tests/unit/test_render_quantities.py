@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -10,6 +11,7 @@ from modelmarket.billing.aggregate import UsageRow, aggregate_usage
 from modelmarket.billing.documents import build_invoices
 from modelmarket.billing.period import parse_period
 from modelmarket.billing.render import approx_text, render_invoice_text
+from modelmarket.metering.units import UnitKind
 
 
 @pytest.mark.parametrize(
@@ -25,24 +27,33 @@ from modelmarket.billing.render import approx_text, render_invoice_text
 )
 def test_approx_text(value: str, shown: str) -> None:
     assert approx_text(Decimal(value)) == shown
+    assert approx_text(Fraction(value)) == shown  # exact fractions read the same as the decimals they equal
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (Fraction(1, 60), "~0.016667"),
+        (Fraction(100, 60), "~1.666667"),
+        (Fraction(60, 60), "1"),
+        (Fraction(3, 60), "0.05"),
+        (Fraction(1, 3_000_000), "~0.000000"),  # rounds to zero: marked, never shown as an exact 0
+        (Fraction(0), "0"),
+    ],
+)
+def test_approx_text_of_fractions(value: Fraction, shown: str) -> None:
+    assert approx_text(value) == shown
 
 
 def test_audio_quantities_are_exact_in_documents_and_short_on_screen() -> None:
     # 100 one-second events: IU is exactly 100/60 in the document, shown as ~1.666667 to a person.
-    second = UsageRow(
-        "USD",
-        "speech",
-        "audio_minute",
-        Decimal("0.0166666666666666666666666667"),
-        Decimal("0.006"),
-        Decimal("0.006"),
-        amount_divisor=60,
-        quantity_base=1,
-    )
+    second = UsageRow("USD", "speech", UnitKind.AUDIO_MINUTE, Decimal("0.006"), 1, Decimal("0.006"))
     [invoice] = build_invoices("acct", parse_period("2026-11"), aggregate_usage([second] * 100))
     [line] = invoice.lines
-    assert str(line.quantity_iu).startswith("1.666666666666666666666666666666666666666666666")  # 50 digits, not 28
-    assert abs(line.quantity_iu * 60 - 100) < Decimal("1E-40")
-    assert line.amount == Decimal("0.01")  # 100 x 0.006 / 60 = 0.01 exactly
+    assert line.quantity_base == 100
+    assert line.quantity_iu == Fraction(100, 60)  # exact, not 50 (or 28) digits of 1.666...
+    assert line.to_json()["quantity_iu"] == "5/3"
+    assert line.amount_exact == Fraction("0.01")  # 100 x 0.006 / 60 = 0.01 exactly
+    assert line.amount == Decimal("0.01")
     text = render_invoice_text(invoice, "acct")
     assert "~1.666667" in text and "0.01" in text

@@ -16,7 +16,7 @@ BIG = b"x" * 5000
 def _answer(path: str) -> tuple[bytes, bool]:
     """The raw answer for ``path`` and whether the server closes the connection after it."""
     if path == "/cl":
-        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}", False
+        return b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}', False
     if path == "/chunked":
         body = b"4;ext=1\r\nWiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nX-Trailer: t\r\n\r\n"
         return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body, False

@@ -8,12 +8,20 @@ A third party ships a runtime as its own distribution by declaring, in its ``pyp
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from modelmarket.core.errors import InvalidInput
-from modelmarket.runtime.base import Runtime
+from modelmarket.runtime.base import InputLimits, Runtime
 
-__all__ = ["ENTRY_POINT_GROUP", "available_runtimes", "load_runtime_class"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "available_runtimes",
+    "load_runtime_class",
+    "runtime_input_limits",
+    "validate_runtime_parameters",
+]
 
 ENTRY_POINT_GROUP = "modelmarket.runtimes"
 
@@ -43,3 +51,24 @@ def load_runtime_class(name: str) -> type[Runtime]:
     if not (isinstance(loaded, type) and issubclass(loaded, Runtime)):
         raise TypeError(f"entry point {entry.value!r} for runtime {name!r} is not a Runtime subclass")
     return loaded
+
+
+def validate_runtime_parameters(runtime_name: str, parameters: Mapping[str, Any], artifacts: Sequence[str]) -> None:
+    """Check a manifest's ``parameters`` against runtime ``runtime_name`` at publish.
+
+    ``artifacts`` are the version's artifact paths as collected (``PackageFile.relpath``). Raises ``InvalidInput``
+    with the field path (``parameters.model_file: ...``; ``runtime: ...`` for a runtime that is not installed).
+    A plug-in whose check fails with anything but ``InvalidInput`` is broken, and that error propagates.
+    """
+    try:
+        cls = load_runtime_class(runtime_name)
+    except InvalidInput as exc:
+        raise InvalidInput(f"runtime: {exc.message}") from None
+    if not isinstance(parameters, Mapping):
+        raise InvalidInput("parameters: must be a mapping of names to values")
+    cls.validate_parameters(parameters, tuple(artifacts))
+
+
+def runtime_input_limits(runtime_name: str) -> InputLimits:
+    """The bounds runtime ``runtime_name`` puts on one call, for the gateway to refuse a request before forwarding."""
+    return load_runtime_class(runtime_name).input_limits

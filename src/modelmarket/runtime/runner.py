@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import socket
-import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -191,30 +190,18 @@ def open_listener(listen: Listen) -> tuple[socket.socket, str]:
 
 
 def serve(spec: ModelSpec, listen: Listen, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-    """Load the model, then listen and serve it until SIGTERM/SIGINT. Raises ``ModelLoadFailed``."""
+    """Load the model, then listen and serve it until SIGTERM/SIGINT. Raises ``ModelLoadFailed``.
+
+    After its graceful shutdown uvicorn re-raises the signal, so the process ends there: a socket file is
+    removed by whoever chose its path (the supervisor), or replaced by the next ``bind_unix`` at that path.
+    """
     runtime = load_runtime(spec)
     app = RunnerApp(runtime, max_request_bytes)
     gc.collect()
     gc.freeze()  # the loaded model lives as long as the process: no need to rescan it in every full collection
     sock, where = open_listener(listen)
-    bound_inode = os.stat(listen.socket_path).st_ino if listen.socket_path is not None else None
     print(f"runner {spec.name}@{spec.version} ready on {where}", file=sys.stderr, flush=True)
-    try:
-        serve_asgi(app, [sock])
-    finally:
-        sock.close()
-        if listen.socket_path is not None:
-            _unlink_if_ours(listen.socket_path, bound_inode)
-
-
-def _unlink_if_ours(path: Path, inode: int | None) -> None:
-    """Remove our socket file on the way out, unless a successor already replaced it with its own."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
-        path.unlink(missing_ok=True)
+    serve_asgi(app, [sock])
 
 
 def read_spec(path: Path) -> ModelSpec:

@@ -2,9 +2,15 @@
 
 Parameters (manifest ``parameters:``):
 
-- ``model_file``: artifact path of the ``.onnx`` file (default: the first artifact ending in ``.onnx``)
-- ``intra_op_num_threads``: threads inside one operator (default 1; the runner scales by replicas)
-- ``inter_op_num_threads``: threads across operators (default 1)
+- ``model_file``: artifact path of the ``.onnx`` file (default: the first artifact ending in ``.onnx``); it must
+  be one of the version's artifacts
+- ``intra_op_num_threads``: threads inside one operator, 1 to ``MAX_THREADS`` (default 1; the runner scales by
+  replicas)
+- ``inter_op_num_threads``: threads across operators, 1 to ``MAX_THREADS`` (default 1)
+
+Bounds on one call (``OnnxRuntime.input_limits``): ``MAX_ELEMENTS_PER_CALL`` elements over all inputs (64 MiB
+of FP32), ``MAX_CALL_BYTES`` of input data, ``MAX_STRING_BYTES`` per string element. What a graph costs per
+element is the provider's model; the bound keeps one call's memory and work finite.
 """
 
 from __future__ import annotations
@@ -18,9 +24,16 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from modelmarket.core.errors import InvalidInput
-from modelmarket.runtime.base import Runtime, Tensor
+from modelmarket.runtime.base import InputLimits, Runtime, Tensor, artifact_parameter, int_parameter
 
-__all__ = ["OnnxRuntime"]
+__all__ = ["MAX_CALL_BYTES", "MAX_ELEMENTS_PER_CALL", "MAX_STRING_BYTES", "MAX_THREADS", "OnnxRuntime"]
+
+MAX_THREADS = 16  # per session, for each of the two thread pools
+DEFAULT_THREADS = 1
+MAX_ELEMENTS_PER_CALL = 16 * 1024 * 1024
+MAX_CALL_BYTES = 64 * 1024 * 1024
+MAX_STRING_BYTES = 1024 * 1024
+_THREAD_PARAMETERS = ("intra_op_num_threads", "inter_op_num_threads")
 
 # onnxruntime element type -> (numpy dtype, Open Inference Protocol datatype)
 _ORT_TYPES: dict[str, tuple[Any, str]] = {
@@ -65,10 +78,23 @@ def _str_to_bytes(data: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.asarray(np.vectorize(lambda item: str(item).encode("utf-8"), otypes=[object])(data), dtype=object)
 
 
+def _model_file(parameters: Mapping[str, Any], artifacts: Sequence[str]) -> str:
+    """The ``model_file`` parameter, which must name one of the artifacts; by default the first ``.onnx`` one."""
+    default = next((relpath for relpath in artifacts if relpath.endswith(".onnx")), None)
+    model_file = artifact_parameter(parameters, "model_file", default, artifacts)
+    if model_file is None:
+        raise InvalidInput("parameters.model_file: no artifact ends in .onnx: name the model's file here")
+    return model_file
+
+
 class OnnxRuntime(Runtime):
     """Runs one ``.onnx`` artifact; inputs are matched by name and cast to the dtype the graph expects."""
 
     name: ClassVar[str] = "onnx"
+    parameter_names: ClassVar[frozenset[str]] = frozenset({"model_file", *_THREAD_PARAMETERS})
+    input_limits: ClassVar[InputLimits] = InputLimits(
+        max_elements_per_call=MAX_ELEMENTS_PER_CALL, max_element_bytes=MAX_STRING_BYTES, max_call_bytes=MAX_CALL_BYTES
+    )
 
     _session: ort.InferenceSession
     _input_types: dict[str, tuple[Any, str]]
@@ -76,25 +102,24 @@ class OnnxRuntime(Runtime):
     _output_datatypes: list[str]
     _string_outputs: list[bool]
 
-    def _model_file(self) -> str:
-        configured = self.spec.parameters.get("model_file")
-        if configured is not None:
-            return str(configured)
-        for relpath in self.spec.artifacts:
-            if relpath.endswith(".onnx"):
-                return relpath
-        raise InvalidInput(f"model {self.spec.name!r} has no artifact ending in .onnx and no model_file parameter")
+    @classmethod
+    def validate_parameters(cls, parameters: Mapping[str, Any], artifacts: Sequence[str]) -> None:
+        super().validate_parameters(parameters, artifacts)
+        _model_file(parameters, artifacts)
+        for key in _THREAD_PARAMETERS:
+            int_parameter(parameters, key, DEFAULT_THREADS, 1, MAX_THREADS)
 
     def _session_options(self) -> ort.SessionOptions:
+        params = self.spec.parameters
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.spec.parameters.get("intra_op_num_threads", 1))
-        options.inter_op_num_threads = int(self.spec.parameters.get("inter_op_num_threads", 1))
+        options.intra_op_num_threads = int_parameter(params, "intra_op_num_threads", DEFAULT_THREADS, 1, MAX_THREADS)
+        options.inter_op_num_threads = int_parameter(params, "inter_op_num_threads", DEFAULT_THREADS, 1, MAX_THREADS)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         return options
 
     def load(self) -> None:
-        path = self.spec.artifact(self._model_file())
+        path = self.spec.artifact(_model_file(self.spec.parameters, self.spec.artifacts), "model_file")
         if not path.is_file():
             raise InvalidInput(f"model file {path.name!r} of model {self.spec.name!r} is missing")
         self._session = ort.InferenceSession(
@@ -142,6 +167,7 @@ class OnnxRuntime(Runtime):
         return feed
 
     def predict(self, inputs: Sequence[Tensor], parameters: Mapping[str, Any]) -> list[Tensor]:
+        self.check_inputs(inputs)
         feed = self._feed(inputs)
         try:
             results = self._session.run(self._output_names, feed)
