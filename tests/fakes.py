@@ -88,9 +88,7 @@ class FakeRegistry:
         self.s.models[model.name] = model
 
     def version(self, model_name: str, version: str) -> StoredVersion | None:
-        return next(
-            (v for v in self.s.versions.values() if v.model_name == model_name and v.version == version), None
-        )
+        return next((v for v in self.s.versions.values() if v.model_name == model_name and v.version == version), None)
 
     def add_version(self, version: StoredVersion) -> None:
         assert self.version(version.model_name, version.version) is None, "unique (model, version)"
@@ -282,7 +280,9 @@ class FakeBlobStore:
 class FakeRuntimes:
     """``RuntimeCatalog``: a fixed set of names; ``refuse`` maps a parameter name to the message to refuse it."""
 
-    def __init__(self, names: Iterable[str] = ("onnx", "vader", "pocketsphinx"), refuse: Mapping[str, str] = {}) -> None:
+    def __init__(
+        self, names: Iterable[str] = ("onnx", "vader", "pocketsphinx"), refuse: Mapping[str, str] = {}
+    ) -> None:
         self._names = tuple(names)
         self.refuse = dict(refuse)
         self.validated: list[tuple[str, dict[str, Any], list[str]]] = []

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 from modelmarket.adapters.bus import SqliteEventLog
-from modelmarket.adapters.store import Store
-from modelmarket.billing import build_invoice, build_provider_statement, parse_period
-from modelmarket.metering.consumer import catch_up
+from modelmarket.adapters.store import SqlStore
+from modelmarket.billing import BillingService, parse_period
+from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.units import iu_from_units
-from modelmarket.metering.usage import usage_summary
+from modelmarket.metering.units import UnitKind
+
+NOVEMBER = parse_period("2026-11")
 
 
 def _second(i: int, price: str) -> UsageEvent:
@@ -24,33 +27,45 @@ def _second(i: int, price: str) -> UsageEvent:
         model="speech-to-text",
         version="1.0.0",
         provider_account_id="acc_p",
-        unit_kind="audio_minute",
-        quantity=1,
-        quantity_iu=iu_from_units("audio_minute", 1),
+        unit_kind=UnitKind.AUDIO_MINUTE,
+        quantity=1,  # one second
         unit_price=Decimal(price),
         currency="USD",
         latency_ms=Decimal("3.1"),
     )
 
 
-def _meter_seconds(store: Store, tmp_path: Path, calls: int, price: str) -> None:
-    log = SqliteEventLog(tmp_path / "events.db")
-    log.append_many([(e.id, e.encode()) for e in (_second(i, price) for i in range(calls))])
-    catch_up(store, log)
-    log.close()
+@dataclass
+class Services:
+    metering: MeteringService
+    usage: UsageService
+    billing: BillingService
 
 
-def test_a_half_cent_tie_built_from_sixtieths_rounds_half_even(store: Store, tmp_path: Path) -> None:
+def _meter_seconds(store: SqlStore, tmp_path: Path, calls: int, price: str) -> Services:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path)
+    try:
+        log.append_many([(e.id, e.encode()) for e in (_second(i, price) for i in range(calls))])
+    finally:
+        log.close()
+    metering = MeteringService(store, lambda: SqliteEventLog(path), clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    assert metering.catch_up() == calls
+    return Services(metering, UsageService(store, metering), BillingService(store, metering, Decimal("0.80")))
+
+
+def test_a_half_cent_tie_built_from_sixtieths_rounds_half_even(store: SqlStore, tmp_path: Path) -> None:
     # 150 one-second calls at 0.0100 per minute cost exactly 0.025: half-to-even gives 0.02. Summing 28-digit
     # per-second amounts (0.0001666...67 each) would land just above the tie and bill 0.03.
-    _meter_seconds(store, tmp_path, 150, "0.0100")
-    with store.read() as conn:
-        [invoice] = build_invoice(conn, "acc_c", parse_period("2026-11"))
-        [statement] = build_provider_statement(conn, "acc_p", parse_period("2026-11"), Decimal("0.80"))
-        usage = usage_summary(conn, "acc_c").to_json()
+    services = _meter_seconds(store, tmp_path, 150, "0.0100")
+    [invoice] = services.billing.invoices("acc_c", NOVEMBER)
+    [statement] = services.billing.statements("acc_p", NOVEMBER)
+    usage = services.usage.summary("acc_c").to_json()
     assert usage["total_amount"] == "0.025" and usage["total_iu"] == "2.5"  # the same exact figure as the invoice
     [line] = invoice.lines
     assert line.events == 150
+    assert (line.quantity_base, line.quantity_iu) == (150, Fraction(5, 2))
+    assert line.amount_exact == Fraction("0.025")
     assert line.amount_precise == Decimal("0.025")
     assert line.amount == invoice.total == Decimal("0.02")
     assert (statement.gross, statement.provider_amount, statement.platform_fee) == (
@@ -60,11 +75,27 @@ def test_a_half_cent_tie_built_from_sixtieths_rounds_half_even(store: Store, tmp
     )
 
 
-def test_sixty_one_second_calls_are_exactly_one_minute(store: Store, tmp_path: Path) -> None:
-    _meter_seconds(store, tmp_path, 60, "0.0060")
-    with store.read() as conn:
-        [invoice] = build_invoice(conn, "acc_c", parse_period("2026-11"))
-        seconds = conn.exec_driver_sql("SELECT SUM(quantity_base) FROM usage_events").scalar()
+def test_sixty_one_second_calls_are_exactly_one_minute(store: SqlStore, tmp_path: Path) -> None:
+    services = _meter_seconds(store, tmp_path, 60, "0.0060")
+    [invoice] = services.billing.invoices("acc_c", NOVEMBER)
+    with store.read() as uow:
+        seconds = uow.conn.exec_driver_sql("SELECT SUM(quantity_base) FROM usage_events").scalar()
+        [day] = uow.usage.daily_usage("acc_c", None, None)
     assert int(seconds) == 60
+    assert (day.events, day.quantity_base, day.amount_numerator) == (60, 60, Decimal("0.3600"))  # / 60 = 0.006
+    assert invoice.lines[0].quantity_iu == Fraction(1)
     assert invoice.lines[0].amount_precise == Decimal("0.006")
     assert invoice.total == Decimal("0.01")  # 0.006 rounds to 0.01
+
+
+def test_a_price_per_minute_that_seconds_do_not_divide_stays_exact_until_the_line(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    # 7 seconds at 0.0100 per minute: 7/6000 = 0.0011666..., no finite decimal. Usage shows the exact fraction,
+    # the invoice rounds it once.
+    services = _meter_seconds(store, tmp_path, 7, "0.0100")
+    usage = services.usage.summary("acc_c").to_json()
+    assert (usage["total_iu"], usage["total_amount"]) == ("7/60", "7/6000")
+    [invoice] = services.billing.invoices("acc_c", NOVEMBER)
+    assert invoice.lines[0].amount_exact == Fraction(7, 6000)
+    assert invoice.total == Decimal("0.00")

@@ -261,4 +261,3 @@ async def test_models_list_is_semver_sorted_in_one_shape(rig: Rig) -> None:
     doc = (await rig.client.get("/api/models")).json()
     assert doc["total"] == 1
     assert doc["models"][0]["pricing"] == {"unit": "image", "price_per_iu": "0.001", "currency": "USD"}
-

@@ -16,11 +16,13 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from modelmarket.adapters.store import Store
+from modelmarket.adapters.store import SqlStore
 from modelmarket.adapters.store import schema as t
 from modelmarket.audit import chain as audit
-from modelmarket.bootstrap import Platform, bootstrap
+from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from modelmarket.core.tensors import TensorSpec
+from modelmarket.registry import CatalogueLoader, model_summary
 from modelmarket.registry.manifest import MANIFEST_NAME
 from modelmarket.runtime.plugins import available_runtimes
 from modelmarket.settings import Settings
@@ -28,12 +30,13 @@ from modelmarket.settings import Settings
 pytestmark = pytest.mark.timeout(180)
 
 PROVIDER = "demo-provider"
+NOW = datetime(2026, 1, 20, 9, 30, tzinfo=UTC)
 _copies = itertools.count(1)
 
 
 @pytest.fixture()
-def platform(store: Store, tmp_path: Path) -> Platform:
-    plat = bootstrap(Settings(home=tmp_path / "home"), store=store)
+def platform(store: SqlStore, tmp_path: Path) -> Platform:
+    plat = bootstrap(Settings(home=tmp_path / "home"), store=store, clock=lambda: NOW, runtimes=PluginRuntimes())
     plat.accounts.create(PROVIDER, "provider")
     return plat
 
@@ -50,26 +53,26 @@ def copy_package(demo_dir: Path, name: str, tmp_path: Path, **manifest_changes: 
     return dest
 
 
-def count_rows(store: Store, table: Any) -> int:
-    with store.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+def count_rows(store: SqlStore, table: Any) -> int:
+    with store.read() as uow:
+        return int(uow.conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def artifact_rows(store: Store) -> list[tuple[Any, ...]]:
+def artifact_rows(store: SqlStore) -> list[tuple[Any, ...]]:
     a = t.artifacts.c
-    with store.read() as conn:
-        rows = conn.execute(select(a.version_id, a.path, a.sha256, a.size_bytes).order_by(a.version_id, a.path))
+    with store.read() as uow:
+        rows = uow.conn.execute(select(a.version_id, a.path, a.sha256, a.size_bytes).order_by(a.version_id, a.path))
         return [tuple(r) for r in rows]
 
 
-def audit_records(store: Store) -> list[audit.AuditRecord]:
-    with store.read() as conn:
-        return audit.list_records(conn, limit=1000)
+def audit_records(store: SqlStore) -> list[audit.AuditRecord]:
+    with store.read() as uow:
+        return audit.list_records(uow.audit, limit=1000)
 
 
-def chain_ok(store: Store) -> bool:
-    with store.read() as conn:
-        return audit.verify(conn).ok
+def chain_ok(store: SqlStore) -> bool:
+    with store.read() as uow:
+        return audit.verify(uow.audit).ok
 
 
 def sha256_of(path: Path) -> str:
@@ -98,6 +101,11 @@ def test_publish_shows_in_catalogue_and_moves_latest(platform: Platform, demo_di
     assert [(a.path, a.sha256, a.size_bytes) for a in version.artifacts] == [
         ("model.onnx", sha256_of(onnx), onnx.stat().st_size)
     ]
+    assert version.created_at == NOW.isoformat()
+    # The version's I/O contract is built once, with the record, for the gateway to check requests against.
+    assert version.inputs == (TensorSpec("pixels", "FP32", (-1, 64)),)
+    assert version.outputs == (TensorSpec("label", "INT64", (-1,)), TensorSpec("probabilities", "FP32", (-1, 10)))
+    assert version.output_names == frozenset({"label", "probabilities"})
 
     catalogue = platform.registry.catalogue()
     assert list(catalogue.models) == ["digits"]
@@ -108,6 +116,7 @@ def test_publish_shows_in_catalogue_and_moves_latest(platform: Platform, demo_di
     assert (resolved.id, resolved.digest) == (version.id, version.digest)
     assert resolved.manifest.pricing.unit == "image"
     assert catalogue.resolve("digits", "latest").id == version.id
+    assert resolved.inputs == version.inputs and resolved.output_names == version.output_names
     with pytest.raises(NotFound):
         catalogue.resolve("digits", "2.0.0")
     with pytest.raises(NotFound):
@@ -141,6 +150,7 @@ def test_same_version_with_changed_bytes_is_a_conflict(platform: Platform, demo_
     original = platform.registry.publish(demo_dir / "digits")
     audits = count_rows(platform.store, t.audit_log)
     artifacts = artifact_rows(platform.store)
+    blobs = blob_files(platform)
 
     changed = copy_package(demo_dir, "digits", tmp_path)
     with (changed / "model.onnx").open("ab") as fh:
@@ -151,6 +161,7 @@ def test_same_version_with_changed_bytes_is_a_conflict(platform: Platform, demo_
     assert count_rows(platform.store, t.model_versions) == 1
     assert artifact_rows(platform.store) == artifacts
     assert count_rows(platform.store, t.audit_log) == audits
+    assert blob_files(platform) == blobs  # a refused re-publish stores no blob of the changed bytes
     stored = platform.registry.catalogue().resolve("digits", "1.0.0")
     assert (stored.id, stored.digest) == (original.version.id, original.version.digest)
     assert chain_ok(platform.store)
@@ -249,7 +260,7 @@ def test_missing_artifact_records_nothing(platform: Platform, demo_dir: Path, tm
 def test_empty_artifact_directory_is_refused(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
     package = copy_package(demo_dir, "digits", tmp_path, artifacts=[{"path": "model.onnx"}, {"path": "empty"}])
     (package / "empty").mkdir()
-    with pytest.raises(InvalidInput, match=r"artifacts\[1\]\.path: directory 'empty' is empty"):
+    with pytest.raises(InvalidInput, match=r"artifacts\[1\]\.path: folder 'empty' holds no files"):
         platform.registry.publish(package)
     assert_nothing_published(platform)
 
@@ -335,8 +346,8 @@ def test_blobs_are_read_only_files_named_by_their_sha256(platform: Platform, dem
 # -- concurrency -----------------------------------------------------------------------------------------
 
 
-def test_concurrent_first_publishes_of_a_new_model(store: Store, demo_dir: Path, tmp_path: Path) -> None:
-    if store.dialect != "postgresql":
+def test_concurrent_first_publishes_of_a_new_model(store: SqlStore, demo_dir: Path, tmp_path: Path) -> None:
+    if store.engine.dialect.name != "postgresql":
         pytest.skip("SQLite write transactions (BEGIN IMMEDIATE) already serialize publishes")
     barrier = threading.Barrier(2, timeout=2)
     armed = {"on": False}
@@ -344,14 +355,15 @@ def test_concurrent_first_publishes_of_a_new_model(store: Store, demo_dir: Path,
 
     def clock() -> datetime:
         # The first clock read of each publish happens inside its write transaction, before any insert: make
-        # both publishes reach that point before either goes on (or give up after 2 s if they cannot).
+        # both publishes reach that point before either goes on (or give up after 2 s if they cannot, as when
+        # the publish lock makes the second wait for the first to commit).
         if armed["on"] and not getattr(waited, "done", False):
             waited.done = True
             with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait()
-        return datetime.now(UTC)
+        return NOW
 
-    plat = bootstrap(Settings(home=tmp_path / "home"), store=store, clock=clock)
+    plat = bootstrap(Settings(home=tmp_path / "home"), store=store, clock=clock, runtimes=PluginRuntimes())
     plat.accounts.create(PROVIDER, "provider")
     packages = [copy_package(demo_dir, "digits", tmp_path, version=v) for v in ("1.0.0", "1.1.0")]
     errors: list[BaseException] = []
@@ -372,3 +384,41 @@ def test_concurrent_first_publishes_of_a_new_model(store: Store, demo_dir: Path,
     entry = plat.registry.catalogue().get("digits")
     assert sorted(entry.versions) == ["1.0.0", "1.1.0"]
     assert entry.aliases["latest"] == "1.1.0"
+    assert chain_ok(plat.store)
+    published = sorted(r.subject for r in audit_records(plat.store) if r.action == "model.published")
+    assert published == ["digits@1.0.0", "digits@1.1.0"]
+
+
+# -- catalogue -------------------------------------------------------------------------------------------
+
+
+def test_catalogue_loader_parses_each_version_once(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
+    platform.registry.publish(demo_dir / "digits")
+    loader = CatalogueLoader(platform.store)
+    first = loader.load()
+    assert first.version_count == 1 and first.names() == ["digits"]
+    platform.registry.publish(copy_package(demo_dir, "digits", tmp_path, version="1.1.0"))
+    platform.registry.publish(demo_dir / "sentiment")
+    platform.registry.move_alias("digits", "stable", "1.0.0")
+
+    second = loader.load()
+    assert second.version_count == 3 and second.names() == ["digits", "sentiment"]
+    assert second.resolve("digits", "1.0.0") is first.resolve("digits", "1.0.0")  # reused, not parsed again
+    assert second.resolve("digits").version == "1.1.0"
+    assert second.resolve("digits", "stable").version == "1.0.0"
+    assert loader.load().resolve("sentiment") is second.resolve("sentiment")
+    fresh = CatalogueLoader(platform.store).load()
+    assert fresh.resolve("digits", "1.0.0") == first.resolve("digits", "1.0.0")
+
+
+def test_model_summary_is_the_latest_versions_facts(platform: Platform, demo_dir: Path, tmp_path: Path) -> None:
+    for version in ("1.2.0", "1.10.0", "1.9.0"):
+        platform.registry.publish(copy_package(demo_dir, "digits", tmp_path, version=version))
+    platform.registry.move_alias("digits", "stable", "1.2.0")
+    summary = model_summary(platform.registry.catalogue().get("digits"))
+    assert summary["name"] == "digits"
+    assert summary["latest"] == "1.10.0"
+    assert summary["versions"] == ["1.2.0", "1.9.0", "1.10.0"]
+    assert summary["aliases"] == {"latest": "1.10.0", "stable": "1.2.0"}
+    assert summary["runtime"] == "onnx"
+    assert summary["pricing"] == {"unit": "image", "price_per_iu": "0.0010", "currency": "USD"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from collections.abc import Callable
 from decimal import Decimal
@@ -205,3 +206,176 @@ def test_price_precision_and_size_are_bounded(price: str, words: str) -> None:
         parse_manifest(doc)
     doc["pricing"]["price_per_iu"] = "0.0000000001"
     assert isinstance(parse_manifest(doc), Manifest)
+
+
+# -- bounds and one canonical form (trust: a manifest is untrusted data)
+
+
+def minimal_doc(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": "m",
+        "version": "1.0.0",
+        "task": "t",
+        "modality": "text",
+        "runtime": "vader",
+        "provider": "p",
+        "license": "MIT",
+        "artifacts": [{"path": "a"}],
+        "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "BYTES", "shape": [-1]}],
+        "pricing": {"unit": "request", "price_per_iu": "0.01", "currency": "USD"},
+        "card": {"summary": "s"},
+    }
+    doc.update(changes)
+    return doc
+
+
+def test_version_components_are_bounded() -> None:
+    assert parse_manifest(minimal_doc(version="999999999.999999999.999999999")).semver == (999_999_999,) * 3
+    for version in ("1000000000.0.0", "1.0.10000000000", "1.0." + "9" * 5000):
+        with pytest.raises(InvalidInput, match=r"version: .*each be at most 999,999,999") as info:
+            parse_manifest(minimal_doc(version=version))
+        assert len(info.value.message) < 300  # a 5,000-digit value is not echoed whole
+
+
+@pytest.mark.parametrize("price", ["0", "2", "0.0010", "12.5", "0.0000001", "0.0000000001", "999999999999.9"])
+def test_canonical_prices_are_kept_exactly_as_written(price: str) -> None:
+    manifest = parse_manifest(minimal_doc(pricing={"unit": "request", "price_per_iu": price, "currency": "USD"}))
+    assert manifest.pricing.price_per_iu == Decimal(price)
+    assert manifest.pricing.price_text == price
+    assert manifest.to_json()["pricing"]["price_per_iu"] == price  # never "1E-7"
+    assert parse_manifest(manifest.to_json()) == manifest
+
+
+@pytest.mark.parametrize(
+    ("price", "words"),
+    [
+        ("-0", "must not be negative"),
+        ("-0.0", "must not be negative"),
+        ("1E+2", "plain decimal digits"),
+        ("1e2", "plain decimal digits"),
+        ("1_0", "plain decimal digits"),
+        ("+1", "plain decimal digits"),
+        (" 1", "plain decimal digits"),
+        ("01", "plain decimal digits"),
+        (".5", "plain decimal digits"),
+        ("5.", "plain decimal digits"),
+        ("\u0661", "plain decimal digits"),  # ARABIC-INDIC DIGIT ONE: Decimal() would accept it
+        ("Infinity", "not a finite number"),
+        ("sNaN", "not a finite number"),
+        (True, "not bool"),
+        ([1], "not list"),
+        (-1, "must not be negative"),
+        pytest.param(10**5000, "must be less than", id="a-5000-digit-int"),
+    ],
+)
+def test_prices_in_any_other_form_are_refused(price: Any, words: str) -> None:
+    doc = minimal_doc(pricing={"unit": "request", "price_per_iu": price, "currency": "USD"})
+    with pytest.raises(InvalidInput, match=rf"pricing\.price_per_iu: .*{re.escape(words)}"):
+        parse_manifest(doc)
+
+
+@pytest.mark.parametrize(
+    ("currency", "words"),
+    [("XXX", "has no minor unit"), ("ABC", "not an ISO 4217 currency code"), ("DEM", "no longer in use")],
+)
+def test_currency_must_be_a_current_iso_4217_code(currency: str, words: str) -> None:
+    doc = minimal_doc(pricing={"unit": "request", "price_per_iu": "1", "currency": currency})
+    with pytest.raises(InvalidInput, match=rf"pricing\.currency: '{currency}' .*{words}"):
+        parse_manifest(doc)
+    doc["pricing"]["currency"] = "JPY"
+    assert parse_manifest(doc).pricing.currency == "JPY"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        ("license", "x" * 201, "license"),
+        ("task", "x" * 101, "task"),
+        ("runtime", "x" * 101, "runtime"),
+        ("provider", "x" * 101, "provider"),
+        ("card", {"summary": "s", "description": "x" * 20_001}, r"card\.description"),
+        ("card", {"summary": "s", "limitations": "x" * 20_001}, r"card\.limitations"),
+        ("card", {"summary": "s", "metrics": [{"name": "m", "value": "1"}] * 101}, r"card\.metrics"),
+        ("card", {"summary": "s", "metrics": [{"name": "m", "value": "1" * 101}]}, r"card\.metrics\[0\]\.value"),
+        ("artifacts", [{"path": f"f{i}"} for i in range(1001)], "artifacts"),
+        ("inputs", [{"name": f"x{i}", "datatype": "BYTES", "shape": [-1]} for i in range(65)], "inputs"),
+        ("parameters", {f"p{i}": i for i in range(65)}, "parameters"),
+        ("parameters", {"blob": "x" * 20_000}, r"parameters: .*bytes as JSON; the limit is 16,384"),
+    ],
+)
+def test_text_and_list_fields_are_bounded(field: str, value: Any, where: str) -> None:
+    with pytest.raises(InvalidInput, match=rf"{where}(\.|\[|:|$)"):
+        parse_manifest(minimal_doc(**{field: value}))
+
+
+def load_text(tmp_path: Path, text: str | bytes) -> Any:
+    package = tmp_path / "pkg"
+    package.mkdir(exist_ok=True)
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    (package / MANIFEST_NAME).write_bytes(data)
+    return load_manifest(package)
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path: Path) -> None:
+    # Nine levels of ten aliases each: 10**9 strings once expanded, from a file of about a kilobyte.
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    text = "\n".join(lines) + "\n"
+    assert len(text) < 2048
+    with pytest.raises(InvalidInput, match=r"line 1: YAML anchors and aliases \(&name, \*name\) are not allowed"):
+        load_text(tmp_path, text)
+
+
+def test_yaml_merge_keys_and_plain_aliases_are_refused(digits_doc: dict[str, Any], tmp_path: Path) -> None:
+    text = yaml.safe_dump(digits_doc, sort_keys=False)
+    assert isinstance(load_text(tmp_path, text).name, str)
+    merged = text.replace("card:", "base: &base {unit: image}\ncard:")
+    with pytest.raises(InvalidInput, match="anchors and aliases"):
+        load_text(tmp_path, merged)
+    aliased = "x: &x 1\n" + text.replace("name: digits", "name: *x")
+    with pytest.raises(InvalidInput, match=r"line 1: .*anchors and aliases"):
+        load_text(tmp_path, aliased)
+
+
+def test_a_key_given_twice_is_refused(digits_doc: dict[str, Any], tmp_path: Path) -> None:
+    text = yaml.safe_dump(digits_doc, sort_keys=False) + "name: someone-else\n"
+    with pytest.raises(InvalidInput, match=r"line \d+: key 'name' is given twice"):
+        load_text(tmp_path, text)
+
+
+@pytest.mark.parametrize("spelling", ["0x40", "0100", "6_4", "1:04", "+64", "0b1000000"])
+def test_integers_in_other_yaml_spellings_are_refused(
+    digits_doc: dict[str, Any], tmp_path: Path, spelling: str
+) -> None:
+    text = yaml.safe_dump(digits_doc, sort_keys=False).replace("- 64", f"- {spelling}", 1)
+    assert spelling in text
+    with pytest.raises(InvalidInput, match=rf"write the integer '{re.escape(spelling)}' in plain decimal digits"):
+        load_text(tmp_path, text)
+
+
+def test_an_unquoted_yaml_price_with_underscores_is_refused(digits_doc: dict[str, Any], tmp_path: Path) -> None:
+    text = yaml.safe_dump(digits_doc, sort_keys=False).replace("price_per_iu: '0.0010'", "price_per_iu: 1_0")
+    with pytest.raises(InvalidInput, match="plain decimal digits"):  # plain YAML would read it as 10
+        load_text(tmp_path, text)
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="nested more than 32 levels deep"):
+        load_text(tmp_path, "parameters: " + "[" * 5000 + "]" * 5000 + "\n")
+
+
+def test_the_manifest_file_size_is_bounded(digits_doc: dict[str, Any], tmp_path: Path) -> None:
+    from modelmarket.registry.manifest import MAX_MANIFEST_BYTES
+
+    text = yaml.safe_dump(digits_doc, sort_keys=False)
+    padded = text + "#" * (MAX_MANIFEST_BYTES - len(text) - 1) + "\n"
+    assert len(padded) == MAX_MANIFEST_BYTES
+    assert load_text(tmp_path, padded).name == "digits"
+    with pytest.raises(InvalidInput, match=r"larger than the limit of 262,144 bytes for a manifest"):
+        load_text(tmp_path, padded + "#")
+
+
+def test_a_manifest_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"not UTF-8 text \(byte 6 cannot be decoded\)"):
+        load_text(tmp_path, b"name: \xff\xfe\n")

@@ -322,18 +322,18 @@ def test_bytes_split_matches_the_prefixes(items: list[bytes]) -> None:
     assert all(type(item) is bytes for item in tensor.data.tolist())
 
 
-def test_a_million_small_bytes_elements_decode_in_shape() -> None:
+def test_many_small_bytes_elements_of_mixed_lengths_decode_in_shape() -> None:
     rng = random.Random(5)
-    items = [bytes([65 + rng.randrange(26)]) * rng.randrange(4) for _ in range(1_000_000)]
-    [tensor] = decode_request(*binary_input("BYTES", [1000, 1000], length_prefixed(*items))).inputs
-    assert tensor.data.shape == (1000, 1000)
+    items = [bytes([65 + rng.randrange(26)]) * rng.randrange(4) for _ in range(200_000)]
+    [tensor] = decode_request(*binary_input("BYTES", [500, 400], length_prefixed(*items))).inputs
+    assert tensor.data.shape == (500, 400)
     assert tensor.data.reshape(-1).tolist() == items
 
 
 # -- number of inputs and requested outputs --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [65, 100_000])
+@pytest.mark.parametrize("count", [65, 10_000])
 def test_too_many_inputs(count: int) -> None:
     inputs = [{"name": f"i{n}", "datatype": "INT8", "shape": [1], "data": [1]} for n in range(count)]
     message, _ = refused(json_body({"inputs": inputs}), None)
@@ -345,7 +345,7 @@ def test_inputs_up_to_the_limit_decode() -> None:
     assert len(decode_request(json_body({"inputs": inputs}), None).inputs) == 64
 
 
-@pytest.mark.parametrize("count", [65, 10_000])
+@pytest.mark.parametrize("count", [65, 5_000])
 def test_too_many_requested_outputs(count: int) -> None:
     doc = one_input(datatype="INT8", shape=[1], data=[1])
     doc["outputs"] = [{"name": f"o{n}"} for n in range(count)]

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from modelmarket.core.errors import InvalidInput
+from modelmarket.core.wav import wav_duration_s
 from modelmarket.demo import build_packages, digits_split
 from modelmarket.runtime.base import ModelSpec, Runtime, Tensor, TensorSpec, bytes_tensor
 from modelmarket.runtime.plugins import available_runtimes, load_runtime_class
-from modelmarket.core.wav import wav_duration_s
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -262,3 +262,205 @@ def test_build_names_espeak_ng_when_it_is_missing(tmp_path: Path, monkeypatch: p
     with pytest.raises(RuntimeError, match="espeak-ng"):
         build_packages(tmp_path / "out", progress=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+# --- trust: a runtime opens only its version's artifacts; parameters are checked at publish; calls are bounded
+
+
+def spec_with(package_dir: Path, **parameters: Any) -> ModelSpec:
+    spec = spec_of(package_dir)
+    return ModelSpec.from_json({**spec.to_json(), "parameters": {**spec.parameters, **parameters}})
+
+
+def test_model_spec_artifact_takes_only_the_versions_own_files(demo_dir: Path) -> None:
+    spec = spec_of(demo_dir / "digits")
+    assert spec.artifact("model.onnx") == demo_dir / "digits" / "model.onnx"
+    assert spec.artifact("./model.onnx") == spec.artifact("model.onnx")  # normalised first
+    for bad, words in [
+        ("../sentiment/vader_lexicon.txt", r"leaves the package folder \('\.\.'\)"),
+        ("/etc/passwd", "is an absolute path"),
+        ("modelmarket.yaml", "is not one of the version's artifacts: 'model.onnx'"),
+        ("", "must be the path of one of the version's artifacts"),
+    ]:
+        with pytest.raises(InvalidInput, match=rf"^parameters\.model_file: .*{words}"):
+            spec.artifact(bad, "model_file")
+    with pytest.raises(InvalidInput, match=r"^artifact: '/etc/passwd' is an absolute path"):
+        spec.artifact("/etc/passwd")
+
+
+def test_model_spec_artifact_folder_needs_artifacts_inside_it(demo_dir: Path) -> None:
+    spec = spec_of(demo_dir / "speech-to-text")
+    assert any(a.startswith("en-us/") for a in spec.artifacts)
+    assert spec.artifact_folder("en-us", "hmm") == demo_dir / "speech-to-text" / "en-us"
+    for bad in ("en", "../speech-to-text/en-us", "/usr/share"):
+        with pytest.raises(InvalidInput, match=r"^parameters\.hmm: "):
+            spec.artifact_folder(bad, "hmm")
+    with pytest.raises(InvalidInput, match=r"^parameters\.lm: 'en-us' is not one of"):
+        spec.artifact("en-us", "lm")  # a folder is not a file artifact
+
+
+@pytest.mark.parametrize(
+    ("package", "parameters", "field"),
+    [
+        ("digits", {"model_file": "../sentiment/vader_lexicon.txt"}, "model_file"),
+        ("sentiment", {"lexicon": "/etc/passwd"}, "lexicon"),
+        ("sentiment", {"emoji_lexicon": "../digits/model.onnx"}, "emoji_lexicon"),
+        ("speech-to-text", {"dict": "../sentiment/vader_lexicon.txt"}, "dict"),
+        ("speech-to-text", {"hmm": "/usr/share"}, "hmm"),
+    ],
+)
+def test_a_runtime_does_not_load_a_file_outside_its_package(
+    demo_dir: Path, package: str, parameters: dict[str, Any], field: str
+) -> None:
+    spec = spec_with(demo_dir / package, **parameters)
+    runtime = load_runtime_class(spec.runtime)(spec)
+    with pytest.raises(InvalidInput, match=rf"^parameters\.{field}: "):
+        runtime.load()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "parameters", "words"),
+    [
+        ("onnx", {"model_file": "../../blobs/sha256/ab/abcdef"}, r"parameters\.model_file: .*leaves the package"),
+        ("onnx", {"model_file": "/var/lib/modelmarket/modelmarket.db"}, r"parameters\.model_file: .*absolute path"),
+        ("onnx", {"model_file": "other.onnx"}, r"parameters\.model_file: 'other\.onnx' is not one of"),
+        ("onnx", {"intra_op_num_threads": 0}, r"parameters\.intra_op_num_threads: must be a whole number from 1 to"),
+        ("onnx", {"intra_op_num_threads": 10_000}, r"parameters\.intra_op_num_threads: must be a whole number"),
+        ("onnx", {"inter_op_num_threads": -1}, r"parameters\.inter_op_num_threads: "),
+        ("onnx", {"inter_op_num_threads": "4"}, r"parameters\.inter_op_num_threads: .*not '4'"),
+        ("onnx", {"inter_op_num_threads": True}, r"parameters\.inter_op_num_threads: "),
+        ("onnx", {"intra_op_num_threads": 2.5}, r"parameters\.intra_op_num_threads: "),
+        ("onnx", {"threads": 4}, r"parameters\.threads: runtime 'onnx' has no parameter of that name; its param"),
+        ("vader", {"lexicon": "/etc/passwd"}, r"parameters\.lexicon: '/etc/passwd' is an absolute path"),
+        (
+            "vader",
+            {"lexicon": "model.onnx", "color": "red"},
+            r"parameters\.color: .*parameters: emoji_lexicon, lexicon$",
+        ),
+        ("pocketsphinx", {"hmm": "../en-us"}, r"parameters\.hmm: .*leaves the package"),
+        ("pocketsphinx", {"max_audio_s": 0}, r"parameters\.max_audio_s: must be a number above 0 and at most 10"),
+        ("pocketsphinx", {"max_audio_s": 600}, r"parameters\.max_audio_s: "),
+        ("pocketsphinx", {"max_audio_s": "5"}, r"parameters\.max_audio_s: "),
+        ("pocketsphinx", {"loglevel": "LOUD"}, r"parameters\.loglevel: must be one of DEBUG, INFO, WARN, ERROR"),
+        ("tensorflow-lite", {}, r"^runtime: unknown runtime 'tensorflow-lite'"),
+    ],
+)
+def test_bad_runtime_parameters_are_refused_at_publish(runtime: str, parameters: dict[str, Any], words: str) -> None:
+    from modelmarket.runtime.plugins import validate_runtime_parameters
+
+    artifacts = {
+        "onnx": ["model.onnx"],
+        "vader": ["vader_lexicon.txt", "emoji_utf8_lexicon.txt", "model.onnx"],
+        "pocketsphinx": ["en-us/mdef", "en-us/means", "en-us.lm.bin", "cmudict-en-us.dict"],
+    }.get(runtime, [])
+    with pytest.raises(InvalidInput, match=words):
+        validate_runtime_parameters(runtime, parameters, artifacts)
+
+
+def test_defaults_must_name_artifacts_too() -> None:
+    from modelmarket.runtime.plugins import validate_runtime_parameters
+
+    with pytest.raises(InvalidInput, match=r"parameters\.model_file: no artifact ends in \.onnx"):
+        validate_runtime_parameters("onnx", {}, ["weights.bin"])
+    with pytest.raises(InvalidInput, match=r"parameters\.lexicon: 'vader_lexicon\.txt' is not one of"):
+        validate_runtime_parameters("vader", {}, ["emoji_utf8_lexicon.txt"])
+    with pytest.raises(InvalidInput, match=r"parameters\.hmm: 'en-us' is not a folder of"):
+        validate_runtime_parameters("pocketsphinx", {}, ["en-us.lm.bin", "cmudict-en-us.dict"])
+
+
+def test_the_demo_packages_parameters_pass_against_their_collected_artifacts(demo_dir: Path) -> None:
+    from modelmarket.registry.manifest import load_manifest
+    from modelmarket.registry.package import collect_artifacts
+    from modelmarket.runtime.plugins import validate_runtime_parameters
+
+    for name in ("digits", "sentiment", "speech-to-text"):
+        manifest = load_manifest(demo_dir / name)
+        files = collect_artifacts(demo_dir / name, manifest)
+        validate_runtime_parameters(manifest.runtime, manifest.parameters, [f.relpath for f in files])
+    validate_runtime_parameters("onnx", {"model_file": "model.onnx", "intra_op_num_threads": 4}, ["model.onnx"])
+
+
+def test_every_builtin_runtime_declares_its_parameters_and_input_limits() -> None:
+    from modelmarket.runtime.base import DEFAULT_INPUT_LIMITS, InputLimits
+    from modelmarket.runtime.plugins import runtime_input_limits
+
+    for name in ("onnx", "vader", "pocketsphinx"):
+        cls = load_runtime_class(name)
+        assert cls.parameter_names, name
+        assert "validate_parameters" in vars(cls), name
+        limits = runtime_input_limits(name)
+        assert isinstance(limits, InputLimits) and limits is not DEFAULT_INPUT_LIMITS
+        assert limits.max_element_bytes is not None and limits.max_call_bytes is not None
+    assert runtime_input_limits("vader").max_element_bytes == 16 * 1024
+    assert runtime_input_limits("vader").max_elements_per_call == 32
+
+
+def test_input_limits_check_shape_needs_no_data() -> None:
+    limits = load_runtime_class("onnx").input_limits
+    assert limits.check_shape("pixels", [1024, 64]) == 65_536
+    with pytest.raises(
+        InvalidInput, match=r"input 'pixels': 16,777,280 elements in this call; the limit is 16,777,216"
+    ):
+        limits.check_shape("pixels", [262_145, 64])
+    with pytest.raises(InvalidInput, match=r"input 'text': element 3 is 16,385 bytes; the limit is 16,384 bytes"):
+        load_runtime_class("vader").input_limits.check_element_bytes("text", 3, 16_385)
+
+
+def test_onnx_predict_enforces_its_limits(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelmarket.runtime.base import InputLimits
+
+    runtime = loaded(demo_dir / "digits")
+    pixels = np.zeros((4, 64), dtype=np.float32)
+    assert len(runtime.predict([Tensor("pixels", "FP32", [4, 64], pixels)], {})) == 2
+    monkeypatch.setattr(type(runtime), "input_limits", InputLimits(max_elements_per_call=255))
+    with pytest.raises(InvalidInput, match=r"input 'pixels': 256 elements in this call; the limit is 255"):
+        runtime.predict([Tensor("pixels", "FP32", [4, 64], pixels)], {})
+
+
+def test_vader_word_count_counts_emoji_names() -> None:
+    from modelmarket.runtime.runtimes.vader import vader_word_count
+
+    names = {"\U0001f639": "cat face with tears of joy"}
+    assert vader_word_count("I love it", names) == 3
+    assert vader_word_count("I love it \U0001f639", names) == 9
+    assert vader_word_count("\U0001f639\U0001f639", names) == 12
+
+
+def test_vader_refuses_elements_too_long_to_score_quickly(demo_dir: Path) -> None:
+    runtime = loaded(demo_dir / "sentiment")
+    many_words = ("good " * 1001).encode()
+    with pytest.raises(InvalidInput, match=r"input 'text': element 1 has 1,001 words .*the limit is 1,000 per"):
+        runtime.predict([bytes_tensor("text", [b"fine", many_words])], {})
+    emoji_bomb = ("\U0001f639" * 200).encode()  # 800 bytes, 1,200 words once VADER names each emoji
+    assert len(emoji_bomb) < 1024
+    with pytest.raises(InvalidInput, match=r"element 0 has 1,200 words \(an emoji counts as the words of its name\)"):
+        runtime.predict([bytes_tensor("text", [emoji_bomb])], {})
+    with pytest.raises(InvalidInput, match=r"element 0 is 16,385 bytes; the limit is 16,384"):
+        runtime.predict([bytes_tensor("text", [b"a" * 16_385])], {})
+    with pytest.raises(InvalidInput, match=r"input 'text': 33 elements in this call; the limit is 32"):
+        runtime.predict([bytes_tensor("text", [b"ok"] * 33)], {})
+
+
+def test_vader_worst_element_within_the_bound_is_well_under_a_second(demo_dir: Path) -> None:
+    import time
+
+    runtime = loaded(demo_dir / "sentiment")
+    worst = ("\U0001f639" * 166).encode()  # 996 words: repeated sentiment-bearing emoji names, the costliest found
+    best_s = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        runtime.predict([bytes_tensor("text", [worst])], {})
+        best_s = min(best_s, time.perf_counter() - started)
+    assert best_s < 1.0
+
+
+def test_pocketsphinx_bounds_clip_and_call_durations(sphinx: Runtime) -> None:
+    eleven_s = make_wav(np.zeros(11 * 16_000, dtype="<i2"), 16_000, channels=1)
+    with pytest.raises(InvalidInput, match=r"audio element 0: audio is 11\.0 s long; the limit is 10 s"):
+        sphinx.predict([bytes_tensor("audio", [eleven_s])], {})
+    nine_s = make_wav(np.zeros(9 * 16_000, dtype="<i2"), 16_000, channels=1)
+    with pytest.raises(InvalidInput, match=r"input 'audio': the call holds 36\.0 s of audio; the limit is 30 s"):
+        sphinx.predict([bytes_tensor("audio", [nine_s] * 4)], {})
+    short = make_wav(np.zeros(160, dtype="<i2"), 16_000, channels=1)
+    with pytest.raises(InvalidInput, match=r"input 'audio': 17 elements in this call; the limit is 16"):
+        sphinx.predict([bytes_tensor("audio", [short] * 17)], {})

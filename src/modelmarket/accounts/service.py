@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from modelmarket.accounts.ports import ROLES, Account, AccountsUnitOfWork, Role, StoredKey
@@ -98,7 +99,7 @@ class AccountService:
             )
         return IssuedKey(key_id=key.id, account=account, secret=secret, prefix=key.prefix)
 
-    def keys(self, account_name: str) -> list[StoredKey]:
+    def keys(self, account_name: str) -> Sequence[StoredKey]:
         with self.uow.read() as uow:
             account = uow.accounts.by_name(account_name)
             if account is None:

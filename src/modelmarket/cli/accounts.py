@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from modelmarket.accounts.service import ROLES
+from modelmarket.accounts import ROLES
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 
 

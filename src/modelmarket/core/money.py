@@ -20,7 +20,7 @@ from fractions import Fraction
 import babel.numbers
 from babel.core import get_global
 
-from modelmarket.core.errors import InvalidInput, ensure
+from modelmarket.core.errors import InvalidInput
 
 # Currencies come from the CLDR data that ships with babel; nothing is guessed for an unknown code.
 #
@@ -55,9 +55,28 @@ def _current_currencies() -> frozenset[str]:
     return frozenset(current)
 
 
-def _has_no_minor_unit(code: str) -> bool:
-    """ISO 4217's "N.A." codes: precious metals, units of account, the test code and "no currency"."""
-    return code.startswith("X") and code not in _current_currencies() and code in babel.numbers.list_currencies()
+@functools.cache
+def _known_currencies() -> frozenset[str]:
+    """Every code CLDR knows, historic ones included."""
+    return frozenset(babel.numbers.list_currencies()) - _NOT_ISO_4217
+
+
+def _refusal(code: object, field: str) -> InvalidInput | None:
+    """Why ``code`` cannot price (``None`` if it can), as the error to raise."""
+    if not isinstance(code, str) or not _CURRENCY_RE.match(code):
+        hint = ""
+        if isinstance(code, str) and _CURRENCY_RE.match(code.strip().upper()):
+            hint = f" (write {code.strip().upper()!r})"
+        return InvalidInput(f"{field}: {code!r} is not a currency code: use three capital letters, e.g. 'USD'{hint}")
+    if code in _current_currencies():
+        return None
+    if code not in _known_currencies():
+        reason = "is not an ISO 4217 currency code"
+    elif code.startswith("X") and not code.startswith("XE"):
+        reason = "has no minor unit in ISO 4217 (a metal, unit of account or test code), so it cannot price"
+    else:
+        reason = "is no longer in use (a historic code)"
+    return InvalidInput(f"{field}: {code!r} {reason}; use a current ISO 4217 code such as 'USD', 'EUR' or 'JPY'")
 
 
 def check_currency(code: str, field: str = "currency") -> str:
@@ -65,20 +84,10 @@ def check_currency(code: str, field: str = "currency") -> str:
 
     The message starts with ``field`` (e.g. ``pricing.currency: ...``) and says what to write instead.
     """
-    if not isinstance(code, str) or not _CURRENCY_RE.match(code):
-        hint = ""
-        if isinstance(code, str) and _CURRENCY_RE.match(code.strip().upper()):
-            hint = f" (write {code.strip().upper()!r})"
-        raise InvalidInput(f"{field}: {code!r} is not a currency code: use three capital letters, e.g. 'USD'{hint}")
-    if code in _current_currencies():
-        return code
-    if _has_no_minor_unit(code):
-        reason = "has no minor unit in ISO 4217 (a metal, unit of account or test code), so it cannot price"
-    elif code in babel.numbers.list_currencies():
-        reason = "is no longer in use (a historic code)"
-    else:
-        reason = "is not an ISO 4217 currency code"
-    raise InvalidInput(f"{field}: {code!r} {reason}; use a current ISO 4217 code such as 'USD', 'EUR' or 'JPY'")
+    refusal = _refusal(code, field)
+    if refusal is not None:
+        raise refusal
+    return code
 
 
 def minor_units(currency: str) -> int:
@@ -87,13 +96,11 @@ def minor_units(currency: str) -> int:
     Unknown codes and codes with no minor unit raise ``InvalidInput`` rather than defaulting to 2. A historic
     code babel still knows (a price published before its currency was retired) gets CLDR's digits.
     """
+    refusal = _refusal(currency, "currency")
+    if refusal is not None and "no longer in use" not in refusal.message:
+        raise refusal
     if currency in _ISO_MINOR_UNITS_WHERE_CLDR_DIFFERS:
         return _ISO_MINOR_UNITS_WHERE_CLDR_DIFFERS[currency]
-    if currency not in _current_currencies():
-        if not _CURRENCY_RE.match(currency) or currency not in babel.numbers.list_currencies():
-            check_currency(currency)  # raises with the reason
-        if _has_no_minor_unit(currency):
-            check_currency(currency)
     return int(babel.numbers.get_currency_precision(currency))
 
 

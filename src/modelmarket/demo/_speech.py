@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelmarket.core.wav import wav_duration_s
 from modelmarket.demo._files import (
     copy_tree,
     decimal4,
@@ -19,7 +20,6 @@ from modelmarket.demo._files import (
     write_manifest,
 )
 from modelmarket.runtime.base import ModelSpec, bytes_tensor
-from modelmarket.core.wav import wav_duration_s
 
 HELLO_TEXT = "hello world"
 ESPEAK_VOICE = "en-us+m3"

@@ -125,7 +125,9 @@ class GatewayApp:
             else:
                 await respond(send, 404, oip.error_body(f"no route {scope['method']} {path}"))
         except _EXPECTED as exc:
-            await respond(send, status_for(exc) or 500, oip.error_body(message_for(exc)), extra_headers=headers_for(exc))
+            await respond(
+                send, status_for(exc) or 500, oip.error_body(message_for(exc)), extra_headers=headers_for(exc)
+            )
         except HTTPException as exc:
             await respond(send, exc.status_code, oip.error_body(f"{exc.detail}: {scope['method']} {path}"))
         except Exception as exc:  # a bug: log it with its traceback, answer a JSON 500, never serve half a call

@@ -238,7 +238,7 @@ def _prepare(version: VersionRecord, body: bytes, header_len: int | None) -> _Pr
     oip.validate_requested_outputs(request, version.output_names, version.model_name)
     by_name = {t.name: t for t in request.inputs}
     declared = [by_name[spec.name] for spec in version.inputs if spec.name in by_name]
-    return _Prepared(units=version.manifest.pricing.unit.count(declared))
+    return _Prepared(units=version.manifest.pricing.unit.measure(declared))
 
 
 def _runner_error(answer: RunnerAnswer) -> DomainError | BodyTooLarge:
@@ -254,7 +254,7 @@ def _message(body: bytes) -> str:
     try:
         doc = orjson.loads(body)
         if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            return doc["error"][:2000]
+            return str(doc["error"])[:2000]
     except orjson.JSONDecodeError:
         pass
     return body[:200].decode("utf-8", "replace") or "the model runner failed without a message"

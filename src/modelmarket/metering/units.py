@@ -96,7 +96,7 @@ class UnitKind(StrEnum):
     def base_unit(self) -> str:
         return _BASE_UNIT[self]
 
-    def count(self, inputs: Sequence[Tensor]) -> int:
+    def measure(self, inputs: Sequence[Tensor]) -> int:
         """The request's size in base units. ``inputs`` in the manifest's declared order (see module doc)."""
         if not inputs and self is not UnitKind.REQUEST:
             raise InvalidInput("a request needs at least one input tensor")
@@ -133,4 +133,4 @@ _COUNTER: dict[UnitKind, Callable[[Sequence[Tensor]], int]] = {
 def count_iu(unit_kind: UnitKind | str, inputs: Sequence[Tensor]) -> Fraction:
     """The request's size in IU, exactly."""
     kind = UnitKind.parse(unit_kind)
-    return kind.iu(kind.count(inputs))
+    return kind.iu(kind.measure(inputs))

@@ -332,14 +332,16 @@ def _open_or_refuse(
     path: str | os.PathLike[str], flags: int, shown: str, field: str | None = None, *, dir_fd: int | None = None
 ) -> int:
     """``os.open``, with each way it can fail on a package file turned into an ``InvalidInput`` that says why."""
-    where = f"{field}: {shown!r}" if field else shown
+    where = f"{field}: {shown!r}" if field else repr(shown)
     try:
         return os.open(path, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
             raise InvalidInput(f"{where} is a symbolic link; packages take regular files only") from None
         if exc.errno == errno.ENOTDIR:
-            raise InvalidInput(f"{where} is not a folder (or is a link to one); packages take real folders") from None
+            raise InvalidInput(
+                f"{where} is not a folder (or is a symbolic link to one); packages take real folders, never links"
+            ) from None
         if exc.errno == errno.ENOENT:
             raise InvalidInput(f"{where} does not exist") from None
         if exc.errno == errno.ENXIO:

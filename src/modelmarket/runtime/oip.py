@@ -121,7 +121,7 @@ class InferRequest:
 
 @dataclass(slots=True)
 class _Budget:
-    """What the inputs decoded so far have declared, against the per-request limits."""
+    """What the inputs checked so far have declared in all, against the per-request limits."""
 
     limits: DecodeLimits
     elements: int = 0

@@ -70,7 +70,9 @@ class SqlRegistryRepository:
     def set_alias(self, alias: StoredAlias, updated_at: str) -> None:
         a = t.aliases.c
         where = (a.model_name == alias.model_name, a.alias == alias.alias)
-        changed = self.conn.execute(update(t.aliases).where(*where).values(version=alias.version, updated_at=updated_at))
+        changed = self.conn.execute(
+            update(t.aliases).where(*where).values(version=alias.version, updated_at=updated_at)
+        )
         if changed.rowcount == 0:
             self.conn.execute(insert(t.aliases).values(**alias._asdict(), updated_at=updated_at))
 
