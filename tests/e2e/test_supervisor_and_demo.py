@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 from tests.e2e.conftest import MM, Cli, Gateway, start_gateway, stop_gateway
 
+from modelmarket.runtime.supervisor import socket_path_for
+
 
 def _runner_pids(gateway_pid: int, model: str) -> list[int]:
     pids = []
@@ -210,7 +212,9 @@ def test_a_gateway_restarted_after_a_sigkill_is_ready_as_soon_as_its_runners_are
         r = httpx.post(f"{gw2.url}/v2/models/digits/infer", json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
         assert not [c for c in old_children if _alive(c)]  # the orphans stopped with their gateway
-        sockets = sorted(p.name for p in (cli.home / "runners").glob("*/runner-*.sock"))
-        assert sockets == [f"runner-{gw2.proc.pid}.sock"]  # the killed gateway's socket was cleared
+        [version_dir] = (cli.home / "runners").iterdir()
+        old_socket = socket_path_for(cli.home / "runners", version_dir.name, gw.proc.pid)
+        new_socket = socket_path_for(cli.home / "runners", version_dir.name, gw2.proc.pid)
+        assert new_socket.is_socket() and not old_socket.exists()  # the killed gateway's socket was cleared
     finally:
         stop_gateway(gw2)

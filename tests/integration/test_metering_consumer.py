@@ -121,7 +121,9 @@ def mixed_events() -> list[UsageEvent]:
     ]
 
 
-def test_catch_up_aggregates_usage_exactly(store: SqlStore, event_log: SqliteEventLog, metering: MeteringService) -> None:
+def test_catch_up_aggregates_usage_exactly(
+    store: SqlStore, event_log: SqliteEventLog, metering: MeteringService
+) -> None:
     append(event_log, *mixed_events())
     assert metering.catch_up() == 6
 
@@ -170,9 +172,7 @@ def test_small_batches_reach_the_same_totals(
     assert summary_totals(store) == (5, Fraction("5.289"), {"USD": Fraction("0.02908")})
 
 
-def test_catch_up_stops_at_max_records_and_resumes_from_its_offset(
-    store: SqlStore, event_log: SqliteEventLog
-) -> None:
+def test_catch_up_stops_at_max_records_and_resumes_from_its_offset(store: SqlStore, event_log: SqliteEventLog) -> None:
     metering = MeteringService(store, lambda: SqliteEventLog(event_log.path), clock=lambda: NOW, batch_max=2)
     append(event_log, *mixed_events())
     assert metering.catch_up(max_records=3) == 3
@@ -308,6 +308,8 @@ def test_a_log_shorter_than_the_applied_offset_halts_the_consumer(
     with store.read() as uow:
         assert uow.usage.offset(CONSUMER_NAME) == 6
     assert (summary_totals(store), daily_rows(store)) == before
+    with pytest.raises(MeteringHalted):  # no usage figures from a log that is known to be wrong
+        UsageService(store, metering).summary(CONSUMER)
 
     metering.resume()
     assert metering.halted() is None

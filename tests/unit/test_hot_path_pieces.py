@@ -14,8 +14,8 @@ from modelmarket.adapters.bus import EventLogFull, LoopGroupCommitWriter, Sqlite
 from modelmarket.adapters.bus.sqlite_log import GroupCommitWriter
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.ids import RequestIds
-from modelmarket.metering.units import count_iu
 from modelmarket.core.tensors import Tensor
+from modelmarket.metering.units import count_iu
 from modelmarket.runtime.oip import decode_request
 
 
@@ -124,7 +124,12 @@ def test_the_metering_child_runs_on_the_gateways_own_settings(tmp_path: Path, mo
     assert env["MODELMARKET_DATABASE_URL"] == settings.resolved_database_url
     assert env["MODELMARKET_EVENT_LOG_SYNC"] == "full"
     assert env["MODELMARKET_METERING_POLL_S"] == "0.25"
-    for name in ("MODELMARKET_HOME", "MODELMARKET_DATABASE_URL", "MODELMARKET_EVENT_LOG_SYNC", "MODELMARKET_METERING_POLL_S"):
+    for name in (
+        "MODELMARKET_HOME",
+        "MODELMARKET_DATABASE_URL",
+        "MODELMARKET_EVENT_LOG_SYNC",
+        "MODELMARKET_METERING_POLL_S",
+    ):
         monkeypatch.setenv(name, env[name])
     child = Settings()  # what the child process builds from that environment
     assert child.resolved_database_url == settings.resolved_database_url

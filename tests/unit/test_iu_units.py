@@ -72,16 +72,22 @@ def test_request_is_one_iu_whatever_the_inputs() -> None:
 def test_image_counts_the_batch_dimension_of_the_first_input(shape: list[int], images: int) -> None:
     pixels = Tensor("pixels", "FP32", shape, np.zeros(shape, dtype=np.float32))
     other = Tensor("extra", "FP32", [99, 2], np.zeros((99, 2), dtype=np.float32))
-    assert UnitKind.IMAGE.count([pixels, other]) == images
+    assert UnitKind.IMAGE.measure([pixels, other]) == images
     iu = count_iu("image", [pixels, other])
     assert iu == Fraction(images)
     assert isinstance(iu, Fraction)
 
 
+def test_unit_kinds_are_still_plain_strings() -> None:
+    # ``measure`` counts base units; ``str.count`` keeps its meaning on the StrEnum
+    assert UnitKind.TOKENS_1K.count("_") == 1
+    assert UnitKind.AUDIO_MINUTE == "audio_minute"
+
+
 def test_counting_needs_an_input_unless_billed_per_request() -> None:
     with pytest.raises(InvalidInput, match="at least one input tensor"):
         count_iu("image", [])
-    assert UnitKind.REQUEST.count([]) == 1
+    assert UnitKind.REQUEST.measure([]) == 1
 
 
 # -- tokens_1k -------------------------------------------------------------------------------------------
@@ -103,13 +109,13 @@ def test_counting_needs_an_input_unless_billed_per_request() -> None:
 def test_documented_tokenizer(text: str, tokens: int) -> None:
     assert count_tokens(text) == tokens
     # ...and what is billed: every element costs at least one token, so an empty text is not free
-    assert UnitKind.TOKENS_1K.count([texts(text)]) == max(1, tokens)
+    assert UnitKind.TOKENS_1K.measure([texts(text)]) == max(1, tokens)
 
 
 def test_tokens_1k_sums_every_bytes_element_of_every_bytes_input() -> None:
     ids = Tensor("ids", "INT64", [3], np.arange(3))  # numeric inputs carry no text
     inputs = [texts("Hello, world!", "don't stop"), ids, texts("one")]
-    assert UnitKind.TOKENS_1K.count(inputs) == 9
+    assert UnitKind.TOKENS_1K.measure(inputs) == 9
     assert count_iu("tokens_1k", inputs) == Fraction(9, 1000)
 
 
@@ -140,7 +146,7 @@ def audio(*clips: bytes) -> list[Tensor]:
 
 
 def test_one_second_is_one_sixtieth_of_a_minute() -> None:
-    assert UnitKind.AUDIO_MINUTE.count(audio(make_wav(1.0))) == 1
+    assert UnitKind.AUDIO_MINUTE.measure(audio(make_wav(1.0))) == 1
     iu = count_iu("audio_minute", audio(make_wav(1.0)))
     assert iu == ONE_SIXTIETH
     assert exact_text(iu) == "1/60"
@@ -164,7 +170,7 @@ def test_each_file_is_rounded_up_then_summed() -> None:
 
 def test_empty_wav_is_billed_one_second() -> None:
     # Every element costs at least one base unit: a WAV with no frames is one second, never free.
-    assert UnitKind.AUDIO_MINUTE.count(audio(make_wav(0.0))) == 1
+    assert UnitKind.AUDIO_MINUTE.measure(audio(make_wav(0.0))) == 1
     assert count_iu("audio_minute", audio(make_wav(0.0))) == ONE_SIXTIETH
 
 
@@ -193,7 +199,7 @@ def usage_event(**overrides: object) -> UsageEvent:
         "version": "1.0.0",
         "provider_account_id": "acc_provider",
         "unit_kind": UnitKind.TOKENS_1K,
-        "quantity": UnitKind.TOKENS_1K.count([texts("Hello, world!")]),
+        "quantity": UnitKind.TOKENS_1K.measure([texts("Hello, world!")]),
         "unit_price": Decimal("0.0200"),
         "currency": "USD",
         "latency_ms": Decimal("12.345"),
@@ -237,7 +243,7 @@ def test_usage_event_round_trip_is_exact() -> None:
 
 
 def test_audio_event_round_trip_is_exact_in_seconds() -> None:
-    seconds = UnitKind.AUDIO_MINUTE.count(audio(make_wav(1.0)))
+    seconds = UnitKind.AUDIO_MINUTE.measure(audio(make_wav(1.0)))
     event = usage_event(unit_kind=UnitKind.AUDIO_MINUTE, quantity=seconds, unit_price=Decimal("0.0060"))
     assert json.loads(event.encode())["data"]["quantity_iu"] == "1/60"
     decoded = UsageEvent.decode(event.encode())

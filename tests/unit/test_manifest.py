@@ -333,6 +333,9 @@ def test_yaml_merge_keys_and_plain_aliases_are_refused(digits_doc: dict[str, Any
     merged = text.replace("card:", "base: &base {unit: image}\ncard:")
     with pytest.raises(InvalidInput, match="anchors and aliases"):
         load_text(tmp_path, merged)
+    inline_merge = text.replace("card:", "<<: {extra: 1}\ncard:")
+    with pytest.raises(InvalidInput, match=r"merge keys \('<<'\) are not allowed"):
+        load_text(tmp_path, inline_merge)
     aliased = "x: &x 1\n" + text.replace("name: digits", "name: *x")
     with pytest.raises(InvalidInput, match=r"line 1: .*anchors and aliases"):
         load_text(tmp_path, aliased)

@@ -78,7 +78,7 @@ def models_show(ref: str, as_json: bool) -> None:
     click.echo(f"{m.name} {m.version}  ({m.task}, {m.modality}, runtime {m.runtime})")
     click.echo(f"  summary:  {m.card.summary}")
     click.echo(f"  license:  {m.license}")
-    click.echo(f"  price:    {m.pricing.price_per_iu} {m.pricing.currency} per IU ({m.pricing.unit.value})")
+    click.echo(f"  price:    {m.pricing.price_text} {m.pricing.currency} per IU ({m.pricing.unit.value})")
     click.echo(f"  digest:   {v.digest}")
     for t in m.inputs:
         click.echo(f"  input:    {t.name} {t.datatype} {t.shape}")

@@ -30,6 +30,8 @@ from modelmarket.metering.events import UsageEvent
 from modelmarket.registry.catalogue import Catalogue, VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge
+from modelmarket.runtime.base import InputLimits
+from modelmarket.runtime.plugins import runtime_input_limits
 
 OFFLOAD_DECODE_BYTES = 256 * 1024
 """Bodies larger than this are decoded, validated and counted in a worker thread, never on the event loop."""
@@ -127,6 +129,7 @@ class DataPlane:
         max_request_bytes: int,
         request_ids: RequestIds | None = None,
         health_checks: tuple[Callable[[], str | None], ...] = (),
+        input_limits: Callable[[str], InputLimits] = runtime_input_limits,
     ) -> None:
         self.catalogue = catalogue
         self.runners = runners
@@ -136,6 +139,7 @@ class DataPlane:
         self.max_request_bytes = max_request_bytes
         self.request_ids = request_ids or RequestIds("req_")
         self.health_checks = health_checks
+        self.input_limits = input_limits
 
     # -- health and metadata ------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -181,10 +185,11 @@ class DataPlane:
         if len(request.body) > self.max_request_bytes:
             raise BodyTooLarge(f"request body is larger than the limit of {self.max_request_bytes} bytes")
         header_len = _header_length(request.header_length)
+        limits = self.input_limits(version.manifest.runtime)
         if len(request.body) > OFFLOAD_DECODE_BYTES:
-            prepared = await asyncio.to_thread(_prepare, version, request.body, header_len)
+            prepared = await asyncio.to_thread(_prepare, version, request.body, header_len, limits)
         else:
-            prepared = _prepare(version, request.body, header_len)
+            prepared = _prepare(version, request.body, header_len, limits)
         pool = await self.runners.pool_for(version)
         headers = [(b"Content-Type", request.content_type or b"application/json")]
         if request.header_length is not None:
@@ -231,10 +236,12 @@ def _header_length(raw: bytes | None) -> int | None:
     return int(raw)
 
 
-def _prepare(version: VersionRecord, body: bytes, header_len: int | None) -> _Prepared:
-    """Decode, validate against the version's contract and count base units (pure CPU work, bounded)."""
+def _prepare(version: VersionRecord, body: bytes, header_len: int | None, limits: InputLimits) -> _Prepared:
+    """Decode, validate against the version's contract and the runtime's bounds, and count base units (pure
+    CPU work, bounded): work the runtime would refuse is refused here, before a runner spends time on it."""
     request = oip.decode_request(body, header_len)
     oip.validate_inputs(request.inputs, version.inputs, version.model_name)
+    limits.check(request.inputs)
     oip.validate_requested_outputs(request, version.output_names, version.model_name)
     by_name = {t.name: t for t in request.inputs}
     declared = [by_name[spec.name] for spec in version.inputs if spec.name in by_name]

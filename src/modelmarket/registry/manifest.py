@@ -104,7 +104,7 @@ class Pricing(_Strict):
         except InvalidInput as exc:
             raise ValueError(exc.message.removeprefix("currency: ")) from None
 
-    @field_serializer("price_per_iu")
+    @field_serializer("price_per_iu", when_used="json")
     def _price_out(self, price: Decimal) -> str:
         return self.price_text
 
@@ -295,6 +295,8 @@ class ManifestLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ManifestYamlError(key_node.start_mark, "merge keys ('<<') are not allowed: write the fields out")
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, list | dict):
                 raise ManifestYamlError(key_node.start_mark, "a mapping key must be a plain value")

@@ -15,7 +15,7 @@ from modelmarket.core.ids import new_id
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.registry.catalogue import LATEST, ArtifactRecord, Catalogue, ModelEntry, VersionRecord
 from modelmarket.registry.manifest import NAME_RE, Manifest, load_manifest, parse_manifest
-from modelmarket.registry.package import collect_artifacts, open_package_file
+from modelmarket.registry.package import PackageFile, collect_artifacts
 from modelmarket.registry.ports import (
     BlobStore,
     RegistryRepository,
@@ -42,10 +42,11 @@ def version_digest(manifest: Manifest, artifacts: Iterable[ArtifactRecord]) -> s
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
+def _hash_file(file: PackageFile) -> tuple[str, int]:
+    """Hash through the package walk again (no link followed anywhere on the path, the same file collected)."""
     h = hashlib.sha256()
     size = 0
-    with open_package_file(path) as fh:
+    with file.open() as fh:
         while chunk := fh.read(HASH_CHUNK_BYTES):
             h.update(chunk)
             size += len(chunk)
@@ -88,7 +89,7 @@ class RegistryService:
         _check_tensor_names(manifest)
         files = collect_artifacts(package_dir, manifest)
         self.runtimes.validate(manifest.runtime, manifest.parameters, [f.relpath for f in files])
-        hashed = tuple(ArtifactRecord(f.relpath, *_hash_file(f.path)) for f in files)
+        hashed = tuple(ArtifactRecord(f.relpath, *_hash_file(f)) for f in files)
         digest = version_digest(manifest, hashed)
         with self.uow.read() as uow:
             provider_id = _provider_id(uow, manifest.provider)

@@ -23,7 +23,7 @@ def model_summary(entry: ModelEntry) -> dict[str, Any]:
         "summary": m.card.summary,
         "pricing": {
             "unit": m.pricing.unit.value,
-            "price_per_iu": format(m.pricing.price_per_iu, "f"),
+            "price_per_iu": m.pricing.price_text,
             "currency": m.pricing.currency,
         },
     }
