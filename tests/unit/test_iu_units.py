@@ -15,7 +15,7 @@ import pytest
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import exact_text
 from modelmarket.core.tensors import Tensor, bytes_tensor
-from modelmarket.metering.events import EVENT_TYPE, MAX_EVENT_STRING, UsageEvent
+from modelmarket.metering.events import EVENT_TYPE, FIELD_LIMITS, UsageEvent
 from modelmarket.metering.units import UnitKind, count_iu, count_tokens
 
 
@@ -283,13 +283,26 @@ def test_decode_refuses_a_quantity_that_is_not_a_whole_number(quantity: object) 
 
 
 def test_event_strings_are_bounded_and_trace_ids_checked() -> None:
-    assert usage_event(model="m" * MAX_EVENT_STRING).model == "m" * MAX_EVENT_STRING
-    for name in ("id", "model", "route", "account_id"):
-        with pytest.raises(ValueError, match=f"{name} must be 1-{MAX_EVENT_STRING} characters"):
-            usage_event(**{name: "x" * (MAX_EVENT_STRING + 1)})
+    assert usage_event(model="m" * FIELD_LIMITS["model"]).model == "m" * FIELD_LIMITS["model"]
+    for name in ("id", "model", "route", "account_id", "provider_account_id", "version", "source"):
+        limit = FIELD_LIMITS[name]
+        with pytest.raises(ValueError, match=f"{name} must be 1-{limit} characters"):
+            usage_event(**{name: "x" * (limit + 1)})
+    with pytest.raises(ValueError, match="trace_id"):
+        usage_event(trace_id="g" * 32)  # 32 characters, not hex
+    with pytest.raises(ValueError, match="currency"):
+        usage_event(currency="DOLLARS")
     with pytest.raises(ValueError, match="model must be"):
         usage_event(model="")
     with pytest.raises(ValueError, match="trace_id"):
         usage_event(trace_id="4bf92f3577b34da6")
     with pytest.raises(ValueError, match="quantity must not be negative"):
         usage_event(quantity=-1)
+
+
+@pytest.mark.parametrize("key", ["unit_price", "latency_ms"])
+def test_decode_refuses_decimals_written_as_json_numbers(key: str) -> None:
+    doc = json.loads(usage_event().encode())
+    doc["data"][key] = 0.1
+    with pytest.raises(TypeError, match=f"{key} must be a decimal string"):
+        UsageEvent.decode(json.dumps(doc).encode())

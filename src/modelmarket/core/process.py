@@ -332,7 +332,9 @@ class ChildProcess:
             if code is not None:
                 await self._after_exit(run, code)
                 continue
-            if self.probe is not None:
+            if run.kill_reason is not None:
+                pass  # killed; the next poll sees it gone (until then, no probe may call it RUNNING again)
+            elif self.probe is not None:
                 await self._check(run, self.probe)
             elif run.healthy_since is not None and time.monotonic() - run.healthy_since >= self.policy.reset_after_s:
                 self.restarts = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from decimal import Decimal
 
 from modelmarket.core.clock import Clock
@@ -159,7 +159,7 @@ class MeteringService:
     def _halt(self, reason: str) -> None:
         log.error("metering halted: %s", reason)
         with self.uow.write(Lock.METERING) as uow:
-            uow.usage.set_halted(CONSUMER_NAME, f"{datetime.now(UTC).isoformat()}: {reason}")
+            uow.usage.set_halted(CONSUMER_NAME, f"{self.clock().astimezone(UTC).isoformat()}: {reason}")
 
     def halted(self) -> str | None:
         with self.uow.read() as uow:

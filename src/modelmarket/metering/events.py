@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -14,8 +15,19 @@ from modelmarket.core.money import EXACT, exact_text
 from modelmarket.metering.units import UnitKind
 
 EVENT_TYPE = "modelmarket.inference.completed"
-MAX_EVENT_STRING = 200
-"""Longest string an event carries (ids, names, route): nothing copied from a request grows an event unbounded."""
+FIELD_LIMITS = {
+    "id": 64,
+    "source": 200,
+    "account_id": 40,
+    "model": 200,
+    "version": 100,
+    "provider_account_id": 40,
+    "route": 100,
+}
+"""Longest value of each string field (the usage tables' column widths): an event that would not fit is refused
+when it is built or read, so it goes to the rejects table instead of blocking the consumer."""
+TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +49,14 @@ class UsageEvent:
     trace_id: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("id", "source", "account_id", "model", "version", "provider_account_id", "route", "currency"):
+        for name, limit in FIELD_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, str) or not 0 < len(value) <= MAX_EVENT_STRING:
-                raise ValueError(f"usage event {name} must be 1-{MAX_EVENT_STRING} characters")
-        if self.trace_id is not None and len(self.trace_id) != 32:
-            raise ValueError("usage event trace_id must be 32 hex characters")
+            if not isinstance(value, str) or not 0 < len(value) <= limit:
+                raise ValueError(f"usage event {name} must be 1-{limit} characters")
+        if not isinstance(self.currency, str) or not CURRENCY_RE.match(self.currency):
+            raise ValueError(f"usage event currency {self.currency!r} is not a 3-letter code")
+        if self.trace_id is not None and not (isinstance(self.trace_id, str) and TRACE_ID_RE.match(self.trace_id)):
+            raise ValueError("usage event trace_id must be 32 lowercase hex characters")
         if self.quantity < 0:
             raise ValueError("usage event quantity must not be negative")
         if not self.unit_price.is_finite() or self.unit_price < 0:
@@ -116,9 +130,17 @@ class UsageEvent:
             provider_account_id=data["provider"],
             unit_kind=UnitKind(data["unit_kind"]),
             quantity=quantity,
-            unit_price=Decimal(data["unit_price"]),
+            unit_price=Decimal(_text(data, "unit_price")),
             currency=data["currency"],
-            latency_ms=Decimal(data["latency_ms"]),
+            latency_ms=Decimal(_text(data, "latency_ms")),
             route=data.get("route", "default"),
             trace_id=data.get("trace_id"),
         )
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    """Decimals travel as strings: a JSON number would be a float, not the exact value that was meant."""
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a decimal string, not {type(value).__name__}")
+    return value

@@ -93,6 +93,9 @@ class RegistryService:
         digest = version_digest(manifest, hashed)
         with self.uow.read() as uow:
             provider_id = _provider_id(uow, manifest.provider)
+            model = uow.registry.model(manifest.name)
+            if model is not None and model.provider_account_id != provider_id:
+                raise PermissionDenied(f"model {manifest.name!r} belongs to another provider")
             existing = uow.registry.version(manifest.name, manifest.version)
         if existing is not None:  # refused or a no-op before any blob is written
             return PublishResult(_same_or_conflict(existing, manifest, digest), created=False)
