@@ -98,8 +98,8 @@ async def _throughput(
 
 async def _measure(gw_port: int, rn_port: int, key: str, body: bytes, n: int, seconds: float) -> dict[str, float]:
     path = "/v2/models/digits/infer"
-    gw = RunnerPool("127.0.0.1", gw_port, 64, 30)
-    rn = RunnerPool("127.0.0.1", rn_port, 64, 30)
+    gw = RunnerPool.over_tcp("127.0.0.1", gw_port, 64, 30)
+    rn = RunnerPool.over_tcp("127.0.0.1", rn_port, 64, 30)
     gw_h = [(b"Authorization", f"Bearer {key}".encode()), (b"Content-Type", b"application/json")]
     rn_h = [(b"Content-Type", b"application/json")]
     await _sequential(gw, path, body, gw_h, 200)  # warm-up

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import stat
@@ -318,13 +319,14 @@ def test_the_runner_module_serves_tcp_when_started_by_hand(tmp_path: Path, plugi
     spec = materialize(version_record(), FakeBlobs(weights), tmp_path / "runners")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelmarket.runtime.runner", "--spec", str(spec), "--port", "0"],
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "ready on http://127.0.0.1:" in line, line
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], 60)  # a broken runner fails here, not at the timeout
+        line = proc.stdout.readline() if readable else ""
+        assert "listening on http://127.0.0.1:" in line, line
         url = line.rsplit(" ", 1)[1].strip()
         r = httpx.post(f"{url}/v2/models/sleepy/infer", content=infer_body(0.0), timeout=10)
         assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0.0]
@@ -352,3 +354,23 @@ def test_the_metering_child_runs_from_its_module_and_stops_cleanly_on_sigterm(tm
         assert metering.child.returncode == 0  # it applied what was in the log and exited by itself
 
     asyncio.run(scenario())
+
+
+def test_a_home_too_deep_for_a_socket_path_uses_a_private_short_directory(tmp_path: Path, plugin_site: Path) -> None:
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    supervisor = make_supervisor(deep)
+    version = version_record()
+
+    async def scenario() -> None:
+        await infer(supervisor, version)
+        sock = supervisor.runners[version.id].socket_path
+        assert sock is not None and not sock.is_relative_to(deep)  # the deep path would not fit in sun_path
+        assert len(os.fsencode(sock)) <= 103
+        for directory in (sock.parent, sock.parent.parent):  # the shared temp dir's entry is ours and private too
+            st = os.stat(directory)
+            assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+
+    run(supervisor, scenario)
+    sock = supervisor.runners[version.id].socket_path
+    assert sock is not None and not sock.parent.exists()  # cleared on stop, not left behind in the temp dir

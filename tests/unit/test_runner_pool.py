@@ -187,3 +187,24 @@ def test_probe_ready_is_true_only_for_a_prompt_200(tmp_path: Path) -> None:
             server.close()
 
     asyncio.run(silent())
+
+
+def test_a_pool_over_tcp_reads_the_same_answers(tmp_path: Path) -> None:
+    """For a runner started by hand and for benchmarks; the supervisor's runners are on Unix sockets only."""
+
+    async def scenario() -> None:
+        tiny = TinyServer(tmp_path / "unused")
+        server = await asyncio.start_server(tiny._handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = RunnerPool.over_tcp("127.0.0.1", port, 2, 2.0)
+        try:
+            assert (await pool.request("GET", "/chunked")).body == b"Wikipedia in \r\n\r\nchunks."
+            assert (await pool.request("GET", "/cl")).body == b'{"a":1}'
+            assert tiny.connections == 1
+        finally:
+            await pool.close()
+            server.close()
+        with pytest.raises(RunnerUnavailable, match=f"cannot connect to the server at 127.0.0.1:{port}"):
+            await RunnerPool.over_tcp("127.0.0.1", port, 2, 2.0).request("GET", "/cl")
+
+    asyncio.run(scenario())

@@ -184,3 +184,5 @@ def runner(
         model_runner.serve(model_runner.read_spec(spec_path), listen, limit)
     except model_runner.ModelLoadFailed as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the model loaded; binding failed (port taken, socket path not writable)
+        raise click.ClickException(f"cannot listen: {exc}") from None

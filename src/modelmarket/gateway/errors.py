@@ -15,6 +15,7 @@ from modelmarket.core.errors import (
 from modelmarket.gateway.dataplane import ModelFailed
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime.asgi import BodyTooLarge
+from modelmarket.runtime.pool import RunnerTimeout
 
 RETRY_AFTER_S = 1
 """What a 503 for an overloaded event log tells the client to wait before retrying."""
@@ -28,6 +29,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (Conflict, 409),
     (BodyTooLarge, 413),
     (ModelFailed, 502),
+    (RunnerTimeout, 504),
     (NotReady, 503),
     (EventLogFull, 503),
     (MeteringHalted, 503),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from modelmarket.core.errors import NotReady
 
@@ -151,17 +152,30 @@ class RunnerPool:
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
         self.on_timeout = on_timeout
+        self._tcp: tuple[str, int] | None = None
+        self._where = f"the runner at {socket_path}"
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
 
+    @classmethod
+    def over_tcp(cls, host: str, port: int, max_connections: int, timeout_s: float, **options: Any) -> RunnerPool:
+        """A pool to an HTTP server on TCP: a runner started by hand, or the gateway itself (benchmarks).
+        The supervisor's runners listen on Unix sockets only."""
+        pool = cls("", max_connections, timeout_s, **options)
+        pool._tcp = (host, port)
+        pool._where = f"the server at {host}:{port}"
+        return pool
+
     async def _open(self) -> _Conn:
+        if self._tcp is not None:
+            connecting = asyncio.open_connection(*self._tcp, limit=STREAM_LIMIT_BYTES)
+        else:
+            connecting = asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT_BYTES)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT_BYTES), self.timeout_s
-            )
+            reader, writer = await asyncio.wait_for(connecting, self.timeout_s)
         except (OSError, TimeoutError) as exc:
-            raise RunnerUnavailable(f"cannot connect to the runner at {self.socket_path}: {exc}") from None
+            raise RunnerUnavailable(f"cannot connect to {self._where}: {exc}") from None
         return _Conn(reader, writer)
 
     async def request(
@@ -202,7 +216,7 @@ class RunnerPool:
             return response
 
     async def _roundtrip(self, conn: _Conn, payload: bytes, reused: bool) -> tuple[RunnerResponse, bool]:
-        where = f"the runner at {self.socket_path}"
+        where = self._where
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn.writer.write(payload)

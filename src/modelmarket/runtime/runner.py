@@ -200,7 +200,7 @@ def serve(spec: ModelSpec, listen: Listen, max_request_bytes: int = DEFAULT_MAX_
     gc.collect()
     gc.freeze()  # the loaded model lives as long as the process: no need to rescan it in every full collection
     sock, where = open_listener(listen)
-    print(f"runner {spec.name}@{spec.version} ready on {where}", file=sys.stderr, flush=True)
+    print(f"runner {spec.name}@{spec.version} listening on {where}", flush=True)
     serve_asgi(app, [sock])
 
 

@@ -260,6 +260,8 @@ class Supervisor:
                 raise NotReady("the gateway is shutting down")
             if runner.child is None:
                 await asyncio.to_thread(self._lay_out, runner)
+                if self._stopping:  # stop() ran meanwhile and saw no process to stop: start none
+                    raise NotReady("the gateway is shutting down")
                 self._start(runner)
         child, pool = runner.child, runner.pool
         if child is None or pool is None:
@@ -275,6 +277,10 @@ class Supervisor:
         runner.spec_path = materialize(runner.version, self.blobs, self.runners_dir)
         runner.log_path = runner.spec_path.parent / "runner.log"
         runner.socket_path = socket_path_for(self.runners_dir, runner.version.id, self._pid)
+        if not runner.socket_path.is_relative_to(self.runners_dir.absolute()):
+            # Under the shared temp dir the parent must be ours as well: whoever owns a directory can swap
+            # the entries in it, our private one included.
+            private_dir(runner.socket_path.parent.parent)
         private_dir(runner.socket_path.parent)
         remove_stale_sockets(runner.socket_path.parent, self._pid)
 
@@ -340,3 +346,6 @@ class Supervisor:
             await runner.child.stop()
         if runner.socket_path is not None:
             runner.socket_path.unlink(missing_ok=True)
+            if not runner.socket_path.is_relative_to(self.runners_dir.absolute()):
+                with contextlib.suppress(OSError):  # the short-path directory under TMPDIR, if now empty
+                    runner.socket_path.parent.rmdir()
