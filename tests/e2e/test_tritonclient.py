@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import wave
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,8 @@ def test_sentiment_and_speech_each_billed_in_its_unit(
     assert Decimal(usage["sentiment"]["iu"]) == Decimal(tokens) / 1000
     seconds = _wav_seconds(wav_path)
     assert usage["speech-to-text"]["unit_kind"] == "audio_minute"
-    assert Decimal(usage["speech-to-text"]["iu"]) * 60 == pytest.approx(Decimal(math.ceil(seconds)))
+    assert usage["speech-to-text"]["quantity"] == math.ceil(seconds)  # whole seconds, billed exactly
+    assert Fraction(usage["speech-to-text"]["iu"]) == Fraction(math.ceil(seconds), 60)
 
 
 def test_missing_key_is_refused(triton: httpclient.InferenceServerClient) -> None:
