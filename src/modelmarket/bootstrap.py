@@ -72,7 +72,7 @@ def bootstrap(
     runtimes = runtimes or PluginRuntimes()
 
     def open_log() -> EventLog:
-        return SqliteEventLog(settings.event_log_path, settings.event_log_sync)
+        return SqliteEventLog(settings.event_log_path, settings.event_log_sync, answer_ttl_s=settings.idempotency_ttl_s)
 
     metering = MeteringService(store, open_log, clock, settings.metering_poll_s)
     return Platform(

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         default=Decimal("0.80"),
         description="Provider's share of billed revenue (the platform keeps the rest).",
     )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0,
+        description="How long the answer to a call with an Idempotency-Key is kept for a retry with that key.",
+    )
+    idempotency_max_answer_bytes: int = Field(
+        default=1024 * 1024,
+        description="Largest answer kept for an Idempotency-Key retry (a larger one is served once; a retry gets 409).",
+    )
 
     @property
     def resolved_database_url(self) -> str:

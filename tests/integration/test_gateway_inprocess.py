@@ -23,7 +23,7 @@ from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.dataplane import DataPlane
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering import MeteringService, UsageEvent, UsageService
-from modelmarket.metering.ports import EventLogFull
+from modelmarket.metering.ports import EventLogFull, KeptAnswer, KeyLookup
 from modelmarket.registry import CatalogueLoader, RegistryService, VersionRecord
 
 T0 = datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC)
@@ -73,18 +73,27 @@ class FakeRunners:
 
 
 class ListWriter:
+    """The event log as a list (with the answers kept beside events), surviving a "restart" of the data plane."""
+
     def __init__(self) -> None:
         self.events: list[UsageEvent] = []
+        self.kept: dict[str, KeptAnswer] = {}
         self.full = False
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
-    def append(self, event_id: str, payload: bytes) -> asyncio.Future[None]:
+    def lookup(self, event_id: str) -> KeyLookup:
+        return KeyLookup(any(e.id == event_id for e in self.events), self.kept.get(event_id))
+
+    def append(self, event_id: str, payload: bytes, kept: KeptAnswer | None = None) -> asyncio.Future[None]:
         if self.full:
             raise EventLogFull("usage event log is at its queue bound; try again shortly")
-        self.events.append(UsageEvent.decode(payload))
+        if not any(e.id == event_id for e in self.events):
+            self.events.append(UsageEvent.decode(payload))
+            if kept is not None:
+                self.kept[event_id] = kept
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -97,6 +106,7 @@ class Rig:
     writer: ListWriter
     key: str
     health: dict[str, str | None]
+    plane: DataPlane
 
 
 def _package(root: Path) -> Path:
@@ -132,6 +142,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         max_request_bytes=1 << 20,
         request_ids=RequestIds("req_"),
         health_checks=(lambda: health["metering"],),
+        max_kept_answer_bytes=64,
     )
     usage = UsageService(store, MeteringService(store, lambda: _EmptyLog(), lambda: T0))
 
@@ -142,7 +153,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     app = GatewayApp(GatewayParts(plane, state, api, writer, runners, None, 1 << 20, preload=False))
     await app.startup()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-        yield Rig(client, runners, writer, key, health)
+        yield Rig(client, runners, writer, key, health, plane)
     await app.shutdown()
 
 
@@ -261,3 +272,64 @@ async def test_models_list_is_semver_sorted_in_one_shape(rig: Rig) -> None:
     doc = (await rig.client.get("/api/models")).json()
     assert doc["total"] == 1
     assert doc["models"][0]["pricing"] == {"unit": "image", "price_per_iu": "0.001", "currency": "USD"}
+
+
+# -- Idempotency-Key ----------------------------------------------------------------------------------------
+async def test_a_retry_with_the_same_key_gets_the_same_answer_and_is_not_billed_again(rig: Rig) -> None:
+    first = await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-1"})
+    rig.runners.answer = FakeAnswer(200, b'{"outputs": ["different"]}')  # a second run would answer otherwise
+    again = await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.content == first.content and again.headers["idempotency-replayed"] == "true"
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert len(rig.writer.events) == 1 and len(rig.runners.calls) == 1
+
+
+async def test_the_same_key_for_another_request_is_refused_unbilled(rig: Rig) -> None:
+    await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-2"})
+    other = {**MASK, "data": [9, 9, 9, 9, 9]}
+    response = await _infer(rig, [PIXELS, other], **{"Idempotency-Key": "k-2"})
+    assert response.status_code == 422 and "Idempotency-Key" in response.json()["error"]
+    assert len(rig.writer.events) == 1
+
+
+async def test_concurrent_calls_with_one_key_run_the_model_once(rig: Rig) -> None:
+    answers = await asyncio.gather(*[_infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-3"}) for _ in range(5)])
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.content for a in answers}) == 1
+    assert len(rig.writer.events) == 1 and len(rig.runners.calls) == 1
+
+
+async def test_a_failed_call_with_a_key_can_be_retried_and_is_billed_once(rig: Rig) -> None:
+    rig.runners.answer = FakeAnswer(500, b'{"error": "boom"}')
+    assert (await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-4"})).status_code == 502
+    rig.runners.answer = FakeAnswer(200, b'{"outputs": []}')
+    assert (await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-4"})).status_code == 200
+    assert (await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-4"})).status_code == 200
+    assert len(rig.writer.events) == 1 and len(rig.runners.calls) == 2
+
+
+async def test_after_a_restart_the_kept_answer_is_replayed_from_the_log(rig: Rig) -> None:
+    first = await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-5"})
+    rig.plane._in_flight.clear()  # a new process knows only what the log kept
+    again = await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-5"})
+    assert again.content == first.content and len(rig.writer.events) == 1
+
+
+async def test_an_answer_too_large_to_keep_is_served_once_and_a_retry_gets_409(rig: Rig) -> None:
+    rig.runners.answer = FakeAnswer(200, b'{"outputs": ["' + b"x" * 100 + b'"]}')  # over the rig's 64-byte bound
+    assert (await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-6"})).status_code == 200
+    retry = await _infer(rig, [PIXELS, MASK], **{"Idempotency-Key": "k-6"})
+    assert retry.status_code == 409 and "no longer kept" in retry.json()["error"]
+    assert len(rig.writer.events) == 1 and len(rig.runners.calls) == 1
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 201, "caf\u00e9"])
+async def test_a_malformed_key_is_refused(rig: Rig, key: str) -> None:
+    response = await rig.client.post(
+        "/v2/models/m/infer",
+        content=orjson.dumps({"inputs": [PIXELS, MASK]}),
+        headers=[("Authorization", f"Bearer {rig.key}"), ("Idempotency-Key", key.encode())],
+    )
+    assert response.status_code == 400 and "Idempotency-Key" in response.json()["error"]
+    assert rig.writer.events == []

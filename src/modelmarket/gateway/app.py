@@ -178,6 +178,7 @@ class GatewayApp:
                 content_type=header(scope, b"content-type"),
                 header_length=header(scope, b"inference-header-content-length"),
                 traceparent=header(scope, b"traceparent"),
+                idempotency_key=header(scope, b"idempotency-key"),
             )
             answer = await self.dataplane.infer(account, name, ref, request)
             await respond(send, 200, answer.body, answer.content_type, answer.headers)

@@ -36,7 +36,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     s = platform.settings
     loader = CatalogueLoader(platform.store)
     state = GatewayState(platform.accounts.key_index, loader.load, s.cache_refresh_s)
-    writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max)
+    writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max, s.idempotency_ttl_s)
     metering = MeteringProcess(s.home / "metering.log", child_env(s, platform.store.url)) if metering_child else None
     supervisor = Supervisor(
         platform.blobs,
@@ -59,6 +59,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         max_request_bytes=s.max_request_bytes,
         request_ids=RequestIds("req_"),
         health_checks=checks,
+        max_kept_answer_bytes=s.idempotency_max_answer_bytes,
     )
 
     async def authenticate_request(request: Request) -> Account:

@@ -12,10 +12,11 @@ append the usage event and wait for its commit before returning the answer. A fa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -24,9 +25,10 @@ import orjson
 from modelmarket import __version__
 from modelmarket.accounts import Account
 from modelmarket.core.clock import Clock
-from modelmarket.core.errors import DomainError, InvalidInput, NotFound
+from modelmarket.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from modelmarket.core.ids import RequestIds
 from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.ports import KeptAnswer, KeyLookup
 from modelmarket.registry.catalogue import Catalogue, VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge
@@ -40,8 +42,26 @@ TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _MS = Decimal("0.001")
 
 
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+IDEMPOTENCY_KEY_RE = re.compile(rb"^[\x21-\x7e]{1,200}$")
+"""An Idempotency-Key: 1-200 printable ASCII characters (a UUID is typical)."""
+
+
 class ModelFailed(DomainError):
     """The runner answered that the model itself failed on this input (its 5xx)."""
+
+
+class IdempotencyKeyReused(DomainError):
+    """An Idempotency-Key already used for a different request (another model, version or body)."""
+
+
+class AnswerNotKept(Conflict):
+    """The call with this Idempotency-Key was served and billed, but its answer is no longer kept."""
+
+
+def idempotent_event_id(account_id: str, key: str) -> str:
+    """The usage event id of the call with ``key``: the same on every retry, so the log bills it once."""
+    return "idem_" + hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()[:48]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +71,7 @@ class InferRequest:
     header_length: bytes | None = None
     """The raw ``Inference-Header-Content-Length`` (binary tensor extension), if sent."""
     traceparent: bytes | None = None
+    idempotency_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +80,7 @@ class InferAnswer:
     body: bytes
     content_type: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +112,12 @@ class RunnerPools(Protocol):
 
 
 class EventWriter(Protocol):
-    def append(self, event_id: str, payload: bytes) -> Awaitable[None]:
-        """Completes once the event is durably committed; raises ``EventLogFull`` when at its bound."""
+    def append(self, event_id: str, payload: bytes, kept: KeptAnswer | None = None) -> Awaitable[None]:
+        """Completes once the event (and the answer kept beside it) is durably committed; raises
+        ``EventLogFull`` when at its bound."""
         ...
+
+    def lookup(self, event_id: str) -> KeyLookup: ...
 
 
 class CatalogueSource(Protocol):
@@ -130,6 +155,7 @@ class DataPlane:
         request_ids: RequestIds | None = None,
         health_checks: tuple[Callable[[], str | None], ...] = (),
         input_limits: Callable[[str], InputLimits] = runtime_input_limits,
+        max_kept_answer_bytes: int = 1024 * 1024,
     ) -> None:
         self.catalogue = catalogue
         self.runners = runners
@@ -140,6 +166,8 @@ class DataPlane:
         self.request_ids = request_ids or RequestIds("req_")
         self.health_checks = health_checks
         self.input_limits = input_limits
+        self.max_kept_answer_bytes = max_kept_answer_bytes
+        self._in_flight: dict[str, tuple[str, asyncio.Future[InferAnswer]]] = {}
 
     # -- health and metadata ------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -180,6 +208,56 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------------------
     async def infer(self, account: Account, name: str, ref: str | None, request: InferRequest) -> InferAnswer:
+        """Serve one call. With an Idempotency-Key, a retry gets the kept answer and is never billed again."""
+        if request.idempotency_key is None:
+            return await self._infer(account, name, ref, request, None)
+        key = _idempotency_key(request.idempotency_key)
+        event_id = idempotent_event_id(account.id, key)
+        digest = hashlib.sha256(f"{name}\0{ref}\0".encode() + request.body).hexdigest()
+        while (pending := self._in_flight.get(event_id)) is not None:  # the same key is being served right now
+            if pending[0] != digest:
+                raise IdempotencyKeyReused(_reused(key))
+            try:
+                return replace(await asyncio.shield(pending[1]), replayed=True)
+            except Exception:  # the first attempt failed and billed nothing: serve this one
+                continue
+        found = self.writer.lookup(event_id)
+        if found.billed:
+            return self._replay(key, digest, found.kept)
+        future: asyncio.Future[InferAnswer] = asyncio.get_running_loop().create_future()
+        self._in_flight[event_id] = (digest, future)
+        try:
+            answer = await self._infer(account, name, ref, request, (event_id, digest))
+            future.set_result(answer)
+            return answer
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._in_flight[event_id]
+
+    def _replay(self, key: str, digest: str, kept: KeptAnswer | None) -> InferAnswer:
+        if kept is None:
+            raise AnswerNotKept(
+                f"the call with Idempotency-Key {key!r} was served and billed; its answer is no longer kept "
+                f"(answers up to {self.max_kept_answer_bytes} bytes are kept for MODELMARKET_IDEMPOTENCY_TTL_S)"
+            )
+        if kept.request_sha256 != digest:
+            raise IdempotencyKeyReused(_reused(key))
+        headers = [(b"x-request-id", kept.event_id.encode()), (b"idempotency-replayed", b"true")]
+        if kept.header_length is not None:
+            headers.append((b"inference-header-content-length", kept.header_length))
+        return InferAnswer(kept.event_id, kept.body, kept.content_type, headers, replayed=True)
+
+    async def _infer(
+        self,
+        account: Account,
+        name: str,
+        ref: str | None,
+        request: InferRequest,
+        once: tuple[str, str] | None,
+    ) -> InferAnswer:
         started = time.perf_counter()
         version = await self.resolve(name, ref)
         if len(request.body) > self.max_request_bytes:
@@ -198,21 +276,25 @@ class DataPlane:
         answer = await pool.request("POST", path, request.body, headers)
         if answer.status != 200:
             raise _runner_error(answer)
-        event = self._usage_event(account, version, prepared.units, started, trace_id(request.traceparent))
-        await self.writer.append(event.id, event.encode())
-        out_headers = [(b"x-request-id", event.id.encode())]
+        event_id = self.request_ids.next() if once is None else once[0]
+        event = self._usage_event(event_id, account, version, prepared.units, started, trace_id(request.traceparent))
         ihcl = answer.headers.get(b"inference-header-content-length")
+        ctype = answer.headers.get(b"content-type", b"application/json")
+        kept = None
+        if once is not None and len(answer.body) <= self.max_kept_answer_bytes:
+            kept = KeptAnswer(event.id, once[1], ctype, ihcl, answer.body, time.time())
+        await self.writer.append(event.id, event.encode(), kept)
+        out_headers = [(b"x-request-id", event.id.encode())]
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))
-        ctype = answer.headers.get(b"content-type", b"application/json")
         return InferAnswer(event.id, answer.body, ctype, out_headers)
 
     def _usage_event(
-        self, account: Account, version: VersionRecord, units: int, started: float, trace: str | None
+        self, event_id: str, account: Account, version: VersionRecord, units: int, started: float, trace: str | None
     ) -> UsageEvent:
         pricing = version.manifest.pricing
         return UsageEvent(
-            id=self.request_ids.next(),
+            id=event_id,
             source=self.source,
             account_id=account.id,
             time=self.clock(),
@@ -226,6 +308,21 @@ class DataPlane:
             latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
             trace_id=trace,
         )
+
+
+def _idempotency_key(raw: bytes) -> str:
+    if not IDEMPOTENCY_KEY_RE.match(raw):
+        raise InvalidInput(
+            f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters without spaces"
+        )
+    return raw.decode("ascii")
+
+
+def _reused(key: str) -> str:
+    return (
+        f"Idempotency-Key {key!r} was already used for a different request (model, version or body); "
+        "use a new key for a new request"
+    )
 
 
 def _header_length(raw: bytes | None) -> int | None:

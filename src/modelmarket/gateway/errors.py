@@ -12,7 +12,7 @@ from modelmarket.core.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from modelmarket.gateway.dataplane import ModelFailed
+from modelmarket.gateway.dataplane import IdempotencyKeyReused, ModelFailed
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.pool import RunnerTimeout
@@ -27,6 +27,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404),
     (AlreadyExists, 409),
     (Conflict, 409),
+    (IdempotencyKeyReused, 422),
     (BodyTooLarge, 413),
     (ModelFailed, 502),
     (RunnerTimeout, 504),

@@ -22,6 +22,27 @@ class LogRecord:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """An answer kept beside its usage event (same commit) for a retry that carries the same Idempotency-Key."""
+
+    event_id: str
+    request_sha256: str
+    content_type: bytes
+    header_length: bytes | None
+    body: bytes
+    kept_at_s: float
+    """Unix time when it was committed; it is replayed for a bounded time after that."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLookup:
+    """What the log knows of an event id derived from an Idempotency-Key."""
+
+    billed: bool
+    kept: KeptAnswer | None
+
+
 class EventLog(Protocol):
     """An append-only log read by offset. Narrow on purpose: a JetStream or Kafka adapter is one module."""
 

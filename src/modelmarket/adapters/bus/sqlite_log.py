@@ -16,18 +16,30 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelmarket.metering.ports import EventLogFull, LogRecord
+from modelmarket.metering.ports import EventLogFull, KeptAnswer, KeyLookup, LogRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     log_offset INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id   TEXT NOT NULL UNIQUE,
     payload    BLOB NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS kept_answers (
+    event_id       TEXT PRIMARY KEY,
+    request_sha256 TEXT NOT NULL,
+    content_type   BLOB NOT NULL,
+    header_length  BLOB,
+    body           BLOB NOT NULL,
+    kept_at_s      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_kept_answers_kept_at ON kept_answers (kept_at_s);
 """
+# An answer kept for an Idempotency-Key is written in the same transaction as its usage event: a committed event
+# always has its answer (when it was small enough to keep), so a retry after a crash gets the same bytes.
 
 
 # The hot-path writer leaves WAL checkpoints (page copies plus an fsync) to the reader (the metering consumer),
@@ -40,7 +52,13 @@ READER_CHECKPOINT_RECORDS = 1_000
 class SqliteEventLog:
     """Append-only log in a SQLite file (WAL). One instance per thread: sqlite3 connections are not shared."""
 
-    def __init__(self, path: Path, synchronous: str = "normal", autocheckpoint_pages: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "normal",
+        autocheckpoint_pages: int | None = None,
+        answer_ttl_s: float = 86_400.0,
+    ) -> None:
         if synchronous.lower() not in {"full", "normal"}:
             raise ValueError(f"event_log_sync must be 'full' or 'normal', not {synchronous!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,20 +69,32 @@ class SqliteEventLog:
         self._conn.execute("PRAGMA busy_timeout=30000")
         if autocheckpoint_pages is not None:
             self._conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
-        self._conn.execute(_SCHEMA)
+        self._conn.executescript(_SCHEMA)
         self._read_since_checkpoint = 0
+        self.answer_ttl_s = answer_ttl_s
 
     def _checkpoint(self) -> None:
         """Copy committed WAL pages into the database file without blocking the writer (PASSIVE)."""
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self._read_since_checkpoint = 0
+        cutoff = time.time() - self.answer_ttl_s
+        self._conn.execute("DELETE FROM kept_answers WHERE kept_at_s < ?", (cutoff,))
 
-    def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
-        """Durably append events in one transaction. An event id already in the log is not appended twice."""
+    def append_many(self, events: Sequence[tuple[str, bytes]], kept: Sequence[KeptAnswer] = ()) -> None:
+        """Durably append events (and the answers kept beside them) in one transaction. An event id already in
+        the log is not appended twice."""
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.executemany("INSERT OR IGNORE INTO events (event_id, payload) VALUES (?, ?)", events)
+            if kept:
+                cur.executemany(
+                    "INSERT OR IGNORE INTO kept_answers VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (k.event_id, k.request_sha256, k.content_type, k.header_length, k.body, k.kept_at_s)
+                        for k in kept
+                    ],
+                )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -80,6 +110,21 @@ class SqliteEventLog:
             self._checkpoint()  # housekeeping on the reader's side, off the request path
         return [LogRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
+    def lookup(self, event_id: str) -> KeyLookup:
+        """Whether ``event_id`` was billed, and its kept answer while it is younger than ``answer_ttl_s``."""
+        billed = self._conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
+        if not billed:
+            return KeyLookup(False, None)
+        row = self._conn.execute(
+            "SELECT request_sha256, content_type, header_length, body, kept_at_s FROM kept_answers "
+            "WHERE event_id = ? AND kept_at_s >= ?",
+            (event_id, time.time() - self.answer_ttl_s),
+        ).fetchone()
+        if row is None:
+            return KeyLookup(True, None)
+        header_length = None if row[2] is None else bytes(row[2])
+        return KeyLookup(True, KeptAnswer(event_id, str(row[0]), bytes(row[1]), header_length, bytes(row[3]), row[4]))
+
     def last_offset(self) -> int:
         row = self._conn.execute("SELECT COALESCE(MAX(log_offset), 0) FROM events").fetchone()
         return int(row[0])
@@ -94,18 +139,23 @@ _STOP = object()
 class GroupCommitWriter:
     """Group-committing appender for asyncio request handlers."""
 
-    def __init__(self, log_path: Path, synchronous: str, batch_max: int, queue_max: int) -> None:
+    def __init__(
+        self, log_path: Path, synchronous: str, batch_max: int, queue_max: int, answer_ttl_s: float = 86_400.0
+    ) -> None:
         self._log_path = log_path
         self._synchronous = synchronous
         self._batch_max = batch_max
+        self._answer_ttl_s = answer_ttl_s
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_max)
         self._thread: threading.Thread | None = None
+        self._reader: SqliteEventLog | None = None
         self.commits = 0
         self.appended = 0
 
     def start(self) -> None:
-        # Open once here so a bad path or setting fails at startup, not on the first request.
-        SqliteEventLog(self._log_path, self._synchronous).close()
+        # Open here so a bad path or setting fails at startup, not on the first request. This connection also
+        # answers Idempotency-Key lookups (reads; the writer thread has its own).
+        self._reader = SqliteEventLog(self._log_path, self._synchronous, answer_ttl_s=self._answer_ttl_s)
         self._thread = threading.Thread(target=self._run, name="event-log-writer", daemon=True)
         self._thread.start()
 
@@ -114,13 +164,21 @@ class GroupCommitWriter:
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
             self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
-    def append(self, event_id: str, payload: bytes) -> asyncio.Future[None]:
+    def lookup(self, event_id: str) -> KeyLookup:
+        if self._reader is None:
+            raise RuntimeError("GroupCommitWriter.lookup() before start()")
+        return self._reader.lookup(event_id)
+
+    def append(self, event_id: str, payload: bytes, kept: KeptAnswer | None = None) -> asyncio.Future[None]:
         """Queue one event; the returned future completes once it is committed (or fails with the error)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         try:
-            self._queue.put_nowait((event_id, payload, loop, fut))
+            self._queue.put_nowait((event_id, payload, loop, fut, kept))
         except queue.Full:
             raise EventLogFull("usage event log is at its queue bound; try again shortly") from None
         return fut
@@ -153,7 +211,7 @@ class GroupCommitWriter:
         items = [b for b in batch if isinstance(b, tuple)]
         error: BaseException | None = None
         try:
-            log.append_many([(i[0], i[1]) for i in items])
+            log.append_many([(i[0], i[1]) for i in items], [i[4] for i in items if i[4] is not None])
             self.commits += 1
             self.appended += len(items)
         except Exception as exc:  # reported to every waiting request; none of them is served
@@ -184,19 +242,30 @@ class LoopGroupCommitWriter:
     With ``synchronous=FULL`` (an fsync per commit) use ``GroupCommitWriter``, which keeps the fsync off the loop.
     """
 
-    def __init__(self, log_path: Path, synchronous: str, batch_max: int, queue_max: int) -> None:
+    def __init__(
+        self, log_path: Path, synchronous: str, batch_max: int, queue_max: int, answer_ttl_s: float = 86_400.0
+    ) -> None:
         self._log_path = log_path
         self._synchronous = synchronous
         self._batch_max = batch_max
         self._queue_max = queue_max
-        self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._answer_ttl_s = answer_ttl_s
+        self._pending: list[tuple[str, bytes, asyncio.Future[None], KeptAnswer | None]] = []
         self._scheduled = False
         self._log: SqliteEventLog | None = None
         self.commits = 0
         self.appended = 0
 
     def start(self) -> None:
-        self._log = SqliteEventLog(self._log_path, self._synchronous, WRITER_AUTOCHECKPOINT_PAGES)
+        self._log = SqliteEventLog(
+            self._log_path, self._synchronous, WRITER_AUTOCHECKPOINT_PAGES, answer_ttl_s=self._answer_ttl_s
+        )
+
+    def lookup(self, event_id: str) -> KeyLookup:
+        """An indexed read on the loop's own connection (tens of µs); only calls with an Idempotency-Key pay it."""
+        if self._log is None:
+            raise RuntimeError("LoopGroupCommitWriter.lookup() before start()")
+        return self._log.lookup(event_id)
 
     def stop(self) -> None:
         if self._pending:
@@ -205,14 +274,14 @@ class LoopGroupCommitWriter:
             self._log.close()
             self._log = None
 
-    def append(self, event_id: str, payload: bytes) -> asyncio.Future[None]:
+    def append(self, event_id: str, payload: bytes, kept: KeptAnswer | None = None) -> asyncio.Future[None]:
         if self._log is None:
             raise RuntimeError("LoopGroupCommitWriter.append() before start()")
         if len(self._pending) >= self._queue_max:
             raise EventLogFull("usage event log is at its queue bound; try again shortly")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append((event_id, payload, fut))
+        self._pending.append((event_id, payload, fut, kept))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -225,18 +294,18 @@ class LoopGroupCommitWriter:
             error: BaseException | None = None
             try:
                 assert self._log is not None
-                self._log.append_many([(event_id, payload) for event_id, payload, _ in batch])
+                self._log.append_many([(e, p) for e, p, _, _ in batch], [k for _, _, _, k in batch if k is not None])
                 self.commits += 1
                 self.appended += len(batch)
             except Exception as exc:  # every waiting request fails; none of them is served
                 error = exc
-            _resolve([fut for _, _, fut in batch], error)
+            _resolve([fut for _, _, fut, _ in batch], error)
 
 
 def make_writer(
-    log_path: Path, synchronous: str, batch_max: int, queue_max: int
+    log_path: Path, synchronous: str, batch_max: int, queue_max: int, answer_ttl_s: float = 86_400.0
 ) -> GroupCommitWriter | LoopGroupCommitWriter:
     """The appender that fits the durability setting: on-loop for NORMAL, a writer thread for FULL."""
     if synchronous.lower() == "full":
-        return GroupCommitWriter(log_path, synchronous, batch_max, queue_max)
-    return LoopGroupCommitWriter(log_path, synchronous, batch_max, queue_max)
+        return GroupCommitWriter(log_path, synchronous, batch_max, queue_max, answer_ttl_s)
+    return LoopGroupCommitWriter(log_path, synchronous, batch_max, queue_max, answer_ttl_s)
