@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,18 @@ def gateway(demo_cli: Cli) -> Iterator[Gateway]:
     gw = start_gateway(demo_cli)
     yield gw
     stop_gateway(gw)
+
+
+MONTH_END_MARGIN_S = 180
+"""A test that bills calls and then invoices "this month" starts no closer than this to a month's end."""
+
+
+def billing_period_for_test(margin_s: float = MONTH_END_MARGIN_S) -> str:
+    """The month (UTC, ``YYYY-MM``) all of a test's calls fall in: taken at the test's start, after waiting out a
+    month boundary that is less than ``margin_s`` away, so calls and invoice never straddle two periods."""
+    now = datetime.now(UTC)
+    first_of_next = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    wait_s = (first_of_next - now).total_seconds()
+    if wait_s < margin_s:
+        time.sleep(wait_s + 1)
+    return datetime.now(UTC).strftime("%Y-%m")

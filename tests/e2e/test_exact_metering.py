@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import httpx
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, billing_period_for_test
 
 
 def _log_events_for(gateway: Gateway, account_id: str) -> int:
@@ -18,6 +17,7 @@ def _log_events_for(gateway: Gateway, account_id: str) -> int:
 
 
 def test_only_successful_calls_are_metered_and_billed(gateway: Gateway) -> None:
+    period = billing_period_for_test()  # every call below falls in this month
     cli = gateway.cli
     key = cli.new_consumer("counter")
     account_id = next(a["id"] for a in cli.json("accounts", "list") if a["name"] == "counter")
@@ -107,7 +107,6 @@ def test_only_successful_calls_are_metered_and_billed(gateway: Gateway) -> None:
     assert Decimal(usage["total_iu"]) == n_ok
     assert Decimal(usage["total_amount"]) == n_ok * price
 
-    period = datetime.now(UTC).strftime("%Y-%m")
     [invoice] = cli.json("invoice", "counter", "--period", period)["invoices"]
     expected = (n_ok * price).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
     assert Decimal(invoice["total"]) == expected

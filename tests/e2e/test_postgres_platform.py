@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from tests.conftest import PostgresServer
-from tests.e2e.conftest import Cli, start_gateway, stop_gateway
+from tests.e2e.conftest import Cli, billing_period_for_test, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.postgres
 
@@ -29,6 +28,7 @@ def pg_cli(pg_server: PostgresServer, tmp_path: Path) -> Iterator[Cli]:
 
 
 def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> None:
+    period = billing_period_for_test()  # every call below falls in this month
     pg_cli.run("demo", "--build-only", timeout_s=300)
     assert not (pg_cli.home / "modelmarket.db").exists()  # the store is PostgreSQL, not the embedded SQLite
     key = pg_cli.new_consumer("pg-user")
@@ -49,7 +49,6 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
         models = conn.execute("SELECT name FROM models ORDER BY name").fetchall()
     assert rows == (3,)
     assert [m[0] for m in models] == ["digits", "sentiment", "speech-to-text"]
-    period = datetime.now(UTC).strftime("%Y-%m")
     [invoice] = pg_cli.json("invoice", "pg-user", "--period", period)["invoices"]
     assert invoice["events"] == 3 and Decimal(invoice["total_precise"]) == Decimal(usage["total_amount"])
     assert pg_cli.run("audit", "verify").stdout.startswith("OK")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import httpx
 import yaml
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, billing_period_for_test
 
 
 def _repackage(src: Path, dest: Path, **changes: object) -> Path:
@@ -26,6 +25,7 @@ def _repackage(src: Path, dest: Path, **changes: object) -> Path:
 
 
 def test_publish_call_meter_invoice(gateway: Gateway, tmp_path: Path) -> None:
+    period = billing_period_for_test()  # every call below falls in this month
     cli = gateway.cli
     cli.run("accounts", "create", "acme", "--role", "provider")
     package = _repackage(
@@ -61,7 +61,6 @@ def test_publish_call_meter_invoice(gateway: Gateway, tmp_path: Path) -> None:
     assert [m["model"] for m in usage["models"]] == ["acme-digits"]
     assert usage["models"][0]["unit_kind"] == "image"
 
-    period = datetime.now(UTC).strftime("%Y-%m")
     cli_usage = cli.json("usage", "walker")
     assert cli_usage["total_events"] == 5
     invoice = cli.json("invoice", "walker", "--period", period)["invoices"]

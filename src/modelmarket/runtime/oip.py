@@ -25,8 +25,6 @@ import orjson
 from modelmarket.core.errors import InvalidInput, ensure
 from modelmarket.core.tensors import Tensor, TensorSpec
 
-HEADER_LENGTH = "inference-header-content-length"
-
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
