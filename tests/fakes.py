@@ -25,7 +25,7 @@ from modelmarket.billing.ports import Owner
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import DailyUsage, LogRecord, Reject
+from modelmarket.metering.ports import DailyUsage, KeptAnswer, LogRecord, Reject
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.ports import StoredAlias, StoredModel, StoredVersion
 
@@ -236,12 +236,14 @@ class FakeEventLog:
         self.records: list[LogRecord] = []
         self.closed = 0
 
-    def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
+    def append_many(self, events: Sequence[tuple[str, bytes]], kept: Sequence[KeptAnswer] = ()) -> set[str]:
         known = {r.event_id for r in self.records}
+        duplicates = {k.event_id for k in kept if k.event_id in known}
         for event_id, payload in events:
             if event_id not in known:
                 self.records.append(LogRecord(len(self.records) + 1, event_id, payload))
                 known.add(event_id)
+        return duplicates
 
     def read(self, after_offset: int, limit: int) -> list[LogRecord]:
         return [r for r in self.records if r.offset > after_offset][:limit]

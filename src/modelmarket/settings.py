@@ -66,6 +66,28 @@ class Settings(BaseSettings):
         default=1024 * 1024,
         description="Largest answer kept for an Idempotency-Key retry (a larger one is served once; a retry gets 409).",
     )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        gt=0,
+        description="Largest request head (request line and headers) the gateway reads; larger: 431 and close.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long the gateway waits for a request's line and headers (from the connection's start, or "
+        "from a later request's first bytes); then 408 and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long the gateway waits for a whole request body after its headers; then 408 and the "
+        "connection is closed.",
+    )
+    keep_alive_s: float = Field(
+        default=75.0,
+        gt=0,
+        description="How long the gateway keeps an idle client connection open between requests.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -30,8 +30,8 @@ from modelmarket.adapters.store.engine import MIGRATIONS_DIR, create_store_engin
 from modelmarket.audit.records import GENESIS_HASH, AuditRecord, check_link
 from modelmarket.core.errors import Conflict
 
-RECHAIN_REVISION = "0002"
-BEFORE_RECHAIN = "0001"
+RECHAIN_REVISION = "m0002"
+BEFORE_RECHAIN = "m0001"
 TRICKY_SEQ = 3
 """The record whose payload keys sort differently by code point (legacy) and by UTF-16 code unit (RFC 8785)."""
 EMOJI_PATH, DALET_PATH = "weights/\U0001f600.onnx", "weights/\ufb33.onnx"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
-from modelmarket.adapters.bus import SqliteEventLog
-from modelmarket.metering.ports import KeptAnswer
+import pytest
+
+from modelmarket.adapters.bus import LoopGroupCommitWriter, SqliteEventLog
+from modelmarket.metering.ports import AlreadyLogged, KeptAnswer
 
 
 def _kept(event_id: str, age_s: float = 0.0) -> KeptAnswer:
@@ -45,3 +48,24 @@ def test_an_expired_answer_is_not_replayed_but_the_call_stays_billed(tmp_path: P
     row = log._conn.execute("SELECT COUNT(*) FROM kept_answers").fetchone()
     assert row[0] == 0
     log.close()
+
+
+def test_a_second_process_serving_the_same_key_is_told_the_event_was_already_logged(tmp_path: Path) -> None:
+    """Two gateways on one home: the second commit of an idempotent event id reports it, keeping the first."""
+
+    async def scenario() -> None:
+        first = LoopGroupCommitWriter(tmp_path / "events.db", "normal", 16, 16)
+        second = LoopGroupCommitWriter(tmp_path / "events.db", "normal", 16, 16)
+        first.start()
+        second.start()
+        try:
+            await first.append("idem_1", b"{}", _kept("idem_1"))
+            with pytest.raises(AlreadyLogged):
+                await second.append("idem_1", b"{}", KeptAnswer("idem_1", "b" * 64, b"x", None, b"mine", time.time()))
+            kept = second.lookup("idem_1").kept
+            assert kept is not None and kept.body == b'{"outputs": []}'  # the first answer is the one replayed
+        finally:
+            first.stop()
+            second.stop()
+
+    asyncio.run(scenario())

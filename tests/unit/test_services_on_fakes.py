@@ -263,3 +263,28 @@ def test_fakes_roll_back_a_failed_write(store: FakeStore, accounts: AccountServi
         uow.accounts.add(accounts.list()[0].__class__("acc_x", "lost", "consumer", T0.isoformat()))
         raise RuntimeError("boom")
     assert [a.name for a in accounts.list()] == ["kept"]
+
+
+def test_a_text_priced_model_without_a_bytes_input_is_refused(
+    store: FakeStore, registry: RegistryService, package: Callable[..., Path]
+) -> None:
+    pkg = package()
+    manifest = (
+        (pkg / "modelmarket.yaml")
+        .read_text()
+        .replace("datatype: BYTES, shape: [-1]}]\noutputs", "datatype: INT64, shape: [-1]}]\noutputs")
+    )
+    (pkg / "modelmarket.yaml").write_text(manifest)
+    with pytest.raises(InvalidInput, match=r"pricing\.unit: tokens_1k is counted on BYTES inputs"):
+        registry.publish(pkg)
+    assert store.state.versions == {}
+
+
+def test_audit_verify_names_a_record_edited_into_json_it_cannot_hash(
+    store: FakeStore, accounts: AccountService
+) -> None:
+    accounts.create("a", "consumer")
+    record, _ = store.state.audit[0]
+    store.state.audit[0] = (record, '{"role": 1.5}')
+    result = AuditService(store).verify()
+    assert not result.ok and result.first_broken_seq == 1 and "edited" in (result.reason or "")

@@ -114,14 +114,15 @@ def _record(stored: StoredAuditRecord) -> AuditRecord:
 
 def _check_row(stored: StoredAuditRecord, expected_seq: int, prev_hash: str) -> AuditRecord | str:
     """The record when it continues the chain, else why it does not."""
+    edited = (
+        f"record seq {stored.seq} (action {stored.action!r}, subject {stored.subject!r}): "
+        "payload is not a JSON object the chain can hash (the record was edited)"
+    )
     try:
-        record: AuditRecord | None = _record(stored)
-    except ValueError:  # payload_json is not JSON at all
-        record = None
-    if record is None or not isinstance(record.payload, dict):
-        return (
-            f"record seq {stored.seq} (action {stored.action!r}, subject {stored.subject!r}): "
-            "payload is not a JSON object (the record was edited)"
-        )
-    reason = check_link(record, expected_seq, prev_hash)
+        record = _record(stored)
+        if not isinstance(record.payload, dict):
+            return edited
+        reason = check_link(record, expected_seq, prev_hash)
+    except (ValueError, TypeError, RecursionError):  # not JSON, or JSON that was never sealed (a float, 2**64)
+        return edited
     return record if reason is None else reason

@@ -32,12 +32,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Callable[[str], None]) -> None:
     from modelmarket.gateway import build_gateway
+    from modelmarket.gateway.http_guard import gateway_http_options
     from modelmarket.runtime.asgi import serve_asgi
 
     sock = _bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     app = build_gateway(p, preload, on_ready=lambda: on_ready(url))
-    serve_asgi(app, [sock])
+    serve_asgi(app, [sock], **gateway_http_options(p.settings))
 
 
 @click.command()

@@ -121,6 +121,8 @@ class _Run:
     last_answer_at: float | None = None
     last_probe_at: float = 0.0
     kill_reason: str | None = None
+    recycled: bool = False
+    """Killed on purpose (``recycle``: a call it could not finish in time), not a crash: no budget is spent."""
 
 
 @dataclass
@@ -256,6 +258,7 @@ class ChildProcess:
         if run is None or run.proc.poll() is not None or self._stopping:
             return
         log.warning("%s: recycling (%s)", self.name, reason)
+        run.recycled = True
         self._kill(run, reason)
 
     async def stop(self) -> None:
@@ -388,6 +391,9 @@ class ChildProcess:
         meaning = self.no_restart_codes.get(code)
         if meaning is not None and run.kill_reason is None:
             self._fail(f"{self.name} {how} ({meaning}); not restarting{f': {tail}' if tail else ''}")
+            return
+        if run.recycled:  # a deliberate restart: a slow call must not use up the budget for crashes
+            self._spawn()
             return
         if self.restarts >= self.policy.max_restarts:
             where = f" (see {self.log_path})" if self.log_path is not None else ""

@@ -28,7 +28,7 @@ from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from modelmarket.core.ids import RequestIds
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import KeptAnswer, KeyLookup
+from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.registry.catalogue import Catalogue, VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge
@@ -213,12 +213,12 @@ class DataPlane:
             return await self._infer(account, name, ref, request, None)
         key = _idempotency_key(request.idempotency_key)
         event_id = idempotent_event_id(account.id, key)
-        digest = hashlib.sha256(f"{name}\0{ref}\0".encode() + request.body).hexdigest()
+        digest = await _request_digest(name, ref, request)
         while (pending := self._in_flight.get(event_id)) is not None:  # the same key is being served right now
             if pending[0] != digest:
                 raise IdempotencyKeyReused(_reused(key))
             try:
-                return replace(await asyncio.shield(pending[1]), replayed=True)
+                return _replayed(await asyncio.shield(pending[1]))
             except Exception:  # the first attempt failed and billed nothing: serve this one
                 continue
         found = self.writer.lookup(event_id)
@@ -227,7 +227,10 @@ class DataPlane:
         future: asyncio.Future[InferAnswer] = asyncio.get_running_loop().create_future()
         self._in_flight[event_id] = (digest, future)
         try:
-            answer = await self._infer(account, name, ref, request, (event_id, digest))
+            try:
+                answer = await self._infer(account, name, ref, request, (event_id, digest))
+            except AlreadyLogged:  # another process served this key first: its logged answer is the one
+                answer = self._replay(key, digest, self.writer.lookup(event_id).kept)
             future.set_result(answer)
             return answer
         except BaseException as exc:
@@ -308,6 +311,26 @@ class DataPlane:
             latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
             trace_id=trace,
         )
+
+
+async def _request_digest(name: str, ref: str | None, request: InferRequest) -> str:
+    """What identifies the request behind an Idempotency-Key: the model reference, the framing headers and the
+    body (hashed off the event loop when it is large)."""
+    head = b"\0".join([name.encode(), (ref or "").encode(), request.content_type or b"", request.header_length or b""])
+    if len(request.body) > OFFLOAD_DECODE_BYTES:
+        return await asyncio.to_thread(_sha256, head, request.body)
+    return _sha256(head, request.body)
+
+
+def _sha256(head: bytes, body: bytes) -> str:
+    h = hashlib.sha256(head)
+    h.update(b"\0")
+    h.update(body)
+    return h.hexdigest()
+
+
+def _replayed(answer: InferAnswer) -> InferAnswer:
+    return replace(answer, headers=[*answer.headers, (b"idempotency-replayed", b"true")], replayed=True)
 
 
 def _idempotency_key(raw: bytes) -> str:

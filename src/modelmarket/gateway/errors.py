@@ -39,6 +39,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
 EXTRA_HEADERS: dict[type[Exception], list[tuple[bytes, bytes]]] = {
     EventLogFull: [(b"retry-after", str(RETRY_AFTER_S).encode())],
     NotReady: [(b"retry-after", str(RETRY_AFTER_S).encode())],
+    MeteringHalted: [(b"retry-after", str(RETRY_AFTER_S).encode())],
 }
 
 

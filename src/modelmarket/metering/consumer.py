@@ -138,6 +138,12 @@ class MeteringService:
         """Apply what is in the log now, up to ``max_records`` (None: all). Halts on a broken invariant."""
         event_log = self.open_log()
         try:
+            with self.uow.read() as uow:  # nothing new: answer without taking the write lock
+                if (
+                    uow.usage.halted(CONSUMER_NAME) is None
+                    and uow.usage.offset(CONSUMER_NAME) == event_log.last_offset()
+                ):
+                    return 0
             total = 0
             while max_records is None or total < max_records:
                 limit = self.batch_max if max_records is None else min(self.batch_max, max_records - total)

@@ -22,6 +22,11 @@ class LogRecord:
     payload: bytes
 
 
+class AlreadyLogged(Exception):
+    """An idempotent event id was already in the log (another process served the same Idempotency-Key first):
+    this call's answer must not be served; the one kept in the log is."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeptAnswer:
     """An answer kept beside its usage event (same commit) for a retry that carries the same Idempotency-Key."""
@@ -46,8 +51,9 @@ class KeyLookup:
 class EventLog(Protocol):
     """An append-only log read by offset. Narrow on purpose: a JetStream or Kafka adapter is one module."""
 
-    def append_many(self, events: Sequence[tuple[str, bytes]]) -> None:
-        """Durably append (event id, payload) pairs in one step; an id already in the log is not added twice."""
+    def append_many(self, events: Sequence[tuple[str, bytes]], kept: Sequence[KeptAnswer] = ()) -> set[str]:
+        """Durably append (event id, payload) pairs, and the answers kept beside them, in one step; an id already
+        in the log is not added twice. Returns the ids of kept answers whose event was already there."""
         ...
 
     def read(self, after_offset: int, limit: int) -> list[LogRecord]:

@@ -100,7 +100,7 @@ class UnitKind(StrEnum):
         """The request's size in base units. ``inputs`` in the manifest's declared order (see module doc)."""
         if not inputs and self is not UnitKind.REQUEST:
             raise InvalidInput("a request needs at least one input tensor")
-        return _COUNTER[self](inputs)
+        return max(MIN_BASE_UNITS_PER_ELEMENT, _COUNTER[self](inputs))  # a served call is never free
 
     def iu(self, base_units: int) -> Fraction:
         """IU for a base-unit count, exactly."""

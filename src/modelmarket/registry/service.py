@@ -13,6 +13,7 @@ from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from modelmarket.core.ids import new_id
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
+from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import LATEST, ArtifactRecord, Catalogue, ModelEntry, VersionRecord
 from modelmarket.registry.manifest import NAME_RE, Manifest, load_manifest, parse_manifest
 from modelmarket.registry.package import PackageFile, collect_artifacts
@@ -87,6 +88,7 @@ class RegistryService:
         if manifest.runtime not in known:
             raise InvalidInput(f"runtime: unknown runtime {manifest.runtime!r} (available: {', '.join(known)})")
         _check_tensor_names(manifest)
+        _check_unit_inputs(manifest)
         files = collect_artifacts(package_dir, manifest)
         self.runtimes.validate(manifest.runtime, manifest.parameters, [f.relpath for f in files])
         hashed = tuple(ArtifactRecord(f.relpath, *_hash_file(f)) for f in files)
@@ -198,6 +200,19 @@ def _provider_id(uow: RegistryUnitOfWork, provider: str) -> str:
     if account.role != "provider":
         raise InvalidInput(f"provider: account {provider!r} has role {account.role!r}, not 'provider'")
     return account.id
+
+
+TEXT_UNITS = (UnitKind.TOKENS_1K, UnitKind.AUDIO_MINUTE)
+"""Units counted on BYTES inputs (text, WAV files): a model priced in them must declare one."""
+
+
+def _check_unit_inputs(manifest: Manifest) -> None:
+    unit = manifest.pricing.unit
+    if unit in TEXT_UNITS and not any(t.datatype == "BYTES" for t in manifest.inputs):
+        raise InvalidInput(
+            f"pricing.unit: {unit.value} is counted on BYTES inputs ({unit.base_unit}s), and this model declares "
+            "none; price it per image or per request, or declare its text/audio input as BYTES"
+        )
 
 
 def _check_tensor_names(manifest: Manifest) -> None:

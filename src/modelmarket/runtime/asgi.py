@@ -7,6 +7,8 @@ import socket
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from modelmarket.core.errors import InvalidInput
+
 if TYPE_CHECKING:
     import uvicorn
 
@@ -22,13 +24,20 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyIncomplete(InvalidInput):
+    """The connection ended before the whole request body arrived (the client went away, or the gateway's body
+    timeout closed it). Nothing must act on the part that did arrive; nobody is left to read an answer."""
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, at most ``limit`` bytes (else ``BodyTooLarge``); ``BodyIncomplete`` if the
+    connection ends first."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise BodyIncomplete(f"the request body ended after {size} bytes: the connection was closed")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
@@ -71,7 +80,9 @@ def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
 
     httptools and uvloop (measured fastest), no access log (every call is already a usage event or an error
     answer), lifespan on (startup loads the app's state before the first request), no ``Server`` header, no
-    proxy headers (nothing sits in front of us that we trust). ``overrides`` are passed through to uvicorn.
+    proxy headers (nothing sits in front of us that we trust). ``overrides`` are passed through to uvicorn: the
+    gateway's public listener passes ``gateway.http_guard.gateway_http_options`` (its guarded protocol class as
+    ``http``, its own ``timeout_keep_alive``); runners keep these defaults.
     """
     import uvicorn
 

@@ -8,6 +8,7 @@ A third party ships a runtime as its own distribution by declaring, in its ``pyp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -69,6 +70,7 @@ def validate_runtime_parameters(runtime_name: str, parameters: Mapping[str, Any]
     cls.validate_parameters(parameters, tuple(artifacts))
 
 
+@functools.cache
 def runtime_input_limits(runtime_name: str) -> InputLimits:
     """The bounds runtime ``runtime_name`` puts on one call, for the gateway to refuse a request before forwarding."""
     return load_runtime_class(runtime_name).input_limits

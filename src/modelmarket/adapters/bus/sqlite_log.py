@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelmarket.metering.ports import EventLogFull, KeptAnswer, KeyLookup, LogRecord
+from modelmarket.metering.ports import AlreadyLogged, EventLogFull, KeptAnswer, KeyLookup, LogRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -80,12 +80,20 @@ class SqliteEventLog:
         cutoff = time.time() - self.answer_ttl_s
         self._conn.execute("DELETE FROM kept_answers WHERE kept_at_s < ?", (cutoff,))
 
-    def append_many(self, events: Sequence[tuple[str, bytes]], kept: Sequence[KeptAnswer] = ()) -> None:
+    def append_many(self, events: Sequence[tuple[str, bytes]], kept: Sequence[KeptAnswer] = ()) -> set[str]:
         """Durably append events (and the answers kept beside them) in one transaction. An event id already in
-        the log is not appended twice."""
+        the log is not appended twice. Returns the ids of kept answers whose event was already logged (by
+        another process): those calls must replay the logged answer, not serve their own."""
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
+            duplicates: set[str] = set()
+            if kept:
+                ids = [k.event_id for k in kept]
+                marks = ",".join("?" * len(ids))
+                duplicates = {
+                    r[0] for r in cur.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", ids)
+                }
             cur.executemany("INSERT OR IGNORE INTO events (event_id, payload) VALUES (?, ?)", events)
             if kept:
                 cur.executemany(
@@ -93,12 +101,14 @@ class SqliteEventLog:
                     [
                         (k.event_id, k.request_sha256, k.content_type, k.header_length, k.body, k.kept_at_s)
                         for k in kept
+                        if k.event_id not in duplicates
                     ],
                 )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        return duplicates
 
     def read(self, after_offset: int, limit: int) -> list[LogRecord]:
         rows = self._conn.execute(
@@ -210,17 +220,28 @@ class GroupCommitWriter:
     def _commit(self, log: SqliteEventLog, batch: list[object]) -> None:
         items = [b for b in batch if isinstance(b, tuple)]
         error: BaseException | None = None
+        duplicates: set[str] = set()
         try:
-            log.append_many([(i[0], i[1]) for i in items], [i[4] for i in items if i[4] is not None])
+            duplicates = log.append_many([(i[0], i[1]) for i in items], [i[4] for i in items if i[4] is not None])
             self.commits += 1
             self.appended += len(items)
         except Exception as exc:  # reported to every waiting request; none of them is served
             error = exc
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
         for item in items:
-            by_loop.setdefault(item[2], []).append(item[3])
+            outcome = _duplicate(item[0]) if item[0] in duplicates else error
+            by_loop.setdefault(item[2], []).append((item[3], outcome))
         for loop, futures in by_loop.items():
-            loop.call_soon_threadsafe(_resolve, futures, error)
+            loop.call_soon_threadsafe(_settle, futures)
+
+
+def _duplicate(event_id: str) -> AlreadyLogged:
+    return AlreadyLogged(f"event {event_id} was already in the log")
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for fut, error in outcomes:
+        _resolve([fut], error)
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
@@ -292,14 +313,16 @@ class LoopGroupCommitWriter:
         while self._pending:
             batch, self._pending = self._pending[: self._batch_max], self._pending[self._batch_max :]
             error: BaseException | None = None
+            duplicates: set[str] = set()
             try:
                 assert self._log is not None
-                self._log.append_many([(e, p) for e, p, _, _ in batch], [k for _, _, _, k in batch if k is not None])
+                events = [(e, p) for e, p, _, _ in batch]
+                duplicates = self._log.append_many(events, [k for _, _, _, k in batch if k is not None])
                 self.commits += 1
                 self.appended += len(batch)
             except Exception as exc:  # every waiting request fails; none of them is served
                 error = exc
-            _resolve([fut for _, _, fut, _ in batch], error)
+            _settle([(fut, _duplicate(e) if e in duplicates else error) for e, _, fut, _ in batch])
 
 
 def make_writer(

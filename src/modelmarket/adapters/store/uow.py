@@ -21,6 +21,7 @@ from modelmarket.core.uow import Lock
 ADVISORY_LOCK_IDS: dict[Lock, int] = {Lock.PUBLISH: 7042003, Lock.METERING: 7042002, Lock.PLANS: 7042004}
 """PostgreSQL advisory lock ids (the first key of the two-key form for keyed locks). Never reuse a number."""
 MIGRATION_LOCK_ID = 7042001
+READ_SNAPSHOT = "REPEATABLE READ"
 
 
 class SqlUnitOfWork:
@@ -77,8 +78,14 @@ class SqlStore:
 
     @contextmanager
     def read(self) -> Iterator[SqlUnitOfWork]:
-        with self.engine.connect() as conn, conn.begin():
-            yield SqlUnitOfWork(conn)
+        """A consistent snapshot: SQLite's deferred transaction is one; PostgreSQL needs REPEATABLE READ (READ
+        COMMITTED would take a new snapshot per statement, so a catalogue load could see a version whose model
+        it did not see)."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level=READ_SNAPSHOT)
+            with conn.begin():
+                yield SqlUnitOfWork(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

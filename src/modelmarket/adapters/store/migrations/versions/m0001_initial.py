@@ -1,14 +1,15 @@
-"""Initial schema: accounts, keys, registry, usage (exact base units and amount numerators), rejects, consumer
+"""Initial schema (revision ids start with "m": the pre-release ids 0001-0003 are refused by name, never
+mistaken for these): accounts, keys, registry, usage (exact base units and amount numerators), rejects, consumer
 offsets, audit chain.
 
-Revision ID: 0001
+Revision ID: m0001
 Revises:
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0001"
+revision = "m0001"
 down_revision = None
 branch_labels = None
 depends_on = None

@@ -10,8 +10,8 @@ the table in batches on the migration's connection, inside its transaction: it a
 Stop every writer still running the old code before upgrading: a record it appends afterwards is sealed with the
 old hash and breaks the chain. The downgrade does the reverse (check with JCS, re-seal with the legacy hash).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: m0002
+Revises: m0001
 """
 
 import json
@@ -35,8 +35,8 @@ from modelmarket.audit.records import (
 )
 from modelmarket.core.errors import Conflict, InvariantViolated
 
-revision = "0002"
-down_revision = "0001"
+revision = "m0002"
+down_revision = "m0001"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,218 @@
+"""The gateway's guard on its HTTP/1.1 connections: a bounded request head, a deadline for the head and one for
+the body. Runners do not use it (only the gateway reaches them, over a private Unix socket).
+
+It is uvicorn's httptools protocol with a few lines around the parser, passed to uvicorn as ``http=`` (uvicorn
+takes a protocol class there as well as a name). The request head is bounded by counting the raw bytes received
+while a head is incomplete, *before* they reach the parser: llhttp sets no bound of its own, and httptools joins a
+header value's pieces with ``+=``, so a 64 MB header used to be read and copied in full before the app ever saw
+the request. A head past ``max_head_bytes`` is answered 431 after at most that many bytes were parsed.
+
+Deadlines are one timer per connection at most, armed only while something is incomplete: from the connection's
+start (or a later request's first chunk) until its headers are complete, then from the headers until the end of
+the body. A request that arrives whole in one read arms no timer at all, so the hot path pays a few attribute
+checks. After a refusal the connection is closed gracefully: the answer, then our FIN, then whatever the client
+still sends is dropped unparsed for at most ``LINGER_S`` (so the client reads the answer instead of a reset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from modelmarket.core.errors import ensure
+from modelmarket.settings import Settings
+
+__all__ = ["LINGER_S", "GuardedHttpProtocol", "HttpLimits", "gateway_http_options", "guarded_protocol"]
+
+LINGER_S = 1.0
+"""After a refusal, how long the client's further bytes are read and dropped before the socket is closed."""
+
+# Where the connection is in its current request. IDLE: between requests (nothing of the next one parsed yet).
+_IDLE, _HEAD, _BODY, _CLOSING = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_head_bytes: int
+    """Most bytes of one request's head (request line and headers); past it: 431."""
+    header_timeout_s: float
+    """Time from the connection's start, or from a later request's first bytes, to the end of its head; then 408."""
+    body_timeout_s: float
+    """Time from the end of a request's head to the end of its body; then 408."""
+
+    def __post_init__(self) -> None:
+        ensure(self.max_head_bytes > 0, f"max_head_bytes must be positive, got {self.max_head_bytes}")
+        ensure(self.header_timeout_s > 0, f"header_timeout_s must be positive, got {self.header_timeout_s}")
+        ensure(self.body_timeout_s > 0, f"body_timeout_s must be positive, got {self.body_timeout_s}")
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the guard. Use ``guarded_protocol(limits)``: it binds the limits."""
+
+    limits: ClassVar[HttpLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_head_bytes = self.limits.max_head_bytes
+        self._head_bytes = 0  # bytes received since the last complete head, counted while no body is being read
+        self._phase = _IDLE
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- asyncio protocol -----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase != _BODY:  # head bytes: bounded before the parser sees them
+            room = self._max_head_bytes - self._head_bytes
+            if len(data) > room:
+                self._receive_past_budget(data, room)
+                return
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._deadline is None and (self._phase == _HEAD or self._phase == _BODY):
+            self._arm_deadline()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_deadline()  # the connection leaves this protocol for the websocket one
+        self._phase = _CLOSING
+        super().handle_websocket_upgrade()
+
+    # -- parser callbacks -----------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._phase = _HEAD
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        self._head_bytes = 0
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._phase = _IDLE
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().on_message_complete()
+
+    # -- the guard ------------------------------------------------------------------------------------------
+    def _receive_past_budget(self, data: bytes, room: int) -> None:
+        """``data`` is longer than what the current head may still use: parse only that much of it. If the head
+        completed inside it, go on with the rest as usual (a body, or pipelined requests); if not, it is too big.
+        """
+        if self._phase == _CLOSING:
+            return  # refused already: drop it unparsed
+        self._head_bytes = self._max_head_bytes  # on_headers_complete resets it: that is how we know
+        if room > 0:
+            super().data_received(data[:room])
+        if self._phase == _CLOSING or self.transport.is_closing():
+            return  # a parse error (answered 400 by uvicorn) or a websocket upgrade
+        if self._head_bytes == self._max_head_bytes:
+            limit = self._max_head_bytes
+            self._refuse(431, f"request line and headers are larger than the limit of {limit} bytes")
+            return
+        self.data_received(data[room:])
+
+    def _arm_deadline(self) -> None:
+        if self._phase == _HEAD:
+            self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+        elif self._phase == _BODY:
+            self._deadline = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        if self._phase in (_IDLE, _HEAD) and not self.transport.is_closing():
+            timeout = self.limits.header_timeout_s
+            self._refuse(408, f"the request line and headers did not arrive within {timeout:g} s")
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        if self._phase != _BODY or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.pipeline or self.flow.read_paused:
+            # We are the ones not reading: an earlier request on this connection is still being answered, or the
+            # app has not taken the body buffered so far. That time is not the client's.
+            self._arm_deadline()
+            return
+        if cycle.response_started:  # answered without the whole body (e.g. 401): the rest is not worth waiting for
+            if cycle.response_complete:
+                self._phase = _CLOSING
+                self._head_bytes = self._max_head_bytes
+                self._linger_close()
+            else:
+                self._close_after_response()
+            return
+        cycle.disconnected = True  # the app's receive() answers http.disconnect; its sends are dropped
+        cycle.message_event.set()
+        self._refuse(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with ``{"error": message}`` and close; read nothing more of this connection."""
+        cycle = self.cycle
+        if self._phase != _BODY and cycle is not None and not cycle.response_complete:
+            # An earlier request's answer is still being written (pipelining): do not cut into it.
+            self._close_after_response()
+            return
+        self._cancel_deadline()
+        self._phase = _CLOSING
+        self._head_bytes = self._max_head_bytes  # every further byte goes to _receive_past_budget and is dropped
+        body = orjson.dumps({"error": message})
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self._linger_close()
+
+    def _close_after_response(self) -> None:
+        self._cancel_deadline()
+        self._phase = _CLOSING
+        self._head_bytes = self._max_head_bytes
+        self.cycle.keep_alive = False  # uvicorn closes the connection once this answer is written
+
+    def _linger_close(self) -> None:
+        """Our FIN after what was written, then close once the client closes or ``LINGER_S`` has passed."""
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
+
+
+def guarded_protocol(limits: HttpLimits) -> type[GuardedHttpProtocol]:
+    """The guarded protocol class with ``limits`` bound, to pass to uvicorn as ``http=``."""
+
+    class BoundGuardedHttpProtocol(GuardedHttpProtocol):
+        pass
+
+    BoundGuardedHttpProtocol.limits = limits
+    return BoundGuardedHttpProtocol
+
+
+def gateway_http_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options of the gateway's public listener: ``serve_asgi(app, sockets, **gateway_http_options(s))``."""
+    limits = HttpLimits(
+        max_head_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    return {"http": guarded_protocol(limits), "timeout_keep_alive": settings.keep_alive_s}

@@ -1,0 +1,32 @@
+"""1. Packages that read the platform's files: links, FIFOs, hard links and runtime parameters that name a path
+outside the package are refused at publish, naming the field, and nothing is stored."""
+
+from __future__ import annotations
+
+import pytest
+from tests.hostile.conftest import PublishBatch
+
+FILE_CASES = (
+    "artifact-symlink-to-passwd",
+    "artifact-symlink-to-store",
+    "symlinked-folder",
+    "link-inside-folder",
+    "fifo-artifact",
+    "hard-link-to-outside",
+    "manifest-symlink",
+)
+PARAMETER_CASES = ("model-file-dot-dot", "model-file-absolute", "model-file-not-an-artifact", "zero-threads")
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_package_files_that_lead_outside_are_refused(refused_publishes: PublishBatch, case: str) -> None:
+    refused_publishes.assert_refused(case)
+
+
+@pytest.mark.parametrize("case", PARAMETER_CASES)
+def test_runtime_parameters_are_validated_at_publish(refused_publishes: PublishBatch, case: str) -> None:
+    refused_publishes.assert_refused(case)
+
+
+def test_no_refused_package_stored_a_blob_or_a_version(refused_publishes: PublishBatch) -> None:
+    assert refused_publishes.new_blob_files == frozenset(), sorted(refused_publishes.new_blob_files)
