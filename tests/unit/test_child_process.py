@@ -275,3 +275,21 @@ def test_a_halted_metering_consumer_is_not_restarted_and_the_gateway_can_say_why
         await metering.stop()
 
     run(scenario)
+
+
+def test_a_halted_consumer_starts_again_only_once_the_halt_is_cleared(tmp_path: Path) -> None:
+    from modelmarket.gateway.metering_process import MeteringProcess
+
+    async def scenario() -> None:
+        metering = MeteringProcess(tmp_path / "metering.log", dict(os.environ), command=py(HALTING_CONSUMER))
+        metering.start()
+        await until(lambda: metering.failure is not None)
+        first = metering.child
+        assert metering.restart_if_resumed("still halted: the log was truncated") is False
+        assert metering.child is first
+        assert metering.restart_if_resumed(None) is True  # `modelmarket meter --resume` cleared it
+        assert metering.child is not first
+        await until(lambda: metering.failure is not None)  # the stand-in halts again: it is watched again
+        await metering.stop()
+
+    run(scenario)

@@ -30,6 +30,8 @@ from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header,
 log = logging.getLogger(__name__)
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
+METERING_RESUME_CHECK_S = 2.0
+"""How often a gateway whose metering child halted checks whether an operator has resumed metering."""
 _EXPECTED = (DomainError, BodyTooLarge, EventLogFull, MeteringHalted)
 
 
@@ -53,6 +55,8 @@ class GatewayParts:
     metering: Any
     max_request_bytes: int
     preload: bool = True
+    metering_halted: Callable[[], str | None] | None = None
+    """The store's halt reason, read to restart a halted metering child once an operator resumed it."""
 
 
 class GatewayApp:
@@ -69,6 +73,8 @@ class GatewayApp:
         p.writer.start()
         if p.metering is not None:
             p.metering.start()
+            if p.metering_halted is not None:
+                self._background_task(self._resume_metering_when_cleared(p.metering, p.metering_halted))
         await self.state.reload()
         self.state.start()
         p.supervisor.start_monitor()
@@ -92,6 +98,22 @@ class GatewayApp:
         self.parts.writer.stop()
         if self.parts.metering is not None:
             await self.parts.metering.stop()
+
+    def _background_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _resume_metering_when_cleared(self, metering: Any, halted: Callable[[], str | None]) -> None:
+        while True:
+            await asyncio.sleep(METERING_RESUME_CHECK_S)
+            if metering.failure is None:
+                continue
+            try:
+                if metering.restart_if_resumed(await asyncio.to_thread(halted)):
+                    log.warning("metering was resumed by an operator; its consumer is running again")
+            except Exception:  # keep checking; the readiness endpoint still reports the halt
+                log.exception("checking whether metering was resumed failed")
 
     def _spawn_start(self, version: VersionRecord) -> None:
         self.parts.supervisor.register(version)

@@ -66,7 +66,9 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         return await authenticate(state, request.scope)
 
     api = build_router(ApiContext(lambda: state.catalogue, platform.usage), authenticate_request)
-    return GatewayParts(dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload)
+    return GatewayParts(
+        dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload, platform.metering.halted
+    )
 
 
 def _metering_problem(metering: MeteringProcess) -> str | None:

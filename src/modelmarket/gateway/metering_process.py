@@ -77,6 +77,17 @@ class MeteringProcess:
         )
         self.child.start()
 
+    def restart_if_resumed(self, halted: str | None) -> bool:
+        """Start the consumer again if it stopped on a halt that an operator has since cleared (``halted`` is
+        the store's current halt reason: None once `modelmarket meter --resume` ran). True if it restarted."""
+        child = self.child
+        if child is None or child.state is not ChildState.FAILED or child.returncode != EXIT_METERING_HALTED:
+            return False
+        if halted is not None:
+            return False
+        self.start()
+        return True
+
     async def stop(self) -> None:
         """SIGTERM (it applies what is in the log, then exits), SIGKILL after ``stop_timeout_s``."""
         if self.child is not None:
