@@ -1,8 +1,8 @@
 """One real platform for the whole hostile session: the gateway (a subprocess on a free port), its runners and its
 metering child, serving the demo catalogue; plus the hostile packages, published once in a batch.
 
-The gateway is started the way `tests/e2e` starts it (`start_gateway`), with small header and body timeouts and a
-1 s key cache so that those behaviours can be observed in seconds.
+The gateway is started the way `tests/e2e` starts it (`start_gateway`), with small header and body timeouts, a 1 s
+key cache and a 64 KiB bound on kept idempotent answers, so that those behaviours can be observed in seconds.
 """
 
 from __future__ import annotations
@@ -38,15 +38,18 @@ from modelmarket.settings import Settings
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
 CACHE_REFRESH_S = 1.0
+MAX_KEPT_ANSWER_BYTES = 64 * 1024
 GATEWAY_ENV = {
     "MODELMARKET_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     "MODELMARKET_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     "MODELMARKET_CACHE_REFRESH_S": str(CACHE_REFRESH_S),
+    "MODELMARKET_IDEMPOTENCY_MAX_ANSWER_BYTES": str(MAX_KEPT_ANSWER_BYTES),
 }
 DEMO_MODELS = ("digits", "sentiment", "speech-to-text")
 PUBLISH_TIMEOUT_S = 90
 PUBLISH_WORKERS = 3
 GATEWAY_START_TIMEOUT_S = 90
+SPARE_CONSUMERS = 80
 
 
 @dataclass
@@ -80,6 +83,9 @@ class Market:
     gateway: Gateway
     packages: Path
     admin: Platform
+    spare: list[Consumer] = field(default_factory=list)
+    """Consumers made before the gateway started, so their keys are in its first snapshot: a key made later
+    waits for a (throttled) reload of the gateway's key snapshot on its first call."""
     _names: Iterator[int] = field(default_factory=itertools.count)
 
     @property
@@ -90,12 +96,11 @@ class Market:
     def hostport(self) -> str:
         return self.gateway.hostport
 
-    def consumer(self, prefix: str) -> Consumer:
-        """A fresh consumer account with one API key (made in-process: the CLI takes seconds per call)."""
-        name = f"{prefix}-{next(self._names)}-{uuid.uuid4().hex[:6]}"
-        account = self.admin.accounts.create(name, "consumer", actor="hostile-tests")
-        issued = self.admin.accounts.issue_key(name, actor="hostile-tests")
-        return Consumer(name, account.id, issued.secret, issued.key_id)
+    def consumer(self, purpose: str) -> Consumer:
+        """A consumer account of its own, with one API key, that has made no call yet."""
+        if self.spare:
+            return self.spare.pop()
+        return new_consumer(self.admin, f"{purpose}-{next(self._names)}")
 
     def usage(self, who: Consumer) -> dict[str, Any]:
         r = httpx.get(f"{self.url}/api/usage", headers=who.auth, timeout=30)
@@ -106,11 +111,21 @@ class Market:
     def events(self, who: Consumer) -> int:
         return int(self.usage(who)["total_events"])
 
-    def kill_and_restart(self) -> None:
-        """SIGKILL the gateway (no shutdown, no flush) and start a new one on the same home."""
-        self.gateway.proc.kill()
-        self.gateway.proc.wait(timeout=30)
+    def kill_and_restart(self) -> float:
+        """SIGKILL the gateway (no shutdown, no flush) and start a new one on the same home; return how long the
+        new one took to be ready (every demo model ready)."""
+        old = self.gateway.proc
+        old.kill()
+        old.wait(timeout=30)
+        _close_pipe(old)
+        started = time.monotonic()
         self.gateway = start_gateway(self.cli)
+        return time.monotonic() - started
+
+
+def _close_pipe(proc: subprocess.Popen[str]) -> None:
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def start_gateway(cli: Cli, timeout_s: float = GATEWAY_START_TIMEOUT_S) -> Gateway:
@@ -125,6 +140,7 @@ def start_gateway(cli: Cli, timeout_s: float = GATEWAY_START_TIMEOUT_S) -> Gatew
     except BaseException:
         proc.kill()
         proc.wait(timeout=30)
+        _close_pipe(proc)
         raise
 
 
@@ -145,26 +161,37 @@ def _wait_ready(cli: Cli, proc: subprocess.Popen[str], deadline: float) -> Gatew
     return Gateway(url=url, proc=proc, cli=cli)
 
 
+def new_consumer(admin: Platform, name: str) -> Consumer:
+    """A consumer account with one API key, made in-process (the CLI takes seconds per call)."""
+    name = f"{name}-{uuid.uuid4().hex[:6]}"
+    account = admin.accounts.create(name, "consumer", actor="hostile-tests")
+    issued = admin.accounts.issue_key(name, actor="hostile-tests")
+    return Consumer(name, account.id, issued.secret, issued.key_id)
+
+
 @pytest.fixture(scope="session")
 def market(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
+    """The demo catalogue published (in-process, as `modelmarket publish` does) on a fresh home, and the gateway."""
     base = tmp_path_factory.mktemp("hostile")
     packages = base / "packages"
     shutil.copytree(demo_dir, packages)
     cli = HostileCli(base / "home", extra_env=GATEWAY_ENV)
-    cli.run("accounts", "create", "demo-provider", "--role", "provider")
-    with ThreadPoolExecutor(max_workers=len(DEMO_MODELS)) as pool:
-        list(pool.map(lambda model: cli.run("publish", str(packages / model)), DEMO_MODELS))
-    gateway = start_gateway(cli)
-    admin: Platform | None = None
+    admin = bootstrap(Settings(home=cli.home, database_url=None))
+    gateway: Gateway | None = None
     try:
-        admin = bootstrap(Settings(home=cli.home, database_url=None))
-        market = Market(cli=cli, gateway=gateway, packages=packages, admin=admin)
+        admin.accounts.create("demo-provider", "provider", actor="hostile-tests")
+        for model in DEMO_MODELS:
+            admin.registry.publish(packages / model, actor="hostile-tests")
+        spare = [new_consumer(admin, f"consumer-{i}") for i in range(SPARE_CONSUMERS)]
+        gateway = start_gateway(cli)
+        market = Market(cli=cli, gateway=gateway, packages=packages, admin=admin, spare=spare)
         yield market
         gateway = market.gateway  # the one running now (a test may have restarted it)
     finally:
-        stop_gateway(gateway)
-        if admin is not None:
-            admin.close()
+        if gateway is not None:
+            stop_gateway(gateway)
+            _close_pipe(gateway.proc)
+        admin.close()
 
 
 # -- hostile packages, published once in a batch -----------------------------------------------------------------
@@ -218,7 +245,7 @@ def refused_publishes(market: Market, tmp_path_factory: pytest.TempPathFactory) 
     digits = market.packages / "digits"
     baseline = base / "baseline"
     prepare_copy(digits, baseline, BASELINE_VERSION)
-    cli.run("publish", str(baseline))
+    market.admin.registry.publish(baseline, actor="hostile-tests")
     prepared: dict[str, tuple[Path, str, frozenset[str]]] = {}
     for index, case in enumerate(CASES):
         version = case_version(index, case)
@@ -226,7 +253,7 @@ def refused_publishes(market: Market, tmp_path_factory: pytest.TempPathFactory) 
         where.outside.mkdir()
         prepare_copy(digits, where.package, version)
         case.prepare(where)
-        prepared[case.name] = (where.package, version, frozenset(reachable_digests(where.package)))
+        prepared[case.name] = (where.package, version, frozenset(reachable_digests(where.package, cli.home)))
     blobs_before = _blob_files(cli.home)
 
     def publish(name: str) -> tuple[str, PublishOutcome]:

@@ -4,13 +4,22 @@ refused call."""
 
 from __future__ import annotations
 
+import io
+import wave
 from decimal import Decimal
 from fractions import Fraction
 
 import httpx
 import pytest
 from tests.hostile.conftest import Market
-from tests.hostile.support import LiveProbe, assert_error_response, sentiment_body
+from tests.hostile.support import (
+    LiveProbe,
+    assert_error_response,
+    binary_request,
+    bytes_elements,
+    sentiment_body,
+    silent_wav,
+)
 
 from modelmarket.core.money import exact_text
 
@@ -57,3 +66,51 @@ def test_empty_and_blank_strings_cost_one_token_each_exactly(market: Market) -> 
     assert entry["quantity"] == tokens and entry["base_unit"] == "token"
     assert entry["iu"] == usage["total_iu"] == exact_text(Fraction(tokens, 1000)) == "0.01"
     assert entry["amount"] == exact_text(Fraction(tokens) * Fraction(price) / 1000)
+
+
+def _binary_call(market: Market, auth: dict[str, str], model: str, name: str, items: list[bytes]) -> httpx.Response:
+    body, header_length = binary_request(name, "BYTES", [len(items)], bytes_elements(items))
+    headers = {**auth, "Inference-Header-Content-Length": str(header_length)}
+    return httpx.post(f"{market.url}/v2/models/{model}/infer", content=body, headers=headers, timeout=60)
+
+
+def test_text_that_is_not_utf8_is_refused_and_not_billed(market: Market) -> None:
+    who = market.consumer("not-utf8")
+    r = _binary_call(market, who.auth, "sentiment", "text", [b"fine", b"\xff\xfe broken"])
+    assert_error_response(r, 400, "UTF-8")
+    assert market.events(who) == 0
+
+
+def _wav_at(rate_hz: int, frames: int, width_bytes: int = 2) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(width_bytes)
+        w.setframerate(rate_hz)
+        w.writeframes(b"\0" * width_bytes * frames)
+    return out.getvalue()
+
+
+AUDIO_REFUSED = [
+    # (id, clip, words the error must hold)
+    ("not-a-wav", b"hello", ("WAV",)),
+    ("8-bit", _wav_at(16_000, 16_000, width_bytes=1), ("16-bit",)),
+    ("11-s-in-22-bytes", _wav_at(1, 11), ("11.0 s", "limit is 10 s")),  # a tiny file that claims 11 s at 1 Hz
+]
+
+
+@pytest.mark.parametrize(("clip", "words"), [c[1:] for c in AUDIO_REFUSED], ids=[c[0] for c in AUDIO_REFUSED])
+def test_audio_the_runtime_cannot_take_is_refused_and_not_billed(
+    market: Market, clip: bytes, words: tuple[str, ...]
+) -> None:
+    who = market.consumer("bad-audio")
+    assert_error_response(_binary_call(market, who.auth, "speech-to-text", "audio", [clip]), 400, *words)
+    assert market.events(who) == 0
+
+
+def test_an_empty_wav_costs_one_second(market: Market) -> None:
+    who = market.consumer("empty-audio")
+    r = _binary_call(market, who.auth, "speech-to-text", "audio", [silent_wav(0), silent_wav(0.01)])
+    assert r.status_code == 200, r.text
+    [entry] = market.usage(who)["models"]
+    assert entry["events"] == 1 and entry["quantity"] == 2 and entry["iu"] == "1/30"

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.hostile.conftest import Consumer, Market
+from tests.hostile.conftest import MAX_KEPT_ANSWER_BYTES, Consumer, Market
 from tests.hostile.support import LiveProbe, assert_error_response, digits_body
 
 REPLAYED = "idempotency-replayed"
@@ -76,6 +76,20 @@ def test_a_refused_call_bills_nothing_so_its_key_can_be_used_again(market: Marke
     assert market.events(who) == 1
 
 
+def test_a_retry_of_an_answer_too_large_to_keep_is_refused_not_billed_again(market: Market) -> None:
+    who = market.consumer("idem-large")
+    key = str(uuid.uuid4())
+    rows = 700  # about 85 kB of answer: more than the gateway keeps here
+    first = _infer(market, who, key, digits_body(rows))
+    assert first.status_code == 200 and len(first.content) > MAX_KEPT_ANSWER_BYTES, (
+        first.status_code,
+        len(first.content),
+    )
+    assert_error_response(_infer(market, who, key, digits_body(rows)), 409, "Idempotency-Key", "no longer kept")
+    usage = market.usage(who)
+    assert usage["total_events"] == 1 and usage["models"][0]["quantity"] == rows
+
+
 @dataclass(frozen=True)
 class Burst:
     who: Consumer
@@ -108,12 +122,6 @@ def test_concurrent_retries_with_one_key_run_once_and_are_billed_once(market: Ma
     assert market.events(burst.who) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retry that waits for the in-flight first call with its key gets that call's headers without "
-    "Idempotency-Replayed: true (DataPlane.infer returns replace(answer, replayed=True), but InferAnswer.replayed "
-    "never becomes the header; only retries answered from the log carry it)",
-)
 def test_concurrent_retries_are_marked_replayed(burst: Burst) -> None:
     marked = [a.headers.get(REPLAYED) for a in burst.answers]
     print(f"[idempotency] Idempotency-Replayed of {BURST} concurrent calls with one key: {marked}")
@@ -126,7 +134,9 @@ def test_a_retry_after_the_gateway_was_killed_gets_the_kept_answer_unbilled(mark
     key = str(uuid.uuid4())
     first = _infer(market, who, key, digits_body(3))
     assert first.status_code == 200, first.text
-    market.kill_and_restart()
+    ready_after_s = market.kill_and_restart()
+    print(f"[idempotency] the restarted gateway was ready {ready_after_s:.1f}s after the SIGKILL")
+    assert httpx.get(f"{market.url}/v2/health/ready", timeout=10).json() == {"ready": True}
     retry = _infer(market, who, key, digits_body(3))
     assert retry.status_code == 200, retry.text
     assert retry.content == first.content

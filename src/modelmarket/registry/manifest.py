@@ -262,7 +262,7 @@ class ManifestYamlError(yaml.YAMLError):
         super().__init__(line + message)
 
 
-_PLAIN_INT_RE = re.compile(r"^-?(0|[1-9][0-9]*)$")
+_PLAIN_INT_RE = re.compile(r"^(0|-?[1-9][0-9]*)$")  # no "-0": it would read as 0
 
 
 class ManifestLoader(yaml.SafeLoader):
@@ -294,7 +294,14 @@ class ManifestLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
+            is_int = isinstance(value_node, yaml.ScalarNode) and value_node.tag == "tag:yaml.org,2002:int"
+            if is_int and not _PLAIN_INT_RE.match(str(value_node.value)):  # name the field, not only the line
+                raise ManifestYamlError(
+                    value_node.start_mark,
+                    f"{key_node.value}: write the number {_shown(str(value_node.value))} in plain decimal digits, "
+                    "or quote it as text",
+                )
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise ManifestYamlError(key_node.start_mark, "merge keys ('<<') are not allowed: write the fields out")
             key = self.construct_object(key_node, deep=deep)
