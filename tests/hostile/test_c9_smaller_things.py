@@ -70,11 +70,6 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request the HTTP parser rejects is answered by uvicorn itself: 400 text/plain 'Invalid HTTP request "
-    'received.\', not a JSON {"error": ...} naming the problem (the guard answers only its own 431 and 408 in JSON)',
-)
 @pytest.mark.parametrize(
     "request_bytes", MALFORMED, ids=["no-request-line", "content-length-abc", "length-and-chunked"]
 )
