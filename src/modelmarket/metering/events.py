@@ -95,7 +95,7 @@ class UsageEvent:
                 "unit_kind": self.unit_kind.value,
                 "quantity": self.quantity,
                 "base_unit": self.unit_kind.base_unit,
-                "quantity_iu": exact_text(self.quantity_iu),
+                "quantity_iu": str(self.quantity) if self.unit_kind.divisor == 1 else exact_text(self.quantity_iu),
                 "unit_price": format(self.unit_price, "f"),
                 "currency": self.currency,
                 "latency_ms": format(self.latency_ms, "f"),

@@ -47,6 +47,8 @@ CREATE INDEX IF NOT EXISTS ix_kept_answers_kept_at ON kept_answers (kept_at_s);
 # no consumer runs.
 WRITER_AUTOCHECKPOINT_PAGES = 50_000
 READER_CHECKPOINT_RECORDS = 1_000
+PURGE_INTERVAL_S = 60.0
+"""How often the reader deletes kept answers older than their time to live."""
 
 
 class SqliteEventLog:
@@ -72,13 +74,16 @@ class SqliteEventLog:
         self._conn.executescript(_SCHEMA)
         self._read_since_checkpoint = 0
         self.answer_ttl_s = answer_ttl_s
+        self._purged_at = 0.0
 
     def _checkpoint(self) -> None:
         """Copy committed WAL pages into the database file without blocking the writer (PASSIVE)."""
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self._read_since_checkpoint = 0
-        cutoff = time.time() - self.answer_ttl_s
-        self._conn.execute("DELETE FROM kept_answers WHERE kept_at_s < ?", (cutoff,))
+        now = time.time()
+        if now - self._purged_at >= PURGE_INTERVAL_S:  # a write: rarely, so it never queues behind the hot path
+            self._purged_at = now
+            self._conn.execute("DELETE FROM kept_answers WHERE kept_at_s < ?", (now - self.answer_ttl_s,))
 
     def append_many(self, events: Sequence[tuple[str, bytes]], kept: Sequence[KeptAnswer] = ()) -> set[str]:
         """Durably append events (and the answers kept beside them) in one transaction. An event id already in
