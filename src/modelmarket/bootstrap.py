@@ -50,9 +50,6 @@ class Platform:
     billing: BillingService
     audit: AuditService
 
-    def open_event_log(self) -> EventLog:
-        return SqliteEventLog(self.settings.event_log_path, self.settings.event_log_sync)
-
     def close(self) -> None:
         self.store.dispose()
 

@@ -184,8 +184,6 @@ class DataPlane:
         return {"name": "modelmarket", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     async def resolve(self, name: str, ref: str | None) -> VersionRecord:
-        if ref == "":
-            raise NotFound(f"model {name!r}: empty version segment")
         try:
             return self.catalogue.catalogue.resolve(name, ref)
         except NotFound:
