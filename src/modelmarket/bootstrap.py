@@ -12,6 +12,10 @@ from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.audit import AuditService
 from modelmarket.billing import BillingService
+from modelmarket.billing.ledger import LedgerService
+from modelmarket.billing.lifecycle import InvoiceService
+from modelmarket.billing.rating import Rater
+from modelmarket.billing.subscriptions import PlanService
 from modelmarket.core.clock import Clock, utc_now
 from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
@@ -49,6 +53,9 @@ class Platform:
     usage: UsageService
     billing: BillingService
     audit: AuditService
+    plans: PlanService
+    invoices: InvoiceService
+    ledger: LedgerService
 
     def close(self) -> None:
         self.store.dispose()
@@ -71,7 +78,8 @@ def bootstrap(
     def open_log() -> EventLog:
         return SqliteEventLog(settings.event_log_path, settings.event_log_sync, answer_ttl_s=settings.idempotency_ttl_s)
 
-    metering = MeteringService(store, open_log, clock, settings.metering_poll_s)
+    rater = Rater(settings.provider_share, clock)
+    metering = MeteringService(store, open_log, clock, settings.metering_poll_s, projectors=(rater,))
     return Platform(
         settings=settings,
         store=store,
@@ -83,4 +91,7 @@ def bootstrap(
         usage=UsageService(store, metering),
         billing=BillingService(store, metering, settings.provider_share),
         audit=AuditService(store),
+        plans=PlanService(store, clock),
+        invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),
+        ledger=LedgerService(store, metering, clock, open_log),
     )

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         default=Decimal("0.80"),
         description="Provider's share of billed revenue (the platform keeps the rest).",
     )
+    default_plan: str | None = Field(
+        default=None,
+        description="Plan a new consumer account is subscribed to (none: billed as payg, list prices).",
+    )
+    invoice_grace_s: float = Field(
+        default=3 * 86_400.0,
+        ge=0,
+        description="How long after a month ends its draft invoices wait for late events before they are finalized.",
+    )
     idempotency_ttl_s: float = Field(
         default=86_400.0,
         description="How long the answer to a call with an Idempotency-Key is kept for a retry with that key.",

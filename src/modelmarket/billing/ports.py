@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
+from fractions import Fraction
 from typing import Literal, Protocol
 
 from modelmarket.billing.aggregate import UsageRow
+from modelmarket.billing.plans import PlanVersion, Subscription
+from modelmarket.metering.ports import UsageRepository
+from modelmarket.metering.units import UnitKind
 
 Owner = Literal["consumer", "provider"]
 
@@ -21,3 +27,213 @@ class BillingRepository(Protocol):
 class BillingUnitOfWork(Protocol):
     @property
     def billing(self) -> BillingRepository: ...
+
+
+# -- the economy ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLimits:
+    account_id: str
+    key_id: str
+    """'' for the account-wide limits."""
+    rpm: int | None
+    iu_per_day: dict[UnitKind, Fraction]
+    budget: Decimal | None
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRecord:
+    model_name: str
+    seq: int
+    effective_at: str
+    list_price: Decimal | None
+    """The operator's list price per IU; None: the price in the version's manifest."""
+    factor: Decimal
+    source: str
+    """'list' (set by an operator) or 'dynamic' (recomputed from demand, latency and popularity)."""
+    reason: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicPricing:
+    model_name: str
+    min_factor: Decimal
+    max_factor: Decimal
+    enabled: bool
+    updated_at: str
+
+
+class PlanRepository(Protocol):
+    def plan_versions(self, name: str | None = None) -> list[PlanVersion]:
+        """Every version of ``name`` (or of every plan), by name then version."""
+        ...
+
+    def add_plan_version(self, plan: PlanVersion) -> None: ...
+
+    def subscriptions(self, account_id: str | None = None) -> list[Subscription]:
+        """The subscription history of ``account_id`` (or of every account), by effective_at then seq."""
+        ...
+
+    def add_subscription(self, sub: Subscription) -> None: ...
+
+    def next_subscription_seq(self) -> int: ...
+
+    def limits(self, account_id: str | None = None) -> list[StoredLimits]: ...
+
+    def put_limits(self, limits: StoredLimits) -> None: ...
+
+    def price_records(self, model_name: str | None = None) -> list[PriceRecord]:
+        """By model, then seq."""
+        ...
+
+    def add_price_record(self, record: PriceRecord) -> None: ...
+
+    def dynamic_pricing(self) -> list[DynamicPricing]: ...
+
+    def put_dynamic_pricing(self, config: DynamicPricing) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RatedEvent:
+    event_id: str
+    log_offset: int
+    account_id: str
+    provider_account_id: str
+    model_name: str
+    unit_kind: UnitKind
+    currency: str
+    period: str
+    origin_period: str
+    kind: str
+    """'usage', or 'adjustment' (its origin period was already finalized: it lands on a later invoice)."""
+    plan_name: str
+    plan_version: int
+    quantity_base: int
+    granted_base: int
+    """The part of the quantity covered by a free grant or a subscription's included IU (billed at 0)."""
+    amount: Fraction
+    provider_amount: Fraction
+    txn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    txn_id: str
+    seq: int
+    ledger_account: str
+    currency: str
+    amount: Fraction
+    """Signed: a debit is positive, a credit negative."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTxn:
+    id: str
+    kind: str
+    """'usage', 'fee', 'shortfall', 'credit' or 'payout'."""
+    currency: str
+    period: str
+    account_id: str
+    memo: str
+    log_offset: int | None
+    created_at: str
+    entries: tuple[LedgerEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInvoice:
+    id: str
+    account_id: str
+    period: str
+    currency: str
+    status: str
+    """'draft', 'finalized' or 'void'."""
+    lines_json: str
+    total: Decimal
+    updated_at: str
+    finalized_at: str | None = None
+    finalized_offset: int | None = None
+    voided_at: str | None = None
+    void_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Payout:
+    id: str
+    provider_account_id: str
+    period: str
+    currency: str
+    amount: Decimal
+    txn_id: str
+    created_at: str
+
+
+class LedgerRepository(Protocol):
+    def counters(self, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], int]:
+        """Rating counters (account, period, scope, unit kind) -> base units so far; absent keys are 0."""
+        ...
+
+    def put_counters(
+        self, values: dict[tuple[str, str, str, str], int], existing: set[tuple[str, str, str, str]]
+    ) -> None: ...
+
+    def add_rated(self, rows: Sequence[RatedEvent]) -> None: ...
+
+    def add_txns(self, txns: Sequence[LedgerTxn]) -> None:
+        """Transactions with their entries."""
+        ...
+
+    def rated(
+        self,
+        *,
+        account_id: str | None = None,
+        period: str | None = None,
+        provider_account_id: str | None = None,
+        origin_period: str | None = None,
+        txn_id: str | None = None,
+    ) -> Iterator[RatedEvent]:
+        """Rated events matching every given filter, by log offset; streamed."""
+        ...
+
+    def txns(
+        self, *, account_id: str | None = None, kind: str | None = None, period: str | None = None
+    ) -> Iterator[LedgerTxn]:
+        """Transactions with their entries, by id; streamed."""
+        ...
+
+    def entries_of(self, ledger_account: str) -> list[LedgerEntry]: ...
+
+    def invoice(self, invoice_id: str) -> StoredInvoice | None: ...
+
+    def invoices(self, account_id: str | None = None, period: str | None = None) -> list[StoredInvoice]: ...
+
+    def put_invoice(self, invoice: StoredInvoice) -> None:
+        """Insert or replace by id."""
+        ...
+
+    def closed_periods(self) -> dict[tuple[str, str, str], int]:
+        """(account, period, currency) -> finalized_offset of every finalized or void invoice."""
+        ...
+
+    def payouts(self, period: str | None = None) -> list[Payout]: ...
+
+    def add_payout(self, payout: Payout) -> None: ...
+
+    def clear_derived(self) -> None:
+        """Delete what the rating projection derives from the log (rated events, counters, usage transactions),
+        for a rebuild. Invoices, fees, credits and payouts are facts and stay."""
+        ...
+
+
+class EconomyUnitOfWork(BillingUnitOfWork, Protocol):
+    @property
+    def usage(self) -> UsageRepository: ...
+
+    @property
+    def plans(self) -> PlanRepository: ...
+
+    @property
+    def ledger(self) -> LedgerRepository: ...

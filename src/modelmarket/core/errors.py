@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 
 class DomainError(Exception):
     """Base class of every error the platform answers with a message instead of crashing."""
@@ -37,6 +40,53 @@ class PermissionDenied(DomainError):
 
 class NotReady(DomainError):
     """A dependency (a model runner) is not ready to serve yet."""
+
+
+class RateLimited(DomainError):
+    """More requests in the sliding minute than a key's or an account's ``rpm`` allows; nothing was run or billed."""
+
+    limit = "rpm"
+
+    def __init__(self, message: str, *, scope: Literal["key", "account"], allowed: int, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.allowed = allowed
+        self.retry_after_s = retry_after_s
+        """Seconds until the oldest admission in the window leaves it (a new request is then admitted)."""
+
+    @property
+    def retry_after_whole_s(self) -> int:
+        """``retry_after_s`` as whole seconds, rounded up, at least 1 (what a ``Retry-After`` header carries)."""
+        return max(1, math.ceil(round(self.retry_after_s, 3)))
+
+
+class QuotaExceeded(DomainError):
+    """A daily IU quota, a monthly budget or a free plan's grant would be passed; nothing was run or billed.
+
+    ``allowed`` and ``used`` are exact decimal text (IU, or money in ``currency`` for a budget); ``used`` counts
+    settled usage plus calls in flight, before this call.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: Literal["iu_per_day", "budget", "grant"],
+        scope: Literal["key", "account"],
+        allowed: str,
+        used: str,
+        unit_kind: str | None = None,
+        currency: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.scope = scope
+        self.allowed = allowed
+        self.used = used
+        self.unit_kind = unit_kind
+        """The unit kind of an ``iu_per_day`` or ``grant`` limit; None for a budget."""
+        self.currency = currency
+        """The currency of a ``budget``; None otherwise."""
 
 
 class InvariantViolated(Exception):

@@ -20,7 +20,7 @@ from starlette.routing import Router
 from modelmarket.core.errors import DomainError, MeteringHalted
 from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
-from modelmarket.gateway.errors import headers_for, message_for, status_for
+from modelmarket.gateway.errors import extra_fields_for, headers_for, message_for, status_for
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.registry.catalogue import VersionRecord
@@ -147,9 +147,8 @@ class GatewayApp:
             else:
                 await respond(send, 404, oip.error_body(f"no route {scope['method']} {path}"))
         except _EXPECTED as exc:
-            await respond(
-                send, status_for(exc) or 500, oip.error_body(message_for(exc)), extra_headers=headers_for(exc)
-            )
+            body = orjson.dumps({"error": message_for(exc), **extra_fields_for(exc)})
+            await respond(send, status_for(exc) or 500, body, extra_headers=headers_for(exc))
         except HTTPException as exc:
             await respond(send, exc.status_code, oip.error_body(f"{exc.detail}: {scope['method']} {path}"))
         except Exception as exc:  # a bug: log it with its traceback, answer a JSON 500, never serve half a call

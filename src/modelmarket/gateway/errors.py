@@ -10,6 +10,8 @@ from modelmarket.core.errors import (
     NotFound,
     NotReady,
     PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
     Unauthenticated,
 )
 from modelmarket.gateway.dataplane import IdempotencyKeyReused, ModelFailed
@@ -28,6 +30,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (AlreadyExists, 409),
     (Conflict, 409),
     (IdempotencyKeyReused, 422),
+    (QuotaExceeded, 402),
+    (RateLimited, 429),
     (BodyTooLarge, 413),
     (ModelFailed, 502),
     (RunnerTimeout, 504),
@@ -51,6 +55,8 @@ def status_for(exc: Exception) -> int | None:
 
 
 def headers_for(exc: Exception) -> list[tuple[bytes, bytes]]:
+    if isinstance(exc, RateLimited):
+        return [(b"retry-after", str(exc.retry_after_whole_s).encode())]
     for cls, headers in EXTRA_HEADERS.items():
         if isinstance(exc, cls):
             return headers
@@ -62,3 +68,22 @@ def message_for(exc: Exception) -> str:
         return f"metering is halted: {exc.reason}"
     message = getattr(exc, "message", None)
     return message if isinstance(message, str) else str(exc)
+
+
+def extra_fields_for(exc: Exception) -> dict[str, object]:
+    """JSON fields an error body carries beside ``"error"`` (the limit that refused a call); usually none."""
+    if isinstance(exc, RateLimited):
+        return {
+            "limit": exc.limit,
+            "scope": exc.scope,
+            "allowed": exc.allowed,
+            "retry_after_s": exc.retry_after_whole_s,
+        }
+    if isinstance(exc, QuotaExceeded):
+        fields: dict[str, object] = {"limit": exc.limit, "scope": exc.scope}
+        if exc.unit_kind is not None:
+            fields["unit_kind"] = exc.unit_kind
+        if exc.currency is not None:
+            fields["currency"] = exc.currency
+        return fields | {"allowed": exc.allowed, "used": exc.used}
+    return {}

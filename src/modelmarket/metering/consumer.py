@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from decimal import Decimal
+from typing import Any, Protocol
 
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import InvariantViolated, MeteringHalted, ensure
@@ -89,6 +90,17 @@ def _check_log(records: Sequence[LogRecord], offset: int) -> None:
         previous = record.offset
 
 
+class Projector(Protocol):
+    """Something derived from each new event in the consumer's transaction (billing's rating): it sees an event
+    exactly once, and its rows commit with the offset or not at all."""
+
+    def apply(self, uow: Any, events: Sequence[tuple[int, UsageEvent]]) -> None: ...
+
+    def clear(self, uow: Any) -> None:
+        """Forget everything derived, before a rebuild applies the log again from its start."""
+        ...
+
+
 class MeteringService:
     """Applies the event log to the usage tables. One consumer at a time (``Lock.METERING``)."""
 
@@ -99,8 +111,10 @@ class MeteringService:
         clock: Clock,
         poll_s: float = 0.1,
         batch_max: int = BATCH_MAX_RECORDS,
+        projectors: Sequence[Projector] = (),
     ) -> None:
         self.uow = uow
+        self.projectors = tuple(projectors)
         self.open_log = open_log
         self.clock = clock
         self.poll_s = poll_s
@@ -109,30 +123,51 @@ class MeteringService:
     def consume_batch(self, event_log: EventLog, limit: int | None = None) -> int:
         """Apply the next batch of events from the log. Returns how many log records were read."""
         with self.uow.write(Lock.METERING) as uow:
-            repo = uow.usage
-            halted = repo.halted(CONSUMER_NAME)
+            halted = uow.usage.halted(CONSUMER_NAME)
             if halted is not None:
                 raise MeteringHalted(halted)
-            offset = repo.offset(CONSUMER_NAME)
-            records = event_log.read(offset, limit or self.batch_max)
-            if not records:
-                end = event_log.last_offset()
-                ensure(
-                    end >= offset,
-                    f"the event log ends at offset {end} but metering already applied up to {offset}: "
-                    "the log was replaced or truncated",
-                )
-                return 0
-            _check_log(records, offset)
-            events, rejects = _decode(records, self.clock().astimezone(UTC).isoformat())
-            if rejects:
-                repo.add_rejects(rejects)
-            fresh = _new_events(repo, events)
-            if fresh:
-                repo.add_events(fresh)
-                _aggregate(repo, fresh)
-            repo.save_offset(CONSUMER_NAME, records[-1].offset)
+            return self._apply(uow, event_log, limit or self.batch_max)
+
+    def _apply(self, uow: Any, event_log: EventLog, limit: int) -> int:
+        repo = uow.usage
+        offset = repo.offset(CONSUMER_NAME)
+        records = event_log.read(offset, limit)
+        if not records:
+            end = event_log.last_offset()
+            ensure(
+                end >= offset,
+                f"the event log ends at offset {end} but metering already applied up to {offset}: "
+                "the log was replaced or truncated",
+            )
+            return 0
+        _check_log(records, offset)
+        events, rejects = _decode(records, self.clock().astimezone(UTC).isoformat())
+        if rejects:
+            repo.add_rejects(rejects)
+        fresh = _new_events(repo, events)
+        if fresh:
+            repo.add_events(fresh)
+            _aggregate(repo, fresh)
+            for projector in self.projectors:
+                projector.apply(uow, fresh)
+        repo.save_offset(CONSUMER_NAME, records[-1].offset)
         return len(records)
+
+    def rebuild(self) -> int:
+        """Recompute everything derived from the log (usage, and what the projectors derive) from offset 0, in
+        one transaction: it all changes or nothing does. Returns how many log records were applied."""
+        event_log = self.open_log()
+        try:
+            with self.uow.write(Lock.METERING) as uow:
+                uow.usage.clear_derived(CONSUMER_NAME)
+                for projector in self.projectors:
+                    projector.clear(uow)
+                total = 0
+                while (n := self._apply(uow, event_log, self.batch_max)) > 0:
+                    total += n
+                return total
+        finally:
+            event_log.close()
 
     def catch_up(self, max_records: int | None = None) -> int:
         """Apply what is in the log now, up to ``max_records`` (None: all). Halts on a broken invariant."""

@@ -47,6 +47,10 @@ class UsageEvent:
     latency_ms: Decimal
     route: str = "default"
     trace_id: str | None = None
+    price_factor: Decimal = Decimal(1)
+    """The dynamic-pricing multiplier in force for the call (already in ``unit_price``; tiers apply it too)."""
+    quantity_out: int = 0
+    """Of ``quantity``, the base units that were output (tokens generated), for input/output token prices."""
 
     def __post_init__(self) -> None:
         for name, limit in FIELD_LIMITS.items():
@@ -59,6 +63,10 @@ class UsageEvent:
             raise ValueError("usage event trace_id must be 32 lowercase hex characters")
         if self.quantity < 0:
             raise ValueError("usage event quantity must not be negative")
+        if not 0 <= self.quantity_out <= self.quantity:
+            raise ValueError("usage event quantity_out must be between 0 and quantity")
+        if not self.price_factor.is_finite() or self.price_factor <= 0:
+            raise ValueError(f"usage event price_factor {self.price_factor} must be a finite, positive decimal")
         if not self.unit_price.is_finite() or self.unit_price < 0:
             raise ValueError(f"usage event unit_price {self.unit_price} must be a finite, non-negative decimal")
 
@@ -101,6 +109,8 @@ class UsageEvent:
                 "latency_ms": format(self.latency_ms, "f"),
                 "route": self.route,
                 "trace_id": self.trace_id,
+                "price_factor": format(self.price_factor, "f"),
+                "quantity_out": self.quantity_out,
             },
         }
 
@@ -114,9 +124,7 @@ class UsageEvent:
         if doc.get("type") != EVENT_TYPE or doc.get("specversion") != "1.0":
             raise ValueError(f"not a usage event: type={doc.get('type')!r}")
         data = doc["data"]
-        quantity = data["quantity"]
-        if not isinstance(quantity, int) or isinstance(quantity, bool):
-            raise TypeError(f"quantity must be an integer, not {quantity!r}")
+        quantity = _int(data["quantity"], "quantity")
         time = datetime.fromisoformat(doc["time"].replace("Z", "+00:00"))
         if time.utcoffset() is None:
             raise ValueError("event time must carry a UTC offset")
@@ -135,6 +143,8 @@ class UsageEvent:
             latency_ms=Decimal(_text(data, "latency_ms")),
             route=data.get("route", "default"),
             trace_id=data.get("trace_id"),
+            price_factor=Decimal(_text(data, "price_factor")) if "price_factor" in data else Decimal(1),
+            quantity_out=_int(data.get("quantity_out", 0), "quantity_out"),
         )
 
 
@@ -143,4 +153,10 @@ def _text(data: dict[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str):
         raise TypeError(f"{key} must be a decimal string, not {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{key} must be an integer, not {value!r}")
     return value

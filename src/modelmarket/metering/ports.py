@@ -123,6 +123,14 @@ class UsageRepository(Protocol):
 
     def daily_usage(self, account_id: str, since: str | None, until: str | None) -> list[DailyUsage]: ...
 
+    def daily_usage_all(self) -> list[DailyUsage]:
+        """Every per-day row, in key order (for a digest of the derived state)."""
+        ...
+
+    def clear_derived(self, consumer: str) -> None:
+        """Delete the usage events, per-day rows and rejects, and move ``consumer`` back to offset 0."""
+        ...
+
 
 class MeteringUnitOfWork(Protocol):
     @property

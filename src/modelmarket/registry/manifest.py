@@ -6,10 +6,19 @@ import json
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import check_currency, parse_decimal
@@ -81,19 +90,182 @@ class ArtifactDecl(_Strict):
         return path
 
 
-class Pricing(_Strict):
-    unit: UnitKind
+ChargeKind = Literal["per_unit", "graduated", "volume", "package"]
+CHARGE_KINDS: tuple[str, ...] = get_args(ChargeKind)
+TIERED_CHARGES = ("graduated", "volume")
+_T = TypeVar("_T")
+MAX_PRICE_TIERS = 20
+MAX_IU_COUNT = 10**12
+"""The largest ``up_to`` of a tier and the largest ``package_iu``: IU in one billing period."""
+
+
+def _price(value: Any) -> Decimal:
+    """A price in the one accepted form (see ``_price_text``), bounded in precision and size."""
+    price = parse_decimal(_price_text(value), "price")
+    if int(price.as_tuple().exponent) < -PRICE_MAX_DECIMALS:
+        raise ValueError(f"at most {PRICE_MAX_DECIMALS} digits after the decimal point")
+    if price >= PRICE_LIMIT:
+        raise ValueError(f"must be less than {PRICE_LIMIT:,}")
+    return price
+
+
+def _optional_price(value: Any) -> Decimal | None:
+    return None if value is None else _price(value)
+
+
+def _iu_count(value: Any) -> int | None:
+    """A positive whole number of IU written as a plain integer (``1000``), or None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number of IU written as an integer, e.g. 1000, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"must be a positive whole number of IU, not {value}")
+    if value > MAX_IU_COUNT:
+        raise ValueError(f"must be at most {MAX_IU_COUNT:,}")
+    return value
+
+
+def _text(price: Decimal | None) -> str | None:
+    return None if price is None else format(price, "f")
+
+
+class PriceTier(_Strict):
+    """One tier of a ``graduated`` or ``volume`` charge: IU up to ``up_to`` (cumulative in the period, inclusive)
+    cost ``price_per_iu`` each; the last tier has no ``up_to`` and prices everything above the one before."""
+
+    up_to: int | None = None
     price_per_iu: Decimal
-    currency: str
+
+    @field_validator("up_to", mode="before")
+    @classmethod
+    def _up_to(cls, value: Any) -> int | None:
+        return _iu_count(value)
 
     @field_validator("price_per_iu", mode="before")
     @classmethod
-    def _price(cls, value: Any) -> Decimal:
-        price = parse_decimal(_price_text(value), "price_per_iu")
-        if int(price.as_tuple().exponent) < -PRICE_MAX_DECIMALS:
-            raise ValueError(f"at most {PRICE_MAX_DECIMALS} digits after the decimal point")
-        if price >= PRICE_LIMIT:
-            raise ValueError(f"must be less than {PRICE_LIMIT:,}")
+    def _tier_price(cls, value: Any) -> Decimal:
+        return _price(value)
+
+
+def _tier_problem(tiers: tuple[PriceTier, ...]) -> str | None:
+    """What is wrong with the tiers' shape (count, open end, order), or None."""
+    if not 1 <= len(tiers) <= MAX_PRICE_TIERS:
+        return f"list 1 to {MAX_PRICE_TIERS} tiers, not {len(tiers)}"
+    last = len(tiers) - 1
+    for i, tier in enumerate(tiers):
+        if i < last and tier.up_to is None:
+            return (
+                f"tiers[{i}] has no up_to: only the last tier is open-ended; give every other tier the cumulative"
+                " IU it ends at"
+            )
+        if i == last and tier.up_to is not None:
+            above = f"tiers[{i - 1}].up_to" if i else "zero"
+            return f"the last tier (tiers[{i}]) must have no up_to: it prices every IU above {above}"
+        previous = tiers[i - 1].up_to if i else None
+        if tier.up_to is not None and previous is not None and tier.up_to <= previous:
+            return (
+                f"tiers[{i}].up_to ({tier.up_to}) must be greater than tiers[{i - 1}].up_to ({previous}):"
+                " up_to is the cumulative IU in the period where a tier ends, increasing from tier to tier"
+            )
+    return None
+
+
+class Pricing(_Strict):
+    """What a model costs, in one currency per Inference Unit (``unit``). YAML forms:
+
+    - ``{unit, price_per_iu, currency}``: every IU at ``price_per_iu`` (``charge: per_unit``, the default);
+    - ``unit: tokens_1k`` may give ``input_price_per_iu`` and ``output_price_per_iu`` (both) instead of
+      ``price_per_iu``: input and output tokens priced apart (``per_unit`` only);
+    - ``charge: graduated`` or ``volume`` with ``tiers: [{up_to: 1000, price_per_iu: "0.002"}, ...,
+      {price_per_iu: "0.001"}]``: ``up_to`` is the IU used in the billing period so far, strictly increasing,
+      and the last tier has none. Graduated prices each IU at its own tier's price; volume prices all the
+      period's IU at the price of the tier the period's total falls in (``up_to`` inclusive);
+    - ``charge: package`` with ``package_iu`` and ``price_per_package``: each started block of ``package_iu`` IU
+      in the period costs ``price_per_package``.
+
+    ``billing.charges.charge_model`` turns a ``Pricing`` into the arithmetic. Prices are quoted decimal strings.
+    """
+
+    # Field order matters: a field's validator sees only the fields declared before it (``info.data``).
+    unit: UnitKind
+    charge: ChargeKind = "per_unit"
+    tiers: tuple[PriceTier, ...] | None = Field(default=None, validate_default=True)
+    package_iu: int | None = Field(default=None, validate_default=True)
+    price_per_package: Decimal | None = Field(default=None, validate_default=True)
+    input_price_per_iu: Decimal | None = Field(default=None, validate_default=True)
+    output_price_per_iu: Decimal | None = Field(default=None, validate_default=True)
+    price_per_iu: Decimal = Field(default=None, validate_default=True)
+    """The reference price: what the period's first IU costs. As written for ``per_unit``; otherwise derived and
+    refused in the manifest: the input price (split token prices), the first tier's price (``graduated``,
+    ``volume``), or the price of one whole package (``package``: a first IU starts a package). Code that bills
+    anything but ``per_unit`` must use ``billing.charges``, not this price times a quantity."""
+    currency: str
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, tiers: tuple[PriceTier, ...] | None, info: ValidationInfo) -> tuple[PriceTier, ...] | None:
+        charge = info.data.get("charge")
+        if charge is None:  # the charge itself was refused; that error says enough
+            return tiers
+        if charge not in TIERED_CHARGES:
+            if tiers is not None:
+                raise ValueError(f"only with charge 'graduated' or 'volume' (charge is {charge!r})")
+            return tiers
+        if tiers is None:
+            raise ValueError(
+                f"Field required with charge {charge!r}: list the tiers, e.g. "
+                "[{up_to: 1000, price_per_iu: '0.002'}, {price_per_iu: '0.001'}]"
+            )
+        problem = _tier_problem(tiers)
+        if problem is not None:
+            raise ValueError(problem)
+        return tiers
+
+    @field_validator("package_iu", mode="before")
+    @classmethod
+    def _package_iu(cls, value: Any, info: ValidationInfo) -> int | None:
+        return _package_field(_iu_count(value), info)
+
+    @field_validator("price_per_package", mode="before")
+    @classmethod
+    def _price_per_package(cls, value: Any, info: ValidationInfo) -> Decimal | None:
+        return _package_field(_optional_price(value), info)
+
+    @field_validator("input_price_per_iu", mode="before")
+    @classmethod
+    def _input_price(cls, value: Any, info: ValidationInfo) -> Decimal | None:
+        return _split_price(_optional_price(value), info)
+
+    @field_validator("output_price_per_iu", mode="before")
+    @classmethod
+    def _output_price(cls, value: Any, info: ValidationInfo) -> Decimal | None:
+        price = _split_price(_optional_price(value), info)
+        if "input_price_per_iu" not in info.data:  # refused; that error says enough
+            return price
+        if price is None and info.data["input_price_per_iu"] is not None:
+            raise ValueError("Field required with input_price_per_iu: give both input and output prices, or neither")
+        if price is not None and info.data["input_price_per_iu"] is None:
+            raise ValueError(
+                "given without input_price_per_iu: give both input_price_per_iu and output_price_per_iu, or"
+                " neither and one price_per_iu"
+            )
+        return price
+
+    @field_validator("price_per_iu", mode="before")
+    @classmethod
+    def _price_per_iu(cls, value: Any, info: ValidationInfo) -> Decimal:
+        charge = info.data.get("charge")
+        if value is None:
+            return _reference_price(info.data)
+        price = _price(value)
+        if charge is not None and charge != "per_unit":
+            where = "each tier gives its price_per_iu" if charge in TIERED_CHARGES else "give price_per_package"
+            raise ValueError(f"not used with charge {charge!r}: {where}")
+        if info.data.get("input_price_per_iu") is not None or info.data.get("output_price_per_iu") is not None:
+            raise ValueError(
+                "not used with input_price_per_iu and output_price_per_iu: give either one price_per_iu or the two"
+            )
         return price
 
     @field_validator("currency", mode="before")
@@ -104,14 +276,89 @@ class Pricing(_Strict):
         except InvalidInput as exc:
             raise ValueError(exc.message.removeprefix("currency: ")) from None
 
-    @field_serializer("price_per_iu", when_used="json")
-    def _price_out(self, price: Decimal) -> str:
-        return self.price_text
-
     @property
     def price_text(self) -> str:
-        """The price exactly as the provider wrote it (``0.0010``, ``0.0000001``; never ``1E-7``)."""
+        """The reference price exactly as written (``0.0010``, ``0.0000001``; never ``1E-7``)."""
         return format(self.price_per_iu, "f")
+
+    @property
+    def has_split_prices(self) -> bool:
+        """Whether input and output tokens are priced apart (``input_price_per_iu``/``output_price_per_iu``)."""
+        return self.input_price_per_iu is not None
+
+    def _fields(self, *, text: bool, reference: bool) -> dict[str, Any]:
+        """The pricing as a mapping; with ``reference`` the derived ``price_per_iu`` is included too."""
+
+        def price(value: Decimal | None) -> Any:
+            return _text(value) if text else value
+
+        out: dict[str, Any] = {"unit": self.unit.value}
+        if reference or (self.charge == "per_unit" and not self.has_split_prices):
+            out["price_per_iu"] = price(self.price_per_iu)
+        out["currency"] = self.currency
+        if self.charge != "per_unit":
+            out["charge"] = self.charge
+        if self.tiers is not None:
+            out["tiers"] = [{"up_to": t.up_to, "price_per_iu": price(t.price_per_iu)} for t in self.tiers]
+        optional = {
+            "package_iu": self.package_iu,
+            "price_per_package": price(self.price_per_package),
+            "input_price_per_iu": price(self.input_price_per_iu),
+            "output_price_per_iu": price(self.output_price_per_iu),
+        }
+        out.update((k, v) for k, v in optional.items() if v is not None)
+        return out
+
+    @model_serializer(mode="plain")
+    def _serialize(self, info: SerializationInfo) -> dict[str, Any]:
+        """The manifest form, as a provider writes it: parsing it again gives an equal ``Pricing``."""
+        return self._fields(text=info.mode_is_json(), reference=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The pricing for lists and pages: ``unit``, the reference ``price_per_iu`` and ``currency`` always; then
+        ``charge`` (absent means ``per_unit``), ``tiers`` (``up_to`` null on the last), ``package_iu`` and
+        ``price_per_package``, ``input_price_per_iu`` and ``output_price_per_iu`` when they apply. Prices are
+        strings."""
+        return self._fields(text=True, reference=True)
+
+
+def _package_field(value: _T, info: ValidationInfo) -> _T:
+    """``package_iu``/``price_per_package``: required with charge ``package``, refused with any other."""
+    charge = info.data.get("charge")
+    if charge == "package" and value is None:
+        raise ValueError("Field required with charge 'package': give package_iu and price_per_package")
+    if charge is not None and charge != "package" and value is not None:
+        raise ValueError(f"only with charge 'package' (charge is {charge!r})")
+    return value
+
+
+def _split_price(price: Decimal | None, info: ValidationInfo) -> Decimal | None:
+    """``input_price_per_iu``/``output_price_per_iu``: only for ``unit: tokens_1k`` with ``charge: per_unit``."""
+    if price is None:
+        return None
+    unit, charge = info.data.get("unit"), info.data.get("charge")
+    if unit is not None and unit is not UnitKind.TOKENS_1K:
+        raise ValueError(f"only with unit 'tokens_1k' (unit is {unit.value!r}): give one price_per_iu")
+    if charge is not None and charge != "per_unit":
+        raise ValueError(f"only with charge 'per_unit' (charge is {charge!r})")
+    return price
+
+
+def _reference_price(data: dict[str, Any]) -> Decimal:
+    """``price_per_iu`` when the manifest does not give it (see ``Pricing.price_per_iu``)."""
+    charge = data.get("charge")
+    split = ("input_price_per_iu", "output_price_per_iu")
+    if charge == "per_unit" and all(k in data and data[k] is None for k in split):
+        raise ValueError("Field required")
+    source: Any = None
+    if charge == "per_unit":
+        source = data.get("input_price_per_iu")
+    elif charge in TIERED_CHARGES and data.get("tiers"):
+        source = data["tiers"][0].price_per_iu
+    elif charge == "package":
+        source = data.get("price_per_package")
+    # None: a field it derives from was refused, so the model is refused with that error; never observed.
+    return source if source is not None else Decimal(0)
 
 
 def _price_text(value: Any) -> str:

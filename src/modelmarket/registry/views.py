@@ -21,9 +21,5 @@ def model_summary(entry: ModelEntry) -> dict[str, Any]:
         "runtime": m.runtime,
         "license": m.license,
         "summary": m.card.summary,
-        "pricing": {
-            "unit": m.pricing.unit.value,
-            "price_per_iu": m.pricing.price_text,
-            "currency": m.pricing.currency,
-        },
+        "pricing": m.pricing.to_json(),  # unit, price_per_iu, currency; then charge, tiers, ... when they apply
     }

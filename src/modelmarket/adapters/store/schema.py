@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import (
@@ -165,4 +166,178 @@ audit_log = Table(
     Column("payload_json", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+
+class FractionText(TypeDecorator[Fraction]):
+    """Exact rationals stored as text ``n`` or ``n/d`` (a ledger amount in audio minutes is in 1/60ths)."""
+
+    impl = String(120)
+    cache_ok = True
+
+    def process_bind_param(self, value: Fraction | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(Fraction(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Fraction | None:
+        return None if value is None else Fraction(value)
+
+
+# -- the economy (m0003) ---------------------------------------------------------------------------------------
+
+plan_versions = Table(
+    "plan_versions",
+    metadata,
+    Column("plan_name", String(100), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(20), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", String(40), nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    # History, never edited: the plan in force for an account at time T is the row with the latest
+    # effective_at <= T (ties: the highest seq).
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("account_id", String(40), nullable=False),
+    Column("plan_name", String(100), nullable=False),
+    Column("plan_version", Integer, nullable=False),
+    Column("effective_at", String(40), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Index("ix_subscriptions_account", "account_id", "effective_at"),
+)
+
+account_limits = Table(
+    "account_limits",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    # '' for the account-wide limits, else the API key id they apply to.
+    Column("key_id", String(40), primary_key=True),
+    Column("rpm", Integer, nullable=True),
+    Column("iu_per_day_json", Text, nullable=False),
+    Column("budget", DecimalText, nullable=True),
+    Column("updated_at", String(40), nullable=False),
+)
+
+price_records = Table(
+    "price_records",
+    metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("effective_at", String(40), nullable=False),
+    # None: the version's own manifest price; else the operator's list price per IU.
+    Column("list_price", DecimalText, nullable=True),
+    Column("factor", DecimalText, nullable=False),
+    Column("source", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", String(40), nullable=False),
+)
+
+dynamic_pricing = Table(
+    "dynamic_pricing",
+    metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("min_factor", DecimalText, nullable=False),
+    Column("max_factor", DecimalText, nullable=False),
+    Column("enabled", Integer, nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
+rated_events = Table(
+    "rated_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("account_id", String(40), nullable=False),
+    Column("provider_account_id", String(40), nullable=False),
+    Column("model_name", String(200), nullable=False),
+    Column("unit_kind", String(40), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # The invoice period the event lands on; origin_period is the month it happened in (they differ for an
+    # adjustment: an event that arrived after its month was finalized).
+    Column("period", String(7), nullable=False),
+    Column("origin_period", String(7), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("plan_name", String(100), nullable=False),
+    Column("plan_version", Integer, nullable=False),
+    Column("quantity_base", BigInteger, nullable=False),
+    Column("granted_base", BigInteger, nullable=False),
+    Column("amount", FractionText, nullable=False),
+    Column("provider_amount", FractionText, nullable=False),
+    Column("txn_id", String(64), nullable=False),
+    Index("ix_rated_events_account_period", "account_id", "period"),
+    Index("ix_rated_events_provider_period", "provider_account_id", "origin_period"),
+    Index("ix_rated_events_txn", "txn_id"),
+)
+
+rating_counters = Table(
+    "rating_counters",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("period", String(7), primary_key=True),
+    # 'sub:<seq>' (a subscription's grant or included IU) or 'model:<name>' (a model's tiers).
+    Column("scope", String(220), primary_key=True),
+    Column("unit_kind", String(40), primary_key=True),
+    Column("quantity_base", BigInteger, nullable=False),
+)
+
+ledger_txns = Table(
+    "ledger_txns",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("account_id", String(40), nullable=False),
+    Column("memo", String(300), nullable=False),
+    Column("log_offset", BigInteger, nullable=True),
+    Column("created_at", String(40), nullable=False),
+    Index("ix_ledger_txns_account", "account_id", "period"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("txn_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ledger_account", String(120), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # Exact, signed: a debit is positive, a credit negative; a transaction's entries sum to zero.
+    Column("amount", FractionText, nullable=False),
+    Index("ix_ledger_entries_account", "ledger_account"),
+)
+
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("lines_json", Text, nullable=False),
+    Column("total", DecimalText, nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Column("finalized_at", String(40), nullable=True),
+    # The metering offset when it was finalized: an event of its period read after it is an adjustment.
+    Column("finalized_offset", BigInteger, nullable=True),
+    Column("voided_at", String(40), nullable=True),
+    Column("void_reason", Text, nullable=True),
+    UniqueConstraint("account_id", "period", "currency", name="uq_invoices_account_period_currency"),
+)
+
+payouts = Table(
+    "payouts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("provider_account_id", String(40), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", DecimalText, nullable=False),
+    Column("txn_id", String(64), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    UniqueConstraint("provider_account_id", "period", "currency", name="uq_payouts_provider_period_currency"),
 )

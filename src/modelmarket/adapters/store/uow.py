@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, text
 
 from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
 from modelmarket.adapters.store.repos.audit import SqlAuditRepository
+from modelmarket.adapters.store.repos.economy import SqlLedgerRepository, SqlPlanRepository
 from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
 from modelmarket.adapters.store.repos.usage import SqlBillingRepository, SqlUsageRepository
 from modelmarket.core.uow import Lock
@@ -32,6 +33,8 @@ class SqlUnitOfWork:
         self._usage = SqlUsageRepository(conn)
         self._billing = SqlBillingRepository(conn)
         self._audit = SqlAuditRepository(conn)
+        self._plans = SqlPlanRepository(conn)
+        self._ledger = SqlLedgerRepository(conn)
 
     @property
     def accounts(self) -> SqlAccountRepository:
@@ -52,6 +55,14 @@ class SqlUnitOfWork:
     @property
     def audit(self) -> SqlAuditRepository:
         return self._audit
+
+    @property
+    def plans(self) -> SqlPlanRepository:
+        return self._plans
+
+    @property
+    def ledger(self) -> SqlLedgerRepository:
+        return self._ledger
 
 
 class SqlStore:

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from modelmarket.adapters.store import schema as t
 from modelmarket.billing.aggregate import UsageRow
@@ -134,6 +134,16 @@ class SqlUsageRepository:
         if until:
             query = query.where(_D.day <= until)
         return [_daily(r) for r in self.conn.execute(query.order_by(_D.day, _D.model_name))]
+
+    def daily_usage_all(self) -> list[DailyUsage]:
+        query = select(t.usage_daily).order_by(_D.account_id, _D.model_name, _D.day, _D.unit_kind, _D.currency)
+        return [_daily(r) for r in self.conn.execute(query)]
+
+    def clear_derived(self, consumer: str) -> None:
+        self.conn.execute(delete(t.usage_events))
+        self.conn.execute(delete(t.usage_daily))
+        self.conn.execute(delete(t.metering_rejects))
+        self.save_offset(consumer, 0)
 
 
 class SqlBillingRepository:

@@ -1,0 +1,368 @@
+"""The ledger's read side and checks, provider statements and payouts, and the rebuild of everything derived.
+
+Balances are sums of entries only. ``verify`` checks that every transaction sums to zero in its currency, that
+every rated event names exactly one existing usage transaction, and that each usage transaction's receivable and
+payable are exactly the sums of its events. ``rebuild`` recomputes usage, rated events and their transactions
+from the event log alone (plus the plan, subscription and invoice history) in one transaction, and compares a
+digest of the derived state before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from modelmarket.audit import chain as audit
+from modelmarket.billing.documents import decimal_text, sum_exact
+from modelmarket.billing.period import Period
+from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, Payout
+from modelmarket.billing.rating import PLATFORM_CASH, payable, receivable, txn_id_for
+from modelmarket.core.clock import Clock
+from modelmarket.core.money import exact_text, round_minor
+from modelmarket.core.uow import Lock, UnitOfWorkFactory
+from modelmarket.metering.consumer import MeteringService
+from modelmarket.metering.ports import EventLog
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    ledger_account: str
+    currency: str
+    exact: Fraction
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ledger_account": self.ledger_account,
+            "currency": self.currency,
+            "balance_exact": exact_text(self.exact),
+            "balance": decimal_text(round_minor(self.exact, self.currency)),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatement:
+    provider_account_id: str
+    period: str
+    currency: str
+    events: int
+    gross: Decimal
+    provider_amount: Decimal
+    platform_fee: Decimal
+    lines: tuple[dict[str, Any], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider_account_id": self.provider_account_id,
+            "period": self.period,
+            "currency": self.currency,
+            "events": self.events,
+            "gross": decimal_text(self.gross),
+            "provider_amount": decimal_text(self.provider_amount),
+            "platform_fee": decimal_text(self.platform_fee),
+            "lines": list(self.lines),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    transactions: int
+    rated_events: int
+    violation: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "transactions": self.transactions,
+            "rated_events": self.rated_events,
+            "violation": self.violation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    before: str
+    after: str
+    events: int
+
+    @property
+    def identical(self) -> bool:
+        return self.before == self.after
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest_before": self.before,
+            "digest_after": self.after,
+            "identical": self.identical,
+            "events": self.events,
+        }
+
+
+def split(gross_exact: Fraction, provider_exact: Fraction, currency: str) -> tuple[Decimal, Decimal, Decimal]:
+    """(gross, provider, platform): the first two rounded once each, the platform the difference, so
+    provider + platform == gross exactly."""
+    gross = round_minor(gross_exact, currency)
+    provider = round_minor(provider_exact, currency)
+    return gross, provider, gross - provider
+
+
+class LedgerService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory[EconomyUnitOfWork],
+        metering: MeteringService,
+        clock: Clock,
+        open_log: Callable[[], EventLog],
+    ) -> None:
+        self.uow = uow
+        self.metering = metering
+        self.clock = clock
+        self.open_log = open_log
+
+    def balances(self, account_id: str) -> list[Balance]:
+        """The account's receivable (as a consumer) and payable (as a provider) balances, from entries only."""
+        self.metering.catch_up()
+        out = []
+        with self.uow.read() as uow:
+            for name in (receivable(account_id), payable(account_id)):
+                sums: dict[str, Fraction] = defaultdict(Fraction)
+                for entry in uow.ledger.entries_of(name):
+                    sums[entry.currency] += entry.amount
+                out.extend(Balance(name, cur, total) for cur, total in sorted(sums.items()))
+        return out
+
+    def transactions(self, account_id: str) -> list[LedgerTxn]:
+        with self.uow.read() as uow:
+            return list(uow.ledger.txns(account_id=account_id))
+
+    def verify(self) -> VerifyReport:
+        self.metering.catch_up()
+        with self.uow.read() as uow:
+            usage: dict[str, LedgerTxn] = {}
+            count = 0
+            for txn in uow.ledger.txns():
+                count += 1
+                sums: dict[str, Fraction] = defaultdict(Fraction)
+                for entry in txn.entries:
+                    sums[entry.currency] += entry.amount
+                for currency, total in sums.items():
+                    if total != 0:
+                        return VerifyReport(
+                            False,
+                            count,
+                            0,
+                            f"transaction {txn.id} does not balance in {currency}: its entries sum to {exact_text(total)}",
+                        )
+                if txn.kind == "usage":
+                    usage[txn.id] = txn
+            amounts: dict[str, Fraction] = defaultdict(Fraction)
+            shares: dict[str, Fraction] = defaultdict(Fraction)
+            events = 0
+            for row in uow.ledger.rated():
+                events += 1
+                if row.txn_id not in usage:
+                    return VerifyReport(
+                        False,
+                        count,
+                        events,
+                        f"rated event {row.event_id} names transaction {row.txn_id}, which does not exist",
+                    )
+                amounts[row.txn_id] += row.amount
+                shares[row.txn_id] += row.provider_amount
+            for tid, txn in usage.items():
+                if tid not in amounts:
+                    return VerifyReport(False, count, events, f"usage transaction {tid} has no rated events")
+                recv = sum((e.amount for e in txn.entries if e.ledger_account.startswith("receivable:")), Fraction(0))
+                pay = sum((e.amount for e in txn.entries if e.ledger_account.startswith("payable:")), Fraction(0))
+                if recv != amounts[tid]:
+                    return VerifyReport(
+                        False,
+                        count,
+                        events,
+                        f"transaction {tid}: receivable {exact_text(recv)} is not the sum of its events {exact_text(amounts[tid])}",
+                    )
+                if -pay != shares[tid]:
+                    return VerifyReport(
+                        False,
+                        count,
+                        events,
+                        f"transaction {tid}: payable {exact_text(-pay)} is not the providers' share of its events {exact_text(shares[tid])}",
+                    )
+            return VerifyReport(True, count, events)
+
+    # -- statements and payouts ----------------------------------------------------------------------------------
+
+    def statements(self, period: Period, provider_account_id: str | None = None) -> list[ProviderStatement]:
+        self.metering.catch_up()
+        with self.uow.read() as uow:
+            rows = uow.ledger.rated(period=period.label, provider_account_id=provider_account_id)
+            groups: dict[tuple[str, str], dict[tuple[str, str], list[Any]]] = defaultdict(dict)
+            for r in rows:
+                line = groups[(r.provider_account_id, r.currency)].setdefault(
+                    (r.model_name, r.unit_kind.value), [0, 0, Fraction(0), Fraction(0)]
+                )
+                line[0] += 1
+                line[1] += r.quantity_base
+                line[2] += r.amount
+                line[3] += r.provider_amount
+        out = []
+        for (provider, currency), lines in sorted(groups.items()):
+            docs = []
+            for (model, unit), (events, qty, gross_x, prov_x) in sorted(lines.items()):
+                gross, prov, fee = split(gross_x, prov_x, currency)
+                docs.append(
+                    {
+                        "model": model,
+                        "unit_kind": unit,
+                        "events": events,
+                        "quantity_base": qty,
+                        "gross": decimal_text(gross),
+                        "provider_amount": decimal_text(prov),
+                        "platform_fee": decimal_text(fee),
+                    }
+                )
+            gross_t = sum_exact(Decimal(d["gross"]) for d in docs)
+            prov_t = sum_exact(Decimal(d["provider_amount"]) for d in docs)
+            out.append(
+                ProviderStatement(
+                    provider,
+                    period.label,
+                    currency,
+                    sum(d["events"] for d in docs),
+                    gross_t,
+                    prov_t,
+                    gross_t - prov_t,
+                    tuple(docs),
+                )
+            )
+        return out
+
+    def run_payouts(self, period: Period, actor: str = "cli") -> list[Payout]:
+        """A payout per provider and currency for the period (its statement's provider amount); idempotent."""
+        statements = self.statements(period)
+        now = self.clock()
+        made = []
+        with self.uow.write(Lock.PLANS, key="payouts") as uow:
+            done = {(p.provider_account_id, p.currency) for p in uow.ledger.payouts(period.label)}
+            for st in statements:
+                if (st.provider_account_id, st.currency) in done or st.provider_amount <= 0:
+                    continue
+                tid = txn_id_for("payout", st.provider_account_id, period.label, st.currency)
+                amount = Fraction(st.provider_amount)
+                uow.ledger.add_txns(
+                    [
+                        LedgerTxn(
+                            tid,
+                            "payout",
+                            st.currency,
+                            period.label,
+                            st.provider_account_id,
+                            f"payout for {period.label}",
+                            None,
+                            now.isoformat(),
+                            (
+                                LedgerEntry(tid, 1, payable(st.provider_account_id), st.currency, amount),
+                                LedgerEntry(tid, 2, PLATFORM_CASH, st.currency, -amount),
+                            ),
+                        )
+                    ]
+                )
+                payout = Payout(
+                    "po_" + tid[-24:],
+                    st.provider_account_id,
+                    period.label,
+                    st.currency,
+                    st.provider_amount,
+                    tid,
+                    now.isoformat(),
+                )
+                uow.ledger.add_payout(payout)
+                audit.append(
+                    uow.audit,
+                    actor=actor,
+                    action="payout.recorded",
+                    subject=st.provider_account_id,
+                    payload={
+                        "period": period.label,
+                        "currency": st.currency,
+                        "amount": decimal_text(st.provider_amount),
+                        "gross": decimal_text(st.gross),
+                        "platform_fee": decimal_text(st.platform_fee),
+                    },
+                    now=now,
+                )
+                made.append(payout)
+        return made
+
+    def payouts(self, period: Period | None = None) -> list[Payout]:
+        with self.uow.read() as uow:
+            return uow.ledger.payouts(None if period is None else period.label)
+
+    # -- rebuild -------------------------------------------------------------------------------------------------
+
+    def digest(self) -> str:
+        self.metering.catch_up()
+        with self.uow.read() as uow:
+            return derived_digest(uow)
+
+    def rebuild(self, actor: str = "cli") -> RebuildReport:
+        """Recompute usage, rated events and usage transactions from the event log, in one transaction."""
+        self.metering.catch_up()
+        with self.uow.read() as uow:
+            before = derived_digest(uow)
+        events = self.metering.rebuild()
+        with self.uow.write() as uow:
+            after = derived_digest(uow)
+            audit.append(
+                uow.audit,
+                actor=actor,
+                action="billing.rebuilt",
+                subject="billing",
+                payload={"digest_before": before, "digest_after": after, "events": events},
+                now=self.clock(),
+            )
+        return RebuildReport(before, after, events)
+
+
+def derived_digest(uow: Any) -> str:
+    """SHA-256 over what rating derives: daily usage, every rated event (but the id of its batch's transaction)
+    and the balance of every ledger account per currency and period from usage transactions."""
+    h = hashlib.sha256()
+    for row in uow.usage.daily_usage_all():
+        h.update(repr(row).encode())
+    for r in uow.ledger.rated():
+        h.update(
+            "|".join(
+                str(x)
+                for x in (
+                    r.event_id,
+                    r.log_offset,
+                    r.account_id,
+                    r.provider_account_id,
+                    r.model_name,
+                    r.unit_kind.value,
+                    r.currency,
+                    r.period,
+                    r.origin_period,
+                    r.kind,
+                    r.plan_name,
+                    r.plan_version,
+                    r.quantity_base,
+                    r.granted_base,
+                    r.amount,
+                    r.provider_amount,
+                )
+            ).encode()
+        )
+    balances: dict[tuple[str, str, str], Fraction] = defaultdict(Fraction)
+    for txn in uow.ledger.txns(kind="usage"):
+        for e in txn.entries:
+            balances[(e.ledger_account, e.currency, txn.period)] += e.amount
+    for key, value in sorted(balances.items()):
+        h.update(f"{key}={value}".encode())
+    return h.hexdigest()

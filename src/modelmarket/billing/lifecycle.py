@@ -1,0 +1,474 @@
+"""Invoices with a lifecycle (draft -> finalized -> void), provider statements and payouts, all from the rated
+events and the ledger; the ledger's own checks; and the digest a rebuild compares.
+
+An invoice is one (account, period, currency). Its draft is recomputed from the rated events each time it is read
+(so it is current within the metering lag); finalizing freezes its lines, records the metering offset it saw and
+posts its fees to the ledger; an event of that period read later is an adjustment on a later invoice (``rating``).
+Voiding a finalized invoice posts a credit note that reverses its total. Amounts are exact until a line is made:
+each line is rounded once, half to even, and the total is the sum of the rounded lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+from modelmarket.audit import chain as audit
+from modelmarket.billing.documents import decimal_text, sum_exact
+from modelmarket.billing.period import Period, parse_period
+from modelmarket.billing.plans import PlanVersion, Segment, segments
+from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, RatedEvent, StoredInvoice
+from modelmarket.billing.rating import (
+    PLATFORM_CREDITS,
+    PLATFORM_REVENUE,
+    receivable,
+    txn_id_for,
+)
+from modelmarket.core.clock import Clock
+from modelmarket.core.errors import Conflict, InvalidInput, NotFound
+from modelmarket.core.money import exact_text, round_minor
+from modelmarket.core.uow import Lock, UnitOfWorkFactory
+from modelmarket.metering.consumer import CONSUMER_NAME, MeteringService
+from modelmarket.metering.units import UnitKind
+
+LINE_ORDER = {"fee": 0, "granted": 1, "included": 1, "usage": 2, "overage": 3, "adjustment": 4, "shortfall": 5}
+
+
+def invoice_id(account_id: str, period: str, currency: str) -> str:
+    return "inv_" + hashlib.sha256(f"{account_id}\0{period}\0{currency}".encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    type: str
+    description: str
+    model: str | None
+    unit_kind: str | None
+    events: int
+    quantity_iu: Fraction
+    amount_exact: Fraction
+    amount: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "description": self.description,
+            "model": self.model,
+            "unit_kind": self.unit_kind,
+            "events": self.events,
+            "quantity_iu": exact_text(self.quantity_iu),
+            "amount_exact": exact_text(self.amount_exact),
+            "amount": decimal_text(self.amount),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Line:
+        return cls(
+            doc["type"],
+            doc["description"],
+            doc["model"],
+            doc["unit_kind"],
+            int(doc["events"]),
+            Fraction(doc["quantity_iu"]),
+            Fraction(doc["amount_exact"]),
+            Decimal(doc["amount"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceDoc:
+    id: str
+    account_id: str
+    period: str
+    currency: str
+    status: str
+    lines: tuple[Line, ...]
+    updated_at: str
+    finalized_at: str | None = None
+    voided_at: str | None = None
+    void_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Decimal:
+        return sum_exact(line.amount for line in self.lines)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "account_id": self.account_id,
+            "period": self.period,
+            "currency": self.currency,
+            "status": self.status,
+            "lines": [line.to_json() for line in self.lines],
+            "total": decimal_text(self.total),
+            "updated_at": self.updated_at,
+            "finalized_at": self.finalized_at,
+        }
+        if self.status == "void":
+            doc["voided_at"] = self.voided_at
+            doc["void_reason"] = self.void_reason
+            doc["credit_note"] = {"invoice_id": self.id, "amount": decimal_text(-self.total)}
+        return doc
+
+    def stored(self, finalized_offset: int | None = None) -> StoredInvoice:
+        return StoredInvoice(
+            self.id,
+            self.account_id,
+            self.period,
+            self.currency,
+            self.status,
+            orjson.dumps([line.to_json() for line in self.lines]).decode(),
+            self.total,
+            self.updated_at,
+            self.finalized_at,
+            finalized_offset,
+            self.voided_at,
+            self.void_reason,
+        )
+
+
+def _doc(stored: StoredInvoice) -> InvoiceDoc:
+    return InvoiceDoc(
+        stored.id,
+        stored.account_id,
+        stored.period,
+        stored.currency,
+        stored.status,
+        tuple(Line.from_json(x) for x in orjson.loads(stored.lines_json)),
+        stored.updated_at,
+        stored.finalized_at,
+        stored.voided_at,
+        stored.void_reason,
+    )
+
+
+@dataclass
+class _Acc:
+    events: int = 0
+    quantity: int = 0
+    granted: int = 0
+    amount: Fraction = Fraction(0)
+    plan_kind: str = "payg"
+
+
+def _line(
+    kind: str,
+    description: str,
+    model: str | None,
+    unit: UnitKind | None,
+    events: int,
+    quantity_base: int,
+    amount: Fraction,
+    currency: str,
+) -> Line:
+    iu = Fraction(quantity_base, unit.divisor) if unit is not None else Fraction(quantity_base)
+    return Line(
+        kind,
+        description,
+        model,
+        None if unit is None else unit.value,
+        events,
+        iu,
+        amount,
+        round_minor(amount, currency),
+    )
+
+
+def build_lines(
+    rows: Iterable[RatedEvent],
+    plans: dict[tuple[str, int], PlanVersion],
+    segs: list[Segment],
+    period: Period,
+    currency: str,
+) -> list[Line]:
+    """The lines of one invoice: plan fees, granted or included IU, usage or overage, adjustments, shortfall."""
+    groups: dict[tuple[str, str, str, UnitKind], _Acc] = {}
+    for r in rows:
+        if r.currency != currency:
+            continue
+        plan = plans.get((r.plan_name, r.plan_version))
+        key = (r.kind, r.origin_period, r.model_name, r.unit_kind)
+        acc = groups.setdefault(key, _Acc(plan_kind=plan.kind if plan is not None else "payg"))
+        acc.events += 1
+        acc.quantity += r.quantity_base
+        acc.granted += r.granted_base
+        acc.amount += r.amount
+    lines: list[Line] = []
+    enterprise_usage = Fraction(0)
+    for (kind, origin, model, unit), acc in sorted(groups.items()):
+        if kind == "adjustment":
+            lines.append(
+                _line(
+                    "adjustment",
+                    f"{model}: usage of {origin} that arrived after it was finalized",
+                    model,
+                    unit,
+                    acc.events,
+                    acc.quantity,
+                    acc.amount,
+                    currency,
+                )
+            )
+            continue
+        if acc.granted:
+            label = "granted" if acc.plan_kind == "free" else "included"
+            lines.append(
+                _line(
+                    label, f"{model}: {label} by the plan", model, unit, acc.events, acc.granted, Fraction(0), currency
+                )
+            )
+        billable = acc.quantity - acc.granted
+        if billable or not acc.granted:
+            label = "overage" if acc.plan_kind == "subscription" else "usage"
+            lines.append(_line(label, f"{model}: {label}", model, unit, acc.events, billable, acc.amount, currency))
+            if acc.plan_kind == "enterprise":
+                enterprise_usage += acc.amount
+    days = period.last_day.day
+    commitment = Fraction(0)
+    for seg in segs:
+        plan = plans.get((seg.subscription.plan_name, seg.subscription.plan_version))
+        if plan is None or plan.currency != currency:
+            continue
+        share = Fraction(seg.days, days)
+        span = f"{seg.first.isoformat()}..{seg.last.isoformat()} ({seg.days}/{days} days)"
+        if plan.kind == "subscription" and plan.spec.fee:
+            fee = Fraction(plan.spec.fee) * share
+            lines.append(_line("fee", f"plan {plan.name} v{plan.version} fee, {span}", None, None, 0, 0, fee, currency))
+        if plan.kind == "enterprise" and plan.spec.commitment:
+            commitment += Fraction(plan.spec.commitment) * share
+    if commitment > enterprise_usage:
+        lines.append(
+            _line(
+                "shortfall",
+                f"committed spend {exact_text(commitment)} not reached",
+                None,
+                None,
+                0,
+                0,
+                commitment - enterprise_usage,
+                currency,
+            )
+        )
+    lines.sort(key=lambda x: LINE_ORDER[x.type])
+    return lines
+
+
+class InvoiceService:
+    """Invoices, statements, payouts, the ledger's views and checks."""
+
+    def __init__(
+        self, uow: UnitOfWorkFactory[EconomyUnitOfWork], metering: MeteringService, clock: Clock, grace_s: float
+    ) -> None:
+        self.uow = uow
+        self.metering = metering
+        self.clock = clock
+        self.grace_s = grace_s
+
+    # -- invoices ------------------------------------------------------------------------------------------------
+
+    def _drafts(self, uow: EconomyUnitOfWork, account_id: str, period: Period) -> list[InvoiceDoc]:
+        plans = {(p.name, p.version): p for p in uow.plans.plan_versions()}
+        segs = segments(uow.plans.subscriptions(account_id), period)
+        rows = list(uow.ledger.rated(account_id=account_id, period=period.label))
+        currencies = {r.currency for r in rows}
+        for seg in segs:
+            plan = plans.get((seg.subscription.plan_name, seg.subscription.plan_version))
+            if plan is not None and plan.kind in ("subscription", "enterprise"):
+                currencies.add(plan.currency)
+        now = self.clock().astimezone(UTC).isoformat()
+        docs = []
+        for currency in sorted(currencies):
+            lines = build_lines(rows, plans, segs, period, currency)
+            docs.append(
+                InvoiceDoc(
+                    invoice_id(account_id, period.label, currency),
+                    account_id,
+                    period.label,
+                    currency,
+                    "draft",
+                    tuple(lines),
+                    now,
+                )
+            )
+        return docs
+
+    def invoices(self, account_id: str, period: Period | None = None) -> list[InvoiceDoc]:
+        """The account's invoices (all periods, or one); drafts are brought up to date first."""
+        self.metering.catch_up()
+        periods = [period] if period is not None else None
+        with self.uow.write() as uow:
+            stored = {s.id: s for s in uow.ledger.invoices(account_id)}
+            if periods is None:
+                seen = {s.period for s in stored.values()}
+                seen |= {r.period for r in uow.ledger.rated(account_id=account_id)}
+                seen.add(Period.of(self.clock().astimezone(UTC).date()).label)
+                periods = [parse_period(p) for p in sorted(seen)]
+            out = []
+            for p in periods:
+                for draft in self._drafts(uow, account_id, p):
+                    current = stored.get(draft.id)
+                    if current is not None and current.status != "draft":
+                        out.append(_doc(current))
+                        continue
+                    if current is None or _doc(current).lines != draft.lines:
+                        uow.ledger.put_invoice(draft.stored())
+                    out.append(draft)
+                for s in stored.values():  # a finalized invoice whose currency has no activity left
+                    if s.period == p.label and s.status != "draft" and all(d.id != s.id for d in out):
+                        out.append(_doc(s))
+            return sorted(out, key=lambda d: (d.period, d.currency))
+
+    def invoice(self, invoice_id_: str, account_id: str | None = None) -> InvoiceDoc:
+        """One invoice by id; ``account_id`` restricts it to that account's own (another's is not found)."""
+        with self.uow.read() as uow:
+            stored = uow.ledger.invoice(invoice_id_)
+        if stored is None or (account_id is not None and stored.account_id != account_id):
+            raise NotFound(f"no invoice {invoice_id_!r}")
+        if stored.status != "draft":
+            return _doc(stored)
+        for doc in self.invoices(stored.account_id, parse_period(stored.period)):
+            if doc.id == stored.id:
+                return doc
+        return _doc(stored)
+
+    def finalize(self, invoice_id_: str, actor: str = "cli") -> InvoiceDoc:
+        current = self.invoice(invoice_id_)
+        if current.status != "draft":
+            raise Conflict(f"invoice {invoice_id_} is already {current.status}")
+        self.metering.catch_up()
+        now = self.clock()
+        with self.uow.write(Lock.METERING) as uow:
+            stored = uow.ledger.invoice(invoice_id_)
+            if stored is None or stored.status != "draft":
+                raise Conflict(f"invoice {invoice_id_} is already {stored.status if stored else 'gone'}")
+            period = parse_period(stored.period)
+            draft = next(d for d in self._drafts(uow, stored.account_id, period) if d.currency == stored.currency)
+            offset = uow.usage.offset(CONSUMER_NAME)
+            final = InvoiceDoc(
+                draft.id,
+                draft.account_id,
+                draft.period,
+                draft.currency,
+                "finalized",
+                draft.lines,
+                now.isoformat(),
+                now.isoformat(),
+            )
+            uow.ledger.put_invoice(final.stored(finalized_offset=offset))
+            txns = []
+            for i, line in enumerate(final.lines):
+                if line.type in ("fee", "shortfall") and line.amount_exact:
+                    tid = txn_id_for(line.type, final.id, i)
+                    txns.append(
+                        LedgerTxn(
+                            tid,
+                            line.type,
+                            final.currency,
+                            final.period,
+                            final.account_id,
+                            line.description,
+                            None,
+                            now.isoformat(),
+                            (
+                                LedgerEntry(tid, 1, receivable(final.account_id), final.currency, line.amount_exact),
+                                LedgerEntry(tid, 2, PLATFORM_REVENUE, final.currency, -line.amount_exact),
+                            ),
+                        )
+                    )
+            uow.ledger.add_txns(txns)
+            audit.append(
+                uow.audit,
+                actor=actor,
+                action="invoice.finalized",
+                subject=final.id,
+                payload={
+                    "account_id": final.account_id,
+                    "period": final.period,
+                    "currency": final.currency,
+                    "total": decimal_text(final.total),
+                    "offset": offset,
+                },
+                now=now,
+            )
+        return final
+
+    def finalize_due(self, actor: str = "scheduler") -> list[InvoiceDoc]:
+        """Finalize every draft whose period ended more than the grace period ago."""
+        now = self.clock().astimezone(UTC)
+        self.metering.catch_up()
+        with self.uow.read() as uow:
+            accounts = {(s.account_id, s.period) for s in uow.ledger.invoices() if s.status == "draft"}
+        done = []
+        for account_id, label in sorted(accounts):
+            period = parse_period(label)
+            ends = datetime(period.last_day.year, period.last_day.month, period.last_day.day, tzinfo=UTC) + timedelta(
+                days=1
+            )
+            if now < ends + timedelta(seconds=self.grace_s):
+                continue
+            for doc in self.invoices(account_id, period):
+                if doc.status == "draft":
+                    done.append(self.finalize(doc.id, actor))
+        return done
+
+    def void(self, invoice_id_: str, reason: str, actor: str = "cli") -> InvoiceDoc:
+        if not reason.strip():
+            raise InvalidInput("reason: say why the invoice is voided")
+        now = self.clock()
+        with self.uow.write(Lock.METERING) as uow:
+            stored = uow.ledger.invoice(invoice_id_)
+            if stored is None:
+                raise NotFound(f"no invoice {invoice_id_!r}")
+            if stored.status != "finalized":
+                raise Conflict(f"invoice {invoice_id_} is {stored.status}: only a finalized invoice can be voided")
+            doc = _doc(stored)
+            voided = InvoiceDoc(
+                doc.id,
+                doc.account_id,
+                doc.period,
+                doc.currency,
+                "void",
+                doc.lines,
+                now.isoformat(),
+                doc.finalized_at,
+                now.isoformat(),
+                reason[:2000],
+            )
+            uow.ledger.put_invoice(voided.stored(finalized_offset=stored.finalized_offset))
+            total = Fraction(doc.total)
+            tid = txn_id_for("credit", doc.id)
+            uow.ledger.add_txns(
+                [
+                    LedgerTxn(
+                        tid,
+                        "credit",
+                        doc.currency,
+                        doc.period,
+                        doc.account_id,
+                        f"credit note for {doc.id}: {reason}"[:300],
+                        None,
+                        now.isoformat(),
+                        (
+                            LedgerEntry(tid, 1, receivable(doc.account_id), doc.currency, -total),
+                            LedgerEntry(tid, 2, PLATFORM_CREDITS, doc.currency, total),
+                        ),
+                    )
+                ]
+            )
+            audit.append(
+                uow.audit,
+                actor=actor,
+                action="invoice.voided",
+                subject=doc.id,
+                payload={"reason": reason[:2000], "credit": decimal_text(-doc.total)},
+                now=now,
+            )
+        return voided
