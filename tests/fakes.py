@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from modelmarket.billing.ports import Owner
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import DailyUsage, KeptAnswer, LogRecord, Reject
+from modelmarket.metering.ports import CallStats, DailyUsage, KeptAnswer, LogRecord, Reject
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.ports import StoredAlias, StoredModel, StoredVersion
 
@@ -73,8 +74,10 @@ class FakeAccounts:
     def revoke_key(self, key_id: str, revoked_at: str) -> None:
         self.s.keys[key_id] = replace(self.s.keys[key_id], revoked_at=revoked_at)
 
-    def active_keys(self) -> list[tuple[str, Account]]:
-        return [(k.key_hash, self.s.accounts[k.account_id]) for k in self.s.keys.values() if k.revoked_at is None]
+    def active_keys(self) -> list[tuple[str, str, Account]]:
+        return [
+            (k.key_hash, k.id, self.s.accounts[k.account_id]) for k in self.s.keys.values() if k.revoked_at is None
+        ]
 
 
 class FakeRegistry:
@@ -160,6 +163,16 @@ class FakeUsage:
             d
             for d in self.s.daily.values()
             if d.account_id == account_id and (since is None or d.day >= since) and (until is None or d.day <= until)
+        ]
+
+    def call_stats(self, since: str, until: str, latency_of: Collection[str] = ()) -> list[CallStats]:
+        latencies: dict[str, list[Decimal]] = {}
+        for _, e in self.s.events.values():
+            if since <= e.time.isoformat() < until:
+                latencies.setdefault(e.model, []).append(e.latency_ms)
+        return [
+            CallStats(name, len(ms), sorted(ms)[(len(ms) + 1) // 2 - 1] if name in latency_of else None)
+            for name, ms in sorted(latencies.items())
         ]
 
 

@@ -61,8 +61,8 @@ class AccountRepository(Protocol):
 
     def revoke_key(self, key_id: str, revoked_at: str) -> None: ...
 
-    def active_keys(self) -> list[tuple[str, Account]]:
-        """(key hash, account) of every key not revoked."""
+    def active_keys(self) -> list[tuple[str, str, Account]]:
+        """(key hash, key id, account) of every key not revoked."""
         ...
 
 

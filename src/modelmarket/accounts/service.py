@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelmarket.accounts.ports import ROLES, Account, AccountsUnitOfWork, Role, StoredKey
 from modelmarket.audit import chain as audit
@@ -31,9 +31,16 @@ class KeyIndex:
     """Snapshot of every active key hash -> account, for authenticating without a database round trip."""
 
     by_hash: dict[str, Account]
+    key_ids: dict[str, str] = field(default_factory=dict)
+    """Key hash -> key id (per-key limits)."""
 
     def authenticate(self, secret: str) -> Account | None:
         return self.by_hash.get(hash_api_key(secret))
+
+    def authenticate_key(self, secret: str) -> tuple[Account, str | None] | None:
+        digest = hash_api_key(secret)
+        account = self.by_hash.get(digest)
+        return None if account is None else (account, self.key_ids.get(digest))
 
 
 class AccountService:
@@ -127,7 +134,8 @@ class AccountService:
 
     def key_index(self) -> KeyIndex:
         with self.uow.read() as uow:
-            return KeyIndex(by_hash=dict(uow.accounts.active_keys()))
+            keys = uow.accounts.active_keys()
+            return KeyIndex(by_hash={h: account for h, _, account in keys}, key_ids={h: k for h, k, _ in keys})
 
 
 def _role(role: str) -> Role:

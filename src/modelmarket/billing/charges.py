@@ -108,7 +108,7 @@ class ChargeModel:
     def _tier_of(self, q: Fraction) -> Tier:
         """The tier ``q`` falls in: the first whose ``up_to`` is at least ``q``, else the open last one."""
         for tier in self.tiers:
-            if tier.up_to is None or q < tier.up_to:
+            if tier.up_to is None or q <= tier.up_to:
                 return tier
         raise InvariantViolated("the last tier is open")  # pragma: no cover (__post_init__)
 

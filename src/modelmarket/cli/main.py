@@ -9,6 +9,7 @@ from modelmarket.cli.accounts import accounts, keys
 from modelmarket.cli.audit import audit
 from modelmarket.cli.billing import invoice, statement, usage
 from modelmarket.cli.meter import meter
+from modelmarket.cli.prices import prices
 from modelmarket.cli.registry import models, publish
 from modelmarket.cli.serve import demo, runner, serve
 
@@ -25,6 +26,7 @@ def cli() -> None:
 
 for command in (publish, models, accounts, keys, usage, invoice, statement, audit, serve, demo, runner, meter):
     cli.add_command(command)
+cli.add_command(prices)
 
 
 def main() -> None:

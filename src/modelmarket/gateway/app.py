@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Router
 
 from modelmarket.core.errors import DomainError, MeteringHalted
-from modelmarket.gateway.auth import authenticate
+from modelmarket.gateway.auth import authenticate_key
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
 from modelmarket.gateway.errors import extra_fields_for, headers_for, message_for, status_for
 from modelmarket.gateway.state import GatewayState
@@ -192,7 +192,7 @@ class GatewayApp:
         name, ref, tail = _split_model_path(path)
         method = scope["method"]
         if tail == "infer" and method == "POST":
-            account = await authenticate(self.state, scope)
+            account, key_id = await authenticate_key(self.state, scope)
             body = await read_body(receive, self.parts.max_request_bytes)
             request = InferRequest(
                 body=body,
@@ -201,7 +201,7 @@ class GatewayApp:
                 traceparent=header(scope, b"traceparent"),
                 idempotency_key=header(scope, b"idempotency-key"),
             )
-            answer = await self.dataplane.infer(account, name, ref, request)
+            answer = await self.dataplane.infer(account, name, ref, request, key_id=key_id)
             await respond(send, 200, answer.body, answer.content_type, answer.headers)
             return
         if method != "GET" or tail not in ("", "ready"):

@@ -12,6 +12,11 @@ MAX_AUTHORIZATION_BYTES = 512
 
 
 async def authenticate(state: GatewayState, scope: Scope) -> Account:
+    return (await authenticate_key(state, scope))[0]
+
+
+async def authenticate_key(state: GatewayState, scope: Scope) -> tuple[Account, str | None]:
+    """The caller's account and the id of the key it used."""
     raw = header(scope, b"authorization")
     if raw is None:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
@@ -20,7 +25,7 @@ async def authenticate(state: GatewayState, scope: Scope) -> Account:
     scheme, _, token = raw.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("malformed Authorization header: expected 'Bearer <key>'")
-    account = await state.authenticate(token.strip())
-    if account is None:
+    found = await state.authenticate_key(token.strip())
+    if found is None:
         raise Unauthenticated("invalid API key")
-    return account
+    return found

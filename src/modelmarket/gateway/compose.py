@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import os
+import logging
 from collections.abc import Callable
+from datetime import date
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
 from modelmarket.accounts import Account
 from modelmarket.adapters.bus import make_writer
+from modelmarket.billing import enforcement
 from modelmarket.bootstrap import Platform
+from modelmarket.core.errors import MeteringHalted
 from modelmarket.core.ids import RequestIds
 from modelmarket.gateway.api import ApiContext, build_router
 from modelmarket.gateway.app import GatewayApp, GatewayParts
 from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.dataplane import DataPlane
+from modelmarket.gateway.economy import Economy
 from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.state import GatewayState
 from modelmarket.registry import CatalogueLoader
 from modelmarket.runtime.supervisor import Supervisor
 from modelmarket.settings import Settings
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def child_env(settings: Settings, store_url: str) -> dict[str, str]:
@@ -35,7 +45,14 @@ def child_env(settings: Settings, store_url: str) -> dict[str, str]:
 def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: bool = True) -> GatewayParts:
     s = platform.settings
     loader = CatalogueLoader(platform.store)
-    state = GatewayState(platform.accounts.key_index, loader.load, s.cache_refresh_s)
+    economy = Economy(
+        lambda at: _read(platform, lambda uow: enforcement.policies(uow, at)),
+        lambda ids, day: _used(platform, ids, day),
+        None,
+        platform.clock,
+        s.cache_refresh_s,
+    )
+    state = GatewayState(platform.accounts.key_index, loader.load, s.cache_refresh_s, economy=economy)
     writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max, s.idempotency_ttl_s)
     metering = MeteringProcess(s.home / "metering.log", child_env(s, platform.store.url)) if metering_child else None
     supervisor = Supervisor(
@@ -60,6 +77,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         request_ids=RequestIds("req_"),
         health_checks=checks,
         max_kept_answer_bytes=s.idempotency_max_answer_bytes,
+        economy=economy,
     )
 
     async def authenticate_request(request: Request) -> Account:
@@ -69,6 +87,20 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     return GatewayParts(
         dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload, platform.metering.halted
     )
+
+
+def _read(platform: Platform, fn: Callable[[Any], T]) -> T:
+    with platform.store.read() as uow:
+        return fn(uow)
+
+
+def _used(platform: Platform, account_ids: list[str], day: date) -> dict[str, enforcement.Used]:
+    """Usage the limiter resumes from: the log is applied first, so calls answered before a restart count."""
+    try:
+        platform.metering.catch_up()
+    except MeteringHalted as exc:  # the counters resume from what was applied; the halt is reported elsewhere
+        log.warning("limits resume from usage applied before metering halted: %s", exc)
+    return _read(platform, lambda uow: enforcement.used(uow, account_ids, day))
 
 
 def _metering_problem(metering: MeteringProcess) -> str | None:

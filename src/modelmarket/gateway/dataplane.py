@@ -27,6 +27,7 @@ from modelmarket.accounts import Account
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from modelmarket.core.ids import RequestIds
+from modelmarket.gateway.economy import Economy, Priced
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.registry.catalogue import Catalogue, VersionRecord
@@ -156,7 +157,9 @@ class DataPlane:
         health_checks: tuple[Callable[[], str | None], ...] = (),
         input_limits: Callable[[str], InputLimits] = runtime_input_limits,
         max_kept_answer_bytes: int = 1024 * 1024,
+        economy: Economy | None = None,
     ) -> None:
+        self.economy = economy
         self.catalogue = catalogue
         self.runners = runners
         self.writer = writer
@@ -205,10 +208,15 @@ class DataPlane:
         return self.runners.is_ready(await self.resolve(name, ref))
 
     # -- inference ----------------------------------------------------------------------------------------
-    async def infer(self, account: Account, name: str, ref: str | None, request: InferRequest) -> InferAnswer:
-        """Serve one call. With an Idempotency-Key, a retry gets the kept answer and is never billed again."""
+    async def infer(
+        self, account: Account, name: str, ref: str | None, request: InferRequest, key_id: str | None = None
+    ) -> InferAnswer:
+        """Serve one call. With an Idempotency-Key, a retry gets the kept answer and is never billed again.
+
+        Limits are checked after the request is validated and before a runner is called: a refused call (429 or
+        402) costs no model time and appends no usage event."""
         if request.idempotency_key is None:
-            return await self._infer(account, name, ref, request, None)
+            return await self._infer(account, name, ref, request, None, key_id)
         key = _idempotency_key(request.idempotency_key)
         event_id = idempotent_event_id(account.id, key)
         digest = await _request_digest(name, ref, request)
@@ -226,7 +234,7 @@ class DataPlane:
         self._in_flight[event_id] = (digest, future)
         try:
             try:
-                answer = await self._infer(account, name, ref, request, (event_id, digest))
+                answer = await self._infer(account, name, ref, request, (event_id, digest), key_id)
             except AlreadyLogged:  # another process served this key first: its logged answer is the one
                 answer = self._replay(key, digest, self.writer.lookup(event_id).kept)
             future.set_result(answer)
@@ -258,6 +266,7 @@ class DataPlane:
         ref: str | None,
         request: InferRequest,
         once: tuple[str, str] | None,
+        key_id: str | None = None,
     ) -> InferAnswer:
         started = time.perf_counter()
         version = await self.resolve(name, ref)
@@ -269,6 +278,30 @@ class DataPlane:
             prepared = await asyncio.to_thread(_prepare, version, request.body, header_len, limits)
         else:
             prepared = _prepare(version, request.body, header_len, limits)
+        economy = self.economy
+        if economy is None:
+            return await self._serve(account, version, request, prepared, once, started, None)
+        at = self.clock()
+        priced = economy.price(version, at)
+        ticket = economy.admit(account.id, key_id, version, prepared.units, priced, at)
+        try:
+            answer = await self._serve(account, version, request, prepared, once, started, priced)
+        except BaseException:
+            economy.limiter.cancel(ticket)
+            raise
+        economy.limiter.settle(ticket)
+        return answer
+
+    async def _serve(
+        self,
+        account: Account,
+        version: VersionRecord,
+        request: InferRequest,
+        prepared: _Prepared,
+        once: tuple[str, str] | None,
+        started: float,
+        priced: Priced | None,
+    ) -> InferAnswer:
         pool = await self.runners.pool_for(version)
         headers = [(b"Content-Type", request.content_type or b"application/json")]
         if request.header_length is not None:
@@ -278,7 +311,9 @@ class DataPlane:
         if answer.status != 200:
             raise _runner_error(answer)
         event_id = self.request_ids.next() if once is None else once[0]
-        event = self._usage_event(event_id, account, version, prepared.units, started, trace_id(request.traceparent))
+        event = self._usage_event(
+            event_id, account, version, prepared.units, started, trace_id(request.traceparent), priced
+        )
         ihcl = answer.headers.get(b"inference-header-content-length")
         ctype = answer.headers.get(b"content-type", b"application/json")
         kept = None
@@ -291,7 +326,14 @@ class DataPlane:
         return InferAnswer(event.id, answer.body, ctype, out_headers)
 
     def _usage_event(
-        self, event_id: str, account: Account, version: VersionRecord, units: int, started: float, trace: str | None
+        self,
+        event_id: str,
+        account: Account,
+        version: VersionRecord,
+        units: int,
+        started: float,
+        trace: str | None,
+        priced: Priced | None = None,
     ) -> UsageEvent:
         pricing = version.manifest.pricing
         return UsageEvent(
@@ -304,7 +346,8 @@ class DataPlane:
             provider_account_id=version.provider_account_id,
             unit_kind=pricing.unit,
             quantity=units,
-            unit_price=pricing.price_per_iu,
+            unit_price=pricing.price_per_iu if priced is None else priced.unit_price,
+            price_factor=Decimal(1) if priced is None else priced.factor,
             currency=pricing.currency,
             latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
             trace_id=trace,

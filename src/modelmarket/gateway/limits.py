@@ -227,8 +227,8 @@ class _Account(_Counters):
         self.unlimited = policy.is_unlimited
         self.currency = policy.currency
         self.apply(policy.limits)
-        free = {UnitKind(k): Fraction(policy.grant.get(k, 0)) + policy.included.get(k, 0) for k in policy.grant}
-        free |= {UnitKind(k): Fraction(policy.grant.get(k, 0)) + iu for k, iu in policy.included.items()}
+        kinds = {UnitKind(k) for k in (*policy.grant, *policy.included)}
+        free = {k: Fraction(policy.grant.get(k, 0)) + policy.included.get(k, 0) for k in kinds}
         self.free_base = {kind: _cap_base(kind, iu) for kind, iu in free.items()}
         caps = {UnitKind(k): _cap_base(UnitKind(k), iu) for k, iu in policy.grant.items()}
         self.grant_cap_base = caps if policy.hard_cap_grant else None

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from modelmarket.accounts import Account, KeyIndex
+from modelmarket.gateway.economy import Economy
 from modelmarket.registry import Catalogue
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ class GatewayState:
         load_catalogue: Callable[[], Catalogue],
         refresh_s: float,
         min_reload_s: float = MIN_RELOAD_S,
+        economy: Economy | None = None,
     ) -> None:
+        self.economy = economy
         self.keys = Snapshot("key", load_keys, KeyIndex(by_hash={}), refresh_s, min_reload_s)
         self.models = Snapshot("catalogue", load_catalogue, Catalogue(models={}), refresh_s, min_reload_s)
 
@@ -94,19 +97,30 @@ class GatewayState:
         await self.models.reload_after_miss(missed_at)
 
     async def authenticate(self, secret: str) -> Account | None:
-        account = self.keys.value.authenticate(secret)
-        if account is None:
+        found = await self.authenticate_key(secret)
+        return None if found is None else found[0]
+
+    async def authenticate_key(self, secret: str) -> tuple[Account, str | None] | None:
+        """The account and key id of an active key; an unknown key waits for one (throttled) reload first."""
+        found = self.keys.value.authenticate_key(secret)
+        if found is None:
             await self.keys.reload_after_miss(time.monotonic())
-            account = self.keys.value.authenticate(secret)
-        return account
+            found = self.keys.value.authenticate_key(secret)
+        return found
 
     async def reload(self) -> None:
         await asyncio.gather(self.keys.reload(), self.models.reload())
+        if self.economy is not None:
+            await self.economy.reload()
 
     def start(self) -> None:
         self.keys.start()
         self.models.start()
+        if self.economy is not None:
+            self.economy.start()
 
     async def stop(self) -> None:
         await self.keys.stop()
         await self.models.stop()
+        if self.economy is not None:
+            await self.economy.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -94,6 +94,16 @@ class Reject:
     rejected_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    """The served calls of one model in a time range (dynamic pricing reads demand and latency from these)."""
+
+    model_name: str
+    calls: int
+    latency_ms_p50: Decimal | None
+    """The median latency (nearest rank: the ceil(calls/2)-th smallest); None unless asked for, or no calls."""
+
+
 class UsageRepository(Protocol):
     def offset(self, consumer: str) -> int:
         """The last log offset ``consumer`` applied (0 before the first)."""
@@ -122,6 +132,12 @@ class UsageRepository(Protocol):
         ...
 
     def daily_usage(self, account_id: str, since: str | None, until: str | None) -> list[DailyUsage]: ...
+
+    def call_stats(self, since: str, until: str, latency_of: Collection[str] = ()) -> list[CallStats]:
+        """Calls per model with ``since <= occurred_at < until`` (ISO 8601 UTC text, compared as stored), one row
+        per model that had any, by model name; the p50 latency only for the models in ``latency_of``. Bounded
+        in memory: one row per model, never the events themselves."""
+        ...
 
     def daily_usage_all(self) -> list[DailyUsage]:
         """Every per-day row, in key order (for a digest of the derived state)."""

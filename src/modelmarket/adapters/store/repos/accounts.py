@@ -60,10 +60,10 @@ class SqlAccountRepository:
     def revoke_key(self, key_id: str, revoked_at: str) -> None:
         self.conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id).values(revoked_at=revoked_at))
 
-    def active_keys(self) -> list[tuple[str, Account]]:
+    def active_keys(self) -> list[tuple[str, str, Account]]:
         rows = self.conn.execute(
-            select(t.api_keys.c.key_hash, t.accounts)
+            select(t.api_keys.c.key_hash, t.api_keys.c.id.label("key_id"), t.accounts)
             .join(t.accounts, t.accounts.c.id == t.api_keys.c.account_id)
             .where(t.api_keys.c.revoked_at.is_(None))
         ).all()
-        return [(r.key_hash, _account(r)) for r in rows]
+        return [(r.key_hash, r.key_id, _account(r)) for r in rows]

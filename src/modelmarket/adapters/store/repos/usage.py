@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Numeric, cast, delete, func, insert, select, update
 
 from modelmarket.adapters.store import schema as t
 from modelmarket.billing.aggregate import UsageRow
 from modelmarket.billing.ports import Owner
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import DailyUsage, Reject
+from modelmarket.metering.ports import CallStats, DailyUsage, Reject
 from modelmarket.metering.units import UnitKind
 
 USAGE_BATCH_ROWS = 2000
@@ -138,6 +138,28 @@ class SqlUsageRepository:
     def daily_usage_all(self) -> list[DailyUsage]:
         query = select(t.usage_daily).order_by(_D.account_id, _D.model_name, _D.day, _D.unit_kind, _D.currency)
         return [_daily(r) for r in self.conn.execute(query)]
+
+    def call_stats(self, since: str, until: str, latency_of: Collection[str] = ()) -> list[CallStats]:
+        e = t.usage_events.c
+        in_range = (e.occurred_at >= since, e.occurred_at < until)
+        counts = self.conn.execute(
+            select(e.model_name, func.count()).where(*in_range).group_by(e.model_name).order_by(e.model_name)
+        ).all()
+        wanted = set(latency_of)
+        out = []
+        for model_name, calls in counts:
+            p50 = None
+            if model_name in wanted:
+                # Nearest rank, in SQL: the ceil(calls/2)-th smallest latency (the text column sorts as a number).
+                p50 = self.conn.execute(
+                    select(e.latency_ms)
+                    .where(e.model_name == model_name, *in_range)
+                    .order_by(cast(e.latency_ms, Numeric))
+                    .offset((int(calls) + 1) // 2 - 1)
+                    .limit(1)
+                ).scalar_one()
+            out.append(CallStats(model_name, int(calls), p50))
+        return out
 
     def clear_derived(self, consumer: str) -> None:
         self.conn.execute(delete(t.usage_events))

@@ -1,0 +1,170 @@
+"""The gateway's view of the economy: the limiter's policies and the prices in force, refreshed in the background.
+
+Policies (plan grants, included IU, account and key limits) and the price book are read from the store every
+``refresh_s`` (and at start); the limiter keeps its counters across reloads and is seeded from stored usage for
+the accounts it did not count before (at start: every limited account). A call then costs no database round trip:
+``admit`` checks in-memory counters, ``price`` looks the price up in the book.
+
+Bounds (``docs/billing.md``): one gateway never overshoots a grant, quota or budget (reservations count calls in
+flight). A change of plan or limits takes effect within ``refresh_s``. Per-key daily quotas restart from zero
+when the gateway restarts (usage is stored per account, not per key); account counters resume from usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Protocol
+
+from modelmarket.billing.charges import ChargeModel, charge_model
+from modelmarket.billing.enforcement import Limits, Policy, Used
+from modelmarket.core.clock import Clock
+from modelmarket.gateway.limits import AccountPolicy, Limiter, LimitSet, SeedUsage, Ticket, Usage
+from modelmarket.metering.units import UnitKind
+from modelmarket.registry.catalogue import VersionRecord
+
+log = logging.getLogger(__name__)
+
+
+class PriceBook(Protocol):
+    def unit_price(self, manifest_price: Decimal, model_name: str, at: datetime) -> Decimal: ...
+
+    def factor(self, model_name: str, at: datetime) -> Decimal: ...
+
+
+class ListPrices:
+    """No price records: every model at its manifest price, factor 1."""
+
+    def unit_price(self, manifest_price: Decimal, model_name: str, at: datetime) -> Decimal:
+        return manifest_price
+
+    def factor(self, model_name: str, at: datetime) -> Decimal:
+        return Decimal(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    unit_price: Decimal
+    factor: Decimal
+
+
+def _limit_set(limits: Limits) -> LimitSet:
+    return LimitSet(limits.rpm, dict(limits.iu_per_day), limits.budget)
+
+
+def _account_policy(p: Policy) -> AccountPolicy:
+    return AccountPolicy(
+        account_id=p.account_id,
+        currency=p.currency,
+        grant=dict(p.grant),
+        included=dict(p.included),
+        limits=_limit_set(p.limits),
+        key_limits={k: _limit_set(v) for k, v in p.key_limits.items()},
+        hard_cap_grant=p.hard_cap,
+    )
+
+
+def _seed(u: Used) -> SeedUsage:
+    return SeedUsage(account=Usage(dict(u.iu_today), dict(u.iu_period), u.spend_period))
+
+
+def period_of(day: date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+class Economy:
+    def __init__(
+        self,
+        load_policies: Callable[[datetime], dict[str, Policy]],
+        load_used: Callable[[list[str], date], dict[str, Used]],
+        load_prices: Callable[[], PriceBook] | None,
+        clock: Clock,
+        refresh_s: float,
+    ) -> None:
+        self.load_policies = load_policies
+        self.load_used = load_used
+        self.load_prices = load_prices
+        self.clock = clock
+        self.refresh_s = refresh_s
+        self.limiter = Limiter()
+        self.prices: PriceBook = ListPrices()
+        self.policies: dict[str, Policy] = {}
+        self._charges: dict[tuple[str, str], ChargeModel] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def reload(self) -> None:
+        async with self._lock:
+            now = self.clock()
+            policies = await asyncio.to_thread(self.load_policies, now)
+            if self.load_prices is not None:
+                self.prices = await asyncio.to_thread(self.load_prices)
+            self.policies = policies
+            unseeded = self.limiter.set_policies({k: _account_policy(v) for k, v in policies.items()})
+            if unseeded:
+                day = now.astimezone(UTC).date()
+                used = await asyncio.to_thread(self.load_used, sorted(unseeded), day)
+                self.limiter.seed(day, period_of(day), {k: _seed(v) for k, v in used.items()})
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.reload()
+            except Exception:  # keep enforcing the last good snapshot
+                log.exception("refreshing the gateway's limits and prices failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the hot path ------------------------------------------------------------------------------------------
+
+    def price(self, version: VersionRecord, at: datetime) -> Priced:
+        manifest_price = version.manifest.pricing.price_per_iu
+        return Priced(
+            self.prices.unit_price(manifest_price, version.model_name, at), self.prices.factor(version.model_name, at)
+        )
+
+    def admit(
+        self, account_id: str, key_id: str | None, version: VersionRecord, units: int, priced: Priced, at: datetime
+    ) -> Ticket:
+        pricing = version.manifest.pricing
+        unit: UnitKind = pricing.unit
+        policy = self.policies.get(account_id)
+        per_iu = Fraction(0)
+        if policy is not None and policy.currency == pricing.currency:
+            charge = self._charge(version)
+            if charge.kind == "per_unit" and charge.output_price_per_iu is None:
+                per_iu = Fraction(priced.unit_price)
+            elif units:  # tiers, packages, split token prices: the most these IU can cost (never below the bill)
+                quantity = unit.iu(units)
+                per_iu = charge.max_marginal(quantity) / quantity * Fraction(priced.factor)
+        day = at.astimezone(UTC).date()
+        return self.limiter.admit(
+            account_id=account_id,
+            key_id=key_id,
+            unit_kind=unit,
+            quantity_iu=unit.iu(units),
+            price_per_iu=per_iu,
+            day=day,
+            period=period_of(day),
+        )
+
+    def _charge(self, version: VersionRecord) -> ChargeModel:
+        key = (version.model_name, version.version)
+        found = self._charges.get(key)
+        if found is None:
+            found = self._charges[key] = charge_model(version.manifest.pricing)
+        return found
