@@ -21,8 +21,10 @@ from sqlalchemy import text
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore
 from modelmarket.billing.ledger import Balance
-from modelmarket.billing.lifecycle import InvoiceDoc, Line
+from modelmarket.billing.documents import decimal_text
+from modelmarket.billing.lifecycle import InvoiceDoc
 from modelmarket.billing.period import Period
+from modelmarket.core.money import exact_text
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
@@ -212,7 +214,8 @@ class Economy:
         return doc
 
     def receivable(self, consumer: str) -> Balance:
-        (balance,) = [b for b in self.platform.ledger.balances(self.accounts[consumer]) if b.ledger_account.startswith("receivable:")]
+        balances = self.platform.ledger.balances(self.accounts[consumer])
+        (balance,) = [b for b in balances if b.ledger_account.startswith("receivable:")]
         return balance
 
     def sql(self, statement: str, **params: Any) -> int:
@@ -224,12 +227,7 @@ class Economy:
 
 def lines_of(doc: InvoiceDoc) -> list[tuple[str, str | None, str, str]]:
     """(type, model, quantity in IU, amount) of each line, as text."""
-    return [(li.type, li.model, _iu(li), str(li.amount)) for li in doc.lines]
-
-
-def _iu(line: Line) -> str:
-    q = line.quantity_iu
-    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
+    return [(li.type, li.model, exact_text(li.quantity_iu), decimal_text(li.amount)) for li in doc.lines]
 
 
 def _period(label: str) -> Period:

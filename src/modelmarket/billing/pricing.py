@@ -366,21 +366,13 @@ class PriceService:
         low, high = check_bounds(min_factor, max_factor)
         now = self.clock()
         config = DynamicPricing(model, low, high, True, _iso(now))
+        bounds = {"min_factor": format(low, "f"), "max_factor": format(high, "f")}
         with self.uow.write(Lock.PLANS) as uow:
             _known_model(uow, model)
             uow.plans.put_dynamic_pricing(config)
-            audit.append(
-                uow.audit,
-                actor=actor,
-                action="price.dynamic.enabled",
-                subject=model,
-                payload={"min_factor": format(low, "f"), "max_factor": format(high, "f")},
-                now=now,
-            )
-            current = _factor_at(uow, model, now)
-            clamped = min(max(current, low), high)
+            audit.append(uow.audit, actor=actor, action="price.dynamic.enabled", subject=model, payload=bounds, now=now)
+            clamped = min(max(_factor_at(uow, model, now), low), high)
             reason = f"dynamic bounds set to [{low}, {high}]"
-            bounds = {"min_factor": format(low, "f"), "max_factor": format(high, "f")}
             _change_factor(uow, model, clamped, _Change(now, now, actor), reason, bounds)
         return config
 

@@ -6,6 +6,7 @@ import click
 
 from modelmarket.accounts import ROLES
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
+from modelmarket.core.errors import NotFound
 
 
 @click.group()
@@ -25,12 +26,25 @@ def accounts() -> None:
 @json_option
 @domain_errors
 def accounts_create(name: str, role: str, as_json: bool) -> None:
-    """Create the account NAME."""
-    account = platform().accounts.create(name, role)
+    """Create the account NAME. A consumer is subscribed to MODELMARKET_DEFAULT_PLAN when that is set."""
+    p = platform()
+    plan = (p.settings.default_plan or None) if role == "consumer" else None
+    if plan is not None:
+        try:
+            p.plans.plan(plan)
+        except NotFound:
+            raise click.ClickException(
+                f"MODELMARKET_DEFAULT_PLAN names plan {plan!r}, which does not exist: apply a plans file that "
+                "declares it (`modelmarket plans apply FILE`) or unset MODELMARKET_DEFAULT_PLAN; no account created"
+            ) from None
+    account = p.accounts.create(name, role)
+    sub = p.plans.subscribe(account.id, plan) if plan is not None else None
     if as_json:
-        echo_json(account.to_json())
+        echo_json(account.to_json() if sub is None else {**account.to_json(), "subscription": sub.to_json()})
     else:
         click.echo(f"created {account.role} account {account.name} ({account.id})")
+        if sub is not None:
+            click.echo(f"subscribed to plan {sub.plan_name} v{sub.plan_version} (MODELMARKET_DEFAULT_PLAN)")
 
 
 @accounts.command("list")

@@ -133,16 +133,31 @@ def plans_show(name: str, version: int | None, as_json: bool) -> None:
         echo_json(plan.to_json())
         return
     latest = p.plans.plan(name).version
-    click.echo(f"plan {plan.name} v{plan.version} of {latest} ({plan.kind}, {plan.currency}), created {plan.created_at}")
-    doc = plan.spec.to_json()
-    for field in ("description", "grant", "fee", "included", "overage", "rates", "commitment"):
-        value = doc[field]
-        if isinstance(value, dict):
-            value = _units_text(value)
-        if value and value != "0":
-            click.echo(f"  {field}: {value}")
+    click.echo(
+        f"plan {plan.name} v{plan.version} of {latest} ({plan.kind}, {plan.currency}), created {plan.created_at}"
+    )
+    for field, value in _plan_fields(plan):
+        click.echo(f"  {field}: {value}")
     limits = plan.spec.limits.to_json()
     click.echo(f"  limits: {_limits_text(limits['rpm'], limits['iu_per_day'], limits['budget'], plan.currency)}")
+
+
+def _plan_fields(plan: PlanVersion) -> list[tuple[str, str]]:
+    """The fields a plan sets, for people: IU per unit kind, prices per IU and amounts with the currency."""
+    doc, cur = plan.spec.to_json(), plan.currency
+    out = []
+    if doc["description"]:
+        out.append(("description", doc["description"]))
+    for field in ("grant", "included"):
+        if doc[field]:
+            out.append((field, f"{_units_text(doc[field])} IU per month"))
+    for field in ("fee", "commitment"):
+        if Decimal(doc[field]):
+            out.append((field, f"{doc[field]} {cur} per month"))
+    for field in ("overage", "rates"):
+        if doc[field]:
+            out.append((field, ", ".join(f"{k} {v} {cur}/IU" for k, v in doc[field].items())))
+    return out
 
 
 @click.command()
@@ -178,7 +193,10 @@ def _parse_iu_per_day(values: tuple[str, ...]) -> dict[UnitKind, Fraction]:
         unit_text, sep, number = value.partition("=")
         if not sep:
             raise InvalidInput(f"--iu-per-day: {value!r} is not UNIT=N (e.g. image=500)")
-        unit = UnitKind.parse(unit_text.strip())
+        try:
+            unit = UnitKind.parse(unit_text.strip())
+        except InvalidInput as exc:
+            raise InvalidInput(f"--iu-per-day: {exc.message}") from None
         if unit in out:
             raise InvalidInput(f"--iu-per-day: {unit.value} is given twice")
         if not IU_RE.match(number.strip()):
@@ -265,7 +283,7 @@ def limits_show(account: str, as_json: bool) -> None:
     stored = p.plans.limits(acc.id)
     own = next((x for x in stored if not x.key_id), None)
     keyed = sorted((x for x in stored if x.key_id), key=lambda x: x.key_id)
-    plan_doc = None
+    plan_doc: dict[str, Any] | None = None
     if plan is not None:
         plan_doc = {"name": plan.name, "version": plan.version, "currency": plan.currency}
         plan_doc["limits"] = plan.spec.limits.to_json()
@@ -298,3 +316,336 @@ def limits_show(account: str, as_json: bool) -> None:
 def _limit_cells(doc: dict[str, Any], currency: str | None) -> list[str]:
     budget = "-" if doc["budget"] is None else f"{doc['budget']} {currency or ''}".rstrip()
     return ["-" if doc["rpm"] is None else str(doc["rpm"]), _units_text(doc["iu_per_day"]) or "-", budget]
+
+
+# -- invoices ----------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def invoices() -> None:
+    """Invoices with a lifecycle: a draft kept current, finalized (frozen, posted to the ledger), or void."""
+
+
+def _invoice_row(doc: InvoiceDoc, names: dict[str, str]) -> list[str]:
+    account = names.get(doc.account_id, doc.account_id)
+    return [doc.id, account, doc.period, doc.status, str(len(doc.lines)), _money(doc.total, doc.currency)]
+
+
+_INVOICE_HEADERS = ["ID", "ACCOUNT", "PERIOD", "STATUS", "LINES", "TOTAL"]
+
+
+def _invoice_json(doc: InvoiceDoc, names: dict[str, str]) -> dict[str, Any]:
+    return {"account": names.get(doc.account_id), **doc.to_json()}
+
+
+@invoices.command("list")
+@click.argument("account")
+@click.option("--period", metavar="YYYY-MM", help="One calendar month (UTC); default: every period with activity.")
+@json_option
+@domain_errors
+def invoices_list(account: str, period: str | None, as_json: bool) -> None:
+    """List ACCOUNT's invoices (one per period and currency); drafts are brought up to date first."""
+    p = platform()
+    acc = p.accounts.get(account)
+    docs = p.invoices.invoices(acc.id, _period(period))
+    names = {acc.id: acc.name}
+    if as_json:
+        echo_json({"account": acc.name, "invoices": [_invoice_json(d, names) for d in docs]})
+    elif not docs:
+        click.echo(f"no invoices for {acc.name}" + (f" in {period}" if period else ""))
+    else:
+        click.echo(table([_invoice_row(d, names) for d in docs], _INVOICE_HEADERS))
+
+
+@invoices.command("show")
+@click.argument("invoice_id")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the invoice to FILE as a self-contained printable HTML page.",
+)
+@json_option
+@domain_errors
+def invoices_show(invoice_id: str, html_file: Path | None, as_json: bool) -> None:
+    """Show invoice INVOICE_ID: its lines (type, description, IU, amount), total and status."""
+    p = platform()
+    doc = p.invoices.invoice(invoice_id)
+    names = _names(p)
+    account = names.get(doc.account_id, doc.account_id)
+    if html_file is not None:
+        html_file.write_text(render_invoice_html(doc, account), encoding="utf-8")
+    if as_json:
+        echo_json(_invoice_json(doc, names))
+        return
+    cur = doc.currency
+    click.echo(f"invoice {doc.id} for {account}, period {doc.period}, currency {cur}: {doc.status}")
+    rows = [
+        [line.type, line.description, approx_text(line.quantity_iu) if line.model else "", decimal_text(line.amount)]
+        for line in doc.lines
+    ]
+    if rows:
+        click.echo(table(rows, ["TYPE", "DESCRIPTION", "QUANTITY (IU)", f"AMOUNT ({cur})"]))
+    click.echo(f"total: {_money(doc.total, cur)}")
+    if doc.finalized_at:
+        click.echo(f"finalized at {doc.finalized_at}")
+    if doc.status == "void":
+        click.echo(f"voided at {doc.voided_at}: {doc.void_reason}")
+        click.echo(f"credit note: {_money(-doc.total, cur)}")
+    if html_file is not None:
+        click.echo(f"wrote {html_file}")
+
+
+@invoices.command("finalize")
+@click.argument("invoice_id", required=False)
+@click.option("--due", is_flag=True, help="Finalize every draft whose month ended more than the grace period ago.")
+@json_option
+@domain_errors
+def invoices_finalize(invoice_id: str | None, due: bool, as_json: bool) -> None:
+    """Finalize draft INVOICE_ID (or, with --due, every draft past the grace period): its lines are frozen and
+    its fees posted to the ledger. Usage of that period read later lands on a later invoice as an adjustment."""
+    if (invoice_id is None) == (not due):
+        raise click.UsageError("give either an INVOICE_ID or --due")
+    p = platform()
+    docs = p.invoices.finalize_due() if due else [p.invoices.finalize(str(invoice_id))]
+    names = _names(p)
+    if as_json:
+        echo_json([_invoice_json(d, names) for d in docs])
+    elif not docs:
+        grace = timedelta(seconds=p.settings.invoice_grace_s)
+        click.echo(f"no drafts are due: a month's drafts wait {grace} after it ends (MODELMARKET_INVOICE_GRACE_S)")
+    else:
+        click.echo(f"finalized {len(docs)} invoice(s)")
+        click.echo(table([_invoice_row(d, names) for d in docs], _INVOICE_HEADERS))
+
+
+@invoices.command("void")
+@click.argument("invoice_id")
+@click.option("--reason", required=True, metavar="TEXT", help="Why it is voided (kept on the invoice and audited).")
+@json_option
+@domain_errors
+def invoices_void(invoice_id: str, reason: str, as_json: bool) -> None:
+    """Void finalized invoice INVOICE_ID: a credit note reverses its total in the ledger."""
+    p = platform()
+    doc = p.invoices.void(invoice_id, reason)
+    if as_json:
+        echo_json(_invoice_json(doc, _names(p)))
+        return
+    click.echo(f"voided {doc.id} ({doc.period}): credit note {_money(-doc.total, doc.currency)}")
+
+
+# -- ledger ------------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def ledger() -> None:
+    """The double-entry ledger: an account's balances and transactions, and the ledger's own checks."""
+
+
+def _txn_json(txn: LedgerTxn) -> dict[str, Any]:
+    return {
+        "id": txn.id,
+        "kind": txn.kind,
+        "currency": txn.currency,
+        "period": txn.period,
+        "account_id": txn.account_id,
+        "memo": txn.memo,
+        "log_offset": txn.log_offset,
+        "created_at": txn.created_at,
+        "entries": [
+            {"seq": e.seq, "ledger_account": e.ledger_account, "currency": e.currency, "amount": exact_text(e.amount)}
+            for e in txn.entries
+        ],
+    }
+
+
+@ledger.command("show")
+@click.argument("account")
+@click.option("--limit", default=RECENT_TXNS, show_default=True, help="Most recent transactions to print.")
+@json_option
+@domain_errors
+def ledger_show(account: str, limit: int, as_json: bool) -> None:
+    """Show ACCOUNT's ledger balances (receivable as a consumer, payable as a provider; per currency, exact
+    and rounded) and its most recent transactions."""
+    p = platform()
+    acc = p.accounts.get(account)
+    balances = p.ledger.balances(acc.id)
+    txns = sorted(p.ledger.transactions(acc.id), key=lambda t: (t.created_at, t.id))[-max(limit, 0) :]
+    if as_json:
+        doc = {"account": acc.name, "account_id": acc.id, "balances": [b.to_json() for b in balances]}
+        echo_json({**doc, "transactions": [_txn_json(t) for t in txns]})
+        return
+    if balances:
+        rows = [
+            [b.ledger_account, b.currency, decimal_text(round_minor(b.exact, b.currency)), exact_text(b.exact)]
+            for b in balances
+        ]
+        click.echo(table(rows, ["LEDGER ACCOUNT", "CURRENCY", "BALANCE", "EXACT"]))
+        click.echo("(debit positive: a receivable is owed by the account, a negative payable is owed to it)")
+    else:
+        click.echo(f"no ledger entries for {acc.name}")
+    if txns:
+        own = {receivable(acc.id), payable(acc.id)}
+        click.echo(f"\nrecent transactions ({len(txns)}):")
+        rows = []
+        for t in txns:
+            effect = sum((e.amount for e in t.entries if e.ledger_account in own), Fraction(0))
+            rows.append([t.created_at, t.kind, t.period, _money(round_minor(effect, t.currency), t.currency), t.memo])
+        click.echo(table(rows, ["CREATED", "KIND", "PERIOD", "AMOUNT", "MEMO"]))
+
+
+@ledger.command("verify")
+@json_option
+@domain_errors
+def ledger_verify(as_json: bool) -> None:
+    """Check the ledger: every transaction sums to zero per currency, every rated event names one usage
+    transaction, and each usage transaction is exactly the sum of its events. Exits 1 naming the first violation."""
+    report = platform().ledger.verify()
+    if as_json:
+        echo_json(report.to_json())
+    elif report.ok:
+        click.echo(f"ledger ok: {report.transactions} transactions, {report.rated_events} rated events")
+    else:
+        click.echo(f"ledger broken: {report.violation}", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+# -- payouts and statements --------------------------------------------------------------------------------------
+
+
+@click.group()
+def payouts() -> None:
+    """Provider payouts per month (from their statements) and the statements themselves."""
+
+
+def _payout_json(payout: Payout, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": payout.id,
+        "provider": names.get(payout.provider_account_id),
+        "provider_account_id": payout.provider_account_id,
+        "period": payout.period,
+        "currency": payout.currency,
+        "amount": decimal_text(payout.amount),
+        "txn_id": payout.txn_id,
+        "created_at": payout.created_at,
+    }
+
+
+def _payout_table(items: list[Payout], names: dict[str, str]) -> str:
+    rows = []
+    for x in items:
+        provider = names.get(x.provider_account_id, x.provider_account_id)
+        rows.append([x.id, provider, x.period, _money(x.amount, x.currency), x.created_at])
+    return table(rows, ["PAYOUT", "PROVIDER", "PERIOD", "AMOUNT", "RECORDED"])
+
+
+@payouts.command("run")
+@click.option("--period", required=True, metavar="YYYY-MM", help="A month that has ended (UTC).")
+@json_option
+@domain_errors
+def payouts_run(period: str, as_json: bool) -> None:
+    """Record a payout per provider and currency for a month that has ended: its statement's provider amount.
+    Idempotent: a provider already paid for the month is not paid again."""
+    p = platform()
+    month = parse_period(period)
+    ready = _period_end(month) + timedelta(seconds=p.settings.invoice_grace_s)
+    if p.clock() < ready:
+        raise InvalidInput(
+            f"period {month.label} is still open to late usage until {ready.isoformat()} (its end plus "
+            "MODELMARKET_INVOICE_GRACE_S): a payout now would miss what arrives after it"
+        )
+    made = p.ledger.run_payouts(month)
+    names = _names(p)
+    if as_json:
+        echo_json({"period": month.label, "recorded": [_payout_json(x, names) for x in made]})
+    elif made:
+        click.echo(f"recorded {len(made)} payout(s) for {month.label}")
+        click.echo(_payout_table(made, names))
+    else:
+        existing = p.ledger.payouts(month)
+        if existing:
+            click.echo(f"nothing new recorded: {len(existing)} payout(s) for {month.label} were already recorded")
+        else:
+            click.echo(f"nothing recorded: no provider earned anything in {month.label}")
+
+
+@payouts.command("list")
+@click.option("--period", metavar="YYYY-MM", help="One month (default: all).")
+@json_option
+@domain_errors
+def payouts_list(period: str | None, as_json: bool) -> None:
+    """List recorded payouts."""
+    p = platform()
+    items = p.ledger.payouts(_period(period))
+    names = _names(p)
+    if as_json:
+        echo_json([_payout_json(x, names) for x in items])
+    elif not items:
+        click.echo("no payouts recorded" + (f" for {period}" if period else ""))
+    else:
+        click.echo(_payout_table(items, names))
+
+
+@payouts.command("statements")
+@click.argument("provider", required=False)
+@click.option("--period", required=True, metavar="YYYY-MM", help="Calendar month (UTC).")
+@json_option
+@domain_errors
+def payouts_statements(provider: str | None, period: str, as_json: bool) -> None:
+    """Provider statements for a month from the ledger's rated events: gross, provider amount and platform fee
+    per model (every provider, or PROVIDER only)."""
+    p = platform()
+    month = parse_period(period)
+    provider_id = p.accounts.get(provider).id if provider else None
+    items = p.ledger.statements(month, provider_id)
+    names = _names(p)
+    if as_json:
+        echo_json([{"provider": names.get(s.provider_account_id), **s.to_json()} for s in items])
+        return
+    if not items:
+        click.echo(f"no revenue in {month.label}" + (f" for {provider}" if provider else ""))
+    for st in items:
+        cur = st.currency
+        who = names.get(st.provider_account_id, st.provider_account_id)
+        click.echo(f"statement for {who}, period {st.period}, currency {cur}: {st.events} event(s)")
+        rows = [
+            [
+                d["model"],
+                d["unit_kind"],
+                str(d["events"]),
+                approx_text(UnitKind(d["unit_kind"]).iu(d["quantity_base"])),
+                d["gross"],
+                d["provider_amount"],
+                d["platform_fee"],
+            ]
+            for d in st.lines
+        ]
+        totals = (st.gross, st.provider_amount, st.platform_fee)
+        rows.append(["total", "", str(st.events), "", *(decimal_text(x) for x in totals)])
+        headers = ["MODEL", "UNIT", "EVENTS", "IU", f"GROSS ({cur})", f"PROVIDER ({cur})", f"PLATFORM FEE ({cur})"]
+        click.echo(table(rows, headers) + "\n")
+
+
+# -- billing -----------------------------------------------------------------------------------------------------
+
+
+@click.group("billing")
+def billing_group() -> None:
+    """Maintenance of what billing derives from the usage event log."""
+
+
+@billing_group.command("rebuild")
+@json_option
+@domain_errors
+def billing_rebuild(as_json: bool) -> None:
+    """Recompute usage, rated events and usage transactions from the event log in one transaction, and compare
+    a digest of them before and after. Invoices, fees, credits and payouts are kept as they are."""
+    report = platform().ledger.rebuild()
+    if as_json:
+        echo_json(report.to_json())
+        return
+    click.echo(f"digest before: {report.before}")
+    click.echo(f"digest after:  {report.after}")
+    click.echo(f"{report.events} event(s) replayed")
+    click.echo("identical" if report.identical else "repaired: derived rows differed from the log")

@@ -8,6 +8,7 @@ from modelmarket import __version__
 from modelmarket.cli.accounts import accounts, keys
 from modelmarket.cli.audit import audit
 from modelmarket.cli.billing import invoice, statement, usage
+from modelmarket.cli.economy import billing_group, invoices, ledger, limits, payouts, plans, subscribe
 from modelmarket.cli.meter import meter
 from modelmarket.cli.prices import prices
 from modelmarket.cli.registry import models, publish
@@ -27,6 +28,8 @@ def cli() -> None:
 for command in (publish, models, accounts, keys, usage, invoice, statement, audit, serve, demo, runner, meter):
     cli.add_command(command)
 cli.add_command(prices)
+for command in (plans, subscribe, limits, invoices, ledger, payouts, billing_group):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -74,6 +74,11 @@ def build_demo_catalogue(p: Platform, progress: Callable[[str], None]) -> Path:
     _ensure_account(p, "demo-provider", "provider")
     _ensure_account(p, "demo-consumer", "consumer")
     _ensure_account(p, "operator", "operator")
+    applied = p.plans.apply((Path(__file__).parent.parent / "demo" / "plans.yaml").read_text(), actor="demo")
+    progress("plans: " + ", ".join(f"{a.name} v{a.version} ({a.action})" for a in applied))
+    consumer = p.accounts.get("demo-consumer")
+    if not p.plans.history(consumer.id):
+        p.plans.subscribe(consumer.id, "payg", actor="demo")
     out = p.settings.home / "demo"
     for package in build_packages(out, progress):
         result = p.registry.publish(package, actor="demo")

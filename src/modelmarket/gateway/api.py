@@ -17,6 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from modelmarket.accounts import Account
+from modelmarket.billing.lifecycle import InvoiceService
+from modelmarket.billing.period import parse_period
+from modelmarket.core.errors import NotFound
 from modelmarket.metering.usage import UsageService
 from modelmarket.registry import model_summary
 from modelmarket.registry.catalogue import Catalogue
@@ -38,6 +41,7 @@ class JSON(Response):
 class ApiContext:
     catalogue: Callable[[], Catalogue]
     usage: UsageService
+    invoices: InvoiceService | None = None
 
 
 def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
@@ -59,11 +63,30 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
         summary = await asyncio.to_thread(ctx.usage.summary, account.id, since, until)
         return JSON({**summary.to_json(), "account": account.name})
 
+    async def invoices(request: Request) -> JSON:
+        account: Account = request.state.account
+        if ctx.invoices is None:
+            raise NotFound("invoices are not served here")
+        raw = request.query_params.get("period")
+        period = None if raw is None else parse_period(raw)
+        docs = await asyncio.to_thread(ctx.invoices.invoices, account.id, period)
+        return JSON({"account": account.name, "invoices": [d.to_json() for d in docs]})
+
+    async def invoice(request: Request) -> JSON:
+        account: Account = request.state.account
+        if ctx.invoices is None:
+            raise NotFound("invoices are not served here")
+        wanted = request.path_params["invoice_id"]
+        doc = await asyncio.to_thread(ctx.invoices.invoice, wanted, account.id)  # another account's: not found
+        return JSON(doc.to_json())
+
     endpoints: list[tuple[str, Callable[[Request], Awaitable[JSON]]]] = [
         ("/api/models", models),
         ("/api/models/{name}", model),
         ("/api/models/{name}/versions/{ref}", version),
         ("/api/usage", usage),
+        ("/api/invoices", invoices),
+        ("/api/invoices/{invoice_id}", invoice),
     ]
     routes = [
         Route(path, endpoint if path in PUBLIC_ROUTES else _authenticated(endpoint, authenticate), methods=["GET"])

@@ -83,7 +83,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     async def authenticate_request(request: Request) -> Account:
         return await authenticate(state, request.scope)
 
-    api = build_router(ApiContext(lambda: state.catalogue, platform.usage), authenticate_request)
+    api = build_router(ApiContext(lambda: state.catalogue, platform.usage, platform.invoices), authenticate_request)
     return GatewayParts(
         dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload, platform.metering.halted
     )

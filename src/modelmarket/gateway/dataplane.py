@@ -285,12 +285,13 @@ class DataPlane:
         priced = economy.price(version, at)
         ticket = economy.admit(account.id, key_id, version, prepared.units, priced, at)
         try:
-            answer = await self._serve(account, version, request, prepared, once, started, priced)
+            return await self._serve(
+                account, version, request, prepared, once, started, priced, lambda: economy.limiter.settle(ticket)
+            )
         except BaseException:
-            economy.limiter.cancel(ticket)
+            if ticket.open:  # not billed: release what it reserved
+                economy.limiter.cancel(ticket)
             raise
-        economy.limiter.settle(ticket)
-        return answer
 
     async def _serve(
         self,
@@ -301,6 +302,7 @@ class DataPlane:
         once: tuple[str, str] | None,
         started: float,
         priced: Priced | None,
+        on_billed: Callable[[], None] | None = None,
     ) -> InferAnswer:
         pool = await self.runners.pool_for(version)
         headers = [(b"Content-Type", request.content_type or b"application/json")]
@@ -320,6 +322,8 @@ class DataPlane:
         if once is not None and len(answer.body) <= self.max_kept_answer_bytes:
             kept = KeptAnswer(event.id, once[1], ctype, ihcl, answer.body, time.time())
         await self.writer.append(event.id, event.encode(), kept)
+        if on_billed is not None:  # committed: the call counts, whatever happens to the answer now
+            on_billed()
         out_headers = [(b"x-request-id", event.id.encode())]
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))

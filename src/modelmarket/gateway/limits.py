@@ -269,6 +269,11 @@ class Ticket:
         self._scopes = tuple((c.today, c.month) for c in scopes)
         self._open = True
 
+    @property
+    def open(self) -> bool:
+        """Neither settled nor cancelled yet."""
+        return self._open
+
 
 _NO_USAGE = Usage()
 _UNCOUNTED = Ticket(UnitKind.REQUEST, 0, _ZERO, ())

@@ -326,9 +326,11 @@ class SqlLedgerRepository:
         ):
             if value is not None:
                 q = q.where(column == value)
-        result = self.conn.execution_options(yield_per=STREAM_BATCH_ROWS).execute(q)
-        for row in result:
-            yield _rated(row)
+        # The option goes on the statement: Connection.execution_options() would change the whole unit of work's
+        # connection in place, and every later statement (an UPDATE too) would run as a server-side cursor.
+        with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
+            for row in result:
+                yield _rated(row)
 
     def txns(
         self, *, account_id: str | None = None, kind: str | None = None, period: str | None = None
@@ -352,19 +354,19 @@ class SqlLedgerRepository:
             if value is not None:
                 q = q.where(column == value)
         q = q.order_by(_X.id, _E.seq)
-        result = self.conn.execution_options(yield_per=STREAM_BATCH_ROWS).execute(q)
         current: LedgerTxn | None = None
         entries: list[LedgerEntry] = []
-        for r in result:
-            if current is None or current.id != r.id:
-                if current is not None:
-                    yield _with_entries(current, entries)
-                current = LedgerTxn(
-                    r.id, r.kind, r.currency, r.period, r.account_id, r.memo, r.log_offset, r.created_at
-                )
-                entries = []
-            if r.txn_id is not None:
-                entries.append(LedgerEntry(r.txn_id, int(r.seq), r.ledger_account, r.entry_currency, r.amount))
+        with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
+            for r in result:
+                if current is None or current.id != r.id:
+                    if current is not None:
+                        yield _with_entries(current, entries)
+                    current = LedgerTxn(
+                        r.id, r.kind, r.currency, r.period, r.account_id, r.memo, r.log_offset, r.created_at
+                    )
+                    entries = []
+                if r.txn_id is not None:
+                    entries.append(LedgerEntry(r.txn_id, int(r.seq), r.ledger_account, r.entry_currency, r.amount))
         if current is not None:
             yield _with_entries(current, entries)
 

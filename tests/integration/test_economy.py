@@ -1,0 +1,438 @@
+"""The economy's billing rules, end to end on SQLite and PostgreSQL: published prices and plans, usage events
+through the event log and the metering consumer (which rates them), invoices, the ledger, payouts, rebuild.
+
+Every expected number is worked out by hand in the comment beside it; none is computed by the code under test.
+"""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from modelmarket.adapters.store import SqlStore
+from modelmarket.billing.period import Period
+from modelmarket.core.errors import Conflict
+from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.usage import UsageSummary
+
+from economy_helpers import AUDIO, OTHER_PROVIDER, PROVIDER, TOKENS, Economy, lines_of, make_economy
+
+pytestmark = pytest.mark.timeout(120)
+
+JAN = Period(2026, 1)
+
+
+def economy(store: SqlStore, tmp_path: Path, demo_dir: Path, *models: str, now: str = "2026-01-01T00:00:00") -> Economy:
+    return make_economy(store, tmp_path / "home", demo_dir, models, now=now)
+
+
+def usage_rows(summary: UsageSummary) -> list[tuple[str, int, int, str]]:
+    """(model, events, base units, exact list amount) per model."""
+    return [(m.model, m.events, m.quantity_base, str(m.amount_exact)) for m in summary.models]
+
+
+# -- 1. charge models ------------------------------------------------------------------------------------------
+
+
+def _tiered_usage(eco: Economy, consumer: str) -> list[UsageEvent]:
+    """Events that cross tier and package boundaries, with fractional IU of tokens and audio."""
+    events = []
+    for q in (4, 7, 30, 80, 1):  # 122 images per model
+        events.append(eco.event(consumer, "digits-grad", q, "2026-01-05", price="0.01"))
+        events.append(eco.event(consumer, "digits-vol", q, "2026-01-06", price="0.01"))
+        events.append(eco.event(consumer, "digits-pkg", q, "2026-01-07", price="0.30"))
+    for tokens in (1500, 700, 2300):  # 4,500 tokens = 9/2 IU
+        events.append(eco.event(consumer, "text-grad", tokens, "2026-01-08", unit=TOKENS, price="0.10"))
+    for seconds in (90, 30, 45):  # 165 s = 11/4 minutes
+        events.append(eco.event(consumer, "audio-pkg", seconds, "2026-01-09", unit=AUDIO, price="0.06"))
+    return events
+
+
+def test_graduated_volume_and_package_invoices_do_not_depend_on_event_order(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-grad", "digits-vol", "digits-pkg", "text-grad", "audio-pkg")
+    eco.consumer("forward")
+    eco.consumer("backward")
+    forward = _tiered_usage(eco, "forward")
+    backward = _tiered_usage(eco, "backward")
+    backward.reverse()  # the same calls, last first (volume marginals go negative the other way round)
+    eco.append(forward)
+    eco.append(backward)
+
+    expected = [
+        # 165 s = 2.75 min -> ceil(2.75 / 1) = 3 packages x 0.06 = 0.18
+        ("usage", "audio-pkg", "2.75", "0.18"),
+        # 122 IU graduated: 10 x 0.01 + 90 x 0.005 + 22 x 0.002 = 0.10 + 0.45 + 0.044 = 0.594 -> 0.59
+        ("usage", "digits-grad", "122", "0.59"),
+        # 122 IU in packages of 25: ceil(122 / 25) = 5 x 0.30 = 1.50
+        ("usage", "digits-pkg", "122", "1.50"),
+        # 122 IU volume: 122 > 100, so every IU at the last tier: 122 x 0.002 = 0.244 -> 0.24
+        ("usage", "digits-vol", "122", "0.24"),
+        # 4.5 IU graduated: 2 x 0.10 + 2.5 x 0.05 = 0.20 + 0.125 = 0.325 -> 0.32 (half to even)
+        ("usage", "text-grad", "4.5", "0.32"),
+    ]
+    for consumer in ("forward", "backward"):
+        invoice = eco.invoice(consumer, "2026-01")
+        assert lines_of(invoice) == expected, consumer
+        assert str(invoice.total) == "2.83"  # 0.18 + 0.59 + 1.50 + 0.24 + 0.32
+        assert [li.events for li in invoice.lines] == [3, 5, 5, 5, 3]
+        # the ledger holds the exact sum: 0.18 + 0.594 + 1.50 + 0.244 + 0.325 = 2.843
+        assert eco.receivable(consumer).exact == Fraction("2.843")
+
+
+# -- 2. subscriptions --------------------------------------------------------------------------------------------
+
+
+def test_subscription_included_iu_then_overage_at_list_or_plan_rate(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir)
+    eco.consumer("on-pro", "pro")  # from 2026-01-01T00:00: the whole month
+    eco.consumer("on-pro-plus", "pro-plus")
+    for consumer in ("on-pro", "on-pro-plus"):
+        eco.append(eco.event(consumer, "digits", q, f"2026-01-{d:02d}") for q, d in ((4000, 3), (5000, 9), (3000, 20)))
+
+    pro = eco.invoice("on-pro", "2026-01")
+    assert lines_of(pro) == [
+        ("fee", None, "0", "20.00"),  # 20.00 x 31/31 days
+        ("included", "digits", "10000", "0.00"),  # 4,000 + 5,000 + 1,000 of the third call
+        ("overage", "digits", "2000", "2.00"),  # 12,000 - 10,000 = 2,000 x 0.0010 (list price)
+    ]
+    assert str(pro.total) == "22.00"
+
+    plus = eco.invoice("on-pro-plus", "2026-01")
+    assert lines_of(plus) == [
+        ("fee", None, "0", "50.00"),
+        ("included", "digits", "10000", "0.00"),
+        ("overage", "digits", "2000", "1.60"),  # 2,000 x 0.0008 (the plan's overage rate, not the list price)
+    ]
+    assert str(plus.total) == "51.60"
+
+
+# -- 3. proration ------------------------------------------------------------------------------------------------
+
+
+def test_plan_change_mid_period_prorates_fees_and_included_iu_by_day(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, now="2026-04-01T00:00:00")  # April: 30 days
+    account = eco.consumer("switcher", "pro")
+    eco.append([eco.event("switcher", "digits", 3000, "2026-04-05")])
+    eco.clock.set("2026-04-11T00:00:00")
+    sub = eco.platform.plans.subscribe(account, "team", now=True)
+    assert sub.effective_at == "2026-04-11T00:00:00+00:00"
+    eco.append([eco.event("switcher", "digits", 25000, "2026-04-15")])
+
+    invoice = eco.invoice("switcher", "2026-04")
+    assert lines_of(invoice) == [
+        ("fee", None, "0", "6.67"),  # pro, 1st..10th: 20.00 x 10/30 = 6.666... -> 6.67
+        ("fee", None, "0", "40.00"),  # team, 11th..30th: 60.00 x 20/30 = 40.00
+        # pro: 3,000 of its 10,000; team: 30,000 x 20/30 = 20,000 included of the 25,000 call
+        ("included", "digits", "23000", "0.00"),
+        ("overage", "digits", "5000", "5.00"),  # 25,000 - 20,000 = 5,000 x 0.0010
+    ]
+    assert "(10/30 days)" in invoice.lines[0].description and "(20/30 days)" in invoice.lines[1].description
+    assert str(invoice.total) == "51.67"  # 6.67 + 40.00 + 0.00 + 5.00
+
+
+# -- 4. enterprise -----------------------------------------------------------------------------------------------
+
+
+def test_enterprise_custom_rate_and_commitment_shortfall(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-b")
+    eco.consumer("small", "ent")
+    eco.consumer("large", "ent")
+    eco.append(
+        [
+            eco.event("small", "digits", 20000, "2026-01-10"),
+            eco.event("small", "digits-b", 5000, "2026-01-11"),
+            eco.event("large", "digits", 150000, "2026-01-10"),
+            eco.event("large", "digits-b", 40000, "2026-01-11"),
+        ]
+    )
+
+    small = eco.invoice("small", "2026-01")
+    assert lines_of(small) == [
+        ("usage", "digits", "20000", "10.00"),  # 20,000 x 0.0005 (the plan's rate for digits)
+        ("usage", "digits-b", "5000", "5.00"),  # 5,000 x 0.0010 (no rate: the list price)
+        ("shortfall", None, "0", "85.00"),  # 100.00 committed - (10.00 + 5.00) used
+    ]
+    assert str(small.total) == "100.00"
+
+    large = eco.invoice("large", "2026-01")
+    assert lines_of(large) == [
+        ("usage", "digits", "150000", "75.00"),  # 150,000 x 0.0005
+        ("usage", "digits-b", "40000", "40.00"),  # 40,000 x 0.0010; 115.00 >= 100.00: no shortfall
+    ]
+    assert str(large.total) == "115.00"
+
+    eco.clock.set("2026-02-05T00:00:00")
+    eco.platform.invoices.finalize(small.id)
+    # usage 10.00 + 5.00 (rated), then the shortfall 85.00 posted on finalizing: 100.00
+    assert eco.receivable("small").exact == Fraction(100)
+
+
+# -- 5. free plan ------------------------------------------------------------------------------------------------
+
+
+def test_free_plan_grant_is_invoiced_as_granted_at_zero(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir)
+    account = eco.consumer("freeloader", "free")  # grant: 5 images
+    eco.append(eco.event("freeloader", "digits", 1, f"2026-01-{d:02d}") for d in (2, 3, 4, 5, 6))
+
+    usage = eco.platform.usage.summary(account)
+    assert usage_rows(usage) == [("digits", 5, 5, "1/200")]  # usage keeps the list amount: 5 x 0.0010
+    invoice = eco.invoice("freeloader", "2026-01")
+    assert lines_of(invoice) == [("granted", "digits", "5", "0.00")]
+    assert invoice.lines[0].events == 5
+    assert str(invoice.total) == "0.00"
+    assert eco.receivable("freeloader").exact == 0
+
+
+# -- 6. late events ----------------------------------------------------------------------------------------------
+
+
+def test_event_after_finalization_is_an_adjustment_on_the_next_invoice(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-grad")
+    eco.consumer("late")
+    eco.append(eco.event("late", "digits", 1000, "2026-01-10") for _ in range(3))
+    eco.append([eco.event("late", "digits-grad", 8, "2026-01-12", price="0.01")])
+    draft = eco.invoice("late", "2026-01")
+    assert str(draft.total) == "3.08"  # 3,000 x 0.0010 = 3.00; 8 x 0.01 = 0.08
+
+    eco.clock.set("2026-02-05T00:00:00")
+    final = eco.platform.invoices.finalize(draft.id)
+    assert (final.status, str(final.total)) == ("finalized", "3.08")
+    eco.append(
+        [
+            eco.event("late", "digits", 500, "2026-01-25"),  # January, read after January was finalized
+            eco.event("late", "digits-grad", 5, "2026-01-28", price="0.01"),
+            eco.event("late", "digits", 200, "2026-02-03"),
+        ]
+    )
+
+    january = eco.invoice("late", "2026-01")
+    assert january == final  # unchanged: the same lines, total and status
+    february = eco.invoice("late", "2026-02")
+    assert lines_of(february) == [
+        ("usage", "digits", "200", "0.20"),  # 200 x 0.0010
+        ("adjustment", "digits", "500", "0.50"),  # 500 x 0.0010
+        # January's tiers go on from its 8 IU: total(13) - total(8) = (10 x 0.01 + 3 x 0.005) - 8 x 0.01
+        # = 0.115 - 0.08 = 0.035 -> 0.04 (half to even)
+        ("adjustment", "digits-grad", "5", "0.04"),
+    ]
+    assert "usage of 2026-01" in february.lines[1].description
+    assert str(february.total) == "0.74"
+    assert eco.platform.ledger.verify().ok
+
+
+# -- 7. exactly once ---------------------------------------------------------------------------------------------
+
+
+def _duplicated_usage(eco: Economy, who: str) -> list[UsageEvent]:
+    sub, payg = f"{who}-sub", f"{who}-payg"
+    return [
+        *(eco.event(sub, "digits", 3000, f"2026-01-{d:02d}") for d in (2, 4, 6, 8)),
+        *(eco.event(sub, "text-grad", 1500, f"2026-01-{d:02d}", unit=TOKENS, price="0.10") for d in (3, 5, 7)),
+        *(eco.event(payg, "digits-vol", 30, f"2026-01-{d:02d}", price="0.01") for d in (2, 3, 4, 5)),
+        *(eco.event(payg, "digits-pkg", 30, f"2026-01-{d:02d}", price="0.30") for d in (6, 7, 8, 9)),
+    ]
+
+
+def _in_chunks(eco: Economy, events: list[UsageEvent], log_ids: list[str], size: int) -> None:
+    for i in range(0, len(events), size):
+        eco.append(events[i : i + size], log_ids=log_ids[i : i + size])
+        eco.platform.metering.catch_up()
+
+
+def test_every_event_delivered_twice_out_of_order_is_billed_once(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "text-grad", "digits-vol", "digits-pkg")
+    eco.platform.metering.batch_max = 7  # batches split the deliveries of one event
+    for who in ("clean", "dup"):
+        eco.consumer(f"{who}-sub", "pro")
+        eco.consumer(f"{who}-payg")
+    clean = _duplicated_usage(eco, "clean")
+    eco.append(clean)
+    # A second delivery reaches the consumer under another log record id (the log itself refuses an id twice),
+    # with the same event inside; shuffled, and in chunks metered one after the other.
+    dup = _duplicated_usage(eco, "dup")
+    deliveries = [(e, e.id) for e in dup] + [(e, f"{e.id}-redelivered") for e in dup]
+    random.Random(20260101).shuffle(deliveries)
+    _in_chunks(eco, [e for e, _ in deliveries], [i for _, i in deliveries], 11)
+    assert eco.platform.metering.halted() is None
+
+    for who in ("clean", "dup"):
+        sub, payg = f"{who}-sub", f"{who}-payg"
+        assert usage_rows(eco.platform.usage.summary(eco.accounts[sub])) == [
+            ("digits", 4, 12000, "12"),  # 4 x 3,000 images x 0.0010
+            ("text-grad", 3, 4500, "9/20"),  # 4.5 IU x 0.10 (the usage table keeps the stamped price)
+        ]
+        assert usage_rows(eco.platform.usage.summary(eco.accounts[payg])) == [
+            ("digits-pkg", 4, 120, "36"),  # 120 x 0.30
+            ("digits-vol", 4, 120, "6/5"),  # 120 x 0.01
+        ]
+        # fee 20.00 + overage (12,000 - 10,000) x 0.0010 = 2.00 + tokens 2 x 0.10 + 2.5 x 0.05 = 0.325 -> 0.32
+        assert str(eco.invoice(sub, "2026-01").total) == "22.32"
+        # volume 120 x 0.002 = 0.24; package ceil(120 / 25) = 5 x 0.30 = 1.50
+        assert str(eco.invoice(payg, "2026-01").total) == "1.74"
+        assert eco.receivable(sub).exact == Fraction("2.325")  # 2.00 + 0.325 (the fee is posted on finalizing)
+        assert eco.receivable(payg).exact == Fraction("1.74")
+    (payable,) = [b for b in eco.platform.ledger.balances(eco.providers[PROVIDER]) if b.ledger_account.startswith("payable:")]
+    assert payable.exact == Fraction("-6.504")  # 2 x (2.325 + 1.74) = 8.13 x 0.80 provider share
+    report = eco.platform.ledger.verify()
+    assert (report.ok, report.rated_events) == (True, 2 * 15)
+
+
+# -- 8. rebuild --------------------------------------------------------------------------------------------------
+
+
+def _busy_month(eco: Economy) -> None:
+    """Subscriptions, tiers, a finalized invoice and a late event: every kind of derived row."""
+    eco.consumer("r-sub", "pro")
+    eco.consumer("r-payg")
+    eco.append(
+        [
+            eco.event("r-sub", "digits", 6000, "2026-01-03"),
+            eco.event("r-sub", "digits", 6000, "2026-01-04"),
+            eco.event("r-payg", "digits-grad", 15, "2026-01-05", price="0.01"),
+            eco.event("r-payg", "digits", 1000, "2026-01-06"),
+        ]
+    )
+    eco.clock.set("2026-02-05T00:00:00")
+    eco.platform.invoices.finalize(eco.invoice("r-payg", "2026-01").id)
+    eco.append(
+        [
+            eco.event("r-payg", "digits", 700, "2026-01-30"),  # late: an adjustment in February
+            eco.event("r-payg", "digits", 300, "2026-02-02"),
+        ]
+    )
+
+
+def test_rebuild_is_identical_and_repairs_a_tampered_rated_event(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-grad")
+    _busy_month(eco)
+    # pro: 20.00 fee + (12,000 - 10,000) x 0.0010 = 22.00
+    assert str(eco.invoice("r-sub", "2026-01").total) == "22.00"
+    # February: 300 x 0.0010 = 0.30 + the adjustment 700 x 0.0010 = 0.70
+    assert str(eco.invoice("r-payg", "2026-02").total) == "1.00"
+
+    first = eco.platform.ledger.rebuild()
+    assert first.identical and first.events == 6
+    assert str(eco.invoice("r-sub", "2026-01").total) == "22.00"
+    assert str(eco.invoice("r-payg", "2026-02").total) == "1.00"
+
+    (row,) = [
+        r
+        for r in eco.platform.ledger.transactions(eco.accounts["r-payg"])
+        if r.kind == "usage" and r.period == "2026-02" and "adjustment" in r.memo
+    ]
+    changed = eco.sql("UPDATE rated_events SET amount = '1' WHERE txn_id = :t", t=row.id)
+    assert changed == 1
+    assert str(eco.invoice("r-payg", "2026-02").total) == "1.30"  # the tampered adjustment bills 1 instead of 0.70
+    assert not eco.platform.ledger.verify().ok
+
+    repaired = eco.platform.ledger.rebuild()
+    assert repaired.before != repaired.after
+    assert repaired.after == first.after
+    assert str(eco.invoice("r-payg", "2026-02").total) == "1.00"
+    again = eco.platform.ledger.rebuild()
+    assert again.identical and again.after == first.after
+    assert eco.platform.ledger.verify().ok
+
+
+# -- 9. verify ---------------------------------------------------------------------------------------------------
+
+
+def test_verify_names_the_transaction_whose_entry_was_changed(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-grad")
+    _busy_month(eco)
+    good = eco.platform.ledger.verify()
+    assert good.ok and good.violation is None
+    assert good.rated_events == 6
+
+    fee = next(x for x in eco.platform.ledger.transactions(eco.accounts["r-payg"]) if x.kind == "usage")
+    assert eco.sql("UPDATE ledger_entries SET amount = '7' WHERE txn_id = :t AND seq = 1", t=fee.id) == 1
+    bad = eco.platform.ledger.verify()
+    assert not bad.ok
+    assert bad.violation is not None and fee.id in bad.violation
+
+
+# -- 10. payouts -------------------------------------------------------------------------------------------------
+
+
+def _payable(eco: Economy, provider: str) -> Fraction:
+    balances = eco.platform.ledger.balances(eco.providers[provider])
+    (balance,) = [b for b in balances if b.ledger_account.startswith("payable:")]
+    return balance.exact
+
+
+def test_payouts_split_gross_exactly_and_run_once(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-o")
+    eco.consumer("buyer")
+    eco.append([eco.event("buyer", "digits", 1234, "2026-01-10"), eco.event("buyer", "digits-o", 2500, "2026-01-11")])
+    eco.clock.set("2026-02-05T00:00:00")
+    assert _payable(eco, PROVIDER) == Fraction("-0.9872")  # 1,234 x 0.0010 = 1.234 x 0.80
+    assert _payable(eco, OTHER_PROVIDER) == Fraction("-2")  # 2,500 x 0.0010 = 2.50 x 0.80
+
+    statements = {s.provider_account_id: s for s in eco.platform.ledger.statements(JAN)}
+    demo, other = statements[eco.providers[PROVIDER]], statements[eco.providers[OTHER_PROVIDER]]
+    # gross 1.234 -> 1.23; provider 0.9872 -> 0.99; platform 1.23 - 0.99 = 0.24
+    assert (str(demo.gross), str(demo.provider_amount), str(demo.platform_fee)) == ("1.23", "0.99", "0.24")
+    assert (str(other.gross), str(other.provider_amount), str(other.platform_fee)) == ("2.50", "2.00", "0.50")
+    for st in (demo, other):
+        assert st.provider_amount + st.platform_fee == st.gross
+
+    made = eco.platform.ledger.run_payouts(JAN)
+    assert sorted((p.provider_account_id, str(p.amount)) for p in made) == sorted(
+        [(eco.providers[PROVIDER], "0.99"), (eco.providers[OTHER_PROVIDER], "2.00")]
+    )
+    assert _payable(eco, PROVIDER) == Fraction("0.0028")  # -0.9872 + 0.99
+    assert _payable(eco, OTHER_PROVIDER) == 0  # -2 + 2.00
+    assert eco.platform.ledger.run_payouts(JAN) == []
+    assert len(eco.platform.ledger.payouts(JAN)) == 2
+    assert _payable(eco, PROVIDER) == Fraction("0.0028")
+    assert eco.platform.ledger.verify().ok
+
+
+# -- 11. void ----------------------------------------------------------------------------------------------------
+
+
+def test_void_posts_a_credit_note_and_only_a_finalized_invoice_can_be_voided(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir)
+    eco.consumer("voidee", "pro")
+    eco.append(eco.event("voidee", "digits", 4000, f"2026-01-{d:02d}") for d in (5, 6, 7))
+    draft = eco.invoice("voidee", "2026-01")
+    assert str(draft.total) == "22.00"  # fee 20.00 + (12,000 - 10,000) x 0.0010
+    assert eco.receivable("voidee").exact == Fraction(2)  # the overage; the fee is posted on finalizing
+
+    eco.clock.set("2026-02-05T00:00:00")
+    with pytest.raises(Conflict):
+        eco.platform.invoices.void(draft.id, "never sent")
+    final = eco.platform.invoices.finalize(draft.id)
+    assert eco.receivable("voidee").exact == Fraction(22)  # 2.00 + the 20.00 fee
+    with pytest.raises(Conflict):
+        eco.platform.invoices.finalize(draft.id)
+
+    voided = eco.platform.invoices.void(final.id, "billed twice")
+    assert voided.status == "void" and voided.void_reason == "billed twice"
+    doc = voided.to_json()
+    assert doc["credit_note"] == {"invoice_id": final.id, "amount": "-22.00"}
+    assert eco.receivable("voidee").exact == 0  # 22 - 22.00
+    assert eco.invoice("voidee", "2026-01").status == "void"
+    with pytest.raises(Conflict):
+        eco.platform.invoices.void(final.id, "again")
+    assert eco.platform.ledger.verify().ok
