@@ -13,6 +13,7 @@ from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.audit import AuditService
 from modelmarket.billing import BillingService
 from modelmarket.billing.ledger import LedgerService
+from modelmarket.billing.pricing import PriceService
 from modelmarket.billing.lifecycle import InvoiceService
 from modelmarket.billing.rating import Rater
 from modelmarket.billing.subscriptions import PlanService
@@ -56,6 +57,7 @@ class Platform:
     plans: PlanService
     invoices: InvoiceService
     ledger: LedgerService
+    prices: PriceService
 
     def close(self) -> None:
         self.store.dispose()
@@ -94,4 +96,5 @@ def bootstrap(
         plans=PlanService(store, clock),
         invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),
         ledger=LedgerService(store, metering, clock, open_log),
+        prices=PriceService(store, clock),
     )

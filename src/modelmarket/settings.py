@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         ge=0,
         description="How long after a month ends its draft invoices wait for late events before they are finalized.",
     )
+    pricing_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the metering consumer recomputes dynamic prices and finalizes invoices that are due.",
+    )
     idempotency_ttl_s: float = Field(
         default=86_400.0,
         description="How long the answer to a call with an Idempotency-Key is kept for a retry with that key.",

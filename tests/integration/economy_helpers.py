@@ -101,6 +101,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
             }
         },
     ),
+    "digits-eur": ("digits", {"pricing": {"unit": "image", "currency": "EUR", "price_per_iu": "0.0020"}}),
     "digits-o": (  # the same list price as digits, from a second provider
         "digits",
         {"provider": OTHER_PROVIDER, "pricing": {"unit": "image", "currency": "USD", "price_per_iu": "0.0010"}},
@@ -180,6 +181,7 @@ class Economy:
         *,
         unit: UnitKind = IMAGE,
         price: str = "0.0010",
+        currency: str = "USD",
         hour: int = 12,
     ) -> UsageEvent:
         """One served call of ``quantity`` base units (images, tokens, seconds) at the list price ``price``."""
@@ -194,7 +196,7 @@ class Economy:
             unit_kind=unit,
             quantity=quantity,
             unit_price=Decimal(price),
-            currency="USD",
+            currency=currency,
             latency_ms=Decimal("3.5"),
         )
 
@@ -209,8 +211,9 @@ class Economy:
         finally:
             log.close()
 
-    def invoice(self, consumer: str, period: str) -> InvoiceDoc:
-        (doc,) = self.platform.invoices.invoices(self.accounts[consumer], _period(period))
+    def invoice(self, consumer: str, period: str, currency: str = "USD") -> InvoiceDoc:
+        docs = self.platform.invoices.invoices(self.accounts[consumer], _period(period))
+        (doc,) = [d for d in docs if d.currency == currency]
         return doc
 
     def receivable(self, consumer: str) -> Balance:

@@ -7,8 +7,10 @@ Every expected number is worked out by hand in the comment beside it; none is co
 from __future__ import annotations
 
 import random
+import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -436,3 +438,142 @@ def test_void_posts_a_credit_note_and_only_a_finalized_invoice_can_be_voided(
     with pytest.raises(Conflict):
         eco.platform.invoices.void(final.id, "again")
     assert eco.platform.ledger.verify().ok
+
+
+# -- bugs found while writing these tests ------------------------------------------------------------------------
+
+
+def test_an_adjustment_stays_on_the_invoice_it_landed_on_through_a_rebuild(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    """A late January event landed on February, and February was finalized with it: a rebuild must not move it
+    to March because February is closed *now* (it was open when the event was read)."""
+    eco = economy(store, tmp_path, demo_dir)
+    eco.consumer("late")
+    eco.append([eco.event("late", "digits", 1000, "2026-01-10")])
+    eco.clock.set("2026-02-05T00:00:00")
+    eco.platform.invoices.finalize(eco.invoice("late", "2026-01").id)
+    eco.append([eco.event("late", "digits", 500, "2026-01-25")])  # -> February, adjustment 0.50
+    eco.clock.set("2026-03-05T00:00:00")
+    february = eco.platform.invoices.finalize(eco.invoice("late", "2026-02").id)
+    assert lines_of(february) == [("adjustment", "digits", "500", "0.50")]  # 500 x 0.0010
+
+    report = eco.platform.ledger.rebuild()
+    assert report.identical
+    march = eco.platform.invoices.invoices(eco.accounts["late"], Period(2026, 3))
+    assert march == []  # not billed a second time in March
+    assert eco.invoice("late", "2026-02") == february
+    assert eco.receivable("late").exact == Fraction("1.5")  # 1.00 + 0.50, once each
+
+
+def test_a_shortfall_brings_the_invoice_to_the_commitment_exactly(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-b")
+    eco.consumer("small", "ent")
+    eco.append([eco.event("small", "digits", 20008, "2026-01-10"), eco.event("small", "digits-b", 5004, "2026-01-11")])
+    invoice = eco.invoice("small", "2026-01")
+    assert lines_of(invoice) == [
+        ("usage", "digits", "20008", "10.00"),  # 20,008 x 0.0005 = 10.004 -> 10.00
+        ("usage", "digits-b", "5004", "5.00"),  # 5,004 x 0.0010 = 5.004 -> 5.00
+        ("shortfall", None, "0", "85.00"),  # 100.00 - (10.00 + 5.00): not 100 - 15.008 = 84.992 -> 84.99
+    ]
+    assert str(invoice.total) == "100.00"
+
+
+def test_a_switch_from_payg_to_enterprise_counts_the_enterprise_usage_against_the_commitment(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-b")
+    account = eco.consumer("grower")  # payg until the 11th
+    eco.append([eco.event("grower", "digits", 10000, "2026-01-05")])
+    eco.clock.set("2026-01-11T00:00:00")
+    eco.platform.plans.subscribe(account, "ent")  # the first plan: in force at once
+    eco.append([eco.event("grower", "digits", 40000, "2026-01-15"), eco.event("grower", "digits-b", 30000, "2026-01-15")])
+
+    invoice = eco.invoice("grower", "2026-01")
+    assert lines_of(invoice) == [
+        ("usage", "digits", "40000", "20.00"),  # enterprise: 40,000 x 0.0005
+        ("usage", "digits", "10000", "10.00"),  # payg, before the 11th: 10,000 x 0.0010
+        ("usage", "digits-b", "30000", "30.00"),  # enterprise, no rate: 30,000 x 0.0010
+        # 100.00 x 21/31 days = 67.7419... committed; enterprise usage 20.00 + 30.00 = 50.00; 17.7419... -> 17.74
+        ("shortfall", None, "0", "17.74"),
+    ]
+    assert str(invoice.total) == "77.74"  # 20.00 + 10.00 + 30.00 + 17.74
+
+
+def test_plan_rates_apply_only_to_usage_in_the_plans_currency(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-eur")
+    eco.consumer("abroad", "pro-plus")  # USD, 10,000 images included, overage 0.0008 USD
+    eco.append(
+        [
+            eco.event("abroad", "digits", 12000, "2026-01-10"),
+            eco.event("abroad", "digits-eur", 1000, "2026-01-11", price="0.0020", currency="EUR"),
+        ]
+    )
+    usd = eco.invoice("abroad", "2026-01", "USD")
+    assert str(usd.total) == "51.60"  # fee 50.00 + (12,000 - 10,000) x 0.0008
+    eur = eco.invoice("abroad", "2026-01", "EUR")
+    # the included images are used up; the USD overage rate is no EUR price: the list price, 1,000 x 0.0020 EUR
+    assert lines_of(eur) == [("overage", "digits-eur", "1000", "2.00")]
+
+
+def test_subscribing_again_to_the_plan_in_force_does_not_renew_its_included_iu(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, now="2026-04-01T00:00:00")  # April: 30 days
+    account = eco.consumer("renewer", "pro")
+    first = eco.platform.plans.history(account)
+    eco.append([eco.event("renewer", "digits", 10000, "2026-04-05")])  # all of pro's included images
+    eco.clock.set("2026-04-11T00:00:00")
+    again = eco.platform.plans.subscribe(account, "pro", now=True)
+    assert again == first[0] and eco.platform.plans.history(account) == first
+    eco.append([eco.event("renewer", "digits", 3000, "2026-04-15")])
+
+    invoice = eco.invoice("renewer", "2026-04")
+    assert lines_of(invoice) == [
+        ("fee", None, "0", "20.00"),  # 20.00 x 30/30
+        ("included", "digits", "10000", "0.00"),
+        ("overage", "digits", "3000", "3.00"),  # 3,000 x 0.0010: no second 20/30 x 10,000 included
+    ]
+    assert str(invoice.total) == "23.00"
+
+
+def test_a_draft_refresh_racing_a_finalize_does_not_reopen_the_invoice(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    """The draft is refreshed (new usage) while another caller finalizes it: the finalized invoice stays."""
+    eco = economy(store, tmp_path, demo_dir)
+    account = eco.consumer("raced")
+    eco.append([eco.event("raced", "digits", 1000, "2026-01-10")])
+    invoice_id = eco.invoice("raced", "2026-01").id
+    eco.append([eco.event("raced", "digits", 1000, "2026-01-11")])  # the stored draft is now out of date
+    eco.clock.set("2026-02-05T00:00:00")
+
+    service = eco.platform.invoices
+    drafts = service._drafts
+    outcome: list[object] = []
+
+    def finalize() -> None:
+        try:
+            outcome.append(service.finalize(invoice_id))
+        except Exception as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    racer = threading.Thread(target=finalize)
+
+    def drafts_with_a_racer(*args: Any) -> Any:
+        if not racer.is_alive() and not outcome:
+            service._drafts = drafts  # type: ignore[method-assign]
+            racer.start()
+            racer.join(timeout=1.0)  # it finishes here unless the refresh holds it off until it commits
+        return drafts(*args)
+
+    service._drafts = drafts_with_a_racer  # type: ignore[method-assign]
+    service.invoices(account, JAN)
+    racer.join(timeout=30)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    final = eco.invoice("raced", "2026-01")
+    assert (final.status, str(final.total)) == ("finalized", "2.00")  # 2,000 x 0.0010

@@ -59,6 +59,8 @@ def render_invoice_html(invoice: InvoiceDoc, account_name: str) -> str:
         f'<table class="meta">\n{meta_rows}\n</table>',
         _lines_table(invoice, cur),
     ]
+    if invoice.status == "draft":
+        parts.append('<p class="empty">Draft: recomputed from usage until it is finalized.</p>')
     if invoice.status == "void":
         credit = decimal_text(-invoice.total)
         parts.append(

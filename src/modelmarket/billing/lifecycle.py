@@ -190,20 +190,23 @@ def build_lines(
     currency: str,
 ) -> list[Line]:
     """The lines of one invoice: plan fees, granted or included IU, usage or overage, adjustments, shortfall."""
-    groups: dict[tuple[str, str, str, UnitKind], _Acc] = {}
+    # Rows rated under different kinds of plan (a plan changed mid-period) make separate lines: each is labelled
+    # by its own plan, and only the enterprise ones count against a commitment.
+    groups: dict[tuple[str, str, str, UnitKind, str], _Acc] = {}
     for r in rows:
         if r.currency != currency:
             continue
         plan = plans.get((r.plan_name, r.plan_version))
-        key = (r.kind, r.origin_period, r.model_name, r.unit_kind)
-        acc = groups.setdefault(key, _Acc(plan_kind=plan.kind if plan is not None else "payg"))
+        plan_kind = plan.kind if plan is not None else "payg"
+        key = (r.kind, r.origin_period, r.model_name, r.unit_kind, plan_kind)
+        acc = groups.setdefault(key, _Acc(plan_kind=plan_kind))
         acc.events += 1
         acc.quantity += r.quantity_base
         acc.granted += r.granted_base
         acc.amount += r.amount
     lines: list[Line] = []
     enterprise_usage = Fraction(0)
-    for (kind, origin, model, unit), acc in sorted(groups.items()):
+    for (kind, origin, model, unit, _), acc in sorted(groups.items()):
         if kind == "adjustment":
             lines.append(
                 _line(
@@ -230,7 +233,7 @@ def build_lines(
             label = "overage" if acc.plan_kind == "subscription" else "usage"
             lines.append(_line(label, f"{model}: {label}", model, unit, acc.events, billable, acc.amount, currency))
             if acc.plan_kind == "enterprise":
-                enterprise_usage += acc.amount
+                enterprise_usage += Fraction(lines[-1].amount)  # as invoiced: the total reaches the commitment
     days = period.last_day.day
     commitment = Fraction(0)
     for seg in segs:
@@ -304,7 +307,9 @@ class InvoiceService:
         """The account's invoices (all periods, or one); drafts are brought up to date first."""
         self.metering.catch_up()
         periods = [period] if period is not None else None
-        with self.uow.write() as uow:
+        # Under the lock finalize and void take: a draft refreshed from a stale read would reopen an invoice
+        # finalized meanwhile (PostgreSQL's READ COMMITTED does not stop that update).
+        with self.uow.write(Lock.METERING) as uow:
             stored = {s.id: s for s in uow.ledger.invoices(account_id)}
             if periods is None:
                 seen = {s.period for s in stored.values()}

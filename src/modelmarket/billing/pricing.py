@@ -36,6 +36,7 @@ latency, a third of 2 592 calls over 3 models (p = 1): raw = 1 - 1/6 = 0.8333...
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -350,6 +351,7 @@ class PriceService:
             )
         with self.uow.write(Lock.PLANS) as uow:
             _known_model(uow, model)
+            _priced_per_unit(uow, model)
             records = uow.plans.price_records(model)
             before = PriceBook.build(records).in_force(model, effective).list_price
             why = _reason(reason) or f"list price set by {actor}"
@@ -452,6 +454,22 @@ def _by_name(stats: list[CallStats]) -> dict[str, CallStats]:
 def _known_model(uow: PricingUnitOfWork, model: str) -> None:
     if uow.registry.model(model) is None:
         raise NotFound(f"model {model!r} is not published (see `modelmarket models`)")
+
+
+def _priced_per_unit(uow: PricingUnitOfWork, model: str) -> None:
+    """A list price replaces one price per IU: a model with tiers, packages or split token prices has none."""
+    newest = uow.registry.newest_version(model)
+    stored = None if newest is None else uow.registry.version(model, newest)
+    if stored is None:
+        return
+    pricing = json.loads(stored.manifest_json).get("pricing", {})
+    charge = pricing.get("charge", "per_unit")
+    if charge != "per_unit" or "output_price_per_iu" in pricing:
+        kind = charge if charge != "per_unit" else "input and output token"
+        raise InvalidInput(
+            f"model {model!r} is priced with {kind} prices, not one price per IU: publish a new version to change "
+            "them (dynamic pricing still applies its factor)"
+        )
 
 
 def _next_seq(records: list[PriceRecord]) -> int:

@@ -15,7 +15,8 @@ Per event, in log order:
 3. ``free``: the whole quantity is granted (amount 0; the gateway refuses calls past the grant).
    ``subscription``: the included IU of the subscription's segment (prorated by the days left in the month when
    it started mid-month) cover the quantity first; the rest is overage at the plan's rate or the list price.
-   ``enterprise``: the plan's rate for the model, else the list price. ``payg``: the list price.
+   ``enterprise``: the plan's rate for the model, else the list price. ``payg``: the list price. A plan's rates
+   are prices in the plan's currency: an event in another currency is billed at its list price.
 4. The list price of a billable quantity: per unit, ``quantity x unit_price`` (stamped); tiers and packages
    follow the model's charge model over its cumulative billable quantity in the period, times the factor.
 5. The provider's share is ``amount x share``, exactly; the platform keeps the rest.
@@ -95,6 +96,12 @@ def next_period(label: str) -> str:
     return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
 
 
+def _read_after_close(closed: dict[tuple[str, str, str], int], key: tuple[str, str, str], offset: int) -> bool:
+    """Whether the invoice ``key`` (account, period, currency) was finalized before the log offset ``offset``."""
+    cutoff = closed.get(key)
+    return cutoff is not None and offset > cutoff
+
+
 def txn_id_for(kind: str, *parts: object) -> str:
     digest = hashlib.sha256("\0".join(str(p) for p in parts).encode()).hexdigest()[:40]
     return f"tx_{kind}_{digest}"
@@ -134,11 +141,11 @@ class Rater:
         for offset, e, plan in placed:
             origin = period_label(e.time)
             landing, kind = origin, "usage"
-            cutoff = closed.get((e.account_id, origin, e.currency))
-            if cutoff is not None and offset > cutoff:
+            if _read_after_close(closed, (e.account_id, origin, e.currency), offset):
                 kind = "adjustment"
                 landing = next_period(origin)
-                while (e.account_id, landing, e.currency) in closed:
+                # A period finalized *after* this event was read kept it (a rebuild must land it there again).
+                while _read_after_close(closed, (e.account_id, landing, e.currency), offset):
                     landing = next_period(landing)
             granted, amount = self._rate(uow, e, origin, plan, counters)
             group = (e.account_id, e.provider_account_id, e.currency, landing, kind)
@@ -215,12 +222,12 @@ class Rater:
                 billable = e.quantity - granted
                 if billable == 0:
                     return granted, Fraction(0)
-                rate = spec.overage.get(unit)
+                rate = spec.overage.get(unit) if spec.currency == e.currency else None  # a price in its currency
                 if rate is not None:
                     return granted, Fraction(billable) * Fraction(rate) / div
                 return granted, self._list(uow, e, origin, billable, counters)
             if spec.kind == "enterprise":
-                rate = spec.rates.get(e.model)
+                rate = spec.rates.get(e.model) if spec.currency == e.currency else None
                 if rate is not None:
                     return 0, Fraction(e.quantity) * Fraction(rate) / div
         return 0, self._list(uow, e, origin, e.quantity, counters)

@@ -117,7 +117,9 @@ class PlanService:
 
     def subscribe(self, account_id: str, plan_name: str, *, now: bool = False, actor: str = "cli") -> Subscription:
         """Put the account on the latest version of a plan: at once for its first plan or with ``now`` (the
-        fees and included IU of both plans prorate by day), else from the next period."""
+        fees and included IU of both plans prorate by day), else from the next period. Subscribing to the
+        latest version of the plan already in force (or, without ``now``, already scheduled) changes nothing: that
+        subscription is returned, so its included IU are not renewed."""
         at = self.clock()
         with self.uow.write(Lock.PLANS) as uow:
             versions = uow.plans.plan_versions(plan_name)
@@ -125,6 +127,13 @@ class PlanService:
                 raise NotFound(f"no plan named {plan_name!r} (apply a plans file with `modelmarket plans apply FILE`)")
             plan = versions[-1]
             history = uow.plans.subscriptions(account_id)
+            latest = history[-1] if history else None
+            if (
+                latest is not None
+                and (latest.plan_name, latest.plan_version) == (plan.name, plan.version)
+                and (not now or latest.effective <= at)
+            ):
+                return latest  # already on it (or moving to it): a new segment would renew its included IU
             effective = at if (now or not history) else next_period_start(at)
             sub = Subscription(
                 uow.plans.next_subscription_seq(),

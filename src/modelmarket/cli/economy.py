@@ -90,7 +90,8 @@ def plans_apply(file: Path, now: bool, as_json: bool) -> None:
 
 
 def _units_text(units: dict[str, str]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in units.items())
+    """``{image: "500", tokens_1k: "5/2"}`` -> ``image 500, tokens_1k 2.5`` (exact, as a decimal when it has one)."""
+    return ", ".join(f"{k} {exact_text(Fraction(v))}" for k, v in units.items())
 
 
 def _plan_terms(plan: PlanVersion) -> str:
@@ -461,7 +462,14 @@ def _txn_json(txn: LedgerTxn) -> dict[str, Any]:
 
 @ledger.command("show")
 @click.argument("account")
-@click.option("--limit", default=RECENT_TXNS, show_default=True, help="Most recent transactions to print.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=RECENT_TXNS,
+    show_default=True,
+    metavar="N",
+    help="How many of the most recent transactions to print.",
+)
 @json_option
 @domain_errors
 def ledger_show(account: str, limit: int, as_json: bool) -> None:
@@ -470,7 +478,8 @@ def ledger_show(account: str, limit: int, as_json: bool) -> None:
     p = platform()
     acc = p.accounts.get(account)
     balances = p.ledger.balances(acc.id)
-    txns = sorted(p.ledger.transactions(acc.id), key=lambda t: (t.created_at, t.id))[-max(limit, 0) :]
+    txns = sorted(p.ledger.transactions(acc.id), key=lambda t: (t.created_at, t.id))
+    txns = txns[-limit:] if limit else []
     if as_json:
         doc = {"account": acc.name, "account_id": acc.id, "balances": [b.to_json() for b in balances]}
         echo_json({**doc, "transactions": [_txn_json(t) for t in txns]})
@@ -541,12 +550,14 @@ def _payout_table(items: list[Payout], names: dict[str, str]) -> str:
 
 
 @payouts.command("run")
-@click.option("--period", required=True, metavar="YYYY-MM", help="A month that has ended (UTC).")
+@click.option("--period", required=True, metavar="YYYY-MM", help="A closed calendar month (UTC).")
 @json_option
 @domain_errors
 def payouts_run(period: str, as_json: bool) -> None:
-    """Record a payout per provider and currency for a month that has ended: its statement's provider amount.
-    Idempotent: a provider already paid for the month is not paid again."""
+    """Record a payout per provider and currency for a closed month: its statement's provider amount.
+
+    A month is closed once it has ended and its grace period for late usage (MODELMARKET_INVOICE_GRACE_S) has
+    passed; an open one is refused. Idempotent: a provider already paid for the month is not paid again."""
     p = platform()
     month = parse_period(period)
     ready = _period_end(month) + timedelta(seconds=p.settings.invoice_grace_s)

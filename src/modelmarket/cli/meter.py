@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
 import click
 
 from modelmarket.cli.common import domain_errors, parent_pid_option, platform
+from modelmarket.bootstrap import Platform
 from modelmarket.core import lifetime
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -23,7 +27,9 @@ def meter(once: bool, status: bool, resume: bool, parent_pid: int | None) -> Non
     Idempotent by event id: running several, or re-reading the log, never counts an event twice. Without
     --once it follows the log (every MODELMARKET_METERING_POLL_S) until SIGTERM or Ctrl+C. A broken invariant
     (say, an event log that ends before the offset already applied) halts metering: it exits with status 1 and
-    the reason, leaves the log untouched, and stays halted until `--resume`.
+    the reason, leaves the log untouched, and stays halted until `--resume`. While it follows, it also
+    recomputes dynamic prices and finalizes invoices past MODELMARKET_INVOICE_GRACE_S, every
+    MODELMARKET_PRICING_INTERVAL_S.
     """
     p = platform()
     if status:
@@ -44,4 +50,15 @@ def meter(once: bool, status: bool, resume: bool, parent_pid: int | None) -> Non
         signal.signal(sig, lambda *_: stop.set())
     if parent_pid is not None:
         lifetime.exit_with_parent(parent_pid)
+    threading.Thread(target=_billing_schedule, args=(p, stop), name="billing-schedule", daemon=True).start()
     p.metering.follow(stop)
+
+
+def _billing_schedule(p: Platform, stop: threading.Event) -> None:
+    """Every MODELMARKET_PRICING_INTERVAL_S: recompute dynamic prices, finalize invoices past their grace period."""
+    while not stop.wait(p.settings.pricing_interval_s):
+        for name, job in (("dynamic pricing", p.prices.recompute), ("invoice finalization", p.invoices.finalize_due)):
+            try:
+                job()
+            except Exception:  # the next round tries again; metering goes on
+                log.exception("scheduled %s failed", name)

@@ -39,6 +39,9 @@ def child_env(settings: Settings, store_url: str) -> dict[str, str]:
     env["MODELMARKET_DATABASE_URL"] = store_url
     env["MODELMARKET_EVENT_LOG_SYNC"] = settings.event_log_sync
     env["MODELMARKET_METERING_POLL_S"] = str(settings.metering_poll_s)
+    env["MODELMARKET_PROVIDER_SHARE"] = str(settings.provider_share)  # the child rates events: same share
+    env["MODELMARKET_PRICING_INTERVAL_S"] = str(settings.pricing_interval_s)
+    env["MODELMARKET_INVOICE_GRACE_S"] = str(settings.invoice_grace_s)
     return env
 
 
@@ -48,7 +51,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     economy = Economy(
         lambda at: _read(platform, lambda uow: enforcement.policies(uow, at)),
         lambda ids, day: _used(platform, ids, day),
-        None,
+        platform.prices.book,
         platform.clock,
         s.cache_refresh_s,
     )

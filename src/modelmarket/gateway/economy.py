@@ -20,32 +20,16 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
-from typing import Protocol
 
 from modelmarket.billing.charges import ChargeModel, charge_model
 from modelmarket.billing.enforcement import Limits, Policy, Used
+from modelmarket.billing.pricing import PriceBook
 from modelmarket.core.clock import Clock
 from modelmarket.gateway.limits import AccountPolicy, Limiter, LimitSet, SeedUsage, Ticket, Usage
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import VersionRecord
 
 log = logging.getLogger(__name__)
-
-
-class PriceBook(Protocol):
-    def unit_price(self, manifest_price: Decimal, model_name: str, at: datetime) -> Decimal: ...
-
-    def factor(self, model_name: str, at: datetime) -> Decimal: ...
-
-
-class ListPrices:
-    """No price records: every model at its manifest price, factor 1."""
-
-    def unit_price(self, manifest_price: Decimal, model_name: str, at: datetime) -> Decimal:
-        return manifest_price
-
-    def factor(self, model_name: str, at: datetime) -> Decimal:
-        return Decimal(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +77,7 @@ class Economy:
         self.clock = clock
         self.refresh_s = refresh_s
         self.limiter = Limiter()
-        self.prices: PriceBook = ListPrices()
+        self.prices: PriceBook = PriceBook.build(())
         self.policies: dict[str, Policy] = {}
         self._charges: dict[tuple[str, str], ChargeModel] = {}
         self._lock = asyncio.Lock()
@@ -132,10 +116,9 @@ class Economy:
     # -- the hot path ------------------------------------------------------------------------------------------
 
     def price(self, version: VersionRecord, at: datetime) -> Priced:
-        manifest_price = version.manifest.pricing.price_per_iu
-        return Priced(
-            self.prices.unit_price(manifest_price, version.model_name, at), self.prices.factor(version.model_name, at)
-        )
+        """The price per IU in force for a call to ``version`` now, and the dynamic factor in it."""
+        found = self.prices.in_force(version.model_name, at)
+        return Priced(found.unit_price(version.manifest.pricing.price_per_iu), found.factor)
 
     def admit(
         self, account_id: str, key_id: str | None, version: VersionRecord, units: int, priced: Priced, at: datetime

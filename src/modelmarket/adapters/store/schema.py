@@ -120,6 +120,7 @@ usage_events = Table(
     Column("log_offset", BigInteger, nullable=False),
     Index("ix_usage_events_account_day", "account_id", "day"),
     Index("ix_usage_events_provider_day", "provider_account_id", "day"),
+    Index("ix_usage_events_model_time", "model_name", "occurred_at"),
 )
 
 usage_daily = Table(

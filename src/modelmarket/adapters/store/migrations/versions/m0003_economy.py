@@ -35,6 +35,8 @@ _TABLES = (
 
 
 def upgrade() -> None:
+    # Dynamic pricing reads each model's recent calls.
+    op.create_index("ix_usage_events_model_time", "usage_events", ["model_name", "occurred_at"])
     op.create_table(
         "plan_versions",
         sa.Column("plan_name", sa.String(100), primary_key=True),
@@ -167,3 +169,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in _TABLES:
         op.drop_table(name)
+    op.drop_index("ix_usage_events_model_time", "usage_events")
