@@ -20,12 +20,12 @@ from sqlalchemy import text
 
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore
-from modelmarket.billing.ledger import Balance
 from modelmarket.billing.documents import decimal_text
+from modelmarket.billing.ledger import Balance
 from modelmarket.billing.lifecycle import InvoiceDoc
 from modelmarket.billing.period import Period
-from modelmarket.core.money import exact_text
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
+from modelmarket.core.money import exact_text
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.manifest import MANIFEST_NAME
@@ -37,6 +37,11 @@ IMAGE, TOKENS, AUDIO = UnitKind.IMAGE, UnitKind.TOKENS_1K, UnitKind.AUDIO_MINUTE
 _ids = itertools.count(1)
 _copies = itertools.count(1)
 
+IMAGE_TIERS = [
+    {"up_to": 10, "price_per_iu": "0.01"},
+    {"up_to": 100, "price_per_iu": "0.005"},
+    {"price_per_iu": "0.002"},
+]
 # name -> (demo package to copy, manifest fields to replace). ``digits`` is published as built (image, 0.0010).
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "digits-b": ("digits", {"pricing": {"unit": "image", "currency": "USD", "price_per_iu": "0.0010"}}),
@@ -47,8 +52,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
                 "unit": "image",
                 "currency": "USD",
                 "charge": "graduated",
-                "tiers": [{"up_to": 10, "price_per_iu": "0.01"}, {"up_to": 100, "price_per_iu": "0.005"}]
-                + [{"price_per_iu": "0.002"}],
+                "tiers": IMAGE_TIERS,
             }
         },
     ),
@@ -59,8 +63,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
                 "unit": "image",
                 "currency": "USD",
                 "charge": "volume",
-                "tiers": [{"up_to": 10, "price_per_iu": "0.01"}, {"up_to": 100, "price_per_iu": "0.005"}]
-                + [{"price_per_iu": "0.002"}],
+                "tiers": IMAGE_TIERS,
             }
         },
     ),
@@ -84,6 +87,17 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
                 "currency": "USD",
                 "charge": "graduated",
                 "tiers": [{"up_to": 2, "price_per_iu": "0.10"}, {"price_per_iu": "0.05"}],
+            }
+        },
+    ),
+    "text-split": (  # input and output tokens priced apart
+        "sentiment",
+        {
+            "pricing": {
+                "unit": "tokens_1k",
+                "currency": "USD",
+                "input_price_per_iu": "0.01",
+                "output_price_per_iu": "0.03",
             }
         },
     ),
@@ -183,6 +197,8 @@ class Economy:
         price: str = "0.0010",
         currency: str = "USD",
         hour: int = 12,
+        quantity_out: int = 0,
+        factor: str = "1",
     ) -> UsageEvent:
         """One served call of ``quantity`` base units (images, tokens, seconds) at the list price ``price``."""
         return UsageEvent(
@@ -198,6 +214,8 @@ class Economy:
             unit_price=Decimal(price),
             currency=currency,
             latency_ms=Decimal("3.5"),
+            price_factor=Decimal(factor),
+            quantity_out=quantity_out,
         )
 
     def append(self, events: Iterable[UsageEvent], *, log_ids: Iterable[str] | None = None) -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from economy_helpers import AUDIO, OTHER_PROVIDER, PROVIDER, TOKENS, Economy, lines_of, make_economy
 
 from modelmarket.adapters.store import SqlStore
 from modelmarket.billing.period import Period
 from modelmarket.core.errors import Conflict
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.usage import UsageSummary
-
-from economy_helpers import AUDIO, OTHER_PROVIDER, PROVIDER, TOKENS, Economy, lines_of, make_economy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,6 +85,29 @@ def test_graduated_volume_and_package_invoices_do_not_depend_on_event_order(
         assert eco.receivable(consumer).exact == Fraction("2.843")
 
 
+def test_split_token_prices_and_a_dynamic_price_factor(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir, "text-split", "digits-grad")
+    eco.consumer("chatty")
+    eco.append(
+        [
+            # 2,000 input tokens x 0.01/1k + 1,000 output tokens x 0.03/1k = 0.02 + 0.03 = 0.05
+            eco.event("chatty", "text-split", 3000, "2026-01-03", unit=TOKENS, price="0.01", quantity_out=1000),
+            # (1,000 x 0.01 + 500 x 0.03) / 1,000 = 0.025, x 1.2 (the price factor in force) = 0.03
+            eco.event(
+                "chatty", "text-split", 1500, "2026-01-04", unit=TOKENS, price="0.012", quantity_out=500, factor="1.2"
+            ),
+            # graduated 12 IU: 10 x 0.01 + 2 x 0.005 = 0.11, x 1.5 = 0.165
+            eco.event("chatty", "digits-grad", 12, "2026-01-05", price="0.015", factor="1.5"),
+        ]
+    )
+    invoice = eco.invoice("chatty", "2026-01")
+    assert lines_of(invoice) == [
+        ("usage", "digits-grad", "12", "0.16"),  # 0.165 -> 0.16 (half to even)
+        ("usage", "text-split", "4.5", "0.08"),  # 0.05 + 0.03; 4,500 tokens = 4.5 IU
+    ]
+    assert eco.receivable("chatty").exact == Fraction("0.245")  # 0.165 + 0.05 + 0.03
+
+
 # -- 2. subscriptions --------------------------------------------------------------------------------------------
 
 
@@ -139,6 +161,27 @@ def test_plan_change_mid_period_prorates_fees_and_included_iu_by_day(
     ]
     assert "(10/30 days)" in invoice.lines[0].description and "(20/30 days)" in invoice.lines[1].description
     assert str(invoice.total) == "51.67"  # 6.67 + 40.00 + 0.00 + 5.00
+
+
+def test_a_changed_plan_applied_now_prorates_both_versions(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir, now="2026-04-01T00:00:00")  # April: 30 days
+    account = eco.consumer("mover", "pro")
+    eco.clock.set("2026-04-21T00:00:00")
+    changed = eco.platform.plans.apply(
+        'plans: [{name: pro, kind: subscription, currency: USD, fee: "35.00", included: {image: 10000}}]', now=True
+    )
+    assert [(a.version, a.action, a.moved) for a in changed] == [(2, "changed", 1)]
+    eco.append([eco.event("mover", "digits", 4000, "2026-04-25")])
+
+    invoice = eco.invoice("mover", "2026-04")
+    assert lines_of(invoice) == [
+        ("fee", None, "0", "13.33"),  # v1, 1st..20th: 20.00 x 20/30 = 13.333... -> 13.33
+        ("fee", None, "0", "11.67"),  # v2, 21st..30th: 35.00 x 10/30 = 11.666... -> 11.67
+        ("included", "digits", "3333", "0.00"),  # v2 includes 10,000 x 10/30 = 3,333.3 -> 3,333 whole images
+        ("overage", "digits", "667", "0.67"),  # 4,000 - 3,333 = 667 x 0.0010 = 0.667 -> 0.67
+    ]
+    assert str(invoice.total) == "25.67"  # 13.33 + 11.67 + 0.67
+    assert eco.platform.plans.history(account)[-1].plan_version == 2
 
 
 # -- 4. enterprise -----------------------------------------------------------------------------------------------
@@ -287,7 +330,9 @@ def test_every_event_delivered_twice_out_of_order_is_billed_once(
         assert str(eco.invoice(payg, "2026-01").total) == "1.74"
         assert eco.receivable(sub).exact == Fraction("2.325")  # 2.00 + 0.325 (the fee is posted on finalizing)
         assert eco.receivable(payg).exact == Fraction("1.74")
-    (payable,) = [b for b in eco.platform.ledger.balances(eco.providers[PROVIDER]) if b.ledger_account.startswith("payable:")]
+    (payable,) = [
+        b for b in eco.platform.ledger.balances(eco.providers[PROVIDER]) if b.ledger_account.startswith("payable:")
+    ]
     assert payable.exact == Fraction("-6.504")  # 2 x (2.325 + 1.74) = 8.13 x 0.80 provider share
     report = eco.platform.ledger.verify()
     assert (report.ok, report.rated_events) == (True, 2 * 15)
@@ -355,9 +400,7 @@ def test_rebuild_is_identical_and_repairs_a_tampered_rated_event(
 # -- 9. verify ---------------------------------------------------------------------------------------------------
 
 
-def test_verify_names_the_transaction_whose_entry_was_changed(
-    store: SqlStore, tmp_path: Path, demo_dir: Path
-) -> None:
+def test_verify_names_the_transaction_whose_entry_was_changed(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
     eco = economy(store, tmp_path, demo_dir, "digits-grad")
     _busy_month(eco)
     good = eco.platform.ledger.verify()
@@ -489,7 +532,9 @@ def test_a_switch_from_payg_to_enterprise_counts_the_enterprise_usage_against_th
     eco.append([eco.event("grower", "digits", 10000, "2026-01-05")])
     eco.clock.set("2026-01-11T00:00:00")
     eco.platform.plans.subscribe(account, "ent")  # the first plan: in force at once
-    eco.append([eco.event("grower", "digits", 40000, "2026-01-15"), eco.event("grower", "digits-b", 30000, "2026-01-15")])
+    eco.append(
+        [eco.event("grower", "digits", 40000, "2026-01-15"), eco.event("grower", "digits-b", 30000, "2026-01-15")]
+    )
 
     invoice = eco.invoice("grower", "2026-01")
     assert lines_of(invoice) == [
@@ -502,9 +547,7 @@ def test_a_switch_from_payg_to_enterprise_counts_the_enterprise_usage_against_th
     assert str(invoice.total) == "77.74"  # 20.00 + 10.00 + 30.00 + 17.74
 
 
-def test_plan_rates_apply_only_to_usage_in_the_plans_currency(
-    store: SqlStore, tmp_path: Path, demo_dir: Path
-) -> None:
+def test_plan_rates_apply_only_to_usage_in_the_plans_currency(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
     eco = economy(store, tmp_path, demo_dir, "digits-eur")
     eco.consumer("abroad", "pro-plus")  # USD, 10,000 images included, overage 0.0008 USD
     eco.append(
@@ -566,12 +609,12 @@ def test_a_draft_refresh_racing_a_finalize_does_not_reopen_the_invoice(
 
     def drafts_with_a_racer(*args: Any) -> Any:
         if not racer.is_alive() and not outcome:
-            service._drafts = drafts  # type: ignore[method-assign]
+            service._drafts = drafts
             racer.start()
             racer.join(timeout=1.0)  # it finishes here unless the refresh holds it off until it commits
         return drafts(*args)
 
-    service._drafts = drafts_with_a_racer  # type: ignore[method-assign]
+    service._drafts = drafts_with_a_racer
     service.invoices(account, JAN)
     racer.join(timeout=30)
     assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome

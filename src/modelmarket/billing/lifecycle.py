@@ -336,7 +336,7 @@ class InvoiceService:
         with self.uow.read() as uow:
             stored = uow.ledger.invoice(invoice_id_)
         if stored is None or (account_id is not None and stored.account_id != account_id):
-            raise NotFound(f"no invoice {invoice_id_!r}")
+            raise NotFound(f"no invoice {invoice_id_[:40]!r}")
         if stored.status != "draft":
             return _doc(stored)
         for doc in self.invoices(stored.account_id, parse_period(stored.period)):
@@ -431,7 +431,7 @@ class InvoiceService:
         with self.uow.write(Lock.METERING) as uow:
             stored = uow.ledger.invoice(invoice_id_)
             if stored is None:
-                raise NotFound(f"no invoice {invoice_id_!r}")
+                raise NotFound(f"no invoice {invoice_id_[:40]!r}")
             if stored.status != "finalized":
                 raise Conflict(f"invoice {invoice_id_} is {stored.status}: only a finalized invoice can be voided")
             doc = _doc(stored)

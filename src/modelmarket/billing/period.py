@@ -47,7 +47,8 @@ def parse_period(text: str) -> Period:
     """Parse ``YYYY-MM`` (e.g. ``2026-01``); anything else is refused with a message saying what to write."""
     match = _PERIOD_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
-        raise InvalidInput(f"period {text!r} is not a month: write it as YYYY-MM, e.g. 2026-01")
+        shown = repr(text[:20]) + ("..." if len(text) > 20 else "") if isinstance(text, str) else repr(text)
+        raise InvalidInput(f"period {shown} is not a month: write it as YYYY-MM, e.g. 2026-01")
     year, month = int(match.group(1)), int(match.group(2))
     if not 1 <= month <= 12:
         raise InvalidInput(f"period {text!r}: month {match.group(2)} is not between 01 and 12")

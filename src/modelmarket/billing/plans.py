@@ -29,6 +29,7 @@ from modelmarket.billing.period import Period
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import check_currency
 from modelmarket.metering.units import UnitKind
+from modelmarket.registry.manifest import ManifestLoader
 
 PLAN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 MAX_PLANS_FILE_BYTES = 256 * 1024
@@ -264,7 +265,7 @@ def parse_plans(text: str | bytes, source: str = "plans file") -> list[PlanSpec]
     if len(text) > MAX_PLANS_FILE_BYTES:
         raise InvalidInput(f"{source} is larger than {MAX_PLANS_FILE_BYTES} bytes")
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=ManifestLoader)  # no aliases (a small file must not expand), no duplicates
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{source} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("plans"), list):
