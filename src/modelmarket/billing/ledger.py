@@ -127,7 +127,7 @@ class LedgerService:
     def balances(self, account_id: str) -> list[Balance]:
         """The account's receivable (as a consumer) and payable (as a provider) balances, from entries only."""
         self.metering.catch_up()
-        out = []
+        out: list[Balance] = []
         with self.uow.read() as uow:
             for name in (receivable(account_id), payable(account_id)):
                 sums: dict[str, Fraction] = defaultdict(Fraction)
@@ -156,7 +156,8 @@ class LedgerService:
                             False,
                             count,
                             0,
-                            f"transaction {txn.id} does not balance in {currency}: its entries sum to {exact_text(total)}",
+                            f"transaction {txn.id} does not balance in {currency}: "
+                            f"its entries sum to {exact_text(total)}",
                         )
                 if txn.kind == "usage":
                     usage[txn.id] = txn
@@ -184,14 +185,16 @@ class LedgerService:
                         False,
                         count,
                         events,
-                        f"transaction {tid}: receivable {exact_text(recv)} is not the sum of its events {exact_text(amounts[tid])}",
+                        f"transaction {tid}: receivable {exact_text(recv)} "
+                        f"is not the sum of its events {exact_text(amounts[tid])}",
                     )
                 if -pay != shares[tid]:
                     return VerifyReport(
                         False,
                         count,
                         events,
-                        f"transaction {tid}: payable {exact_text(-pay)} is not the providers' share of its events {exact_text(shares[tid])}",
+                        f"transaction {tid}: payable {exact_text(-pay)} "
+                        f"is not the providers' share of its events {exact_text(shares[tid])}",
                     )
             return VerifyReport(True, count, events)
 
