@@ -2,10 +2,14 @@
 
 Prints, measured in one run on this machine:
 - sequential latency (median, p99) direct vs gateway, and the gateway's overhead;
-- requests/s at concurrency 1 and 32, direct vs gateway, with the ratio.
+- requests/s at concurrency 1 and 32, direct vs gateway, with the ratio;
+- requests/s at concurrency 32 through the same gateway for an account with limits enforced (a subscription plan
+  with included IU, and an rpm far above what is reached, a daily IU quota and a monthly budget set with
+  `modelmarket limits set`) and for one without limits, alternated over several rounds (medians), with the ratio.
+  A last check sets the limited account's rpm to 1 and expects HTTP 429, proving its limits were enforced.
 
 It starts its own gateway and runner on free loopback ports in a temporary MODELMARKET_HOME and stops them.
-Usage: python benchmarks/gateway_overhead.py [--requests N] [--seconds S]
+Usage: python benchmarks/gateway_overhead.py [--requests N] [--seconds S] [--rounds R] [--limit-seconds S]
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
 
 from modelmarket.runtime.pool import RunnerPool
+from modelmarket.settings import Settings
 
 MM = [sys.executable, "-m", "modelmarket.cli.main"]
+LIMITED_ACCOUNT = "bench-limited"
+LIMITED_PLANS = """
+plans:
+  - {name: bench-pro, kind: subscription, currency: USD, fee: "20.00", included: {image: 10000}}
+"""
+LIMITS = ["--rpm", "10000000", "--iu-per-day", "image=100000000", "--budget", "1000000.00"]
+"""Far above what a benchmark reaches: every call is checked and counted, none is refused."""
 
 
 def _start(
@@ -96,7 +109,9 @@ async def _throughput(
     return done / (time.perf_counter() - t0)
 
 
-async def _measure(gw_port: int, rn_port: int, key: str, body: bytes, n: int, seconds: float) -> dict[str, float]:
+async def _measure(
+    gw_port: int, rn_port: int, key: str, body: bytes, n: int, seconds: float, limited: LimitedRun
+) -> dict[str, float]:
     path = "/v2/models/digits/infer"
     gw = RunnerPool.over_tcp("127.0.0.1", gw_port, 64, 30)
     rn = RunnerPool.over_tcp("127.0.0.1", rn_port, 64, 30)
@@ -118,15 +133,67 @@ async def _measure(gw_port: int, rn_port: int, key: str, body: bytes, n: int, se
     for c in (1, 32):
         res[f"direct_rps_c{c}"] = await _throughput(rn, path, body, rn_h, c, seconds)
         res[f"gateway_rps_c{c}"] = await _throughput(gw, path, body, gw_h, c, seconds)
+    res.update(await _limits_on_off(gw, path, body, gw_h, limited))
     await gw.close()
     await rn.close()
     return res
+
+
+@dataclass(frozen=True)
+class LimitedRun:
+    key: str
+    env: dict[str, str]
+    rounds: int
+    seconds: float
+
+
+def _set_up_limited(env: dict[str, str], home: str) -> str:
+    """An account on a subscription plan with limits, and its key (set before the gateway starts)."""
+    plans = Path(home) / "bench-plans.yaml"
+    plans.write_text(LIMITED_PLANS)
+    for args in (
+        ["accounts", "create", LIMITED_ACCOUNT, "--role", "consumer"],
+        ["plans", "apply", str(plans)],
+        ["subscribe", LIMITED_ACCOUNT, "bench-pro"],
+        ["limits", "set", LIMITED_ACCOUNT, *LIMITS],
+    ):
+        subprocess.run([*MM, *args], env=env, check=True, capture_output=True)
+    return subprocess.run(
+        [*MM, "keys", "create", LIMITED_ACCOUNT], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+async def _limits_on_off(
+    gw: RunnerPool, path: str, body: bytes, free_h: list[tuple[bytes, bytes]], limited: LimitedRun
+) -> dict[str, float]:
+    """Requests/s at concurrency 32 without and with limits, alternated (ABBA) so drift hits both alike."""
+    limited_h = [(b"Authorization", f"Bearer {limited.key}".encode()), (b"Content-Type", b"application/json")]
+    await _sequential(gw, path, body, limited_h, 200)  # warm-up
+    off: list[float] = []
+    on: list[float] = []
+    for r in range(limited.rounds):
+        runs = [(off, free_h), (on, limited_h)]
+        for out, headers in runs if r % 2 == 0 else reversed(runs):
+            out.append(await _throughput(gw, path, body, headers, 32, limited.seconds))
+    # Proof that the limits were enforced: an rpm of 1 must refuse the next call once the gateway reloads.
+    subprocess.run([*MM, "limits", "set", LIMITED_ACCOUNT, "--rpm", "1"], env=limited.env, check=True)
+    await asyncio.sleep(Settings().cache_refresh_s + 1.0)
+    refused = await gw.request("POST", path, body, limited_h)
+    return {
+        "limits_off_rps_c32": statistics.median(off),
+        "limits_on_rps_c32": statistics.median(on),
+        "limits_ratio_per_round_median": statistics.median(a / b for a, b in zip(on, off, strict=True)),
+        "limits_rounds": float(limited.rounds),
+        "limits_check_status": float(refused.status),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests per side")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument("--rounds", type=int, default=6, help="limits on/off rounds (each runs both)")
+    parser.add_argument("--limit-seconds", type=float, default=3.0, help="duration of each limits on/off run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as home:
         env = {**os.environ, "MODELMARKET_HOME": home}
@@ -136,10 +203,11 @@ def main() -> None:
             [*MM, "keys", "create", "demo-consumer"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
         body = (Path(home) / "demo" / "examples" / "digit.json").read_bytes()
+        limited = LimitedRun(_set_up_limited(env, home), env, args.rounds, args.limit_seconds)
         gateway, gw_url = _start([*MM, "serve", "--port", "0"], env, r"URL: http://127\.0\.0\.1:(\d+)")
         runner, rn_url = _start([*MM, "runner", "digits", "--port", "0"], env, r"listening on http://[\d.]+:(\d+)")
         try:
-            res = uvloop.run(_measure(int(gw_url), int(rn_url), key, body, args.requests, args.seconds))
+            res = uvloop.run(_measure(int(gw_url), int(rn_url), key, body, args.requests, args.seconds, limited))
         finally:
             _stop(gateway)
             _stop(runner)
@@ -155,6 +223,18 @@ def main() -> None:
             f"throughput at concurrency {c:>2}: direct {d:8.0f} req/s  gateway {g:8.0f} req/s  "
             f"ratio {g / d:.2f}" + ("  (target >= 0.7)" if c == 32 else "")
         )
+    off, on = res["limits_off_rps_c32"], res["limits_on_rps_c32"]
+    print(
+        f"limits on/off at concurrency 32, same gateway: medians of {args.rounds} alternated runs "
+        f"of {args.limit_seconds:g} s each:"
+    )
+    print(f"  without limits {off:8.0f} req/s  with limits {on:8.0f} req/s  ratio {on / off:.2f}  (target >= 0.95)")
+    print(f"  median of the per-round ratios: {res['limits_ratio_per_round_median']:.2f}")
+    status = int(res["limits_check_status"])
+    if status == 429:
+        print("  check: after `limits set --rpm 1` the limited key got HTTP 429, so its limits were enforced")
+    else:
+        print(f"  WARNING: after `limits set --rpm 1` the limited key got HTTP {status}, not 429: limits not enforced?")
     print(json.dumps({k: round(v, 4) for k, v in res.items()}))
 
 

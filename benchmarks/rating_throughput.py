@@ -224,7 +224,8 @@ def _postgres_stores() -> Iterator[Callable[[str], SqlStore]]:
 def _report(res: Result, target: int) -> None:
     verdict = "meets" if res.eps >= target else "BELOW"
     print(
-        f"{res.backend}: {res.events:,} events ({res.granted_events:,} within included IU, {res.billed_events:,} billed)"
+        f"{res.backend}: {res.events:,} events "
+        f"({res.granted_events:,} within included IU, {res.billed_events:,} billed)"
     )
     print(f"  appended to the log in {res.append_s:.2f} s ({res.events / res.append_s:,.0f} events/s)")
     print(

@@ -450,6 +450,15 @@ def test_payouts_split_gross_exactly_and_run_once(store: SqlStore, tmp_path: Pat
     assert _payable(eco, PROVIDER) == Fraction("0.0028")
     assert eco.platform.ledger.verify().ok
 
+    # Late usage of January (its invoice still a draft, so it lands in January): the next run pays only that.
+    eco.append([eco.event("buyer", "digits", 1000, "2026-01-20")])
+    [late] = eco.platform.ledger.run_payouts(JAN)
+    # January's provider amount is now (1,234 + 1,000) x 0.0010 x 0.80 = 1.7872 -> 1.79; 0.99 was paid: 0.80 due
+    assert (late.provider_account_id, str(late.amount), late.seq) == (eco.providers[PROVIDER], "0.80", 2)
+    assert eco.platform.ledger.run_payouts(JAN) == []
+    assert _payable(eco, PROVIDER) == Fraction("0.0028")  # -1.7872 + 0.99 + 0.80
+    assert eco.platform.ledger.verify().ok
+
 
 # -- 11. void ----------------------------------------------------------------------------------------------------
 

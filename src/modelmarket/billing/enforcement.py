@@ -68,15 +68,15 @@ def policies(uow: EconomyUnitOfWork, at: datetime) -> dict[str, Policy]:
     """The policy of every account that has any limit or grant at ``at`` (others are not limited at all)."""
     plans = {(p.name, p.version): p for p in uow.plans.plan_versions()}
     by_account: dict[str, list[Subscription]] = defaultdict(list)
-    for sub in uow.plans.subscriptions():
-        by_account[sub.account_id].append(sub)
+    for row_sub in uow.plans.subscriptions():
+        by_account[row_sub.account_id].append(row_sub)
     stored: dict[str, dict[str, StoredLimits]] = defaultdict(dict)
     for row in uow.plans.limits():
         stored[row.account_id][row.key_id] = row
     period = Period.of(at.astimezone(UTC).date())
     out: dict[str, Policy] = {}
     for account_id in sorted(set(by_account) | set(stored)):
-        sub = _in_force(by_account.get(account_id, []), at)
+        sub: Subscription | None = _in_force(by_account.get(account_id, []), at)
         plan: PlanVersion | None = plans.get((sub.plan_name, sub.plan_version)) if sub is not None else None
         own = stored.get(account_id, {})
         limits = _merge(plan.spec.limits if plan else None, own.get(""))

@@ -136,9 +136,14 @@ class LedgerService:
                 out.extend(Balance(name, cur, total) for cur, total in sorted(sums.items()))
         return out
 
-    def transactions(self, account_id: str) -> list[LedgerTxn]:
+    def transactions(self, account_id: str, limit: int = 1000) -> list[LedgerTxn]:
+        """The latest ``limit`` transactions the account is party to: as the consumer (its receivable) or as a
+        provider (its payable)."""
         with self.uow.read() as uow:
-            return list(uow.ledger.txns(account_id=account_id))
+            ids = {e.txn_id for e in uow.ledger.entries_of(receivable(account_id))}
+            ids |= {e.txn_id for e in uow.ledger.entries_of(payable(account_id))}
+            found = list(uow.ledger.txns(ids=sorted(ids)[-limit:])) if ids else []
+        return sorted(found, key=lambda txn: (txn.created_at, txn.id))[-limit:]
 
     def verify(self) -> VerifyReport:
         self.metering.catch_up()
@@ -251,12 +256,20 @@ class LedgerService:
         now = self.clock()
         made = []
         with self.uow.write(Lock.PLANS, key="payouts") as uow:
-            done = {(p.provider_account_id, p.currency) for p in uow.ledger.payouts(period.label)}
+            paid: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+            last: dict[tuple[str, str], int] = defaultdict(int)
+            for earlier in uow.ledger.payouts(period.label):
+                key = (earlier.provider_account_id, earlier.currency)
+                paid[key] += earlier.amount
+                last[key] = max(last[key], earlier.seq)
             for st in statements:
-                if (st.provider_account_id, st.currency) in done or st.provider_amount <= 0:
+                key = (st.provider_account_id, st.currency)
+                due = st.provider_amount - paid[key]  # late usage since the last run is paid now, once
+                if due <= 0:
                     continue
-                tid = txn_id_for("payout", st.provider_account_id, period.label, st.currency)
-                amount = Fraction(st.provider_amount)
+                seq = last[key] + 1
+                tid = txn_id_for("payout", st.provider_account_id, period.label, st.currency, seq)
+                amount = Fraction(due)
                 uow.ledger.add_txns(
                     [
                         LedgerTxn(
@@ -280,9 +293,10 @@ class LedgerService:
                     st.provider_account_id,
                     period.label,
                     st.currency,
-                    st.provider_amount,
+                    due,
                     tid,
                     now.isoformat(),
+                    seq,
                 )
                 uow.ledger.add_payout(payout)
                 audit.append(
@@ -293,7 +307,9 @@ class LedgerService:
                     payload={
                         "period": period.label,
                         "currency": st.currency,
-                        "amount": decimal_text(st.provider_amount),
+                        "amount": decimal_text(due),
+                        "seq": seq,
+                        "provider_amount_for_period": decimal_text(st.provider_amount),
                         "gross": decimal_text(st.gross),
                         "platform_fee": decimal_text(st.platform_fee),
                     },

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -94,7 +94,8 @@ class InvoiceDoc:
     finalized_at: str | None = None
     voided_at: str | None = None
     void_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    events: int = 0
+    """The usage events billed on it (each once, though one may show on an included and an overage line)."""
 
     @property
     def total(self) -> Decimal:
@@ -107,6 +108,7 @@ class InvoiceDoc:
             "period": self.period,
             "currency": self.currency,
             "status": self.status,
+            "events": self.events,
             "lines": [line.to_json() for line in self.lines],
             "total": decimal_text(self.total),
             "updated_at": self.updated_at,
@@ -125,7 +127,7 @@ class InvoiceDoc:
             self.period,
             self.currency,
             self.status,
-            orjson.dumps([line.to_json() for line in self.lines]).decode(),
+            orjson.dumps({"events": self.events, "lines": [line.to_json() for line in self.lines]}).decode(),
             self.total,
             self.updated_at,
             self.finalized_at,
@@ -136,17 +138,19 @@ class InvoiceDoc:
 
 
 def _doc(stored: StoredInvoice) -> InvoiceDoc:
+    body = orjson.loads(stored.lines_json)
     return InvoiceDoc(
         stored.id,
         stored.account_id,
         stored.period,
         stored.currency,
         stored.status,
-        tuple(Line.from_json(x) for x in orjson.loads(stored.lines_json)),
+        tuple(Line.from_json(x) for x in body["lines"]),
         stored.updated_at,
         stored.finalized_at,
         stored.voided_at,
         stored.void_reason,
+        int(body["events"]),
     )
 
 
@@ -251,7 +255,7 @@ def build_lines(
         lines.append(
             _line(
                 "shortfall",
-                f"committed spend {exact_text(commitment)} not reached",
+                f"committed spend {decimal_text(round_minor(commitment, currency))} not reached",
                 None,
                 None,
                 0,
@@ -299,6 +303,7 @@ class InvoiceService:
                     "draft",
                     tuple(lines),
                     now,
+                    events=sum(1 for r in rows if r.currency == currency),
                 )
             )
         return docs
@@ -323,7 +328,7 @@ class InvoiceService:
                     if current is not None and current.status != "draft":
                         out.append(_doc(current))
                         continue
-                    if current is None or _doc(current).lines != draft.lines:
+                    if current is None or (_doc(current).lines, _doc(current).events) != (draft.lines, draft.events):
                         uow.ledger.put_invoice(draft.stored())
                     out.append(draft)
                 for s in stored.values():  # a finalized invoice whose currency has no activity left
@@ -366,6 +371,7 @@ class InvoiceService:
                 draft.lines,
                 now.isoformat(),
                 now.isoformat(),
+                events=draft.events,
             )
             uow.ledger.put_invoice(final.stored(finalized_offset=offset))
             txns = []
@@ -446,6 +452,7 @@ class InvoiceService:
                 doc.finalized_at,
                 now.isoformat(),
                 reason[:2000],
+                doc.events,
             )
             uow.ledger.put_invoice(voided.stored(finalized_offset=stored.finalized_offset))
             total = Fraction(doc.total)

@@ -9,6 +9,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal, Protocol
 
+from modelmarket.audit.ports import AuditRepository
 from modelmarket.billing.aggregate import UsageRow
 from modelmarket.billing.plans import PlanVersion, Subscription
 from modelmarket.metering.ports import UsageRepository
@@ -169,6 +170,8 @@ class Payout:
     amount: Decimal
     txn_id: str
     created_at: str
+    seq: int = 1
+    """1 for the period's first payout; later ones pay what the period earned since."""
 
 
 class LedgerRepository(Protocol):
@@ -199,9 +202,14 @@ class LedgerRepository(Protocol):
         ...
 
     def txns(
-        self, *, account_id: str | None = None, kind: str | None = None, period: str | None = None
+        self,
+        *,
+        account_id: str | None = None,
+        kind: str | None = None,
+        period: str | None = None,
+        ids: Sequence[str] | None = None,
     ) -> Iterator[LedgerTxn]:
-        """Transactions with their entries, by id; streamed."""
+        """Transactions with their entries, by id; streamed. ``ids``: only these."""
         ...
 
     def entries_of(self, ledger_account: str) -> list[LedgerEntry]: ...
@@ -231,6 +239,9 @@ class LedgerRepository(Protocol):
 class EconomyUnitOfWork(BillingUnitOfWork, Protocol):
     @property
     def usage(self) -> UsageRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
 
     @property
     def plans(self) -> PlanRepository: ...

@@ -340,5 +340,7 @@ payouts = Table(
     Column("amount", DecimalText, nullable=False),
     Column("txn_id", String(64), nullable=False),
     Column("created_at", String(40), nullable=False),
-    UniqueConstraint("provider_account_id", "period", "currency", name="uq_payouts_provider_period_currency"),
+    # 1 for a period's first payout; a later run pays what came in since (late usage) as seq 2, 3, ...
+    Column("seq", Integer, nullable=False),
+    UniqueConstraint("provider_account_id", "period", "currency", "seq", name="uq_payouts_provider_period_seq"),
 )

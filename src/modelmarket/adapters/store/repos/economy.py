@@ -333,7 +333,12 @@ class SqlLedgerRepository:
                 yield _rated(row)
 
     def txns(
-        self, *, account_id: str | None = None, kind: str | None = None, period: str | None = None
+        self,
+        *,
+        account_id: str | None = None,
+        kind: str | None = None,
+        period: str | None = None,
+        ids: Sequence[str] | None = None,
     ) -> Iterator[LedgerTxn]:
         q = select(
             _X.id,
@@ -353,6 +358,8 @@ class SqlLedgerRepository:
         for column, value in ((_X.account_id, account_id), (_X.kind, kind), (_X.period, period)):
             if value is not None:
                 q = q.where(column == value)
+        if ids is not None:
+            q = q.where(_X.id.in_(list(ids)))
         q = q.order_by(_X.id, _E.seq)
         current: LedgerTxn | None = None
         entries: list[LedgerEntry] = []
@@ -414,7 +421,7 @@ class SqlLedgerRepository:
         if period is not None:
             q = q.where(c.period == period)
         return [
-            Payout(r.id, r.provider_account_id, r.period, r.currency, r.amount, r.txn_id, r.created_at)
+            Payout(r.id, r.provider_account_id, r.period, r.currency, r.amount, r.txn_id, r.created_at, int(r.seq))
             for r in self.conn.execute(q)
         ]
 
@@ -428,6 +435,7 @@ class SqlLedgerRepository:
                 amount=payout.amount,
                 txn_id=payout.txn_id,
                 created_at=payout.created_at,
+                seq=payout.seq,
             )
         )
 

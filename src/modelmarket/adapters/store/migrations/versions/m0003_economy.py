@@ -162,7 +162,8 @@ def upgrade() -> None:
         sa.Column("amount", _DEC, nullable=False),
         sa.Column("txn_id", sa.String(64), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
-        sa.UniqueConstraint("provider_account_id", "period", "currency", name="uq_payouts_provider_period_currency"),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.UniqueConstraint("provider_account_id", "period", "currency", "seq", name="uq_payouts_provider_period_seq"),
     )
 
 
