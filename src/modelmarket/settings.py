@@ -49,7 +49,8 @@ class Settings(BaseSettings):
         default=5, description="Restarts the supervisor attempts for a dying runner before giving up."
     )
     cache_refresh_s: float = Field(
-        default=2.0, description="How often the gateway reloads its key and registry caches from the store."
+        default=2.0,
+        description="How often the gateway reloads its keys, catalogue, plans, limits and prices from the store.",
     )
     metering_poll_s: float = Field(
         default=0.1, description="How often the metering consumer reads new usage events from the log."

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Cli, Gateway, start_gateway, stop_gateway
 
 ROW = [float(i % 17) for i in range(64)]
 ONE_IMAGE = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": ROW}]}
@@ -110,3 +111,31 @@ def test_another_accounts_invoice_is_not_found(gateway: Gateway) -> None:
     snoop = httpx.get(f"{gateway.url}/api/invoices/{invoice['id']}", headers={"Authorization": f"Bearer {theirs}"})
     assert snoop.status_code == 404
     assert httpx.get(f"{gateway.url}/api/invoices/{invoice['id']}").status_code == 401
+
+
+def test_a_list_price_set_for_now_is_shown_by_the_catalogue_and_stamped_on_calls(digits_cli: Cli) -> None:
+    """`prices set` takes effect within the refresh bound: /api/models shows it, and the next call is billed at it
+    (never retroactively: the call made before it keeps the old price)."""
+    cli = digits_cli
+    key = cli.new_consumer("price-watcher")
+    gateway = start_gateway(cli, models=("digits",))
+    try:
+        auth = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(f"{gateway.url}/v2/models/digits/infer", json=ONE_IMAGE, headers=auth).status_code == 200
+        before = httpx.get(f"{gateway.url}/api/models/digits").json()
+        assert before["price_now"] == {"price_per_iu": "0.001", "factor": "1", "list_price": None, "record": 0}
+        cli.run("prices", "set", "digits", "0.0025")
+        time.sleep(REFRESH_WAIT_S)
+        after = httpx.get(f"{gateway.url}/api/models/digits").json()
+        assert after["price_now"]["price_per_iu"] == "0.0025" and after["price_now"]["list_price"] == "0.0025"
+        assert after["pricing"]["price_per_iu"] == "0.0010"  # the manifest's own price is unchanged
+        assert httpx.post(f"{gateway.url}/v2/models/digits/infer", json=ONE_IMAGE, headers=auth).status_code == 200
+        deadline = time.monotonic() + 5
+        while _usage_events(gateway, key) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        usage = httpx.get(f"{gateway.url}/api/usage", headers=auth).json()
+        assert Decimal(usage["total_amount"]) == Decimal("0.0010") + Decimal("0.0025")
+        history = cli.json("prices", "history", "digits")
+        assert [r["source"] for r in history["records"]] == ["list"]
+    finally:
+        stop_gateway(gateway)

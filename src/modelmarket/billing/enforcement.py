@@ -39,6 +39,10 @@ class Policy:
     hard_cap: bool
     limits: Limits
     key_limits: dict[str, Limits]
+    rates: dict[str, Decimal] = field(default_factory=dict)
+    """Enterprise: the price per IU of named models (what a call is billed at instead of the list price)."""
+    overage: dict[UnitKind, Decimal] = field(default_factory=dict)
+    """Subscription: the price per IU past the included IU, per unit kind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +98,25 @@ def policies(uow: EconomyUnitOfWork, at: datetime) -> dict[str, Policy]:
             continue
         currency = plan.currency if plan is not None else IMPLICIT_CURRENCY
         out[account_id] = Policy(
-            account_id, currency, plan.name if plan else "payg", grant, included, hard_cap, limits, keys
+            account_id,
+            currency,
+            plan.name if plan else "payg",
+            grant,
+            included,
+            hard_cap,
+            limits,
+            keys,
+            dict(plan.spec.rates) if plan is not None and plan.kind == "enterprise" else {},
+            dict(plan.spec.overage) if plan is not None and plan.kind == "subscription" else {},
         )
     return out
 
 
-def used(uow: EconomyUnitOfWork, account_ids: list[str], day: date) -> dict[str, Used]:
-    """What each account used today and this month (IU per unit kind) and its billed spend this month."""
+def used(
+    uow: EconomyUnitOfWork, account_ids: list[str], day: date, currencies: dict[str, str] | None = None
+) -> dict[str, Used]:
+    """What each account used today and this month (IU per unit kind) and its billed spend this month, in its
+    budget's currency (``currencies``; default: every currency, for an account with one)."""
     period = Period.of(day)
     out: dict[str, Used] = {}
     for account_id in account_ids:
@@ -111,6 +127,8 @@ def used(uow: EconomyUnitOfWork, account_ids: list[str], day: date) -> dict[str,
             month[row.unit_kind] += iu
             if row.day == day.isoformat():
                 today[row.unit_kind] += iu
-        spend = sum((r.amount for r in uow.ledger.rated(account_id=account_id, period=period.label)), Fraction(0))
+        currency = (currencies or {}).get(account_id)
+        rows = uow.ledger.rated(account_id=account_id, period=period.label)
+        spend = sum((r.amount for r in rows if currency is None or r.currency == currency), Fraction(0))
         out[account_id] = Used(dict(today), dict(month), spend)
     return out

@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 
 from modelmarket.audit import chain as audit
-from modelmarket.billing.documents import decimal_text, sum_exact
 from modelmarket.billing.period import Period, parse_period
 from modelmarket.billing.plans import PlanVersion, Segment, segments
 from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, RatedEvent, StoredInvoice
@@ -32,12 +31,13 @@ from modelmarket.billing.rating import (
     txn_id_for,
 )
 from modelmarket.core.clock import Clock
-from modelmarket.core.errors import Conflict, InvalidInput, NotFound
-from modelmarket.core.money import exact_text, round_minor
+from modelmarket.core.errors import Conflict, InvalidInput, NotFound, ensure
+from modelmarket.core.money import decimal_text, exact_text, round_minor, sum_exact
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.consumer import CONSUMER_NAME, MeteringService
 from modelmarket.metering.units import UnitKind
 
+INVOICE_STATUSES = ("draft", "finalized", "void")
 LINE_ORDER = {"fee": 0, "granted": 1, "included": 1, "usage": 2, "overage": 3, "adjustment": 4, "shortfall": 5}
 
 
@@ -96,6 +96,15 @@ class InvoiceDoc:
     void_reason: str | None = None
     events: int = 0
     """The usage events billed on it (each once, though one may show on an included and an overage line)."""
+
+    def __post_init__(self) -> None:
+        ensure(self.status in INVOICE_STATUSES, f"invoice {self.id}: unknown status {self.status!r}")
+        for line in self.lines:
+            ensure(
+                line.amount == round_minor(line.amount_exact, self.currency),
+                f"invoice line {line.description!r} is not its exact amount rounded once",
+            )
+            ensure(line.model is None or line.events > 0, f"invoice line {line.description!r} has no usage events")
 
     @property
     def total(self) -> Decimal:
@@ -268,6 +277,19 @@ def build_lines(
     return lines
 
 
+def _period_end(period: Period) -> datetime:
+    last = period.last_day
+    return datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def _months(first: Period, last: Period) -> list[Period]:
+    out, current = [], first
+    while current <= last:
+        out.append(current)
+        current = Period(current.year + 1, 1) if current.month == 12 else Period(current.year, current.month + 1)
+    return out
+
+
 class InvoiceService:
     """Invoices, statements, payouts, the ledger's views and checks."""
 
@@ -349,10 +371,17 @@ class InvoiceService:
                 return doc
         return _doc(stored)
 
-    def finalize(self, invoice_id_: str, actor: str = "cli") -> InvoiceDoc:
+    def finalize(self, invoice_id_: str, actor: str = "cli", *, force: bool = False) -> InvoiceDoc:
+        """Freeze a draft. Its month must have ended (``force``: at once; the rest of the month's usage then lands
+        on the next invoice as adjustments)."""
         current = self.invoice(invoice_id_)
         if current.status != "draft":
             raise Conflict(f"invoice {invoice_id_} is already {current.status}")
+        if not force and self.clock().astimezone(UTC) < _period_end(parse_period(current.period)):
+            raise Conflict(
+                f"invoice {invoice_id_} is for {current.period}, which has not ended: finalizing it now would turn "
+                "the rest of the month's usage into adjustments on the next invoice (force it to do so anyway)"
+            )
         self.metering.catch_up()
         now = self.clock()
         with self.uow.write(Lock.METERING) as uow:
@@ -416,14 +445,17 @@ class InvoiceService:
         now = self.clock().astimezone(UTC)
         self.metering.catch_up()
         with self.uow.read() as uow:
-            accounts = {(s.account_id, s.period) for s in uow.ledger.invoices() if s.status == "draft"}
+            closed = uow.ledger.closed_periods()
+            drafts = {(s.account_id, s.period) for s in uow.ledger.invoices() if s.status == "draft"}
+            due = drafts | set(uow.ledger.billed_accounts())  # also accounts whose invoices nobody has read yet
+            for sub in uow.plans.subscriptions():  # a fee is billed even in a month with no usage
+                start = parse_period(sub.effective.astimezone(UTC).strftime("%Y-%m"))
+                due |= {(sub.account_id, p.label) for p in _months(start, Period.of(now.date()))}
+        settled = {key[:2] for key in closed}
         done = []
-        for account_id, label in sorted(accounts):
+        for account_id, label in sorted(due - (settled - drafts)):  # a closed month with no draft left is done
             period = parse_period(label)
-            ends = datetime(period.last_day.year, period.last_day.month, period.last_day.day, tzinfo=UTC) + timedelta(
-                days=1
-            )
-            if now < ends + timedelta(seconds=self.grace_s):
+            if now < _period_end(period) + timedelta(seconds=self.grace_s):
                 continue
             for doc in self.invoices(account_id, period):
                 if doc.status == "draft":

@@ -1,36 +1,18 @@
-"""What billing needs from storage: the rated usage events of one owner over a period, streamed."""
+"""What billing needs from storage: plans, subscriptions, limits and prices (``PlanRepository``); rated events,
+the ledger, invoices and payouts (``LedgerRepository``); and the unit of work that holds them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
 from decimal import Decimal
 from fractions import Fraction
-from typing import Literal, Protocol
+from typing import Protocol
 
 from modelmarket.audit.ports import AuditRepository
-from modelmarket.billing.aggregate import UsageRow
 from modelmarket.billing.plans import PlanVersion, Subscription
 from modelmarket.metering.ports import UsageRepository
 from modelmarket.metering.units import UnitKind
-
-Owner = Literal["consumer", "provider"]
-
-
-class BillingRepository(Protocol):
-    def usage_rows(self, owner: Owner, account_id: str, first_day: date, last_day: date) -> Iterator[UsageRow]:
-        """The rated events of ``account_id`` (as the consumer who called, or the provider who was paid) whose
-        UTC day falls in ``first_day``..``last_day``; streamed in batches, never loaded whole."""
-        ...
-
-
-class BillingUnitOfWork(Protocol):
-    @property
-    def billing(self) -> BillingRepository: ...
-
-
-# -- the economy ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +204,10 @@ class LedgerRepository(Protocol):
         """Insert or replace by id."""
         ...
 
+    def billed_accounts(self) -> list[tuple[str, str]]:
+        """Every (account, period) that has rated events landing on it."""
+        ...
+
     def closed_periods(self) -> dict[tuple[str, str, str], int]:
         """(account, period, currency) -> finalized_offset of every finalized or void invoice."""
         ...
@@ -236,7 +222,7 @@ class LedgerRepository(Protocol):
         ...
 
 
-class EconomyUnitOfWork(BillingUnitOfWork, Protocol):
+class EconomyUnitOfWork(Protocol):
     @property
     def usage(self) -> UsageRepository: ...
 

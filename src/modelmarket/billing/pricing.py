@@ -140,6 +140,16 @@ class PriceInForce:
 NO_RECORD = PriceInForce(None, ONE, 0)
 
 
+def price_now_json(found: PriceInForce, manifest_price: Decimal) -> dict[str, str | int | None]:
+    """The price in force as the catalogue shows it: per IU, the factor, and the list price it comes from."""
+    return {
+        "price_per_iu": format(plain(found.unit_price(manifest_price)), "f"),
+        "factor": format(plain(found.factor), "f"),
+        "list_price": None if found.list_price is None else format(plain(found.list_price), "f"),
+        "record": found.seq,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class _Timeline:
     """One model's records by (effective_at, seq), each with the combined price in force from it on."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from modelmarket.billing.pricing import price_now_json
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.registry import model_summary
 
@@ -43,15 +44,22 @@ def models() -> None:
 @domain_errors
 def models_list(as_json: bool) -> None:
     """List published models with their latest version and price."""
-    cat = platform().registry.catalogue()
-    docs = [model_summary(cat.get(name)) for name in cat.names()]
+    p = platform()
+    cat = p.registry.catalogue()
+    book, now = p.prices.book(), p.clock()
+    docs = []
+    for name in cat.names():
+        entry = cat.get(name)
+        manifest_price = entry.resolve(None).manifest.pricing.price_per_iu
+        docs.append(model_summary(entry, price_now_json(book.in_force(name, now), manifest_price)))
     rows = [
         [
             d["name"],
             d["latest"],
             d["task"],
             d["runtime"],
-            f"{d['pricing']['price_per_iu']} {d['pricing']['currency']}/{d['pricing']['unit']}",
+            f"{d['price_now']['price_per_iu']} {d['pricing']['currency']}/{d['pricing']['unit']}"
+            + ("" if d["price_now"]["factor"] == "1" else f" (x{d['price_now']['factor']})"),
         ]
         for d in docs
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -19,10 +20,11 @@ from starlette.routing import Route, Router
 from modelmarket.accounts import Account
 from modelmarket.billing.lifecycle import InvoiceService
 from modelmarket.billing.period import parse_period
+from modelmarket.billing.pricing import PriceBook, price_now_json
 from modelmarket.core.errors import NotFound
 from modelmarket.metering.usage import UsageService
 from modelmarket.registry import model_summary
-from modelmarket.registry.catalogue import Catalogue
+from modelmarket.registry.catalogue import Catalogue, ModelEntry
 
 PUBLIC_ROUTES = frozenset({"/api/models", "/api/models/{name}", "/api/models/{name}/versions/{ref}"})
 """The only /api routes answered without an API key: the public catalogue."""
@@ -42,16 +44,20 @@ class ApiContext:
     catalogue: Callable[[], Catalogue]
     usage: UsageService
     invoices: InvoiceService | None = None
+    prices: Callable[[], PriceBook] | None = None
+    """The gateway's price book: the catalogue shows the price in force now."""
+    clock: Callable[[], datetime] | None = None
 
 
 def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
     async def models(request: Request) -> JSON:
         cat = ctx.catalogue()
-        docs = [model_summary(cat.get(name)) for name in cat.names()]
+        docs = [model_summary(cat.get(name), _price_now(ctx, cat.get(name))) for name in cat.names()]
         return JSON({"models": docs, "total": len(docs)})
 
     async def model(request: Request) -> JSON:
-        return JSON(model_summary(ctx.catalogue().get(request.path_params["name"])))
+        entry = ctx.catalogue().get(request.path_params["name"])
+        return JSON(model_summary(entry, _price_now(ctx, entry)))
 
     async def version(request: Request) -> JSON:
         params = request.path_params
@@ -93,6 +99,13 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
         for path, endpoint in endpoints
     ]
     return Router(routes=routes)
+
+
+def _price_now(ctx: ApiContext, entry: ModelEntry) -> dict[str, Any] | None:
+    if ctx.prices is None or ctx.clock is None:
+        return None
+    found = ctx.prices().in_force(entry.name, ctx.clock())
+    return price_now_json(found, entry.resolve(None).manifest.pricing.price_per_iu)
 
 
 def _authenticated(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 from collections.abc import Callable
 from datetime import date
 from typing import Any, TypeVar
@@ -27,7 +27,6 @@ from modelmarket.registry import CatalogueLoader
 from modelmarket.runtime.supervisor import Supervisor
 from modelmarket.settings import Settings
 
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -50,7 +49,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     loader = CatalogueLoader(platform.store)
     economy = Economy(
         lambda at: _read(platform, lambda uow: enforcement.policies(uow, at)),
-        lambda ids, day: _used(platform, ids, day),
+        lambda ids, day, currencies: _used(platform, ids, day, currencies),
         platform.prices.book,
         platform.clock,
         s.cache_refresh_s,
@@ -86,7 +85,10 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     async def authenticate_request(request: Request) -> Account:
         return await authenticate(state, request.scope)
 
-    api = build_router(ApiContext(lambda: state.catalogue, platform.usage, platform.invoices), authenticate_request)
+    api = build_router(
+        ApiContext(lambda: state.catalogue, platform.usage, platform.invoices, lambda: economy.prices, platform.clock),
+        authenticate_request,
+    )
     return GatewayParts(
         dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload, platform.metering.halted
     )
@@ -97,13 +99,15 @@ def _read(platform: Platform, fn: Callable[[Any], T]) -> T:
         return fn(uow)
 
 
-def _used(platform: Platform, account_ids: list[str], day: date) -> dict[str, enforcement.Used]:
+def _used(
+    platform: Platform, account_ids: list[str], day: date, currencies: dict[str, str]
+) -> dict[str, enforcement.Used]:
     """Usage the limiter resumes from: the log is applied first, so calls answered before a restart count."""
     try:
         platform.metering.catch_up()
     except MeteringHalted as exc:  # the counters resume from what was applied; the halt is reported elsewhere
         log.warning("limits resume from usage applied before metering halted: %s", exc)
-    return _read(platform, lambda uow: enforcement.used(uow, account_ids, day))
+    return _read(platform, lambda uow: enforcement.used(uow, account_ids, day, currencies))
 
 
 def _metering_problem(metering: MeteringProcess) -> str | None:

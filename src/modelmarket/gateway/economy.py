@@ -66,7 +66,7 @@ class Economy:
     def __init__(
         self,
         load_policies: Callable[[datetime], dict[str, Policy]],
-        load_used: Callable[[list[str], date], dict[str, Used]],
+        load_used: Callable[[list[str], date, dict[str, str]], dict[str, Used]],
         load_prices: Callable[[], PriceBook] | None,
         clock: Clock,
         refresh_s: float,
@@ -93,7 +93,8 @@ class Economy:
             unseeded = self.limiter.set_policies({k: _account_policy(v) for k, v in policies.items()})
             if unseeded:
                 day = now.astimezone(UTC).date()
-                used = await asyncio.to_thread(self.load_used, sorted(unseeded), day)
+                currencies = {k: policies[k].currency for k in unseeded if k in policies}
+                used = await asyncio.to_thread(self.load_used, sorted(unseeded), day, currencies)
                 self.limiter.seed(day, period_of(day), {k: _seed(v) for k, v in used.items()})
 
     def start(self) -> None:
@@ -129,7 +130,10 @@ class Economy:
         per_iu = Fraction(0)
         if policy is not None and policy.currency == pricing.currency:
             charge = self._charge(version)
-            if charge.kind == "per_unit" and charge.output_price_per_iu is None:
+            rate = policy.rates.get(version.model_name) or policy.overage.get(unit)
+            if rate is not None:  # the plan's own price replaces the list price (no factor applies)
+                per_iu = Fraction(rate)
+            elif charge.kind == "per_unit" and charge.output_price_per_iu is None:
                 per_iu = Fraction(priced.unit_price)
             elif units:  # tiers, packages, split token prices: the most these IU can cost (never below the bill)
                 quantity = unit.iu(units)

@@ -11,7 +11,7 @@ Guarantees, stated exactly:
   calls in flight, so calls admitted concurrently can never together pass a limit. The rpm window is exact: call
   R+1 within any 60 s is refused, and a refused call takes no slot.
 - **Across replicas: not bounded here.** Each gateway process counts only the calls it admitted; N replicas can
-  together admit up to N times a limit until allowance is leased from the store (docs/DESIGN.md, section 10).
+  together admit up to N times a limit until allowance is leased from the store (see docs/billing.md).
 - **After a restart:** rpm windows start empty; quotas, budgets and grants start from ``seed``, i.e. from what the
   caller read from the store. Usage still in the event log (not yet consumed) is only seen if the caller adds it.
 - **Budgets are estimates, never below the bill of a call priced by ``price_per_iu``:** the cost of a call is its

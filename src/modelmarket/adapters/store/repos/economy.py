@@ -411,6 +411,10 @@ class SqlLedgerRepository:
         if changed.rowcount == 0:
             self.conn.execute(insert(t.invoices).values(id=invoice.id, **values))
 
+    def billed_accounts(self) -> list[tuple[str, str]]:
+        q = select(_R.account_id, _R.period).distinct().order_by(_R.account_id, _R.period)
+        return [(r.account_id, r.period) for r in self.conn.execute(q)]
+
     def closed_periods(self) -> dict[tuple[str, str, str], int]:
         q = select(_I.account_id, _I.period, _I.currency, _I.finalized_offset).where(_I.status != "draft")
         return {(r.account_id, r.period, r.currency): int(r.finalized_offset or 0) for r in self.conn.execute(q)}
