@@ -40,9 +40,11 @@ demo: install sysdeps
 test: install sysdeps-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: install sysdeps
+bench: install sysdeps-test
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/catalogue_reload.py
+	$(BIN)/python benchmarks/rating_throughput.py
+	$(BIN)/python benchmarks/usage_lag.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -176,7 +176,9 @@ async def _limits_on_off(
         for out, headers in runs if r % 2 == 0 else reversed(runs):
             out.append(await _throughput(gw, path, body, headers, 32, limited.seconds))
     # Proof that the limits were enforced: an rpm of 1 must refuse the next call once the gateway reloads.
-    subprocess.run([*MM, "limits", "set", LIMITED_ACCOUNT, "--rpm", "1"], env=limited.env, check=True)
+    subprocess.run(
+        [*MM, "limits", "set", LIMITED_ACCOUNT, "--rpm", "1"], env=limited.env, check=True, capture_output=True
+    )
     await asyncio.sleep(Settings().cache_refresh_s + 1.0)
     refused = await gw.request("POST", path, body, limited_h)
     return {
@@ -184,6 +186,8 @@ async def _limits_on_off(
         "limits_on_rps_c32": statistics.median(on),
         "limits_ratio_per_round_median": statistics.median(a / b for a, b in zip(on, off, strict=True)),
         "limits_rounds": float(limited.rounds),
+        **{f"limits_off_rps_round{i}": v for i, v in enumerate(off)},
+        **{f"limits_on_rps_round{i}": v for i, v in enumerate(on)},
         "limits_check_status": float(refused.status),
     }
 
@@ -192,8 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests per side")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
-    parser.add_argument("--rounds", type=int, default=6, help="limits on/off rounds (each runs both)")
-    parser.add_argument("--limit-seconds", type=float, default=3.0, help="duration of each limits on/off run")
+    parser.add_argument("--rounds", type=int, default=8, help="limits on/off rounds (each runs both)")
+    parser.add_argument("--limit-seconds", type=float, default=2.5, help="duration of each limits on/off run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as home:
         env = {**os.environ, "MODELMARKET_HOME": home}
@@ -229,6 +233,11 @@ def main() -> None:
         f"of {args.limit_seconds:g} s each:"
     )
     print(f"  without limits {off:8.0f} req/s  with limits {on:8.0f} req/s  ratio {on / off:.2f}  (target >= 0.95)")
+    rounds = range(args.rounds)
+    print(
+        "  per round (off/on): "
+        + "  ".join(f"{res[f'limits_off_rps_round{i}']:.0f}/{res[f'limits_on_rps_round{i}']:.0f}" for i in rounds)
+    )
     print(f"  median of the per-round ratios: {res['limits_ratio_per_round_median']:.2f}")
     status = int(res["limits_check_status"])
     if status == 429:

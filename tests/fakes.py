@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,25 @@ from typing import Any
 from modelmarket.accounts.ports import Account, StoredKey
 from modelmarket.audit.ports import StoredAuditRecord
 from modelmarket.audit.records import AuditRecord
-from modelmarket.billing.aggregate import UsageRow
-from modelmarket.billing.ports import Owner
+from modelmarket.billing.plans import PlanVersion, Subscription
+from modelmarket.billing.ports import (
+    DynamicPricing,
+    LedgerEntry,
+    LedgerTxn,
+    Payout,
+    PriceRecord,
+    RatedEvent,
+    StoredInvoice,
+    StoredLimits,
+)
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import CallStats, DailyUsage, KeptAnswer, LogRecord, Reject
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.ports import StoredAlias, StoredModel, StoredVersion
+
+CounterKey = tuple[str, str, str, str]
 
 
 @dataclass
@@ -44,6 +54,16 @@ class _State:
     daily: dict[tuple[str, str, str, UnitKind, str], DailyUsage] = field(default_factory=dict)
     rejects: dict[int, Reject] = field(default_factory=dict)
     audit: list[tuple[AuditRecord, str]] = field(default_factory=list)
+    plan_versions: dict[tuple[str, int], PlanVersion] = field(default_factory=dict)
+    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    limits: dict[tuple[str, str], StoredLimits] = field(default_factory=dict)
+    price_records: dict[tuple[str, int], PriceRecord] = field(default_factory=dict)
+    dynamic_pricing: dict[str, DynamicPricing] = field(default_factory=dict)
+    counters: dict[CounterKey, int] = field(default_factory=dict)
+    rated: dict[str, RatedEvent] = field(default_factory=dict)
+    txns: dict[str, LedgerTxn] = field(default_factory=dict)
+    invoices: dict[str, StoredInvoice] = field(default_factory=dict)
+    payouts: dict[str, Payout] = field(default_factory=dict)
 
 
 class FakeAccounts:
@@ -75,9 +95,7 @@ class FakeAccounts:
         self.s.keys[key_id] = replace(self.s.keys[key_id], revoked_at=revoked_at)
 
     def active_keys(self) -> list[tuple[str, str, Account]]:
-        return [
-            (k.key_hash, k.id, self.s.accounts[k.account_id]) for k in self.s.keys.values() if k.revoked_at is None
-        ]
+        return [(k.key_hash, k.id, self.s.accounts[k.account_id]) for k in self.s.keys.values() if k.revoked_at is None]
 
 
 class FakeRegistry:
@@ -165,6 +183,15 @@ class FakeUsage:
             if d.account_id == account_id and (since is None or d.day >= since) and (until is None or d.day <= until)
         ]
 
+    def daily_usage_all(self) -> list[DailyUsage]:
+        return [self.s.daily[k] for k in sorted(self.s.daily)]
+
+    def clear_derived(self, consumer: str) -> None:
+        self.s.events.clear()
+        self.s.daily.clear()
+        self.s.rejects.clear()
+        self.s.offsets[consumer] = 0
+
     def call_stats(self, since: str, until: str, latency_of: Collection[str] = ()) -> list[CallStats]:
         latencies: dict[str, list[Decimal]] = {}
         for _, e in self.s.events.values():
@@ -176,15 +203,151 @@ class FakeUsage:
         ]
 
 
-class FakeBilling:
+class FakePlans:
+    """``PlanRepository``: plan versions, subscriptions, limits and price records, ordered as the SQL one orders."""
+
     def __init__(self, s: _State) -> None:
         self.s = s
 
-    def usage_rows(self, owner: Owner, account_id: str, first_day: date, last_day: date) -> Iterator[UsageRow]:
-        for _, e in self.s.events.values():
-            who = e.account_id if owner == "consumer" else e.provider_account_id
-            if who == account_id and first_day <= e.day <= last_day:
-                yield UsageRow(e.currency, e.model, e.unit_kind, e.unit_price, e.quantity, e.amount_numerator)
+    def plan_versions(self, name: str | None = None) -> list[PlanVersion]:
+        return [v for k, v in sorted(self.s.plan_versions.items()) if name is None or k[0] == name]
+
+    def add_plan_version(self, plan: PlanVersion) -> None:
+        assert (plan.name, plan.version) not in self.s.plan_versions, "unique (plan, version)"
+        self.s.plan_versions[(plan.name, plan.version)] = plan
+
+    def subscriptions(self, account_id: str | None = None) -> list[Subscription]:
+        mine = [x for x in self.s.subscriptions.values() if account_id is None or x.account_id == account_id]
+        return sorted(mine, key=lambda x: (x.account_id, x.effective_at, x.seq))
+
+    def add_subscription(self, sub: Subscription) -> None:
+        assert sub.seq not in self.s.subscriptions, "unique subscription seq"
+        self.s.subscriptions[sub.seq] = sub
+
+    def next_subscription_seq(self) -> int:
+        return max(self.s.subscriptions, default=0) + 1
+
+    def limits(self, account_id: str | None = None) -> list[StoredLimits]:
+        return [v for k, v in sorted(self.s.limits.items()) if account_id is None or k[0] == account_id]
+
+    def put_limits(self, limits: StoredLimits) -> None:
+        self.s.limits[(limits.account_id, limits.key_id)] = limits
+
+    def price_records(self, model_name: str | None = None) -> list[PriceRecord]:
+        return [v for k, v in sorted(self.s.price_records.items()) if model_name is None or k[0] == model_name]
+
+    def add_price_record(self, record: PriceRecord) -> None:
+        assert (record.model_name, record.seq) not in self.s.price_records, "unique (model, seq)"
+        self.s.price_records[(record.model_name, record.seq)] = record
+
+    def dynamic_pricing(self) -> list[DynamicPricing]:
+        return [self.s.dynamic_pricing[k] for k in sorted(self.s.dynamic_pricing)]
+
+    def put_dynamic_pricing(self, config: DynamicPricing) -> None:
+        self.s.dynamic_pricing[config.model_name] = config
+
+
+class FakeLedger:
+    """``LedgerRepository``: rating counters, rated events, transactions with their entries, invoices, payouts."""
+
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def counters(self, keys: Sequence[CounterKey]) -> dict[CounterKey, int]:
+        return {k: self.s.counters[k] for k in keys if k in self.s.counters}
+
+    def put_counters(self, values: dict[CounterKey, int], existing: set[CounterKey]) -> None:
+        for key, value in values.items():
+            assert (key in self.s.counters) == (key in existing), f"counter {key}: insert or update as told"
+            self.s.counters[key] = value
+
+    def add_rated(self, rows: Sequence[RatedEvent]) -> None:
+        for row in rows:
+            assert row.event_id not in self.s.rated, "an event is rated once"
+            self.s.rated[row.event_id] = row
+
+    def add_txns(self, txns: Sequence[LedgerTxn]) -> None:
+        for txn in txns:
+            assert txn.id not in self.s.txns, "unique transaction id"
+            assert all(e.txn_id == txn.id for e in txn.entries), "entries belong to their transaction"
+            self.s.txns[txn.id] = replace(txn, memo=txn.memo[:300])
+
+    def rated(
+        self,
+        *,
+        account_id: str | None = None,
+        period: str | None = None,
+        provider_account_id: str | None = None,
+        origin_period: str | None = None,
+        txn_id: str | None = None,
+    ) -> Iterator[RatedEvent]:
+        wanted = {
+            "account_id": account_id,
+            "period": period,
+            "provider_account_id": provider_account_id,
+            "origin_period": origin_period,
+            "txn_id": txn_id,
+        }
+        for row in sorted(self.s.rated.values(), key=lambda r: r.log_offset):
+            if all(value is None or getattr(row, name) == value for name, value in wanted.items()):
+                yield row
+
+    def txns(
+        self,
+        *,
+        account_id: str | None = None,
+        kind: str | None = None,
+        period: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Iterator[LedgerTxn]:
+        wanted = {"account_id": account_id, "kind": kind, "period": period}
+        for txn_id in sorted(self.s.txns):
+            txn = self.s.txns[txn_id]
+            if ids is not None and txn_id not in ids:
+                continue
+            if all(value is None or getattr(txn, name) == value for name, value in wanted.items()):
+                yield replace(txn, entries=tuple(sorted(txn.entries, key=lambda e: e.seq)))
+
+    def entries_of(self, ledger_account: str) -> list[LedgerEntry]:
+        found = [e for txn in self.s.txns.values() for e in txn.entries if e.ledger_account == ledger_account]
+        return sorted(found, key=lambda e: (e.txn_id, e.seq))
+
+    def invoice(self, invoice_id: str) -> StoredInvoice | None:
+        return self.s.invoices.get(invoice_id)
+
+    def invoices(self, account_id: str | None = None, period: str | None = None) -> list[StoredInvoice]:
+        found = [
+            x
+            for x in self.s.invoices.values()
+            if (account_id is None or x.account_id == account_id) and (period is None or x.period == period)
+        ]
+        return sorted(found, key=lambda x: (x.period, x.account_id, x.currency))
+
+    def put_invoice(self, invoice: StoredInvoice) -> None:
+        self.s.invoices[invoice.id] = invoice
+
+    def billed_accounts(self) -> list[tuple[str, str]]:
+        return sorted({(r.account_id, r.period) for r in self.s.rated.values()})
+
+    def closed_periods(self) -> dict[tuple[str, str, str], int]:
+        return {
+            (x.account_id, x.period, x.currency): x.finalized_offset or 0
+            for x in self.s.invoices.values()
+            if x.status != "draft"
+        }
+
+    def payouts(self, period: str | None = None) -> list[Payout]:
+        found = [x for x in self.s.payouts.values() if period is None or x.period == period]
+        return sorted(found, key=lambda x: (x.period, x.provider_account_id, x.currency, x.seq))
+
+    def add_payout(self, payout: Payout) -> None:
+        assert payout.id not in self.s.payouts, "unique payout id"
+        self.s.payouts[payout.id] = payout
+
+    def clear_derived(self) -> None:
+        self.s.txns = {k: v for k, v in self.s.txns.items() if v.kind != "usage"}
+        self.s.rated.clear()
+        self.s.counters.clear()
 
 
 class FakeAudit:
@@ -217,8 +380,9 @@ class FakeUnitOfWork:
         self.accounts = FakeAccounts(s)
         self.registry = FakeRegistry(s)
         self.usage = FakeUsage(s)
-        self.billing = FakeBilling(s)
         self.audit = FakeAudit(s)
+        self.plans = FakePlans(s)
+        self.ledger = FakeLedger(s)
 
 
 class FakeStore:

@@ -11,10 +11,9 @@ from modelmarket.adapters.blobs import FsBlobStore
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.audit import AuditService
-from modelmarket.billing import BillingService
 from modelmarket.billing.ledger import LedgerService
-from modelmarket.billing.pricing import PriceService
 from modelmarket.billing.lifecycle import InvoiceService
+from modelmarket.billing.pricing import PriceService
 from modelmarket.billing.rating import Rater
 from modelmarket.billing.subscriptions import PlanService
 from modelmarket.core.clock import Clock, utc_now
@@ -52,7 +51,6 @@ class Platform:
     registry: RegistryService
     metering: MeteringService
     usage: UsageService
-    billing: BillingService
     audit: AuditService
     plans: PlanService
     invoices: InvoiceService
@@ -91,7 +89,6 @@ def bootstrap(
         registry=RegistryService(store, blobs, clock, runtimes),
         metering=metering,
         usage=UsageService(store, metering),
-        billing=BillingService(store, metering, settings.provider_share),
         audit=AuditService(store),
         plans=PlanService(store, clock),
         invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),

@@ -56,7 +56,12 @@ def test_a_free_grant_answers_n_calls_then_402_naming_the_grant(gateway: Gateway
     invoice = invoices[0]
     assert invoice["total"] == "0.00"
     [granted] = [line for line in invoice["lines"] if line["model"] == "digits"]
-    assert (granted["type"], granted["events"], granted["quantity_iu"], granted["amount"]) == ("granted", 3, "3", "0.00")
+    assert (granted["type"], granted["events"], granted["quantity_iu"], granted["amount"]) == (
+        "granted",
+        3,
+        "3",
+        "0.00",
+    )
 
 
 def test_a_key_rate_limit_holds_under_32_concurrent_clients(gateway: Gateway) -> None:

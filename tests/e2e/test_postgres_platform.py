@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 from psycopg import sql
 from tests.conftest import PostgresServer
 from tests.e2e.conftest import Cli, billing_period_for_test, start_gateway, stop_gateway
+
+from modelmarket.core.money import round_minor
 
 pytestmark = pytest.mark.postgres
 
@@ -50,5 +53,8 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
     assert rows == (3,)
     assert [m[0] for m in models] == ["digits", "sentiment", "speech-to-text"]
     [invoice] = pg_cli.json("invoice", "pg-user", "--period", period)["invoices"]
-    assert invoice["events"] == 3 and Decimal(invoice["total_precise"]) == Decimal(usage["total_amount"])
+    [line] = invoice["lines"]  # rated at the list price: the exact amount is the usage's, rounded once
+    assert invoice["events"] == line["events"] == 3 and line["model"] == "sentiment"
+    assert Fraction(line["amount_exact"]) == Fraction(usage["total_amount"])
+    assert Decimal(invoice["total"]) == Decimal(line["amount"]) == round_minor(Fraction(usage["total_amount"]), "USD")
     assert pg_cli.run("audit", "verify").stdout.startswith("OK")

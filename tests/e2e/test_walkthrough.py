@@ -68,7 +68,9 @@ def test_publish_call_meter_invoice(gateway: Gateway, tmp_path: Path) -> None:
     expected = (Decimal("0.0125") * 10).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
     assert Decimal(invoice[0]["total"]) == expected == Decimal("0.12")
     [line] = invoice[0]["lines"]
-    assert line["model_name"] == "acme-digits" and line["events"] == 5
+    assert (line["type"], line["model"], line["unit_kind"], line["events"]) == ("usage", "acme-digits", "image", 5)
+    assert (line["quantity_iu"], line["amount_exact"], line["amount"]) == ("10", "0.125", "0.12")
+    assert invoice[0]["status"] == "draft"
 
     text = cli.run("invoice", "walker", "--period", period).stdout
     assert "acme-digits" in text and "0.12" in text

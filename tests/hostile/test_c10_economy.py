@@ -22,9 +22,7 @@ PICKED_UP_S = CACHE_REFRESH_S + 2.0
 
 
 def _infer(market: Market, who: Consumer, images: int = 1) -> httpx.Response:
-    return httpx.post(
-        f"{market.url}/v2/models/digits/infer", json=digits_body(images), headers=who.auth, timeout=30
-    )
+    return httpx.post(f"{market.url}/v2/models/digits/infer", json=digits_body(images), headers=who.auth, timeout=30)
 
 
 def _wait_events(market: Market, who: Consumer, expected: int) -> int:

@@ -20,12 +20,11 @@ from sqlalchemy import text
 
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore
-from modelmarket.billing.documents import decimal_text
 from modelmarket.billing.ledger import Balance
 from modelmarket.billing.lifecycle import InvoiceDoc
 from modelmarket.billing.period import Period
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
-from modelmarket.core.money import exact_text
+from modelmarket.core.money import decimal_text, exact_text
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.manifest import MANIFEST_NAME
@@ -175,6 +174,9 @@ class Economy:
     """Model name -> the id of the provider account that published it."""
     accounts: dict[str, str] = field(default_factory=dict)
     """Consumer name -> account id."""
+
+    def account_name(self, account_id: str) -> str:
+        return next(name for name, known in self.accounts.items() if known == account_id)
 
     def consumer(self, name: str, plan: str | None = None, at: str | None = None) -> str:
         """A consumer account, subscribed to ``plan`` (its first plan: in force from ``at``) when given."""

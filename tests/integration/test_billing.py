@@ -1,4 +1,10 @@
-"""Invoices and provider statements from usage events, on SQLite and PostgreSQL."""
+"""Invoices (``InvoiceService``) and provider statements (``LedgerService``) from usage events that reach them only
+through the event log and the metering consumer's rating, on SQLite and PostgreSQL.
+
+The consumers have no plan (payg) and the models are not published here, so every event is rated at the price
+stamped on it: these tests are about the exact arithmetic (one rounding per line, half to even, in the currency's
+minor unit; provider + platform = gross), not about plans, which tests/integration/test_economy.py covers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from itertools import count
 from pathlib import Path
@@ -16,16 +22,18 @@ import pytest
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore
 from modelmarket.billing import (
-    BillingService,
+    InvoiceDoc,
     Period,
+    ProviderStatement,
     parse_period,
     render_invoice_text,
     render_statement_text,
 )
+from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
 from modelmarket.core.errors import InvalidInput
-from modelmarket.metering import MeteringService
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
+from modelmarket.settings import Settings
 
 JAN = Period(2026, 1)
 NOW = datetime(2026, 2, 3, 9, 0, tzinfo=UTC)
@@ -65,25 +73,35 @@ def _event(
 
 @dataclass
 class Billing:
-    store: SqlStore
-    log: SqliteEventLog
-    metering: MeteringService
+    platform: Platform
 
     def insert(self, *events: UsageEvent) -> None:
-        """Append the events to the log: the billing service applies the log before it reads."""
-        self.log.append_many([(e.id, e.encode()) for e in events])
+        """Append the events to the log, as the gateway does: the services apply the log before they read."""
+        log = SqliteEventLog(self.platform.settings.event_log_path, "normal")
+        try:
+            log.append_many([(e.id, e.encode()) for e in events])
+        finally:
+            log.close()
 
-    def service(self, provider_share: str = "0.80") -> BillingService:
-        return BillingService(self.store, self.metering, Decimal(provider_share))
+    def invoices(self, account: str = "acct-consumer", period: Period = JAN) -> list[InvoiceDoc]:
+        return self.platform.invoices.invoices(account, period)
+
+    def statements(self, provider: str = "acct-provider", period: Period = JAN) -> list[ProviderStatement]:
+        return self.platform.ledger.statements(period, provider)
+
+
+def _platform(store: SqlStore, home: Path, provider_share: str = "0.80") -> Platform:
+    settings = Settings(home=home, provider_share=Decimal(provider_share))
+    return bootstrap(settings, store=store, clock=lambda: NOW, runtimes=PluginRuntimes())
 
 
 @pytest.fixture()
 def billing(store: SqlStore, tmp_path: Path) -> Iterator[Billing]:
-    path = tmp_path / "events.db"
-    log = SqliteEventLog(path)
-    metering = MeteringService(store, lambda: SqliteEventLog(path), clock=lambda: NOW)
-    yield Billing(store, log, metering)
-    log.close()
+    yield Billing(_platform(store, tmp_path / "home"))
+
+
+def _usage(doc: InvoiceDoc) -> list[tuple[str, str | None, int, Fraction, Fraction, Decimal]]:
+    return [(li.type, li.model, li.events, li.quantity_iu, li.amount_exact, li.amount) for li in doc.lines]
 
 
 def test_lines_round_once_half_even(billing: Billing) -> None:
@@ -93,52 +111,59 @@ def test_lines_round_once_half_even(billing: Billing) -> None:
         _event(model="sentiment", unit_kind=TOKENS, iu="1.25", price="0.05"),
         _event(model="speech", unit_kind=AUDIO, iu="2.7", price="0.05"),
     )
-    (invoice,) = billing.service().invoices("acct-consumer", JAN)
+    (invoice,) = billing.invoices()
 
-    assert invoice.currency == "USD"
-    assert [(li.model_name, li.events, li.amount_precise, li.amount) for li in invoice.lines] == [
-        ("sentiment", 2, Decimal("0.125"), Decimal("0.12")),
-        ("speech", 1, Decimal("0.135"), Decimal("0.14")),
+    assert (invoice.currency, invoice.status, invoice.period) == ("USD", "draft", "2026-01")
+    assert _usage(invoice) == [
+        ("usage", "sentiment", 2, Fraction("2.5"), Fraction("0.125"), Decimal("0.12")),
+        ("usage", "speech", 1, Fraction("2.7"), Fraction("0.135"), Decimal("0.14")),  # 162 seconds
     ]
-    assert (invoice.lines[0].quantity_base, invoice.lines[0].quantity_iu) == (2500, Fraction("2.50"))
-    assert (invoice.lines[1].quantity_base, invoice.lines[1].quantity_iu) == (162, Fraction("2.7"))
-    assert invoice.lines[1].amount_exact == Fraction("0.135")
+    assert [li.unit_kind for li in invoice.lines] == ["tokens_1k", "audio_minute"]
     assert invoice.total == Decimal("0.26")
-    assert invoice.total_precise == Decimal("0.260")
+    assert sum(li.amount_exact for li in invoice.lines) == Fraction("0.260")
     assert invoice.events == 3
 
 
 def test_rounding_is_per_line_not_per_event(billing: Billing) -> None:
     # three events of 0.004 each: per-event rounding would give 0.00, per-line gives 0.01 (0.012)
     billing.insert(*(_event(iu="1", price="0.004") for _ in range(3)))
-    (invoice,) = billing.service().invoices("acct-consumer", JAN)
-    assert invoice.lines[0].amount == Decimal("0.01")
-    assert invoice.lines[0].unit_price == Decimal("0.004")
+    (invoice,) = billing.invoices()
+    assert invoice.lines[0].amount_exact == Fraction("0.012")
+    assert invoice.lines[0].amount == invoice.total == Decimal("0.01")
 
 
-def test_mixed_unit_prices_leave_the_unit_price_empty(billing: Billing) -> None:
+def test_mixed_unit_prices_make_one_line(billing: Billing) -> None:
     billing.insert(_event(price="0.05"), _event(price="0.06"), _event(price="0.050"))
-    (invoice,) = billing.service().invoices("acct-consumer", JAN)
+    (invoice,) = billing.invoices()
     (line,) = invoice.lines
-    assert line.unit_price is None
-    assert (line.events, line.quantity_iu, line.amount) == (3, Fraction(3), Decimal("0.16"))
+    assert (line.events, line.quantity_iu, line.amount_exact, line.amount) == (
+        3,
+        Fraction(3),
+        Fraction("0.16"),
+        Decimal("0.16"),
+    )
 
 
-def test_one_invoice_per_currency(billing: Billing) -> None:
+def test_one_invoice_per_currency_in_its_minor_unit(billing: Billing) -> None:
     billing.insert(
         _event(currency="USD", price="0.10"),
         _event(currency="EUR", price="0.20"),
         _event(currency="EUR", price="0.20", model="sentiment", unit_kind=TOKENS),
         _event(currency="JPY", iu="3", price="2.5"),  # 7.5 -> 8 yen (no minor unit, half even)
+        _event(currency="KWD", iu="3", price="0.4115"),  # 1.2345 -> 1.234 dinar (three places, half even)
     )
-    invoices = billing.service().invoices("acct-consumer", JAN)
+    invoices = billing.invoices()
 
-    assert [(inv.currency, inv.total, len(inv.lines)) for inv in invoices] == [
-        ("EUR", Decimal("0.40"), 2),
-        ("JPY", Decimal("8"), 1),
-        ("USD", Decimal("0.10"), 1),
+    assert [(inv.currency, str(inv.total), len(inv.lines)) for inv in invoices] == [
+        ("EUR", "0.40", 2),
+        ("JPY", "8", 1),
+        ("KWD", "1.234", 1),
+        ("USD", "0.10", 1),
     ]
-    assert [li.model_name for li in invoices[0].lines] == ["digits", "sentiment"]
+    assert [li.model for li in invoices[0].lines] == ["digits", "sentiment"]
+    assert len({inv.id for inv in invoices}) == 4  # one invoice per (account, period, currency)
+    (jpy,) = billing.statements()[1:2]
+    assert (jpy.currency, str(jpy.gross), str(jpy.provider_amount), str(jpy.platform_fee)) == ("JPY", "8", "6", "2")
 
 
 def test_period_boundaries(billing: Billing) -> None:
@@ -148,30 +173,30 @@ def test_period_boundaries(billing: Billing) -> None:
         _event(day="2026-01-31", price="0.02"),
         _event(day="2026-02-01", price="10"),
     )
-    service = billing.service()
-    (invoice,) = service.invoices("acct-consumer", JAN)
-    (february,) = service.invoices("acct-consumer", Period(2026, 2))
-    (december,) = service.invoices("acct-consumer", parse_period("2025-12"))
+    (invoice,) = billing.invoices()
+    (february,) = billing.invoices(period=Period(2026, 2))
+    (december,) = billing.invoices(period=parse_period("2025-12"))
     assert (invoice.events, invoice.total) == (2, Decimal("0.03"))
     assert (february.events, february.total) == (1, Decimal("10.00"))
     assert (december.events, december.total) == (1, Decimal("1.00"))
+    assert [s.events for s in billing.statements()] == [2]
 
 
 def test_only_the_accounts_own_events(billing: Billing) -> None:
     billing.insert(_event(account="acct-consumer"), _event(account="acct-other", price="9"))
-    service = billing.service()
-    (invoice,) = service.invoices("acct-consumer", JAN)
-    assert service.invoices("acct-nobody", JAN) == []
+    (invoice,) = billing.invoices()
+    assert billing.invoices("acct-nobody") == []
+    assert billing.statements("acct-nobody") == []
+    assert billing.invoices("acct-consumer", Period(2026, 3)) == []  # an empty period: no invoice
     assert invoice.total == Decimal("0.05")
 
 
 def test_documents_include_calls_appended_a_moment_ago(billing: Billing) -> None:
-    service = billing.service()
     billing.insert(_event(price="0.05"))
-    assert service.invoices("acct-consumer", JAN)[0].total == Decimal("0.05")
-    billing.insert(_event(price="0.07"))  # not yet metered: the service applies the log before it reads
-    assert service.invoices("acct-consumer", JAN)[0].total == Decimal("0.12")
-    assert service.statements("acct-provider", JAN)[0].gross == Decimal("0.12")
+    assert billing.invoices()[0].total == Decimal("0.05")
+    billing.insert(_event(price="0.07"))  # not yet metered: the services apply the log before they read
+    assert billing.invoices()[0].total == Decimal("0.12")
+    assert billing.statements()[0].gross == Decimal("0.12")
 
 
 def test_invoice_json_has_decimal_strings(billing: Billing) -> None:
@@ -179,27 +204,27 @@ def test_invoice_json_has_decimal_strings(billing: Billing) -> None:
         _event(unit_kind=TOKENS, iu="1.5", price="0.0333"),
         _event(model="speech", unit_kind=AUDIO, iu="7/60", price="0.0100"),  # 7 seconds: 7/6000, no finite decimal
     )
-    (invoice,) = billing.service().invoices("acct-consumer", JAN)
+    (invoice,) = billing.invoices()
     document = json.loads(json.dumps(invoice.to_json()))
-    assert document["period"] == "2026-01"
-    assert document["total"] == "0.05"
+    assert (document["period"], document["currency"], document["status"]) == ("2026-01", "USD", "draft")
+    assert (document["total"], document["events"]) == ("0.05", 2)
     assert document["lines"][0] == {
-        "model_name": "digits",
+        "type": "usage",
+        "description": "digits: usage",
+        "model": "digits",
         "unit_kind": "tokens_1k",
         "events": 1,
-        "quantity": 1500,
-        "base_unit": "token",
         "quantity_iu": "1.5",
-        "unit_price": "0.0333",
         "amount_exact": "0.04995",
-        "amount_precise": "0.04995",
         "amount": "0.05",
     }
     speech = document["lines"][1]
-    assert (speech["quantity"], speech["base_unit"], speech["quantity_iu"]) == (7, "second", "7/60")
-    assert speech["amount_exact"] == "7/6000"
-    assert speech["amount_precise"] == "0.0011666666666666666666666666666666666666666666666667"  # 50 digits
-    assert speech["amount"] == "0.00"
+    assert (speech["unit_kind"], speech["quantity_iu"]) == ("audio_minute", "7/60")
+    assert (speech["amount_exact"], speech["amount"]) == ("7/6000", "0.00")
+
+
+def _half_even(value: Fraction) -> Decimal:
+    return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal("0.01"), ROUND_HALF_EVEN)
 
 
 def test_provider_statement_share_sums_exactly_to_gross(billing: Billing) -> None:
@@ -212,46 +237,45 @@ def test_provider_statement_share_sums_exactly_to_gross(billing: Billing) -> Non
     events.append(_event(provider="acct-someone-else", price="5"))
     billing.insert(*events)
 
-    statements = billing.service("0.80").statements("acct-provider", JAN)
+    statements = billing.statements()
 
     assert [s.currency for s in statements] == ["EUR", "USD"]
-    for statement in statements:
-        for line in statement.lines:
-            assert line.provider_amount + line.platform_fee == line.gross
-            assert line.gross == line.gross_precise.quantize(Decimal("0.01"), rounding="ROUND_HALF_EVEN")
-        assert statement.provider_amount + statement.platform_fee == statement.gross
     usd = statements[1]
+    for line in usd.lines:  # the gross of each line is its events' exact sum, rounded once (worked out here)
+        exact = sum(
+            (Fraction(e.quantity) * Fraction(e.unit_price) for e in events[:39] if e.model == line["model"]),
+            Fraction(0),
+        )
+        assert Decimal(line["gross"]) == _half_even(exact)
+        assert Decimal(line["provider_amount"]) == _half_even(exact * Fraction(4, 5))
+        assert Decimal(line["provider_amount"]) + Decimal(line["platform_fee"]) == Decimal(line["gross"])
+    for statement in statements:
+        assert statement.provider_amount + statement.platform_fee == statement.gross
     assert usd.events == 39
-    assert sum(line.events for line in usd.lines) == 39
+    assert sum(line["events"] for line in usd.lines) == 39
     eur_line = statements[0].lines[0]  # 7 x 0.0125 = 0.0875 -> gross 0.09, provider 0.07 (0.0700), fee 0.02
-    assert (eur_line.gross, eur_line.provider_amount, eur_line.platform_fee) == (
-        Decimal("0.09"),
-        Decimal("0.07"),
-        Decimal("0.02"),
-    )
+    assert (eur_line["gross"], eur_line["provider_amount"], eur_line["platform_fee"]) == ("0.09", "0.07", "0.02")
+    assert [s.provider_account_id for s in billing.platform.ledger.statements(JAN)] == [
+        "acct-provider",
+        "acct-provider",
+        "acct-someone-else",
+    ]
 
 
 def test_statement_rounds_the_provider_share_from_the_precise_gross(billing: Billing) -> None:
     # gross precise 0.135 -> 0.14; provider 0.135 x 0.8 = 0.108 -> 0.11; platform 0.03
     billing.insert(_event(unit_kind=AUDIO, iu="2.7", price="0.05"))
-    (statement,) = billing.service("0.8").statements("acct-provider", JAN)
+    (statement,) = billing.statements()
     (line,) = statement.lines
-    assert (line.gross, line.provider_amount, line.platform_fee) == (
-        Decimal("0.14"),
-        Decimal("0.11"),
-        Decimal("0.03"),
-    )
+    assert (line["gross"], line["provider_amount"], line["platform_fee"]) == ("0.14", "0.11", "0.03")
     document = statement.to_json()
-    assert (document["gross"], document["provider_amount"], document["platform_fee"]) == (
-        "0.14",
-        "0.11",
-        "0.03",
-    )
+    assert (document["gross"], document["provider_amount"], document["platform_fee"]) == ("0.14", "0.11", "0.03")
+    assert billing.platform.ledger.verify().ok
 
 
-def test_statement_refuses_a_share_outside_0_to_1(billing: Billing) -> None:
+def test_a_share_outside_0_to_1_is_refused(store: SqlStore, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="between 0 and 1"):
-        billing.service("1.2")
+        _platform(store, tmp_path / "home", provider_share="1.2")
 
 
 def test_text_renderings_are_aligned_and_name_the_currency(billing: Billing) -> None:
@@ -260,19 +284,19 @@ def test_text_renderings_are_aligned_and_name_the_currency(billing: Billing) -> 
         _event(model="speech-to-text", unit_kind=AUDIO, iu="2.7", price="0.05"),
         _event(model="speech-to-text", unit_kind=AUDIO, iu="100", price="0.06"),
     )
-    service = billing.service("0.80")
-    (invoice,) = service.invoices("acct-consumer", JAN)
-    (statement,) = service.statements("acct-provider", JAN)
+    (invoice,) = billing.invoices()
+    (statement,) = billing.statements()
 
     text = render_invoice_text(invoice, "acme")
-    assert "acme" in text and "2026-01" in text and "USD" in text
+    assert text.splitlines()[0] == f"Invoice {invoice.id} for acme, period 2026-01, currency USD: draft"
     table = text.splitlines()[2:]
     assert len({len(row) for row in table}) == 1  # right-aligned last column: every row ends at one edge
-    assert table[-1].startswith("Total (USD)") and table[-1].endswith("6.20")
-    assert "mixed" in text
+    assert table[0].endswith("Amount (USD)")
+    assert table[-1].startswith("Total (USD)") and table[-1].split()[-2:] == ["3", "6.20"]
 
     text = render_statement_text(statement, "Digits Inc.")
+    assert text.splitlines()[0] == "Provider statement for Digits Inc., period 2026-01, currency USD"
     table = text.splitlines()[2:]
-    assert "Provider 80%" in table[0]
+    assert "Provider (USD)" in table[0]
     assert len({len(row) for row in table}) == 1
     assert table[-1].split()[-3:] == ["6.20", "4.96", "1.24"]

@@ -629,3 +629,40 @@ def test_a_draft_refresh_racing_a_finalize_does_not_reopen_the_invoice(
     assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
     final = eco.invoice("raced", "2026-01")
     assert (final.status, str(final.total)) == ("finalized", "2.00")  # 2,000 x 0.0010
+
+
+# -- finalization rules -------------------------------------------------------------------------------------------
+
+
+def test_an_unfinished_month_is_finalized_only_when_forced(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir)
+    eco.consumer("early")
+    eco.append([eco.event("early", "digits", 100, "2026-01-10")])
+    eco.clock.set("2026-01-20T00:00:00")
+    draft = eco.invoice("early", "2026-01")
+    with pytest.raises(Conflict, match="has not ended"):
+        eco.platform.invoices.finalize(draft.id)
+    assert eco.invoice("early", "2026-01").status == "draft"
+    forced = eco.platform.invoices.finalize(draft.id, force=True)
+    assert forced.status == "finalized"
+    eco.append([eco.event("early", "digits", 50, "2026-01-21")])  # the rest of January: an adjustment in February
+    february = eco.invoice("early", "2026-02")
+    assert [(line.type, line.events) for line in february.lines] == [("adjustment", 1)]
+
+
+def test_finalize_due_finds_accounts_whose_invoices_were_never_read(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    """Nobody opened these invoices, so no draft was ever stored: the scheduler must still close the month."""
+    eco = economy(store, tmp_path, demo_dir)
+    eco.consumer("unread")
+    eco.consumer("fee-only", "pro")  # a subscription month with no usage still bills its fee
+    eco.append([eco.event("unread", "digits", 1234, "2026-01-10")])
+    eco.clock.set("2026-02-02T00:00:00")  # January ended a day ago: inside the 3-day grace period
+    assert eco.platform.invoices.finalize_due() == []
+    eco.clock.set("2026-02-04T00:00:01")  # grace over
+    done = {(eco.account_name(doc.account_id), doc.period): doc for doc in eco.platform.invoices.finalize_due()}
+    assert set(done) == {("unread", "2026-01"), ("fee-only", "2026-01")}
+    assert str(done[("unread", "2026-01")].total) == "1.23"  # 1,234 x 0.0010 = 1.234 -> 1.23
+    assert str(done[("fee-only", "2026-01")].total) == "20.00"  # the whole month's fee
+    assert eco.platform.invoices.finalize_due() == []  # nothing left: idempotent

@@ -258,8 +258,15 @@ def test_invoice_lifecycle_draft_finalize_void_with_html(billed: Mm, tmp_path: P
     assert re.search(rf"^{draft['id']}\s+bob\s+{month}\s+draft\s+1\s+2.50 USD$", listed, re.M), listed
 
     shown = mm.run("invoices", "show", draft["id"]).stdout
-    assert f"invoice {draft['id']} for bob, period {month}, currency USD: draft" in shown
-    assert re.search(r"^usage\s+digits: usage\s+2500\s+2.50$", shown, re.M) and "total: 2.50 USD" in shown
+    assert f"Invoice {draft['id']} for bob, period {month}, currency USD: draft" in shown
+    assert re.search(r"^usage\s+digits: usage\s+image\s+2\s+2500\s+2.50$", shown, re.M), shown
+    assert re.search(r"^Total \(USD\)\s+2\s+2.50$", shown, re.M), shown
+    # the short form prints the month's invoices in full, the same documents
+    assert shown in mm.run("invoice", "bob", "--period", month).stdout
+    (short,) = mm.json("invoice", "bob", "--period", month)["invoices"]
+    assert {k: v for k, v in short.items() if k != "updated_at"} == {
+        k: v for k, v in draft.items() if k != "updated_at"
+    }
 
     # alice's current invoice has the pro fee, prorated by day
     (current,) = mm.json("invoices", "list", "alice", "--period", _months_ago(0).label)["invoices"]
@@ -357,5 +364,9 @@ def test_payouts_are_recorded_once_per_closed_month(billed: Mm) -> None:
     assert "still open to late usage" in mm.run("payouts", "run", "--period", _months_ago(0).label, code=1).stderr
     assert "nothing recorded: no provider earned" in mm.run("payouts", "run", "--period", _months_ago(3).label).stdout
     assert "month 13 is not between 01 and 12" in mm.run("payouts", "run", "--period", "2026-13", code=1).stderr
-    # the older per-provider statement command still answers
-    assert "Provider statement for demo-provider" in mm.run("statement", "demo-provider", "--period", month).stdout
+    # the short form prints the same statement
+    assert text.startswith(f"Provider statement for demo-provider, period {month}, currency USD")
+    assert mm.run("statement", "demo-provider", "--period", month).stdout == text
+    short = mm.json("statement", "demo-provider", "--period", month)
+    assert (short["provider"], short["period"], short["statements"]) == ("demo-provider", month, statements)
+    assert f"no revenue for bob in {month}" in mm.run("statement", "bob", "--period", month).stdout

@@ -28,7 +28,10 @@ PLANS = """
 plans:
   - {name: pro, kind: subscription, currency: USD, fee: "20.00", included: {image: 3000}}
 """
-GRADUATED = "pricing: {unit: image, currency: USD, charge: graduated, tiers: [{up_to: 5000, price_per_iu: '0.002'}, {price_per_iu: '0.001'}]}"
+GRADUATED = (
+    "pricing: {unit: image, currency: USD, charge: graduated, "
+    "tiers: [{up_to: 5000, price_per_iu: '0.002'}, {price_per_iu: '0.001'}]}"
+)
 
 
 def _platform(home: Path) -> Platform:

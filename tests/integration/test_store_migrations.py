@@ -42,4 +42,6 @@ def test_the_migrations_create_exactly_the_schema_module(tmp_path: Path) -> None
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
     finally:
         store.dispose()
-    assert [d for d in diff if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")] == []
+    assert [
+        d for d in diff if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
+    ] == []

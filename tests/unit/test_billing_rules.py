@@ -1,4 +1,8 @@
-"""Pure billing rules: periods, exact sums, rounding once per line, the revenue split, invariants."""
+"""Pure billing rules: periods, exact sums, rounding once per line, the revenue split, invariants.
+
+Invoice lines come from ``billing.lifecycle.build_lines`` and provider statements from
+``billing.ledger.build_statements``, both over rated events; no storage is involved.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,64 @@ from fractions import Fraction
 
 import pytest
 
-import modelmarket.billing
-from modelmarket.billing import Invoice, InvoiceLine, Period, parse_period
-from modelmarket.billing.aggregate import UsageRow, aggregate_usage
-from modelmarket.billing.documents import build_invoices, build_statements, check_share, split_gross
+from modelmarket.billing import InvoiceDoc, Period, ProviderStatement, Rater, parse_period
+from modelmarket.billing.ledger import build_statements, split
+from modelmarket.billing.lifecycle import Line, build_lines, invoice_id
+from modelmarket.billing.ports import RatedEvent
 from modelmarket.core.errors import InvalidInput, InvariantViolated
-from modelmarket.core.money import EXACT
+from modelmarket.core.money import sum_exact
 from modelmarket.metering.units import UnitKind
 
 JAN = Period(2026, 1)
 IMAGE, TOKENS, AUDIO, REQUEST = UnitKind.IMAGE, UnitKind.TOKENS_1K, UnitKind.AUDIO_MINUTE, UnitKind.REQUEST
+SHARE = Fraction(4, 5)
+_offsets = iter(range(1, 1_000_000))
 
 
-def _row(model: str, quantity_base: int, price: str, currency: str = "USD", unit: UnitKind = IMAGE) -> UsageRow:
-    """One rated event: ``quantity_base`` base units at ``price`` per IU (amount = numerator / divisor)."""
-    numerator = EXACT.multiply(Decimal(quantity_base), Decimal(price))
-    return UsageRow(currency, model, unit, Decimal(price), quantity_base, numerator)
+def _rated(
+    model: str,
+    quantity_base: int,
+    price: str,
+    currency: str = "USD",
+    unit: UnitKind = IMAGE,
+    *,
+    amount: Fraction | None = None,
+    provider: str = "prov",
+) -> RatedEvent:
+    """One event rated at the list price: ``quantity_base`` base units at ``price`` per IU (or ``amount``)."""
+    n = next(_offsets)
+    exact = Fraction(quantity_base) * Fraction(Decimal(price)) / unit.divisor if amount is None else amount
+    return RatedEvent(
+        event_id=f"evt-{n}",
+        log_offset=n,
+        account_id="acct",
+        provider_account_id=provider,
+        model_name=model,
+        unit_kind=unit,
+        currency=currency,
+        period=JAN.label,
+        origin_period=JAN.label,
+        kind="usage",
+        plan_name="payg",
+        plan_version=0,
+        quantity_base=quantity_base,
+        granted_base=0,
+        amount=exact,
+        provider_amount=exact * SHARE,
+        txn_id="tx_usage_1",
+    )
+
+
+def _lines(rows: list[RatedEvent], currency: str = "USD") -> list[Line]:
+    return build_lines(rows, {}, [], JAN, currency)
+
+
+def _invoice(rows: list[RatedEvent], currency: str = "USD") -> InvoiceDoc:
+    lines = tuple(_lines(rows, currency))
+    doc_id = invoice_id("acct", JAN.label, currency)
+    return InvoiceDoc(
+        doc_id, "acct", JAN.label, currency, "draft", lines, "2026-02-01T00:00:00+00:00", events=len(rows)
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,46 +111,43 @@ def test_period_days() -> None:
         Period(2026, 13)
 
 
-def test_aggregate_sums_exactly_and_orders_groups() -> None:
+def test_lines_sum_exactly_one_per_model_and_unit_in_one_currency() -> None:
     rows = [
-        _row("b", 100, "0.1", unit=TOKENS),  # 0.1 IU (100 tokens)
-        _row("a", 100, "0.2", currency="EUR", unit=TOKENS),
-        _row("b", 200, "0.1", unit=TOKENS),  # 0.2 IU
-        _row("a", 1, "0.3", unit=REQUEST),
+        _rated("b", 100, "0.1", unit=TOKENS),  # 0.1 IU (100 tokens)
+        _rated("a", 100, "0.2", currency="EUR", unit=TOKENS),
+        _rated("b", 200, "0.1", unit=TOKENS),  # 0.2 IU
+        _rated("a", 1, "0.3", unit=REQUEST),
     ]
-    groups = aggregate_usage(rows)
-    assert [(g.currency, g.model_name, g.unit_kind) for g in groups] == [
-        ("EUR", "a", "tokens_1k"),
-        ("USD", "a", "request"),
-        ("USD", "b", "tokens_1k"),
-    ]
-    b = groups[2]
-    assert (b.events, b.quantity_base, b.unit_kind.iu(b.quantity_base), b.amount_exact, b.unit_price) == (
+    usd = _lines(rows)
+    assert [(li.type, li.model, li.unit_kind) for li in usd] == [("usage", "a", "request"), ("usage", "b", "tokens_1k")]
+    b = usd[1]
+    assert (b.events, b.quantity_iu, b.amount_exact, b.amount) == (
         2,
-        300,
         Fraction(3, 10),  # 0.1 + 0.2 IU, exactly (as floats: 0.30000000000000004)
         Fraction(3, 100),
-        Decimal("0.1"),
+        Decimal("0.03"),
     )
-    assert isinstance(b.amount_exact, Fraction)
+    assert isinstance(b.amount_exact, Fraction) and isinstance(b.quantity_iu, Fraction)
+    (eur,) = _lines(rows, "EUR")
+    assert (eur.model, eur.events, eur.amount) == ("a", 1, Decimal("0.02"))
 
 
-def test_aggregate_keeps_sixtieths_exact() -> None:
+def test_lines_keep_sixtieths_exact() -> None:
     # audio is priced per minute and billed per second: 7 seconds at 0.01 per minute is 7/6000, no finite decimal
-    (group,) = aggregate_usage([_row("speech", 1, "0.01", unit=AUDIO)] * 7)
-    assert (group.events, group.quantity_base, group.amount_exact) == (7, 7, Fraction(7, 6000))
-    assert group.unit_kind.iu(group.quantity_base) == Fraction(7, 60)
+    (line,) = _lines([_rated("speech", 1, "0.01", unit=AUDIO) for _ in range(7)])
+    assert (line.events, line.quantity_iu, line.amount_exact) == (7, Fraction(7, 60), Fraction(7, 6000))
+    assert line.amount == Decimal("0.00")
 
 
-def test_aggregate_never_rounds_silently() -> None:
-    # 30 significant digits would be rounded by the default 28-digit context; here they stay exact
-    big = UsageRow("USD", "m", IMAGE, Decimal(1), 1, Decimal("1" * 20 + "." + "1" * 10))
-    tiny = UsageRow("USD", "m", IMAGE, Decimal(1), 1, Decimal("0." + "0" * 9 + "1"))
-    (group,) = aggregate_usage([big, tiny])
-    assert group.amount_exact == Fraction(Decimal("1" * 20 + "." + "1" * 9 + "2"))
-    too_long = UsageRow("USD", "m", IMAGE, Decimal(1), 1, Decimal("1E+300"))
+def test_amounts_are_never_rounded_silently() -> None:
+    # 30 significant digits would be rounded by the default 28-digit context; a line keeps them exact
+    big = _rated("m", 1, "1", amount=Fraction(Decimal("1" * 20 + "." + "1" * 10)))
+    tiny = _rated("m", 1, "1", amount=Fraction(Decimal("0." + "0" * 9 + "1")))
+    (line,) = _lines([big, tiny])
+    assert line.amount_exact == Fraction(Decimal("1" * 20 + "." + "1" * 9 + "2"))
+    # a decimal sum that would need more than the exact context's digits raises instead of rounding
     with pytest.raises(Inexact):
-        aggregate_usage([too_long, tiny])
+        sum_exact([Decimal("1E+150"), Decimal("1E-60")])  # 211 digits
 
 
 @pytest.mark.parametrize(
@@ -117,40 +160,46 @@ def test_aggregate_never_rounds_silently() -> None:
         ("3.5", "JPY", "4"),
         ("0.0005", "BHD", "0.000"),
         ("0.0015", "BHD", "0.002"),
+        ("1.2345", "KWD", "1.234"),
+        ("1.2355", "KWD", "1.236"),
     ],
 )
 def test_invoice_line_rounds_half_even_to_the_minor_unit(precise: str, currency: str, rounded: str) -> None:
-    row = UsageRow(currency, "m", IMAGE, Decimal(precise), 1, Decimal(precise))
-    (invoice,) = build_invoices("acct", JAN, aggregate_usage([row]))
-    assert invoice.lines[0].amount == Decimal(rounded)
-    assert str(invoice.lines[0].amount) == rounded  # the currency's exponent, not just the value
+    doc = _invoice([_rated("m", 1, precise, currency)], currency)
+    assert doc.lines[0].amount == Decimal(rounded)
+    assert str(doc.lines[0].amount) == rounded  # the currency's exponent, not just the value
+    assert doc.to_json()["total"] == rounded
 
 
 def test_invoice_total_is_the_sum_of_rounded_lines() -> None:
-    rows = [_row("a", 1, "0.125"), _row("b", 1, "0.125"), _row("c", 1, "0.125")]
-    (invoice,) = build_invoices("acct", JAN, aggregate_usage(rows))
-    assert invoice.total == Decimal("0.36")  # 3 x 0.12, not round(0.375) = 0.38
-    assert invoice.total_precise == Decimal("0.375")
+    doc = _invoice([_rated("a", 1, "0.125"), _rated("b", 1, "0.125"), _rated("c", 1, "0.125")])
+    assert doc.total == Decimal("0.36")  # 3 x 0.12, not round(0.375) = 0.38
+    assert sum(li.amount_exact for li in doc.lines) == Fraction("0.375")
+    assert doc.events == 3
 
 
-def test_invoice_refuses_a_wrong_total_or_an_eventless_line() -> None:
-    line = InvoiceLine("m", IMAGE, 1, 1, Decimal("0.125"), Fraction("0.125"), Decimal("0.12"))
-    assert Invoice("acct", JAN, "USD", (line,), Decimal("0.12")).total == Decimal("0.12")
-    with pytest.raises(InvariantViolated, match="total"):
-        Invoice("acct", JAN, "USD", (line,), Decimal("0.13"))
-    empty = InvoiceLine("m", IMAGE, 0, 0, None, Fraction(0), Decimal("0.00"))
-    with pytest.raises(InvariantViolated, match="no usage events"):
-        Invoice("acct", JAN, "USD", (empty,), Decimal("0.00"))
-    twice = InvoiceLine("m", IMAGE, 1, 1, None, Fraction("0.125"), Decimal("0.13"))
+def test_invoice_refuses_a_line_rounded_twice_an_eventless_usage_line_or_an_unknown_status() -> None:
+    line = Line("usage", "m: usage", "m", "image", 1, Fraction(1), Fraction("0.125"), Decimal("0.12"))
+    ok = InvoiceDoc("inv_1", "acct", "2026-01", "USD", "draft", (line,), "t")
+    assert ok.total == Decimal("0.12")
+    twice = Line("usage", "m: usage", "m", "image", 1, Fraction(1), Fraction("0.125"), Decimal("0.13"))
     with pytest.raises(InvariantViolated, match="rounded once"):
-        Invoice("acct", JAN, "USD", (twice,), Decimal("0.13"))
+        InvoiceDoc("inv_1", "acct", "2026-01", "USD", "draft", (twice,), "t")
+    empty = Line("usage", "m: usage", "m", "image", 0, Fraction(0), Fraction(0), Decimal("0.00"))
+    with pytest.raises(InvariantViolated, match="no usage events"):
+        InvoiceDoc("inv_1", "acct", "2026-01", "USD", "draft", (empty,), "t")
+    fee = Line("fee", "plan pro v1 fee", None, None, 0, Fraction(0), Fraction(20), Decimal("20.00"))
+    assert InvoiceDoc("inv_1", "acct", "2026-01", "USD", "draft", (fee,), "t").total == Decimal("20.00")
+    with pytest.raises(InvariantViolated, match="status"):
+        InvoiceDoc("inv_1", "acct", "2026-01", "USD", "paid", (line,), "t")
 
 
 @pytest.mark.parametrize("share", ["0", "0.8", "0.85", "0.333", "1"])
-def test_split_gross_always_adds_up(share: str) -> None:
+def test_split_always_adds_up(share: str) -> None:
     for cents in range(0, 2000, 7):
         precise = Decimal(cents) / Decimal(1000) + Decimal("0.0005")
-        gross, provider, platform = split_gross(precise, "USD", Decimal(share))
+        exact = Fraction(precise)
+        gross, provider, platform = split(exact, exact * Fraction(Decimal(share)), "USD")
         assert provider + platform == gross
         assert gross == precise.quantize(Decimal("0.01"), rounding="ROUND_HALF_EVEN")
         assert Decimal(0) <= provider <= gross
@@ -159,45 +208,62 @@ def test_split_gross_always_adds_up(share: str) -> None:
 
 def test_statement_lines_and_totals() -> None:
     # a: 162 seconds (2.7 minutes) at 0.05 per minute = 0.135; b: one image at 0.0625
-    rows = [_row("a", 162, "0.05", unit=AUDIO), _row("b", 1, "0.0625"), _row("a", 1, "1", currency="EUR")]
-    eur, usd = build_statements("prov", JAN, aggregate_usage(rows), Decimal("0.80"))
+    rows = [_rated("a", 162, "0.05", unit=AUDIO), _rated("b", 1, "0.0625"), _rated("a", 1, "1", currency="EUR")]
+    eur, usd = build_statements(rows)
     assert (eur.currency, eur.gross, eur.provider_amount, eur.platform_fee) == (
         "EUR",
         Decimal("1.00"),
         Decimal("0.80"),
         Decimal("0.20"),
     )
-    assert [(li.gross, li.provider_amount, li.platform_fee) for li in usd.lines] == [
-        (Decimal("0.14"), Decimal("0.11"), Decimal("0.03")),  # 0.135 ; 0.108
-        (Decimal("0.06"), Decimal("0.05"), Decimal("0.01")),  # 0.0625 ; 0.05
+    assert [(li["gross"], li["provider_amount"], li["platform_fee"]) for li in usd.lines] == [
+        ("0.14", "0.11", "0.03"),  # 0.135 ; 0.108
+        ("0.06", "0.05", "0.01"),  # 0.0625 ; 0.05
     ]
-    assert [(li.quantity_base, li.quantity_iu, li.gross_exact) for li in usd.lines] == [
-        (162, Fraction(27, 10), Fraction("0.135")),
-        (1, Fraction(1), Fraction("0.0625")),
+    assert [(li["model"], li["unit_kind"], li["quantity_base"]) for li in usd.lines] == [
+        ("a", "audio_minute", 162),
+        ("b", "image", 1),
     ]
-    assert usd.to_json()["provider_share"] == "0.80"
+    assert (usd.events, usd.gross, usd.provider_amount, usd.platform_fee) == (
+        2,
+        Decimal("0.20"),
+        Decimal("0.16"),
+        Decimal("0.04"),
+    )
+    assert usd.to_json()["gross"] == "0.20"
+
+
+def test_statements_one_per_provider_and_currency() -> None:
+    rows = [
+        _rated("m", 1, "1", provider="p2"),
+        _rated("m", 1, "2", provider="p1"),
+        _rated("m", 1, "3", "EUR", provider="p1"),
+    ]
+    assert [(s.provider_account_id, s.currency, s.gross) for s in build_statements(rows)] == [
+        ("p1", "EUR", Decimal("3.00")),
+        ("p1", "USD", Decimal("2.00")),
+        ("p2", "USD", Decimal("1.00")),
+    ]
+
+
+def test_statement_refuses_lines_that_do_not_add_up() -> None:
+    line = {"model": "m", "unit_kind": "image", "events": 1, "quantity_base": 1}
+    good = {**line, "gross": "0.14", "provider_amount": "0.11", "platform_fee": "0.03"}
+    st = ProviderStatement("p", "2026-01", "USD", 1, Decimal("0.14"), Decimal("0.11"), Decimal("0.03"), (good,))
+    assert st.gross == Decimal("0.14")
+    bad = {**line, "gross": "0.14", "provider_amount": "0.11", "platform_fee": "0.04"}
+    with pytest.raises(InvariantViolated, match="provider \\+ platform fee != gross"):
+        ProviderStatement("p", "2026-01", "USD", 1, Decimal("0.14"), Decimal("0.11"), Decimal("0.03"), (bad,))
+    with pytest.raises(InvariantViolated, match="gross != sum"):
+        ProviderStatement("p", "2026-01", "USD", 1, Decimal("0.15"), Decimal("0.11"), Decimal("0.04"), (good,))
 
 
 @pytest.mark.parametrize("share", [Decimal("-0.1"), Decimal("1.01"), Decimal("NaN"), 0.8])
 def test_share_must_be_a_decimal_fraction(share: object) -> None:
     with pytest.raises(InvalidInput, match="provider share"):
-        check_share(share)  # type: ignore[arg-type]
+        Rater(share, lambda: None)  # type: ignore[arg-type]
 
 
-def test_no_usage_no_documents() -> None:
-    assert build_invoices("acct", JAN, []) == []
-    assert build_statements("prov", JAN, [], Decimal("0.8")) == []
-
-
-def test_public_names() -> None:
-    assert sorted(modelmarket.billing.__all__) == [
-        "BillingService",
-        "Invoice",
-        "InvoiceLine",
-        "Period",
-        "Statement",
-        "StatementLine",
-        "parse_period",
-        "render_invoice_text",
-        "render_statement_text",
-    ]
+def test_no_usage_no_lines_no_statements() -> None:
+    assert _lines([]) == []
+    assert build_statements([]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -13,7 +14,10 @@ import pytest
 from fakes import FakeBlobStore, FakeEventLog, FakeRuntimes, FakeStore
 from modelmarket.accounts import AccountService
 from modelmarket.audit import AuditService
-from modelmarket.billing import BillingService, Period
+from modelmarket.billing import InvoiceDoc, InvoiceService, LedgerService, Period, PlanService, Rater
+from modelmarket.billing.charges import ChargeModel, Tier
+from modelmarket.billing.enforcement import policies
+from modelmarket.billing.rating import payable, receivable
 from modelmarket.core.errors import AlreadyExists, Conflict, InvalidInput, MeteringHalted, NotFound, PermissionDenied
 from modelmarket.core.ids import hash_api_key
 from modelmarket.core.uow import Lock
@@ -21,6 +25,8 @@ from modelmarket.metering import MeteringService, UnitKind, UsageEvent, UsageSer
 from modelmarket.registry import CatalogueLoader, RegistryService
 
 T0 = datetime(2026, 1, 31, 23, 0, tzinfo=UTC)
+SHARE = Decimal("0.80")
+JAN = Period(2026, 1)
 
 
 def clock() -> datetime:
@@ -184,7 +190,7 @@ def log() -> FakeEventLog:
 
 @pytest.fixture()
 def metering(store: FakeStore, log: FakeEventLog) -> MeteringService:
-    return MeteringService(store, lambda: log, clock, poll_s=0.01, batch_max=2)
+    return MeteringService(store, lambda: log, clock, poll_s=0.01, batch_max=2, projectors=(Rater(SHARE, clock),))
 
 
 def test_metering_applies_each_event_once_and_sets_rejects_aside(
@@ -239,13 +245,14 @@ def test_invoice_of_a_pinned_period_rounds_once_per_line(store: FakeStore, meter
     log: FakeEventLog = metering.open_log()  # type: ignore[assignment]
     log.append_many([(f"req_{n}", event(n, 1).encode()) for n in range(1, 61)])  # 60 seconds at 0.006/min
     log.append_many([("req_late", event(99, 1, when=datetime(2026, 2, 1, 0, 0, tzinfo=UTC)).encode())])
-    billing = BillingService(store, metering, Decimal("0.80"))
-    (invoice,) = billing.invoices("acc_c", Period(2026, 1))
+    invoices = InvoiceService(store, metering, clock, grace_s=0)
+    (invoice,) = invoices.invoices("acc_c", JAN)
     assert invoice.events == 60 and invoice.total == Decimal("0.01")  # 0.006 exactly, rounded once
     assert invoice.lines[0].amount_exact == Fraction(6, 1000)
-    (statement,) = billing.statements("acc_p", Period(2026, 1))
+    assert store.state.invoices[invoice.id].status == "draft"  # the draft is kept, with its lines
+    (statement,) = LedgerService(store, metering, clock, metering.open_log).statements(JAN, "acc_p")
     assert statement.provider_amount + statement.platform_fee == statement.gross
-    assert billing.invoices("acc_c", Period(2026, 3)) == []
+    assert invoices.invoices("acc_c", Period(2026, 3)) == []
 
 
 def test_audit_verify_on_fakes_catches_an_edited_record(store: FakeStore, accounts: AccountService) -> None:
@@ -288,3 +295,275 @@ def test_audit_verify_names_a_record_edited_into_json_it_cannot_hash(
     store.state.audit[0] = (record, '{"role": 1.5}')
     result = AuditService(store).verify()
     assert not result.ok and result.first_broken_seq == 1 and "edited" in (result.reason or "")
+
+
+# -- the economy: plans, rating, invoices, the ledger --------------------------------------------------------
+PLANS = """
+plans:
+- {name: free, kind: free, currency: USD, grant: {image: 5}, limits: {rpm: 60}}
+- {name: pro, kind: subscription, currency: USD, fee: "31.00", included: {image: 100}, overage: {image: "0.01"}}
+"""
+
+
+class MovingClock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, iso: str) -> None:
+        self.now = datetime.fromisoformat(iso).replace(tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, iso: str) -> None:
+        self.now = datetime.fromisoformat(iso).replace(tzinfo=UTC)
+
+
+@dataclass
+class Economy:
+    store: FakeStore
+    log: FakeEventLog
+    clock: MovingClock
+    metering: MeteringService
+    plans: PlanService
+    invoices: InvoiceService
+    ledger: LedgerService
+
+    def append(self, *events: UsageEvent) -> None:
+        self.log.append_many([(e.id, e.encode()) for e in events])
+
+
+def economy_on(store: FakeStore, log: FakeEventLog, rater: Rater | None = None) -> Economy:
+    moving = MovingClock("2026-01-01T00:00:00")
+    rater = rater or Rater(SHARE, moving)
+    metering = MeteringService(store, lambda: log, moving, poll_s=0.01, batch_max=2, projectors=(rater,))
+    return Economy(
+        store,
+        log,
+        moving,
+        metering,
+        PlanService(store, moving),
+        InvoiceService(store, metering, moving, grace_s=0),
+        LedgerService(store, metering, moving, lambda: log),
+    )
+
+
+@pytest.fixture()
+def eco(store: FakeStore, log: FakeEventLog) -> Economy:
+    return economy_on(store, log)
+
+
+_calls = iter(range(1, 1_000_000))
+
+
+def images(account: str, quantity: int, day: str = "2026-01-10", price: str = "0.002") -> UsageEvent:
+    """A call to ``digits`` (not published here: rated at the price stamped on the event) of ``quantity`` images."""
+    return UsageEvent(
+        id=f"img_{next(_calls)}",
+        source="modelmarket/gw",
+        account_id=account,
+        time=datetime.fromisoformat(f"{day}T12:00:00+00:00"),
+        model="digits",
+        version="1.0.0",
+        provider_account_id="acc_p",
+        unit_kind=UnitKind.IMAGE,
+        quantity=quantity,
+        unit_price=Decimal(price),
+        currency="USD",
+        latency_ms=Decimal("2"),
+    )
+
+
+def lines(doc: InvoiceDoc) -> list[tuple[str, str | None, int, str, str]]:
+    """(type, model, events, IU, amount) of each line of an invoice."""
+    return [(li.type, li.model, li.events, str(li.quantity_iu), str(li.amount)) for li in doc.lines]
+
+
+def plans_state(store: FakeStore) -> tuple[object, ...]:
+    s = store.state
+    return (dict(s.plan_versions), dict(s.subscriptions), list(s.audit))
+
+
+def test_plans_apply_by_version_move_subscribers_and_a_refused_file_writes_nothing(
+    store: FakeStore, eco: Economy
+) -> None:
+    assert [(r.name, r.version, r.action) for r in eco.plans.apply(PLANS)] == [
+        ("free", 1, "created"),
+        ("pro", 1, "created"),
+    ]
+    assert [r.action for r in eco.plans.apply(PLANS)] == ["unchanged", "unchanged"]
+    first = eco.plans.subscribe("acc_c", "pro")  # the first plan starts at once
+    assert (first.plan_name, first.plan_version, first.effective_at) == ("pro", 1, "2026-01-01T00:00:00+00:00")
+    assert eco.plans.subscribe("acc_c", "pro") == first  # already on it: nothing new
+
+    eco.clock.set("2026-01-15T00:00:00")
+    changed = eco.plans.apply(PLANS.replace('fee: "31.00"', 'fee: "40.00"'))
+    assert [(r.name, r.version, r.action, r.moved) for r in changed] == [
+        ("free", 1, "unchanged", 0),
+        ("pro", 2, "changed", 1),
+    ]
+    moved = store.state.subscriptions[2]
+    assert (moved.plan_name, moved.plan_version, moved.effective_at) == ("pro", 2, "2026-02-01T00:00:00+00:00")
+    assert eco.plans.in_force("acc_c")[0] == first  # until the next period
+    assert eco.plans.in_force("acc_c", datetime(2026, 2, 2, tzinfo=UTC))[0] == moved
+
+    before = plans_state(store)
+    with pytest.raises(InvalidInput, match="its currency cannot change"):
+        eco.plans.apply(
+            PLANS.replace(
+                "name: pro, kind: subscription, currency: USD", "name: pro, kind: subscription, currency: EUR"
+            )
+        )
+    assert plans_state(store) == before  # the new version was added, then rolled back with the whole write
+    with pytest.raises(NotFound, match="no plan named 'gold'"):
+        eco.plans.subscribe("acc_c", "gold")
+    actions = [r.action for r, _ in store.state.audit]
+    assert actions == ["plan.created", "plan.created", "subscription.changed", "plan.changed"]
+    assert all(lock == Lock.PLANS for lock, _ in store.locks if lock is not Lock.METERING)
+
+
+def test_limits_merge_clear_and_make_the_gateway_policy(store: FakeStore, eco: Economy) -> None:
+    eco.plans.apply(PLANS)
+    eco.plans.subscribe("acc_f", "free")
+    eco.plans.set_limits("acc_f", None, rpm=10, iu_per_day={UnitKind.IMAGE: Fraction(3)}, budget=None)
+    merged = eco.plans.set_limits("acc_f", None, rpm=None, iu_per_day=None, budget=Decimal("5"))
+    assert (merged.rpm, merged.iu_per_day, merged.budget) == (10, {UnitKind.IMAGE: Fraction(3)}, Decimal("5"))
+    eco.plans.set_limits("acc_f", "key_1", rpm=2, iu_per_day=None, budget=None)
+    with pytest.raises(InvalidInput, match="rpm: must be between 1 and"):
+        eco.plans.set_limits("acc_f", None, rpm=0, iu_per_day=None, budget=None)
+    with store.read() as uow:
+        policy = policies(uow, eco.clock())["acc_f"]
+    assert (policy.plan, policy.hard_cap, policy.grant) == ("free", True, {UnitKind.IMAGE: Fraction(5)})
+    assert (policy.limits.rpm, policy.limits.budget, policy.key_limits["key_1"].rpm) == (10, Decimal("5"), 2)
+
+    cleared = eco.plans.set_limits("acc_f", None, rpm=None, iu_per_day=None, budget=None, clear=True)
+    assert (cleared.rpm, cleared.iu_per_day, cleared.budget) == (None, {}, None)
+    with store.read() as uow:
+        assert policies(uow, eco.clock())["acc_f"].limits.rpm == 60  # the plan's own limit shows through again
+    assert [x.key_id for x in eco.plans.limits("acc_f")] == ["", "key_1"]
+
+
+def test_rating_a_free_grant_and_a_subscription_with_included_iu_then_overage(store: FakeStore, eco: Economy) -> None:
+    eco.plans.apply(PLANS)
+    eco.plans.subscribe("acc_free", "free")
+    eco.plans.subscribe("acc_pro", "pro")  # from 2026-01-01: the whole of January
+    # batches of two events (batch_max): the included IU counter carries from one batch to the next
+    eco.append(images("acc_free", 2), images("acc_free", 2), *(images("acc_pro", 40) for _ in range(3)))
+
+    (free,) = eco.invoices.invoices("acc_free", JAN)
+    assert lines(free) == [("granted", "digits", 2, "4", "0.00")]  # 4 of the 5 granted images, billed at 0
+    (pro,) = eco.invoices.invoices("acc_pro", JAN)
+    assert lines(pro) == [
+        ("fee", None, 0, "0", "31.00"),  # 31/31 days of 31.00
+        ("included", "digits", 3, "100", "0.00"),
+        ("overage", "digits", 3, "20", "0.20"),  # 120 - 100 images at the plan's 0.01
+    ]
+    assert (pro.total, pro.events) == (Decimal("31.20"), 3)
+    rated = sorted(store.state.rated.values(), key=lambda r: r.log_offset)
+    assert [(r.granted_base, r.amount, r.provider_amount) for r in rated[2:]] == [
+        (40, Fraction(0), Fraction(0)),
+        (40, Fraction(0), Fraction(0)),
+        (20, Fraction("0.20"), Fraction("0.16")),  # the third call crosses the included 100
+    ]
+    assert all(r.amount == 0 and r.plan_name == "free" for r in rated[:2])
+    [balance] = eco.ledger.balances("acc_pro")
+    assert (balance.ledger_account, balance.exact) == (receivable("acc_pro"), Fraction("0.20"))  # fee: at finalize
+
+
+def test_the_rater_prices_a_tiered_charge_from_its_charge_source(store: FakeStore, log: FakeEventLog) -> None:
+    graduated = ChargeModel("graduated", (Tier(10, Decimal("0.01")), Tier(None, Decimal("0.005"))))
+    asked: list[tuple[str, str]] = []
+
+    def charges(uow: object, model: str, version: str) -> ChargeModel:
+        asked.append((model, version))
+        return graduated
+
+    eco = economy_on(store, log, Rater(SHARE, MovingClock("2026-02-01T00:00:00"), charges=charges))
+    eco.append(images("acc_c", 4, price="0.01"), images("acc_c", 7, price="0.01"), images("acc_c", 30, price="0.01"))
+    (invoice,) = eco.invoices.invoices("acc_c", JAN)
+    # 41 images graduated: 10 x 0.01 + 31 x 0.005 = 0.255 -> 0.26 (half to even); each call pays its marginal
+    assert lines(invoice) == [("usage", "digits", 3, "41", "0.26")]
+    assert sorted(r.amount for r in store.state.rated.values()) == [
+        Fraction("0.04"),
+        Fraction("0.065"),
+        Fraction("0.15"),
+    ]
+    assert set(asked) == {("digits", "1.0.0")}
+
+
+def test_invoice_draft_finalize_adjust_and_void(store: FakeStore, eco: Economy) -> None:
+    eco.plans.apply(PLANS)
+    eco.plans.subscribe("acc_pro", "pro")
+    eco.append(*(images("acc_pro", 40) for _ in range(3)))
+    (draft,) = eco.invoices.invoices("acc_pro", JAN)
+    assert (draft.status, store.state.invoices[draft.id].status) == ("draft", "draft")
+
+    eco.clock.set("2026-02-05T00:00:00")
+    final = eco.invoices.finalize(draft.id)
+    assert (final.status, final.lines, final.total) == ("finalized", draft.lines, Decimal("31.20"))
+    assert (Lock.METERING, "") in store.locks
+    [fee] = [t for t in store.state.txns.values() if t.kind == "fee"]
+    assert [(e.ledger_account, e.amount) for e in fee.entries] == [
+        (receivable("acc_pro"), Fraction(31)),
+        ("revenue:platform", Fraction(-31)),
+    ]
+    assert store.state.audit[-1][0].action == "invoice.finalized"
+    with pytest.raises(Conflict, match="already finalized"):
+        eco.invoices.finalize(draft.id)
+
+    eco.append(images("acc_pro", 10, day="2026-01-20"))  # January's, read after January was finalized
+    (january,) = eco.invoices.invoices("acc_pro", JAN)
+    assert january == final  # a finalized invoice never changes
+    (february,) = eco.invoices.invoices("acc_pro", Period(2026, 2))
+    assert lines(february) == [
+        ("fee", None, 0, "0", "31.00"),
+        ("adjustment", "digits", 1, "10", "0.10"),  # past the included 100 of January: overage at 0.01
+    ]
+
+    with pytest.raises(InvalidInput, match="say why"):
+        eco.invoices.void(final.id, " ")
+    with pytest.raises(Conflict, match="only a finalized invoice"):
+        eco.invoices.void(february.id, "wrong")
+    voided = eco.invoices.void(final.id, "billed twice")
+    assert (voided.status, voided.void_reason, voided.to_json()["credit_note"]["amount"]) == (
+        "void",
+        "billed twice",
+        "-31.20",
+    )
+    [credit] = [t for t in store.state.txns.values() if t.kind == "credit"]
+    assert sum(e.amount for e in credit.entries) == 0
+    # receivable: usage 0.20 + fee 31 - credit 31.20 + the late usage 0.10
+    assert [b.exact for b in eco.ledger.balances("acc_pro")] == [Fraction("0.10")]
+    assert eco.ledger.verify().ok
+
+
+def test_ledger_verify_payouts_and_rebuild(store: FakeStore, eco: Economy) -> None:
+    eco.append(images("acc_a", 10, price="0.0125"), images("acc_b", 2, price="0.0125"))  # 0.125 + 0.025
+    report = eco.ledger.verify()
+    assert (report.ok, report.rated_events) == (True, 2)
+    (statement,) = eco.ledger.statements(JAN)
+    assert (statement.gross, statement.provider_amount, statement.platform_fee) == (
+        Decimal("0.15"),
+        Decimal("0.12"),
+        Decimal("0.03"),
+    )
+
+    eco.clock.set("2026-02-10T00:00:00")
+    [paid] = eco.ledger.run_payouts(JAN)
+    assert (paid.provider_account_id, paid.amount, paid.currency, paid.seq) == ("acc_p", Decimal("0.12"), "USD", 1)
+    assert eco.ledger.run_payouts(JAN) == []  # paid once
+    assert [b.exact for b in eco.ledger.balances("acc_p")] == [Fraction(0)]
+    eco.append(images("acc_b", 4, day="2026-01-30", price="0.0125"))  # late, but January is still a draft
+    [late] = eco.ledger.run_payouts(JAN)
+    assert (late.amount, late.seq) == (Decimal("0.04"), 2)  # only what January earned since: 0.05 x 0.8
+    assert [p.amount for p in eco.ledger.payouts(JAN)] == [Decimal("0.12"), Decimal("0.04")]
+    assert [b.ledger_account for b in eco.ledger.balances("acc_p")] == [payable("acc_p")]
+
+    assert eco.ledger.rebuild().identical
+    usage_txn = next(t for t in store.state.txns.values() if t.kind == "usage")
+    tampered = replace(usage_txn.entries[0], amount=Fraction(999))
+    store.state.txns[usage_txn.id] = replace(usage_txn, entries=(tampered, *usage_txn.entries[1:]))
+    broken = eco.ledger.verify()
+    assert not broken.ok and f"transaction {usage_txn.id} does not balance in USD" in (broken.violation or "")
+    repaired = eco.ledger.rebuild()
+    assert not repaired.identical and eco.ledger.verify().ok
+    assert len(store.state.payouts) == 2  # payouts are facts: a rebuild keeps them

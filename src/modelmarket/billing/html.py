@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from html import escape
 
-from modelmarket.billing.documents import decimal_text
 from modelmarket.billing.lifecycle import InvoiceDoc
 from modelmarket.billing.render import approx_text
+from modelmarket.core.money import decimal_text
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #111; margin: 2.5em; }

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from modelmarket.audit import chain as audit
-from modelmarket.billing.documents import decimal_text, sum_exact
 from modelmarket.billing.period import Period
-from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, Payout
+from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, Payout, RatedEvent
 from modelmarket.billing.rating import PLATFORM_CASH, payable, receivable, txn_id_for
 from modelmarket.core.clock import Clock
-from modelmarket.core.money import exact_text, round_minor
+from modelmarket.core.errors import ensure
+from modelmarket.core.money import decimal_text, exact_text, round_minor, sum_exact
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.consumer import MeteringService
 from modelmarket.metering.ports import EventLog
@@ -54,6 +54,20 @@ class ProviderStatement:
     provider_amount: Decimal
     platform_fee: Decimal
     lines: tuple[dict[str, Any], ...]
+    """Per model and unit kind: model, unit_kind, events, quantity_base, and gross, provider_amount and
+    platform_fee as decimal strings."""
+
+    def __post_init__(self) -> None:
+        for line in self.lines:
+            gross, provider, fee = (Decimal(line[k]) for k in ("gross", "provider_amount", "platform_fee"))
+            ensure(provider + fee == gross, f"statement line {line['model']}: provider + platform fee != gross")
+        ensure(self.events == sum(line["events"] for line in self.lines), "statement events != sum of its lines")
+        ensure(self.gross == sum_exact(Decimal(x["gross"]) for x in self.lines), "statement gross != sum of lines")
+        ensure(
+            self.provider_amount == sum_exact(Decimal(x["provider_amount"]) for x in self.lines),
+            "statement provider amount != sum of its lines",
+        )
+        ensure(self.provider_amount + self.platform_fee == self.gross, "statement provider + platform fee != gross")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +123,43 @@ def split(gross_exact: Fraction, provider_exact: Fraction, currency: str) -> tup
     gross = round_minor(gross_exact, currency)
     provider = round_minor(provider_exact, currency)
     return gross, provider, gross - provider
+
+
+def build_statements(rows: Iterable[RatedEvent]) -> list[ProviderStatement]:
+    """One statement per provider, period and currency (in that order) from rated events; one line per model and
+    unit kind, split once (``split``); each total is the sum of its rounded lines."""
+    groups: dict[tuple[str, str, str], dict[tuple[str, str], list[Any]]] = defaultdict(dict)
+    for r in rows:
+        line = groups[(r.provider_account_id, r.period, r.currency)].setdefault(
+            (r.model_name, r.unit_kind.value), [0, 0, Fraction(0), Fraction(0)]
+        )
+        line[0] += 1
+        line[1] += r.quantity_base
+        line[2] += r.amount
+        line[3] += r.provider_amount
+    out = []
+    for (provider, period, currency), lines in sorted(groups.items()):
+        docs = []
+        for (model, unit), (events, qty, gross_x, prov_x) in sorted(lines.items()):
+            gross, prov, fee = split(gross_x, prov_x, currency)
+            docs.append(
+                {
+                    "model": model,
+                    "unit_kind": unit,
+                    "events": events,
+                    "quantity_base": qty,
+                    "gross": decimal_text(gross),
+                    "provider_amount": decimal_text(prov),
+                    "platform_fee": decimal_text(fee),
+                }
+            )
+        gross_t = sum_exact(Decimal(d["gross"]) for d in docs)
+        prov_t = sum_exact(Decimal(d["provider_amount"]) for d in docs)
+        events = sum(d["events"] for d in docs)
+        out.append(
+            ProviderStatement(provider, period, currency, events, gross_t, prov_t, gross_t - prov_t, tuple(docs))
+        )
+    return out
 
 
 class LedgerService:
@@ -206,49 +257,10 @@ class LedgerService:
     # -- statements and payouts ----------------------------------------------------------------------------------
 
     def statements(self, period: Period, provider_account_id: str | None = None) -> list[ProviderStatement]:
+        """The providers' statements for ``period`` (every provider, or one), from its rated events."""
         self.metering.catch_up()
         with self.uow.read() as uow:
-            rows = uow.ledger.rated(period=period.label, provider_account_id=provider_account_id)
-            groups: dict[tuple[str, str], dict[tuple[str, str], list[Any]]] = defaultdict(dict)
-            for r in rows:
-                line = groups[(r.provider_account_id, r.currency)].setdefault(
-                    (r.model_name, r.unit_kind.value), [0, 0, Fraction(0), Fraction(0)]
-                )
-                line[0] += 1
-                line[1] += r.quantity_base
-                line[2] += r.amount
-                line[3] += r.provider_amount
-        out = []
-        for (provider, currency), lines in sorted(groups.items()):
-            docs = []
-            for (model, unit), (events, qty, gross_x, prov_x) in sorted(lines.items()):
-                gross, prov, fee = split(gross_x, prov_x, currency)
-                docs.append(
-                    {
-                        "model": model,
-                        "unit_kind": unit,
-                        "events": events,
-                        "quantity_base": qty,
-                        "gross": decimal_text(gross),
-                        "provider_amount": decimal_text(prov),
-                        "platform_fee": decimal_text(fee),
-                    }
-                )
-            gross_t = sum_exact(Decimal(d["gross"]) for d in docs)
-            prov_t = sum_exact(Decimal(d["provider_amount"]) for d in docs)
-            out.append(
-                ProviderStatement(
-                    provider,
-                    period.label,
-                    currency,
-                    sum(d["events"] for d in docs),
-                    gross_t,
-                    prov_t,
-                    gross_t - prov_t,
-                    tuple(docs),
-                )
-            )
-        return out
+            return build_statements(uow.ledger.rated(period=period.label, provider_account_id=provider_account_id))
 
     def run_payouts(self, period: Period, actor: str = "cli") -> list[Payout]:
         """A payout per provider and currency for the period (its statement's provider amount); idempotent."""

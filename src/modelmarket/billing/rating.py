@@ -41,6 +41,7 @@ from modelmarket.billing.charges import ChargeModel, Tier, charge_model
 from modelmarket.billing.period import Period
 from modelmarket.billing.plans import IMPLICIT_PLAN, PlanVersion, Subscription, remaining_days
 from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, RatedEvent
+from modelmarket.core.errors import InvalidInput
 from modelmarket.metering.events import UsageEvent
 from modelmarket.registry.manifest import parse_manifest
 
@@ -107,6 +108,15 @@ def txn_id_for(kind: str, *parts: object) -> str:
     return f"tx_{kind}_{digest}"
 
 
+def check_share(provider_share: Decimal) -> Decimal:
+    """The provider's share of revenue: a Decimal fraction between 0 and 1 (``MODELMARKET_PROVIDER_SHARE``)."""
+    if not isinstance(provider_share, Decimal) or not provider_share.is_finite():
+        raise InvalidInput(f"provider share must be a decimal fraction, got {provider_share!r}")
+    if not Decimal(0) <= provider_share <= Decimal(1):
+        raise InvalidInput(f"provider share must be between 0 and 1, got {provider_share}")
+    return provider_share
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     name: str
@@ -120,7 +130,7 @@ class Rater:
 
     def __init__(self, share: Decimal, now: Callable[[], datetime], charges: ChargeSource | None = None) -> None:
         self.charges: ChargeSource = charges or RegistryCharges()
-        self.share = Fraction(share)
+        self.share = Fraction(check_share(share))
         self.now = now
 
     def apply(self, uow: EconomyUnitOfWork, events: Sequence[tuple[int, UsageEvent]]) -> None:

@@ -1,4 +1,8 @@
-"""Plain-text invoices and statements for the terminal: aligned columns, currency named, totals line."""
+"""Plain-text invoices and provider statements for the terminal: aligned columns, currency named, a total line.
+
+The amounts shown are the documents' own rounded lines and their sums (``InvoiceDoc``, ``ProviderStatement``);
+only quantities are shortened for people (``approx_text``), and marked when they are.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ from collections.abc import Sequence
 from decimal import Decimal
 from fractions import Fraction
 
-from modelmarket.billing.documents import Invoice, Statement, decimal_text
+from modelmarket.billing.ledger import ProviderStatement
+from modelmarket.billing.lifecycle import InvoiceDoc
+from modelmarket.core.money import decimal_text
+from modelmarket.metering.units import UnitKind
 
 _GAP = "  "
 DISPLAY_PLACES = 6
@@ -21,66 +28,62 @@ def approx_text(value: Decimal | Fraction, places: int = DISPLAY_PLACES) -> str:
     return "~" + decimal_text(shown.normalize() if shown != 0 else shown)
 
 
-def render_invoice_text(invoice: Invoice, account_name: str) -> str:
+def render_invoice_text(invoice: InvoiceDoc, account_name: str) -> str:
+    """The invoice with its status, one row per line (plan fees, granted or included IU, usage, overage,
+    adjustments, shortfall) and the total; then when it was finalized, or voided and its credit note."""
     cur = invoice.currency
-    header = ["Model", "Unit", "Events", "Quantity (IU)", f"Unit price ({cur})", f"Amount ({cur})"]
+    header = ["Type", "Description", "Unit", "Events", "Quantity (IU)", f"Amount ({cur})"]
     body = [
         [
-            line.model_name,
-            line.unit_kind.value,
-            str(line.events),
-            approx_text(line.quantity_iu),
-            "mixed" if line.unit_price is None else decimal_text(line.unit_price),
+            line.type,
+            line.description,
+            line.unit_kind or "",
+            str(line.events) if line.model else "",
+            approx_text(line.quantity_iu) if line.model else "",
             decimal_text(line.amount),
         ]
         for line in invoice.lines
     ]
-    footer = [f"Total ({cur})", "", str(invoice.events), "", "", decimal_text(invoice.total)]
-    title = f"Invoice for {account_name}, period {invoice.period.label}, currency {cur}"
-    table = _table(header, body, footer, right=[False, False, True, True, True, True])
-    return "\n".join([title, "", *table]) + "\n"
+    footer = [f"Total ({cur})", "", "", str(invoice.events), "", decimal_text(invoice.total)]
+    title = f"Invoice {invoice.id} for {account_name}, period {invoice.period}, currency {cur}: {invoice.status}"
+    out = [title, "", *_table(header, body, footer, right=[False, False, False, True, True, True])]
+    if invoice.finalized_at:
+        out.append(f"finalized at {invoice.finalized_at}")
+    if invoice.status == "void":
+        out.append(f"voided at {invoice.voided_at}: {invoice.void_reason}")
+        out.append(f"credit note: {decimal_text(-invoice.total)} {cur}")
+    return "\n".join(out) + "\n"
 
 
-def render_statement_text(statement: Statement, provider_name: str) -> str:
+def render_statement_text(statement: ProviderStatement, provider_name: str) -> str:
+    """The provider's statement: per model, gross revenue split into the provider's amount and the platform fee."""
     cur = statement.currency
-    share = _percent(statement.provider_share)
     header = [
         "Model",
         "Unit",
         "Events",
         "Quantity (IU)",
         f"Gross ({cur})",
-        f"Provider {share}",
-        "Platform fee",
+        f"Provider ({cur})",
+        f"Platform fee ({cur})",
     ]
     body = [
         [
-            line.model_name,
-            line.unit_kind.value,
-            str(line.events),
-            approx_text(line.quantity_iu),
-            decimal_text(line.gross),
-            decimal_text(line.provider_amount),
-            decimal_text(line.platform_fee),
+            line["model"],
+            line["unit_kind"],
+            str(line["events"]),
+            approx_text(UnitKind(line["unit_kind"]).iu(line["quantity_base"])),
+            line["gross"],
+            line["provider_amount"],
+            line["platform_fee"],
         ]
         for line in statement.lines
     ]
-    footer = [
-        f"Total ({cur})",
-        "",
-        str(statement.events),
-        "",
-        decimal_text(statement.gross),
-        decimal_text(statement.provider_amount),
-        decimal_text(statement.platform_fee),
-    ]
-    title = f"Provider statement for {provider_name}, period {statement.period.label}, currency {cur}"
+    totals = (statement.gross, statement.provider_amount, statement.platform_fee)
+    footer = [f"Total ({cur})", "", str(statement.events), "", *(decimal_text(x) for x in totals)]
+    title = f"Provider statement for {provider_name}, period {statement.period}, currency {cur}"
     table = _table(header, body, footer, right=[False, False, True, True, True, True, True])
     return "\n".join([title, "", *table]) + "\n"
-
-
-def _percent(share: Decimal) -> str:
-    return f"{decimal_text((share * 100).normalize())}%"
 
 
 def _table(

@@ -1,5 +1,6 @@
-"""The marketplace economy from the command line: ``plans``, ``subscribe``, ``limits``, ``invoices``, ``ledger``,
-``payouts`` and ``billing``. Thin over the services; accounts are named, amounts always carry their currency."""
+"""The marketplace economy from the command line: ``plans``, ``subscribe``, ``limits``, ``invoices`` (and its
+short form ``invoice``), ``ledger``, ``payouts`` (and ``statement``) and ``billing``. Thin over the services;
+accounts are named, amounts always carry their currency."""
 
 from __future__ import annotations
 
@@ -11,19 +12,19 @@ from typing import Any
 
 import click
 
-from modelmarket.billing.documents import decimal_text
 from modelmarket.billing.html import render_invoice_html
+from modelmarket.billing.ledger import ProviderStatement
 from modelmarket.billing.lifecycle import InvoiceDoc
 from modelmarket.billing.period import Period, parse_period
 from modelmarket.billing.plans import AMOUNT_RE, IU_RE, MAX_PLANS_FILE_BYTES, PlanVersion
 from modelmarket.billing.ports import LedgerTxn, Payout
 from modelmarket.billing.rating import payable, receivable
-from modelmarket.billing.render import approx_text
+from modelmarket.billing.render import render_invoice_text, render_statement_text
 from modelmarket.billing.subscriptions import limits_json
 from modelmarket.bootstrap import Platform
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.core.errors import InvalidInput
-from modelmarket.core.money import exact_text, round_minor
+from modelmarket.core.money import decimal_text, exact_text, round_minor
 from modelmarket.metering.units import UnitKind
 
 RECENT_TXNS = 20
@@ -358,6 +359,28 @@ def invoices_list(account: str, period: str | None, as_json: bool) -> None:
         click.echo(table([_invoice_row(d, names) for d in docs], _INVOICE_HEADERS))
 
 
+@click.command()
+@click.argument("account")
+@click.option("--period", required=True, metavar="YYYY-MM", help="Calendar month (UTC).")
+@json_option
+@domain_errors
+def invoice(account: str, period: str, as_json: bool) -> None:
+    """Show ACCOUNT's invoices for a month in full (one per currency), as `invoices show` does: plan fees, usage
+    rated under the plan in force, adjustments; each line rounded once, the total the sum of the lines."""
+    p = platform()
+    acc = p.accounts.get(account)
+    month = parse_period(period)
+    docs = p.invoices.invoices(acc.id, month)
+    if as_json:
+        names = {acc.id: acc.name}
+        echo_json({"account": acc.name, "period": month.label, "invoices": [_invoice_json(d, names) for d in docs]})
+        return
+    if not docs:
+        click.echo(f"no invoices for {acc.name} in {month.label}")
+    for doc in docs:
+        click.echo(render_invoice_text(doc, acc.name))
+
+
 @invoices.command("show")
 @click.argument("invoice_id")
 @click.option(
@@ -369,7 +392,7 @@ def invoices_list(account: str, period: str | None, as_json: bool) -> None:
 @json_option
 @domain_errors
 def invoices_show(invoice_id: str, html_file: Path | None, as_json: bool) -> None:
-    """Show invoice INVOICE_ID: its lines (type, description, IU, amount), total and status."""
+    """Show invoice INVOICE_ID: its status, its lines (type, description, unit, events, IU, amount) and total."""
     p = platform()
     doc = p.invoices.invoice(invoice_id)
     names = _names(p)
@@ -379,20 +402,7 @@ def invoices_show(invoice_id: str, html_file: Path | None, as_json: bool) -> Non
     if as_json:
         echo_json(_invoice_json(doc, names))
         return
-    cur = doc.currency
-    click.echo(f"invoice {doc.id} for {account}, period {doc.period}, currency {cur}: {doc.status}")
-    rows = [
-        [line.type, line.description, approx_text(line.quantity_iu) if line.model else "", decimal_text(line.amount)]
-        for line in doc.lines
-    ]
-    if rows:
-        click.echo(table(rows, ["TYPE", "DESCRIPTION", "QUANTITY (IU)", f"AMOUNT ({cur})"]))
-    click.echo(f"total: {_money(doc.total, cur)}")
-    if doc.finalized_at:
-        click.echo(f"finalized at {doc.finalized_at}")
-    if doc.status == "void":
-        click.echo(f"voided at {doc.voided_at}: {doc.void_reason}")
-        click.echo(f"credit note: {_money(-doc.total, cur)}")
+    click.echo(render_invoice_text(doc, account), nl=False)
     if html_file is not None:
         click.echo(f"wrote {html_file}")
 
@@ -400,15 +410,16 @@ def invoices_show(invoice_id: str, html_file: Path | None, as_json: bool) -> Non
 @invoices.command("finalize")
 @click.argument("invoice_id", required=False)
 @click.option("--due", is_flag=True, help="Finalize every draft whose month ended more than the grace period ago.")
+@click.option("--force", is_flag=True, help="Finalize INVOICE_ID even though its month has not ended yet.")
 @json_option
 @domain_errors
-def invoices_finalize(invoice_id: str | None, due: bool, as_json: bool) -> None:
+def invoices_finalize(invoice_id: str | None, due: bool, force: bool, as_json: bool) -> None:
     """Finalize draft INVOICE_ID (or, with --due, every draft past the grace period): its lines are frozen and
     its fees posted to the ledger. Usage of that period read later lands on a later invoice as an adjustment."""
     if (invoice_id is None) == (not due):
         raise click.UsageError("give either an INVOICE_ID or --due")
     p = platform()
-    docs = p.invoices.finalize_due() if due else [p.invoices.finalize(str(invoice_id))]
+    docs = p.invoices.finalize_due() if due else [p.invoices.finalize(str(invoice_id), force=force)]
     names = _names(p)
     if as_json:
         echo_json([_invoice_json(d, names) for d in docs])
@@ -598,6 +609,14 @@ def payouts_list(period: str | None, as_json: bool) -> None:
         click.echo(_payout_table(items, names))
 
 
+def _echo_statements(items: list[ProviderStatement], names: dict[str, str], as_json: bool) -> None:
+    if as_json:
+        echo_json([{"provider": names.get(s.provider_account_id), **s.to_json()} for s in items])
+        return
+    for st in items:
+        click.echo(render_statement_text(st, names.get(st.provider_account_id, st.provider_account_id)))
+
+
 @payouts.command("statements")
 @click.argument("provider", required=False)
 @click.option("--period", required=True, metavar="YYYY-MM", help="Calendar month (UTC).")
@@ -610,32 +629,30 @@ def payouts_statements(provider: str | None, period: str, as_json: bool) -> None
     month = parse_period(period)
     provider_id = p.accounts.get(provider).id if provider else None
     items = p.ledger.statements(month, provider_id)
-    names = _names(p)
+    if not items and not as_json:
+        click.echo(f"no revenue in {month.label}" + (f" for {provider}" if provider else ""))
+    _echo_statements(items, _names(p), as_json)
+
+
+@click.command()
+@click.argument("provider")
+@click.option("--period", required=True, metavar="YYYY-MM", help="Calendar month (UTC).")
+@json_option
+@domain_errors
+def statement(provider: str, period: str, as_json: bool) -> None:
+    """Show PROVIDER's statements for a month (one per currency), as `payouts statements PROVIDER` does: gross
+    revenue per model from the rated usage, split into the provider's amount and the platform fee."""
+    p = platform()
+    acc = p.accounts.get(provider)
+    month = parse_period(period)
+    items = p.ledger.statements(month, acc.id)
     if as_json:
-        echo_json([{"provider": names.get(s.provider_account_id), **s.to_json()} for s in items])
+        docs = [{"provider": acc.name, **s.to_json()} for s in items]
+        echo_json({"provider": acc.name, "period": month.label, "statements": docs})
         return
     if not items:
-        click.echo(f"no revenue in {month.label}" + (f" for {provider}" if provider else ""))
-    for st in items:
-        cur = st.currency
-        who = names.get(st.provider_account_id, st.provider_account_id)
-        click.echo(f"statement for {who}, period {st.period}, currency {cur}: {st.events} event(s)")
-        rows = [
-            [
-                d["model"],
-                d["unit_kind"],
-                str(d["events"]),
-                approx_text(UnitKind(d["unit_kind"]).iu(d["quantity_base"])),
-                d["gross"],
-                d["provider_amount"],
-                d["platform_fee"],
-            ]
-            for d in st.lines
-        ]
-        totals = (st.gross, st.provider_amount, st.platform_fee)
-        rows.append(["total", "", str(st.events), "", *(decimal_text(x) for x in totals)])
-        headers = ["MODEL", "UNIT", "EVENTS", "IU", f"GROSS ({cur})", f"PROVIDER ({cur})", f"PLATFORM FEE ({cur})"]
-        click.echo(table(rows, headers) + "\n")
+        click.echo(f"no revenue for {acc.name} in {month.label}")
+    _echo_statements(items, {acc.id: acc.name}, as_json)
 
 
 # -- billing -----------------------------------------------------------------------------------------------------

@@ -7,12 +7,22 @@ import click
 from modelmarket import __version__
 from modelmarket.cli.accounts import accounts, keys
 from modelmarket.cli.audit import audit
-from modelmarket.cli.billing import invoice, statement, usage
-from modelmarket.cli.economy import billing_group, invoices, ledger, limits, payouts, plans, subscribe
+from modelmarket.cli.economy import (
+    billing_group,
+    invoice,
+    invoices,
+    ledger,
+    limits,
+    payouts,
+    plans,
+    statement,
+    subscribe,
+)
 from modelmarket.cli.meter import meter
 from modelmarket.cli.prices import prices
 from modelmarket.cli.registry import models, publish
 from modelmarket.cli.serve import demo, runner, serve
+from modelmarket.cli.usage import usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,8 +8,8 @@ import threading
 
 import click
 
-from modelmarket.cli.common import domain_errors, parent_pid_option, platform
 from modelmarket.bootstrap import Platform
+from modelmarket.cli.common import domain_errors, parent_pid_option, platform
 from modelmarket.core import lifetime
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from decimal import (
     ROUND_HALF_EVEN,
     Clamped,
@@ -121,6 +122,19 @@ def round_minor(value: Fraction | Decimal, currency: str) -> Decimal:
     """Round an exact rational amount once, to the currency's minor unit, half-to-even, with no error."""
     places = minor_units(currency)
     return Decimal(round(Fraction(value) * 10**places)).scaleb(-places, context=EXACT)
+
+
+def sum_exact(values: Iterable[Decimal]) -> Decimal:
+    """The exact sum of decimal amounts (in ``EXACT``: a sum that would need rounding raises instead)."""
+    total = Decimal(0)
+    for value in values:
+        total = EXACT.add(total, value)
+    return total
+
+
+def decimal_text(value: Decimal) -> str:
+    """A decimal as plain positional text (never exponent notation), for JSON and display."""
+    return format(value, "f")
 
 
 DISPLAY_DIGITS = 50

@@ -16,7 +16,7 @@ from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
 from modelmarket.adapters.store.repos.audit import SqlAuditRepository
 from modelmarket.adapters.store.repos.economy import SqlLedgerRepository, SqlPlanRepository
 from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
-from modelmarket.adapters.store.repos.usage import SqlBillingRepository, SqlUsageRepository
+from modelmarket.adapters.store.repos.usage import SqlUsageRepository
 from modelmarket.core.uow import Lock
 
 ADVISORY_LOCK_IDS: dict[Lock, int] = {Lock.PUBLISH: 7042003, Lock.METERING: 7042002, Lock.PLANS: 7042004}
@@ -31,7 +31,6 @@ class SqlUnitOfWork:
         self._accounts = SqlAccountRepository(conn)
         self._registry = SqlRegistryRepository(conn)
         self._usage = SqlUsageRepository(conn)
-        self._billing = SqlBillingRepository(conn)
         self._audit = SqlAuditRepository(conn)
         self._plans = SqlPlanRepository(conn)
         self._ledger = SqlLedgerRepository(conn)
@@ -47,10 +46,6 @@ class SqlUnitOfWork:
     @property
     def usage(self) -> SqlUsageRepository:
         return self._usage
-
-    @property
-    def billing(self) -> SqlBillingRepository:
-        return self._billing
 
     @property
     def audit(self) -> SqlAuditRepository:

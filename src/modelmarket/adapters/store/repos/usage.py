@@ -1,22 +1,17 @@
-"""``UsageRepository`` (metering) and ``BillingRepository`` on SQL: both read and write the usage tables."""
+"""``UsageRepository`` (metering) on SQL: the usage tables, the consumer offsets and the rejects."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
-from datetime import date
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Numeric, cast, delete, func, insert, select, update
 
 from modelmarket.adapters.store import schema as t
-from modelmarket.billing.aggregate import UsageRow
-from modelmarket.billing.ports import Owner
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import CallStats, DailyUsage, Reject
 from modelmarket.metering.units import UnitKind
 
-USAGE_BATCH_ROWS = 2000
-"""Usage rows fetched per round trip while building a document (events are streamed, never loaded whole)."""
 _D = t.usage_daily.c
 _O = t.consumer_offsets.c
 
@@ -166,27 +161,3 @@ class SqlUsageRepository:
         self.conn.execute(delete(t.usage_daily))
         self.conn.execute(delete(t.metering_rejects))
         self.save_offset(consumer, 0)
-
-
-class SqlBillingRepository:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def usage_rows(self, owner: Owner, account_id: str, first_day: date, last_day: date) -> Iterator[UsageRow]:
-        e = t.usage_events.c
-        who = e.account_id if owner == "consumer" else e.provider_account_id
-        stmt = (
-            select(e.currency, e.model_name, e.unit_kind, e.unit_price, e.quantity_base, e.amount_numerator)
-            .where(who == account_id, e.day >= first_day.isoformat(), e.day <= last_day.isoformat())
-            .execution_options(yield_per=USAGE_BATCH_ROWS)
-        )
-        with self.conn.execute(stmt) as result:
-            for row in result:
-                yield UsageRow(
-                    row.currency,
-                    row.model_name,
-                    UnitKind(row.unit_kind),
-                    row.unit_price,
-                    int(row.quantity_base),
-                    row.amount_numerator,
-                )
