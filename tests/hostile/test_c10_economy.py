@@ -143,3 +143,18 @@ def test_an_oversized_plans_file_is_refused_before_it_is_parsed(market: Market) 
     text = "plans:\n" + "#" * MAX_PLANS_FILE_BYTES
     with pytest.raises(InvalidInput, match="larger than"):
         market.admin.plans.apply(text, actor="hostile-tests")
+
+
+def test_quota_counters_survive_a_gateway_kill(market: Market) -> None:
+    """The limiter's counters are rebuilt from usage when the gateway starts: a SIGKILL does not reset a quota."""
+    who = market.consumer("restart-quota")
+    market.admin.plans.set_limits(
+        who.account_id, None, rpm=None, iu_per_day={UnitKind.IMAGE: Decimal(5)}, budget=None, actor="hostile-tests"
+    )
+    time.sleep(PICKED_UP_S)
+    assert [_infer(market, who).status_code for _ in range(3)] == [200, 200, 200]
+    market.kill_and_restart()
+    assert [_infer(market, who).status_code for _ in range(2)] == [200, 200]
+    refused = _infer(market, who)
+    assert refused.status_code == 402 and refused.json()["used"] == "5", refused.text
+    assert _wait_events(market, who, 5) == 5
