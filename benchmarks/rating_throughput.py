@@ -2,13 +2,15 @@
 PostgreSQL, beside the raw insert rate of the same rows into the same database (the storage's upper bound).
 
 The measured path is the metering consumer with billing's Rater projector (``platform.metering.catch_up()``, as
-``modelmarket meter`` runs it): read the log, decode, dedup by event id, write usage_events and usage_daily, rate
-each event under the plan in force (a ``pro`` subscription: its included IU cover the first calls, the rest is
-overage at the list price), write rated_events, the counters and one balanced ledger transaction per group and
-batch, and move the offset, one transaction per batch of ``BATCH_MAX_RECORDS`` log records.
+``modelmarket meter`` runs it): read the log, decode, dedup by event id, rate each event under the plan in force
+(a ``pro`` subscription: its included IU cover the first calls, the rest is overage at the list price), write
+each event once with its rating (a row of usage_events), usage_daily, the counters and one balanced ledger
+transaction per group and batch, and move the offset, one transaction per batch of ``BATCH_MAX_RECORDS`` log
+records.
 
-The raw bound inserts as many usage_events, rated_events, ledger_txns and ledger_entries rows as that run wrote
-(copies of them, new keys) with plain ``executemany``, one transaction per batch of the same size, no logic.
+The raw bound inserts as many usage_events, ledger_txns and ledger_entries rows as that run wrote (copies of
+them, new keys), one transaction per batch of the same size, no logic, written the way the consumer writes its
+per-event rows (``insert_rows``: ``executemany`` on SQLite, ``COPY`` on PostgreSQL).
 
 Prints, measured in one run on this machine: events/s for each backend (targets: >= 50,000/s embedded SQLite,
 >= 10,000/s PostgreSQL), the raw insert rate and the ratio. ``--profile`` also rates a second, fresh copy of each
@@ -45,6 +47,7 @@ from sqlalchemy import func, select
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.adapters.store import schema as t
+from modelmarket.adapters.store.repos.usage import insert_rows
 from modelmarket.bootstrap import bootstrap
 from modelmarket.demo import build_packages
 from modelmarket.metering.consumer import BATCH_MAX_RECORDS
@@ -63,8 +66,8 @@ plans:
 """
 MONTH_START = datetime(2026, 1, 1, tzinfo=UTC)
 MONTH_S = 31 * 86_400
-RAW_TABLES = (t.usage_events, t.rated_events, t.ledger_txns, t.ledger_entries)
-RAW_KEY = {"usage_events": "event_id", "rated_events": "event_id", "ledger_txns": "id", "ledger_entries": "txn_id"}
+RAW_TABLES = (t.usage_events, t.ledger_txns, t.ledger_entries)
+RAW_KEY = {"usage_events": "event_id", "ledger_txns": "id", "ledger_entries": "txn_id"}
 
 
 @dataclass
@@ -155,33 +158,33 @@ def _counts(store: SqlStore) -> tuple[dict[str, int], int, int]:
     with store.read() as uow:
         conn = uow.conn
         rows = {table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one()) for table in tables}
-        r = t.rated_events.c
+        r = t.usage_events.c
+        rows["rated"] = int(conn.execute(select(func.count()).where(r.txn_id.is_not(None))).scalar_one())
         granted = conn.execute(select(func.count()).where(r.granted_base > 0)).scalar_one()
         billed = conn.execute(select(func.count()).where(r.granted_base < r.quantity_base)).scalar_one()
     return rows, int(granted), int(billed)
 
 
 def _raw_insert(store: SqlStore, n: int) -> float:
-    """Copies of the rows the rating run wrote, inserted with plain executemany, a transaction per batch."""
-    copies: list[tuple[str, list[tuple[object, ...]]]] = []
-    mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
+    """Copies of the rows the rating run wrote, inserted as the consumer inserts its per-event rows
+    (``insert_rows``), a transaction per batch."""
+    copies: list[tuple[str, list[str], list[tuple[object, ...]]]] = []
     with store.read() as uow:
         for table in RAW_TABLES:
             names = [c.name for c in table.columns]
             key = names.index(RAW_KEY[table.name])
             stored = uow.conn.exec_driver_sql(f"SELECT {', '.join(names)} FROM {table.name}").all()
             rows = [(*row[:key], f"raw{row[key]}", *row[key + 1 :]) for row in stored]
-            marks = ", ".join(mark for _ in names)
-            copies.append((f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", rows))
+            copies.append((table.name, names, rows))
     batches = max(1, -(-n // BATCH_MAX_RECORDS))
     started = time.perf_counter()
     for b in range(batches):
         with store.write() as uow:  # the consumer's kind of transaction (BEGIN IMMEDIATE on SQLite)
-            for statement, rows in copies:
+            for name, columns, rows in copies:
                 per = -(-len(rows) // batches)
                 chunk = rows[b * per : (b + 1) * per]
                 if chunk:
-                    uow.conn.exec_driver_sql(statement, chunk)
+                    insert_rows(uow.conn, name, columns, chunk)
     return time.perf_counter() - started
 
 
@@ -193,7 +196,7 @@ def _measure(
     try:
         append_s, rate_s = _rate(base / f"{backend}-home", store, digits, n, profile=False)
         rows, granted, billed = _counts(store)
-        if rows["rated_events"] != n or rows["usage_events"] != n:
+        if rows["rated"] != n or rows["usage_events"] != n:
             raise RuntimeError(f"{backend}: expected {n} usage and rated events, found {rows}")
         raw_s = _raw_insert(store, n)
     finally:

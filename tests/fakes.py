@@ -165,12 +165,13 @@ class FakeUsage:
             assert event.id not in self.s.events, "event ids are unique"
             self.s.events[event.id] = (offset, event)
 
-    def daily(self, key: tuple[str, str, str, UnitKind, str]) -> DailyUsage | None:
-        return self.s.daily.get(key)
+    def daily(self, keys: Collection[tuple[str, str, str, UnitKind, str]]) -> dict[Any, DailyUsage]:
+        return {k: self.s.daily[k] for k in keys if k in self.s.daily}
 
-    def put_daily(self, row: DailyUsage, is_new: bool) -> None:
-        assert (row.key not in self.s.daily) == is_new
-        self.s.daily[row.key] = row
+    def put_daily(self, rows: Sequence[DailyUsage], existing: Collection[tuple[str, str, str, UnitKind, str]]) -> None:
+        for row in rows:
+            assert (row.key in self.s.daily) == (row.key in existing), f"daily {row.key}: insert or update as told"
+            self.s.daily[row.key] = row
 
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
         for r in rejects:
@@ -262,9 +263,13 @@ class FakeLedger:
             self.s.counters[key] = value
 
     def add_rated(self, rows: Sequence[RatedEvent]) -> None:
+        """Records each usage event with its rating, as the SQL store does (one row per event)."""
         for row in rows:
+            assert row.usage is not None, "a rated event comes with its usage event"
             assert row.event_id not in self.s.rated, "an event is rated once"
-            self.s.rated[row.event_id] = row
+            assert row.event_id not in self.s.events, "event ids are unique"
+            self.s.events[row.event_id] = (row.log_offset, row.usage)
+            self.s.rated[row.event_id] = row._replace(usage=None)  # as read back
 
     def add_txns(self, txns: Sequence[LedgerTxn]) -> None:
         for txn in txns:
@@ -347,6 +352,7 @@ class FakeLedger:
     def clear_derived(self) -> None:
         self.s.txns = {k: v for k, v in self.s.txns.items() if v.kind != "usage"}
         self.s.rated.clear()
+        self.s.events.clear()  # a rated event is its usage event's row
         self.s.counters.clear()
 
 

@@ -383,7 +383,7 @@ def test_rebuild_is_identical_and_repairs_a_tampered_rated_event(
         for r in eco.platform.ledger.transactions(eco.accounts["r-payg"])
         if r.kind == "usage" and r.period == "2026-02" and "adjustment" in r.memo
     ]
-    changed = eco.sql("UPDATE rated_events SET amount = '1' WHERE txn_id = :t", t=row.id)
+    changed = eco.sql("UPDATE usage_events SET amount = '1' WHERE txn_id = :t", t=row.id)
     assert changed == 1
     assert str(eco.invoice("r-payg", "2026-02").total) == "1.30"  # the tampered adjustment bills 1 instead of 0.70
     assert not eco.platform.ledger.verify().ok

@@ -24,25 +24,36 @@ Per event, in log order:
 Each batch posts one ledger transaction per (consumer, provider, currency, landing period, kind): receivable
 from the consumer (debit), payable to the provider and platform revenue (credits). Every rated event names its
 transaction, whose receivable is the exact sum of its events' amounts (``ledger verify`` checks both).
+
+Rating runs once per event on the metering hot path, so it keeps the exact arithmetic in integers: an amount is a
+numerator and a denominator (a per-unit one is ``billable x`` the price's integer ratio over ``divisor x`` its
+denominator), a transaction sums numerators per denominator and makes one Fraction at the end (its share is that
+total x share, which equals the sum of its events' shares exactly), and the Fractions of the few distinct amounts
+of a batch are made once. Plans are looked up by bisection in each account's history, and the included IU of a
+subscription computed once per period. The rated rows go to ``LedgerRepository.add_rated`` with their usage
+events: the store writes each event once, with its rating (``records_events``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
+from itertools import pairwise
 from typing import Any, Protocol
 
 from modelmarket.billing.charges import ChargeModel, Tier, charge_model
 from modelmarket.billing.period import Period
-from modelmarket.billing.plans import IMPLICIT_PLAN, PlanVersion, Subscription, remaining_days
+from modelmarket.billing.plans import IMPLICIT_PLAN, PlanSpec, PlanVersion, Subscription, remaining_days
 from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, RatedEvent
 from modelmarket.core.errors import InvalidInput
 from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.units import UnitKind
 from modelmarket.registry.manifest import parse_manifest
 
 PLATFORM_REVENUE = "revenue:platform"
@@ -117,163 +128,306 @@ def check_share(provider_share: Decimal) -> Decimal:
     return provider_share
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Plan:
+    """A plan in force: the implicit ``payg``, or a subscription with its spec (None if the version is unknown)."""
+
     name: str
     version: int
-    sub: Subscription | None
-    spec: PlanVersion | None
+    sub: Subscription | None = None
+    spec: PlanSpec | None = None
+    scope: str = ""
+    """The counter scope of the subscription's grant or included IU: ``sub:<seq>``."""
+    start: date | None = None
+    """The UTC day the subscription started (its included IU are prorated from it)."""
+
+
+_IMPLICIT = _Plan(IMPLICIT_PLAN, 0)
+_UNIT_TEXT = {unit: unit.value for unit in UnitKind}
+
+
+class _Timeline:
+    """An account's subscription history in a batch: the plan in force at a time, by bisection."""
+
+    __slots__ = ("chronological", "plans", "starts")
+
+    def __init__(self, subs: list[Subscription], specs: dict[tuple[str, int], PlanVersion]) -> None:
+        self.starts: list[datetime] = []
+        self.plans: list[_Plan] = []
+        for sub in subs:  # ordered by effective_at, then seq: the last one starting at or before T is in force
+            effective = sub.effective
+            spec = specs.get((sub.plan_name, sub.plan_version))
+            self.starts.append(effective)
+            self.plans.append(
+                _Plan(
+                    sub.plan_name,
+                    sub.plan_version,
+                    sub,
+                    None if spec is None else spec.spec,
+                    f"sub:{sub.seq}",
+                    effective.astimezone(UTC).date(),
+                )
+            )
+        # Ordered by the text of effective_at, which is time order for UTC instants; otherwise (other offsets)
+        # the last one in that order that started at or before T, as a scan finds it.
+        self.chronological = all(a <= b for a, b in pairwise(self.starts))
+
+    def at(self, time: datetime) -> _Plan:
+        if self.chronological:
+            i = bisect_right(self.starts, time)
+            return self.plans[i - 1] if i else _IMPLICIT
+        found = _IMPLICIT
+        for start, plan in zip(self.starts, self.plans, strict=True):
+            if start <= time:
+                found = plan
+        return found
+
+
+class _Group:
+    """The events of one usage transaction in a batch: the amount is summed exactly, as integer numerators per
+    denominator (no Fraction normalisation per event), and made one Fraction at the end."""
+
+    __slots__ = ("count", "first", "numerators")
+
+    def __init__(self, first: RatedEvent) -> None:
+        self.first = first
+        self.count = 0
+        self.numerators: dict[int, int] = {}
+
+    def add(self, numerator: int, denominator: int) -> None:
+        self.count += 1
+        self.numerators[denominator] = self.numerators.get(denominator, 0) + numerator
+
+    def amount(self) -> Fraction:
+        return sum((Fraction(n, d) for d, n in self.numerators.items()), Fraction(0))
+
+
+AMOUNT_CACHE_MAX = 4096
+"""Distinct (numerator, denominator) amounts whose Fractions rating keeps between batches (an event's amount is
+usually one of a few: a small quantity times one price)."""
 
 
 class Rater:
-    """The rating projection. ``share``: the provider's share of billed revenue (0..1)."""
+    """The rating projection. ``share``: the provider's share of billed revenue (0..1).
+
+    It records the events it rates (``records_events``): the store keeps one row per event, the usage event with
+    its rating, written once (``LedgerRepository.add_rated``), so the metering consumer does not write them."""
+
+    records_events = True
 
     def __init__(self, share: Decimal, now: Callable[[], datetime], charges: ChargeSource | None = None) -> None:
         self.charges: ChargeSource = charges or RegistryCharges()
         self.share = Fraction(check_share(share))
         self.now = now
+        self._amounts: dict[tuple[int, int], tuple[Fraction, Fraction]] = {}
+        self._ratios: dict[Decimal, tuple[int, int]] = {}
 
     def apply(self, uow: EconomyUnitOfWork, events: Sequence[tuple[int, UsageEvent]]) -> None:
         if not events:
             return
-        closed = uow.ledger.closed_periods()
-        plans = {(p.name, p.version): p for p in uow.plans.plan_versions()}
-        history: dict[str, list[Subscription]] = {}
-        for _, e in events:
-            if e.account_id not in history:
-                history[e.account_id] = uow.plans.subscriptions(e.account_id)
-        placed = [(offset, e, self._plan(e, history[e.account_id], plans)) for offset, e in events]
-        keys = {key for offset, e, plan in placed for key in self._counter_keys(e, plan)}
+        placed, keys = self._place(uow, events)
         stored = uow.ledger.counters(sorted(keys))
         counters = dict(stored)
-        rated: list[RatedEvent] = []
-        groups: dict[tuple[str, str, str, str, str], list[RatedEvent]] = {}
-        for offset, e, plan in placed:
-            origin = period_label(e.time)
-            landing, kind = origin, "usage"
-            if _read_after_close(closed, (e.account_id, origin, e.currency), offset):
-                kind = "adjustment"
-                landing = next_period(origin)
-                # A period finalized *after* this event was read kept it (a rebuild must land it there again).
-                while _read_after_close(closed, (e.account_id, landing, e.currency), offset):
-                    landing = next_period(landing)
-            granted, amount = self._rate(uow, e, origin, plan, counters)
-            group = (e.account_id, e.provider_account_id, e.currency, landing, kind)
-            txn = txn_id_for("usage", *group, offset)  # the first event's offset makes the group's id unique
-            members = groups.setdefault(group, [])
-            if members:
-                txn = members[0].txn_id
-            row = RatedEvent(
-                event_id=e.id,
-                log_offset=offset,
-                account_id=e.account_id,
-                provider_account_id=e.provider_account_id,
-                model_name=e.model,
-                unit_kind=e.unit_kind,
-                currency=e.currency,
-                period=landing,
-                origin_period=origin,
-                kind=kind,
-                plan_name=plan.name,
-                plan_version=plan.version,
-                quantity_base=e.quantity,
-                granted_base=granted,
-                amount=amount,
-                provider_amount=amount * self.share,
-                txn_id=txn,
-            )
-            members.append(row)
-            rated.append(row)
+        rated, groups = self._rate_all(uow, placed, counters, uow.ledger.closed_periods())
         uow.ledger.put_counters({k: v for k, v in counters.items() if stored.get(k) != v}, set(stored))
         uow.ledger.add_rated(rated)
         created = self.now().astimezone(UTC).isoformat()
-        uow.ledger.add_txns([usage_txn(rows, created) for rows in groups.values()])
+        txns = []
+        for group in groups:
+            amount = group.amount()
+            txns.append(usage_txn(group.first, group.count, amount, amount * self.share, created))
+        uow.ledger.add_txns(txns)
+
+    def _place(
+        self, uow: EconomyUnitOfWork, events: Sequence[tuple[int, UsageEvent]]
+    ) -> tuple[list[tuple[int, UsageEvent, str, _Plan]], set[CounterKey]]:
+        """Each event with its origin period and the plan in force at its time; the counters they may move."""
+        specs = {(p.name, p.version): p for p in uow.plans.plan_versions()}
+        timelines: dict[str, _Timeline] = {}
+        labels: dict[tuple[int, int], str] = {}
+        placed = []
+        combos = set()
+        for offset, e in events:
+            timeline = timelines.get(e.account_id)
+            if timeline is None:
+                timeline = timelines[e.account_id] = _Timeline(uow.plans.subscriptions(e.account_id), specs)
+            plan = timeline.at(e.time)
+            utc = e.time.astimezone(UTC)
+            origin = labels.get((utc.year, utc.month))
+            if origin is None:
+                origin = labels[(utc.year, utc.month)] = period_label(utc)
+            placed.append((offset, e, origin, plan))
+            combos.add((e.account_id, origin, e.model, e.unit_kind, plan))
+        keys: set[CounterKey] = set()
+        for account_id, origin, model, unit, plan in combos:
+            keys.add((account_id, origin, f"model:{model}", _UNIT_TEXT[unit]))
+            if plan.sub is not None:
+                keys.add((account_id, origin, plan.scope, _UNIT_TEXT[unit]))
+        return placed, keys
+
+    def _rate_all(
+        self,
+        uow: EconomyUnitOfWork,
+        placed: list[tuple[int, UsageEvent, str, _Plan]],
+        counters: dict[CounterKey, int],
+        closed: dict[tuple[str, str, str], int],
+    ) -> tuple[list[RatedEvent], list[_Group]]:
+        """The rated events, in log order, and their groups (one usage transaction each)."""
+        allowances: dict[tuple[str, str, UnitKind], int] = {}
+        rated: list[RatedEvent] = []
+        groups: dict[tuple[str, str, str, str, str], _Group] = {}
+        if len(self._amounts) > AMOUNT_CACHE_MAX:
+            self._amounts.clear()
+        for offset, e, origin, plan in placed:
+            landing, kind = _landing(closed, e, origin, offset) if closed else (origin, "usage")
+            granted, numerator, denominator = self._rate(uow, e, origin, plan, counters, allowances)
+            amount, provider = self._amount(numerator, denominator)
+            group_key = (e.account_id, e.provider_account_id, e.currency, landing, kind)
+            group = groups.get(group_key)
+            # The group's first event's offset makes its transaction id unique.
+            txn_id = group.first.txn_id if group is not None else txn_id_for("usage", *group_key, offset)
+            row = RatedEvent(
+                e.id,
+                offset,
+                e.account_id,
+                e.provider_account_id,
+                e.model,
+                e.unit_kind,
+                e.currency,
+                landing,
+                origin,
+                kind,
+                plan.name,
+                plan.version,
+                e.quantity,
+                granted,
+                amount,
+                provider,
+                txn_id,
+                e,
+            )
+            if group is None:
+                group = groups[group_key] = _Group(row)
+            group.add(numerator, denominator)
+            rated.append(row)
+        return rated, list(groups.values())
 
     def clear(self, uow: EconomyUnitOfWork) -> None:
         uow.ledger.clear_derived()
 
-    def _plan(self, e: UsageEvent, subs: list[Subscription], plans: dict[tuple[str, int], PlanVersion]) -> _Plan:
-        in_force = None
-        for sub in subs:  # ordered by effective_at, then seq
-            if sub.effective <= e.time:
-                in_force = sub
-        if in_force is None:
-            return _Plan(IMPLICIT_PLAN, 0, None, None)
-        spec = plans.get((in_force.plan_name, in_force.plan_version))
-        return _Plan(in_force.plan_name, in_force.plan_version, in_force, spec)
-
-    def _counter_keys(self, e: UsageEvent, plan: _Plan) -> list[CounterKey]:
-        origin = period_label(e.time)
-        keys = [(e.account_id, origin, f"model:{e.model}", e.unit_kind.value)]
-        if plan.sub is not None:
-            keys.append((e.account_id, origin, f"sub:{plan.sub.seq}", e.unit_kind.value))
-        return keys
-
     def _rate(
-        self, uow: EconomyUnitOfWork, e: UsageEvent, origin: str, plan: _Plan, counters: dict[CounterKey, int]
-    ) -> tuple[int, Fraction]:
-        """(granted base units, exact amount) of one event; moves the counters it uses."""
-        spec = plan.spec.spec if plan.spec is not None else None
+        self,
+        uow: EconomyUnitOfWork,
+        e: UsageEvent,
+        origin: str,
+        plan: _Plan,
+        counters: dict[CounterKey, int],
+        allowances: dict[tuple[str, str, UnitKind], int],
+    ) -> tuple[int, int, int]:
+        """(granted base units, amount numerator, amount denominator) of one event, exactly; moves the counters
+        it uses."""
+        spec = plan.spec
         unit = e.unit_kind
-        div = unit.divisor
-        if spec is not None and plan.sub is not None:
-            sub_key = (e.account_id, origin, f"sub:{plan.sub.seq}", unit.value)
+        if spec is not None:  # (a subscription's: the implicit plan has none)
+            sub_key = (e.account_id, origin, plan.scope, _UNIT_TEXT[unit])
             used = counters.get(sub_key, 0)
             counters[sub_key] = used + e.quantity
             if spec.kind == "free":
-                return e.quantity, Fraction(0)
+                return e.quantity, 0, 1
             if spec.kind == "subscription":
-                period = Period(int(origin[:4]), int(origin[5:]))
-                start = max(plan.sub.effective.astimezone(UTC).date(), period.first_day)
-                allowance = spec.included.get(unit, Fraction(0)) * div
-                allowance = allowance * remaining_days(start, period) / period.last_day.day
-                left = max(0, int(allowance) - used)  # whole base units (a fraction of one is not included)
-                granted = min(e.quantity, left)
+                allowance = allowances.get((plan.scope, origin, unit))
+                if allowance is None:
+                    allowance = allowances[(plan.scope, origin, unit)] = _included_base(plan, spec, origin, unit)
+                granted = min(e.quantity, max(0, allowance - used))
                 billable = e.quantity - granted
                 if billable == 0:
-                    return granted, Fraction(0)
+                    return granted, 0, 1
                 rate = spec.overage.get(unit) if spec.currency == e.currency else None  # a price in its currency
                 if rate is not None:
-                    return granted, Fraction(billable) * Fraction(rate) / div
-                return granted, self._list(uow, e, origin, billable, counters)
+                    n, d = self._ratio(rate)
+                    return granted, billable * n, d * unit.divisor
+                return (granted, *self._list(uow, e, origin, billable, counters))
             if spec.kind == "enterprise":
                 rate = spec.rates.get(e.model) if spec.currency == e.currency else None
                 if rate is not None:
-                    return 0, Fraction(e.quantity) * Fraction(rate) / div
-        return 0, self._list(uow, e, origin, e.quantity, counters)
+                    n, d = self._ratio(rate)
+                    return 0, e.quantity * n, d * unit.divisor
+        return (0, *self._list(uow, e, origin, e.quantity, counters))
+
+    def _amount(self, numerator: int, denominator: int) -> tuple[Fraction, Fraction]:
+        """The exact amount and the provider's share of it (cached: a batch repeats a few amounts)."""
+        pair = self._amounts.get((numerator, denominator))
+        if pair is None:
+            amount = Fraction(numerator, denominator)
+            pair = self._amounts[(numerator, denominator)] = (amount, amount * self.share)
+        return pair
+
+    def _ratio(self, price: Decimal) -> tuple[int, int]:
+        """A decimal price as an exact integer ratio (cached: an event carries one of a few prices)."""
+        found = self._ratios.get(price)
+        if found is None:
+            if len(self._ratios) > AMOUNT_CACHE_MAX:
+                self._ratios.clear()
+            found = self._ratios[price] = price.as_integer_ratio()
+        return found
 
     def _list(
         self, uow: EconomyUnitOfWork, e: UsageEvent, origin: str, billable: int, counters: dict[CounterKey, int]
-    ) -> Fraction:
-        """The list amount of ``billable`` base units of this event (the last ones of its quantity)."""
+    ) -> tuple[int, int]:
+        """The list amount of ``billable`` base units of this event (the last ones of its quantity), as an exact
+        (numerator, denominator)."""
         charge = self.charges(uow, e.model, e.version)
         div = e.unit_kind.divisor
-        factor = Fraction(e.price_factor)
         if charge.kind == "per_unit":
-            if charge.output_price_per_iu is not None and charge.input_price_per_iu is not None:
-                out = min(billable, e.quantity_out)  # output is billed first: it is the last part of the call
-                inp = billable - out
-                prices = Fraction(inp) * Fraction(charge.input_price_per_iu)
-                prices += Fraction(out) * Fraction(charge.output_price_per_iu)
-                return factor * prices / div
-            return Fraction(billable) * Fraction(e.unit_price) / div
-        key = (e.account_id, origin, f"model:{e.model}", e.unit_kind.value)
+            if charge.output_price_per_iu is None:
+                n, d = self._ratio(e.unit_price)
+                return billable * n, d * div
+            assert charge.input_price_per_iu is not None
+            out = min(billable, e.quantity_out)  # output is billed first: it is the last part of the call
+            inp = billable - out
+            prices = Fraction(inp) * Fraction(charge.input_price_per_iu)
+            prices += Fraction(out) * Fraction(charge.output_price_per_iu)
+            amount = Fraction(e.price_factor) * prices / div
+            return amount.numerator, amount.denominator
+        key = (e.account_id, origin, f"model:{e.model}", _UNIT_TEXT[e.unit_kind])
         before = counters.get(key, 0)
         counters[key] = before + billable
-        return factor * charge.marginal(Fraction(before, div), Fraction(before + billable, div))
+        amount = Fraction(e.price_factor) * charge.marginal(Fraction(before, div), Fraction(before + billable, div))
+        return amount.numerator, amount.denominator
 
 
-def usage_txn(rows: Sequence[RatedEvent], created_at: str) -> LedgerTxn:
-    """The balanced transaction of a group of rated events (same consumer, provider, currency, period, kind)."""
-    first = rows[0]
-    amount = sum((r.amount for r in rows), Fraction(0))
-    provider = sum((r.provider_amount for r in rows), Fraction(0))
+def _landing(closed: dict[tuple[str, str, str], int], e: UsageEvent, origin: str, offset: int) -> tuple[str, str]:
+    """(landing period, kind): an event of a period finalized before it was read is an adjustment that lands on the
+    next period not finalized before then."""
+    if not _read_after_close(closed, (e.account_id, origin, e.currency), offset):
+        return origin, "usage"
+    landing = next_period(origin)
+    # A period finalized *after* this event was read kept it (a rebuild must land it there again).
+    while _read_after_close(closed, (e.account_id, landing, e.currency), offset):
+        landing = next_period(landing)
+    return landing, "adjustment"
+
+
+def _included_base(plan: _Plan, spec: PlanSpec, origin: str, unit: UnitKind) -> int:
+    """The included base units of a subscription in a period: prorated by the days left in the month when it
+    started mid-month, rounded down to whole base units (a fraction of one is not included)."""
+    assert plan.start is not None
+    period = Period(int(origin[:4]), int(origin[5:]))
+    start = max(plan.start, period.first_day)
+    allowance = spec.included.get(unit, Fraction(0)) * unit.divisor
+    return int(allowance * remaining_days(start, period) / period.last_day.day)
+
+
+def usage_txn(first: RatedEvent, count: int, amount: Fraction, provider: Fraction, created_at: str) -> LedgerTxn:
+    """The balanced transaction of a group of ``count`` rated events (same consumer, provider, currency, period,
+    kind; ``first`` is the first of them): ``amount`` is the exact sum of their amounts, ``provider`` of their
+    provider shares."""
     entries = (
         LedgerEntry(first.txn_id, 1, receivable(first.account_id), first.currency, amount),
         LedgerEntry(first.txn_id, 2, payable(first.provider_account_id), first.currency, -provider),
         LedgerEntry(first.txn_id, 3, PLATFORM_REVENUE, first.currency, provider - amount),
     )
-    memo = f"{len(rows)} {first.kind} event(s) of {first.period}"
+    memo = f"{count} {first.kind} event(s) of {first.period}"
     return LedgerTxn(
         first.txn_id,
         "usage",

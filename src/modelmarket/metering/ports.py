@@ -65,6 +65,10 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
+DailyKey = tuple[str, str, str, UnitKind, str]
+"""(account_id, model_name, day, unit_kind, currency) of a per-day usage row."""
+
+
 @dataclass(frozen=True, slots=True)
 class DailyUsage:
     """One account's exact usage of one model on one UTC day: amount = amount_numerator / unit_kind.divisor."""
@@ -79,7 +83,7 @@ class DailyUsage:
     amount_numerator: Decimal
 
     @property
-    def key(self) -> tuple[str, str, str, UnitKind, str]:
+    def key(self) -> DailyKey:
         return (self.account_id, self.model_name, self.day, self.unit_kind, self.currency)
 
 
@@ -120,12 +124,17 @@ class UsageRepository(Protocol):
     def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
     def add_events(self, events: Sequence[tuple[int, UsageEvent]]) -> None:
-        """Rated events with the log offset each was read at."""
+        """Events with the log offset each was read at. Not called when a projector records the events with what
+        it derives from them (billing's rating does: ``LedgerRepository.add_rated``)."""
         ...
 
-    def daily(self, key: tuple[str, str, str, UnitKind, str]) -> DailyUsage | None: ...
+    def daily(self, keys: Collection[DailyKey]) -> dict[DailyKey, DailyUsage]:
+        """The stored per-day rows of ``keys`` (a key with none is left out)."""
+        ...
 
-    def put_daily(self, row: DailyUsage, is_new: bool) -> None: ...
+    def put_daily(self, rows: Sequence[DailyUsage], existing: Collection[DailyKey]) -> None:
+        """Update the rows whose key is in ``existing`` (as ``daily`` found them); insert the others."""
+        ...
 
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
         """Insert the rejects whose offsets are not already set aside."""

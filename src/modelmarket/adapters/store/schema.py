@@ -37,6 +37,19 @@ class DecimalText(TypeDecorator[Decimal]):
         return None if value is None else Decimal(value)
 
 
+class FractionText(TypeDecorator[Fraction]):
+    """Exact rationals stored as text ``n`` or ``n/d`` (a ledger amount in audio minutes is in 1/60ths)."""
+
+    impl = String(120)
+    cache_ok = True
+
+    def process_bind_param(self, value: Fraction | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(Fraction(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Fraction | None:
+        return None if value is None else Fraction(value)
+
+
 accounts = Table(
     "accounts",
     metadata,
@@ -101,6 +114,8 @@ aliases = Table(
 usage_events = Table(
     "usage_events",
     metadata,
+    # One row per applied usage event: what metering read from the log, and (from m0003) what rating made of it,
+    # written together in one insert (the rated columns are NULL only for an event no rating projector saw).
     Column("event_id", String(64), primary_key=True),
     Column("account_id", String(40), nullable=False),
     Column("model_name", String(200), nullable=False),
@@ -110,17 +125,31 @@ usage_events = Table(
     # Base units (images, tokens, seconds, requests): what is billed. IU = quantity_base / the unit's divisor.
     Column("quantity_base", BigInteger, nullable=False),
     Column("unit_price", DecimalText, nullable=False),
-    # Exact: the event's amount is amount_numerator / the unit's divisor (audio is priced per minute but billed
-    # per second, and 1/60 has no exact decimal).
+    # Exact: the event's list amount is amount_numerator / the unit's divisor (audio is priced per minute but
+    # billed per second, and 1/60 has no exact decimal).
     Column("amount_numerator", DecimalText, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("occurred_at", String(40), nullable=False),
     Column("day", String(10), nullable=False),
     Column("latency_ms", DecimalText, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
-    Index("ix_usage_events_account_day", "account_id", "day"),
-    Index("ix_usage_events_provider_day", "provider_account_id", "day"),
+    # -- rated (m0003) --
+    # The invoice period the event lands on; origin_period is the month it happened in (they differ for an
+    # adjustment: an event that arrived after its month was finalized).
+    Column("period", String(7), nullable=True),
+    Column("origin_period", String(7), nullable=True),
+    Column("kind", String(20), nullable=True),
+    Column("plan_name", String(100), nullable=True),
+    Column("plan_version", Integer, nullable=True),
+    Column("granted_base", BigInteger, nullable=True),
+    Column("amount", FractionText, nullable=True),
+    Column("provider_amount", FractionText, nullable=True),
+    Column("txn_id", String(64), nullable=True),
+    # Only what the frequent queries need (each index costs every insert of the hot path 1-2 us, measured): dedup
+    # by event id (the primary key); dynamic pricing's calls per model and time; invoices and limits per account
+    # and period (and the accounts billed per period). Provider statements (a payout run, monthly) scan.
     Index("ix_usage_events_model_time", "model_name", "occurred_at"),
+    Index("ix_usage_events_account_period", "account_id", "period"),
 )
 
 usage_daily = Table(
@@ -168,19 +197,6 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
-
-
-class FractionText(TypeDecorator[Fraction]):
-    """Exact rationals stored as text ``n`` or ``n/d`` (a ledger amount in audio minutes is in 1/60ths)."""
-
-    impl = String(120)
-    cache_ok = True
-
-    def process_bind_param(self, value: Fraction | None, dialect: Dialect) -> str | None:
-        return None if value is None else str(Fraction(value))
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Fraction | None:
-        return None if value is None else Fraction(value)
 
 
 # -- the economy (m0003) ---------------------------------------------------------------------------------------
@@ -245,33 +261,6 @@ dynamic_pricing = Table(
     Column("max_factor", DecimalText, nullable=False),
     Column("enabled", Integer, nullable=False),
     Column("updated_at", String(40), nullable=False),
-)
-
-rated_events = Table(
-    "rated_events",
-    metadata,
-    Column("event_id", String(64), primary_key=True),
-    Column("log_offset", BigInteger, nullable=False),
-    Column("account_id", String(40), nullable=False),
-    Column("provider_account_id", String(40), nullable=False),
-    Column("model_name", String(200), nullable=False),
-    Column("unit_kind", String(40), nullable=False),
-    Column("currency", String(3), nullable=False),
-    # The invoice period the event lands on; origin_period is the month it happened in (they differ for an
-    # adjustment: an event that arrived after its month was finalized).
-    Column("period", String(7), nullable=False),
-    Column("origin_period", String(7), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("plan_name", String(100), nullable=False),
-    Column("plan_version", Integer, nullable=False),
-    Column("quantity_base", BigInteger, nullable=False),
-    Column("granted_base", BigInteger, nullable=False),
-    Column("amount", FractionText, nullable=False),
-    Column("provider_amount", FractionText, nullable=False),
-    Column("txn_id", String(64), nullable=False),
-    Index("ix_rated_events_account_period", "account_id", "period"),
-    Index("ix_rated_events_provider_period", "provider_account_id", "origin_period"),
-    Index("ix_rated_events_txn", "txn_id"),
 )
 
 rating_counters = Table(

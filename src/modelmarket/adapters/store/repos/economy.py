@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from modelmarket.adapters.store import schema as t
+from modelmarket.adapters.store.repos.usage import USAGE_COLUMNS, Texts, insert_rows, usage_columns
 from modelmarket.billing.plans import PlanSpec, PlanVersion, Subscription
 from modelmarket.billing.ports import (
     DynamicPricing,
@@ -23,12 +24,36 @@ from modelmarket.billing.ports import (
     StoredInvoice,
     StoredLimits,
 )
+from modelmarket.core.errors import InvariantViolated
 from modelmarket.metering.units import UnitKind
 
 STREAM_BATCH_ROWS = 2000
 CounterKey = tuple[str, str, str, str]
 _C = t.rating_counters.c
-_R = t.rated_events.c
+_R = t.usage_events.c
+RATED_COLUMNS = (
+    "period",
+    "origin_period",
+    "kind",
+    "plan_name",
+    "plan_version",
+    "granted_base",
+    "amount",
+    "provider_amount",
+    "txn_id",
+)
+"""The columns of ``usage_events`` that rating writes (a rated event is its usage event's row)."""
+_RATED_SELECT = select(
+    _R.event_id,
+    _R.log_offset,
+    _R.account_id,
+    _R.provider_account_id,
+    _R.model_name,
+    _R.unit_kind,
+    _R.currency,
+    _R.quantity_base,
+    *(_R[name] for name in RATED_COLUMNS),
+).where(_R.txn_id.is_not(None))
 _X = t.ledger_txns.c
 _E = t.ledger_entries.c
 _I = t.invoices.c
@@ -246,33 +271,26 @@ class SqlLedgerRepository:
                 )
 
     def add_rated(self, rows: Sequence[RatedEvent]) -> None:
-        if not rows:
-            return
-        self.conn.execute(
-            insert(t.rated_events),
-            [
-                {
-                    "event_id": r.event_id,
-                    "log_offset": r.log_offset,
-                    "account_id": r.account_id,
-                    "provider_account_id": r.provider_account_id,
-                    "model_name": r.model_name,
-                    "unit_kind": r.unit_kind.value,
-                    "currency": r.currency,
-                    "period": r.period,
-                    "origin_period": r.origin_period,
-                    "kind": r.kind,
-                    "plan_name": r.plan_name,
-                    "plan_version": r.plan_version,
-                    "quantity_base": r.quantity_base,
-                    "granted_base": r.granted_base,
-                    "amount": r.amount,
-                    "provider_amount": r.provider_amount,
-                    "txn_id": r.txn_id,
-                }
-                for r in rows
-            ],
-        )
+        texts = Texts()
+        records = []
+        for r in rows:
+            if r.usage is None:  # a programming error: halt metering rather than lose the event's usage
+                raise InvariantViolated(f"rated event {r.event_id} comes without its usage event to record")
+            records.append(
+                (
+                    *usage_columns(r.log_offset, r.usage, texts),
+                    r.period,
+                    r.origin_period,
+                    r.kind,
+                    r.plan_name,
+                    r.plan_version,
+                    r.granted_base,
+                    texts.by_identity(r.amount),
+                    texts.by_identity(r.provider_amount),
+                    r.txn_id,
+                )
+            )
+        insert_rows(self.conn, "usage_events", USAGE_COLUMNS + RATED_COLUMNS, records)
 
     def add_txns(self, txns: Sequence[LedgerTxn]) -> None:
         if not txns:
@@ -316,7 +334,7 @@ class SqlLedgerRepository:
         origin_period: str | None = None,
         txn_id: str | None = None,
     ) -> Iterator[RatedEvent]:
-        q = select(t.rated_events).order_by(_R.log_offset)
+        q = _RATED_SELECT.order_by(_R.log_offset)
         for column, value in (
             (_R.account_id, account_id),
             (_R.period, period),
@@ -412,7 +430,7 @@ class SqlLedgerRepository:
             self.conn.execute(insert(t.invoices).values(id=invoice.id, **values))
 
     def billed_accounts(self) -> list[tuple[str, str]]:
-        q = select(_R.account_id, _R.period).distinct().order_by(_R.account_id, _R.period)
+        q = select(_R.account_id, _R.period).where(_R.period.is_not(None)).distinct().order_by(_R.account_id, _R.period)
         return [(r.account_id, r.period) for r in self.conn.execute(q)]
 
     def closed_periods(self) -> dict[tuple[str, str, str], int]:
@@ -447,7 +465,7 @@ class SqlLedgerRepository:
         usage_txns = select(_X.id).where(_X.kind == "usage")
         self.conn.execute(delete(t.ledger_entries).where(_E.txn_id.in_(usage_txns)))
         self.conn.execute(delete(t.ledger_txns).where(_X.kind == "usage"))
-        self.conn.execute(delete(t.rated_events))
+        self.conn.execute(delete(t.usage_events))  # a rated event is its usage event's row
         self.conn.execute(delete(t.rating_counters))
 
 

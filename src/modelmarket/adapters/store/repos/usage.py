@@ -1,19 +1,126 @@
-"""``UsageRepository`` (metering) on SQL: the usage tables, the consumer offsets and the rejects."""
+"""``UsageRepository`` (metering) on SQL: the usage tables, the consumer offsets and the rejects.
+
+The per-event rows are the hot path (one per event the metering consumer applies): they are built as plain tuples
+(the text of each exact amount made here, as ``schema.DecimalText`` and ``FractionText`` would make it) and
+written without SQLAlchemy's per-row bind processing: ``executemany`` on SQLite, ``COPY`` on PostgreSQL, on the
+unit of work's own connection (so in its transaction).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import UTC, date
 from typing import Any
 
-from sqlalchemy import Connection, Numeric, cast, delete, func, insert, select, update
+from sqlalchemy import Connection, Numeric, bindparam, cast, delete, func, insert, select, tuple_, update
 
 from modelmarket.adapters.store import schema as t
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import CallStats, DailyUsage, Reject
+from modelmarket.metering.ports import CallStats, DailyKey, DailyUsage, Reject
 from modelmarket.metering.units import UnitKind
 
 _D = t.usage_daily.c
 _O = t.consumer_offsets.c
+USAGE_COLUMNS = (
+    "event_id",
+    "account_id",
+    "model_name",
+    "version",
+    "provider_account_id",
+    "unit_kind",
+    "quantity_base",
+    "unit_price",
+    "amount_numerator",
+    "currency",
+    "occurred_at",
+    "day",
+    "latency_ms",
+    "log_offset",
+)
+"""The columns of ``usage_events`` that metering writes, in the order of ``usage_columns``."""
+ID_LOOKUP_MAX = 5000
+"""Event ids per duplicate-check query (a bounded IN list)."""
+DAILY_LOOKUP_MAX = 500
+"""Per-day keys read per query (a bounded IN list of row values)."""
+_DAILY_KEY = ("account_id", "model_name", "day", "unit_kind", "currency")
+_DAILY_VALUES = {
+    "events": bindparam("v_events"),
+    "quantity_base": bindparam("v_quantity_base"),
+    "amount_numerator": bindparam("v_amount_numerator", type_=t.DecimalText()),
+}
+_INSERT_DAILY = insert(t.usage_daily).values({**{k: bindparam(f"k_{k}") for k in _DAILY_KEY}, **_DAILY_VALUES})
+_UPDATE_DAILY = update(t.usage_daily).where(*(_D[k] == bindparam(f"k_{k}") for k in _DAILY_KEY)).values(_DAILY_VALUES)
+_KNOWN_IDS_PG = "SELECT event_id FROM usage_events WHERE event_id = ANY(%s)"
+_KNOWN_IDS_SQLITE = "SELECT event_id FROM usage_events WHERE event_id IN ({})"
+
+
+class Texts:
+    """The column text of the values the event rows repeat (days, prices, amounts), made once per value, for
+    the rows of one insert."""
+
+    def __init__(self) -> None:
+        self.days: dict[date, str] = {}
+        self.numerators: dict[tuple[int, str], str] = {}
+        self.objects: dict[int, tuple[Any, str]] = {}
+
+    def by_identity(self, value: Any) -> str:
+        """``str(value)`` of an object the rows share (decoding reuses one Decimal per distinct text, rating one
+        Fraction per distinct amount). By identity: hashing a Fraction costs more than printing it, and a Decimal
+        hashes by value (0.0010 == 0.001) while its text keeps the zeros."""
+        found = self.objects.get(id(value))
+        if found is None or found[0] is not value:
+            found = self.objects[id(value)] = (value, str(value))
+        return found[1]
+
+
+_UNIT_TEXT = {unit: unit.value for unit in UnitKind}
+
+
+def usage_columns(offset: int, e: UsageEvent, texts: Texts) -> tuple[Any, ...]:
+    """The metering half of an event's row (``USAGE_COLUMNS``), as the driver takes it: the text of each exact
+    amount as ``schema.DecimalText`` would write it."""
+    day = e.time.astimezone(UTC).date()
+    day_text = texts.days.get(day)
+    if day_text is None:
+        day_text = texts.days[day] = day.isoformat()
+    price = texts.by_identity(e.unit_price)  # (not by value: 0.0010 == 0.001, and the text keeps the zeros)
+    numerator = texts.numerators.get((e.quantity, price))
+    if numerator is None:
+        numerator = texts.numerators[(e.quantity, price)] = str(e.amount_numerator)
+    return (
+        e.id,
+        e.account_id,
+        e.model,
+        e.version,
+        e.provider_account_id,
+        _UNIT_TEXT[e.unit_kind],
+        e.quantity,
+        price,
+        numerator,
+        e.currency,
+        e.time.isoformat(),
+        day_text,
+        texts.by_identity(e.latency_ms),
+        offset,
+    )
+
+
+def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert plain tuples into ``table`` on ``conn``'s transaction: ``COPY`` on PostgreSQL (psycopg 3), else one
+    ``executemany`` with the driver's parameter style."""
+    if not rows:
+        return
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = ", ".join(mark for _ in columns)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(rows))
 
 
 def _daily(row: Any) -> DailyUsage:
@@ -56,53 +163,52 @@ class SqlUsageRepository:
             self.conn.execute(insert(t.consumer_offsets).values({"consumer": consumer, "log_offset": 0, **values}))
 
     def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        c = t.usage_events.c
-        return set(self.conn.execute(select(c.event_id).where(c.event_id.in_(list(event_ids)))).scalars())
+        found: set[str] = set()
+        ids = list(event_ids)
+        postgres = self.conn.dialect.name == "postgresql"
+        for i in range(0, len(ids), ID_LOOKUP_MAX):
+            chunk = ids[i : i + ID_LOOKUP_MAX]
+            if postgres:
+                rows = self.conn.exec_driver_sql(_KNOWN_IDS_PG, (chunk,))
+            else:
+                rows = self.conn.exec_driver_sql(_KNOWN_IDS_SQLITE.format(", ".join("?" * len(chunk))), tuple(chunk))
+            found.update(row[0] for row in rows)
+        return found
 
     def add_events(self, events: Sequence[tuple[int, UsageEvent]]) -> None:
-        rows = [
+        texts = Texts()
+        insert_rows(self.conn, "usage_events", USAGE_COLUMNS, [usage_columns(o, e, texts) for o, e in events])
+
+    def daily(self, keys: Collection[DailyKey]) -> dict[DailyKey, DailyUsage]:
+        found: dict[DailyKey, DailyUsage] = {}
+        wanted = [(a, m, d, u.value, c) for a, m, d, u, c in keys]
+        columns = tuple_(_D.account_id, _D.model_name, _D.day, _D.unit_kind, _D.currency)
+        for i in range(0, len(wanted), DAILY_LOOKUP_MAX):
+            for row in self.conn.execute(select(t.usage_daily).where(columns.in_(wanted[i : i + DAILY_LOOKUP_MAX]))):
+                daily = _daily(row)
+                found[daily.key] = daily
+        return found
+
+    def put_daily(self, rows: Sequence[DailyUsage], existing: Collection[DailyKey]) -> None:
+        values = [
             {
-                "event_id": e.id,
-                "account_id": e.account_id,
-                "model_name": e.model,
-                "version": e.version,
-                "provider_account_id": e.provider_account_id,
-                "unit_kind": e.unit_kind.value,
-                "quantity_base": e.quantity,
-                "unit_price": e.unit_price,
-                "amount_numerator": e.amount_numerator,
-                "currency": e.currency,
-                "occurred_at": e.time.isoformat(),
-                "day": e.day.isoformat(),
-                "latency_ms": e.latency_ms,
-                "log_offset": offset,
+                "k_account_id": r.account_id,
+                "k_model_name": r.model_name,
+                "k_day": r.day,
+                "k_unit_kind": r.unit_kind.value,
+                "k_currency": r.currency,
+                "v_events": r.events,
+                "v_quantity_base": r.quantity_base,
+                "v_amount_numerator": r.amount_numerator,
             }
-            for offset, e in events
+            for r in rows
         ]
-        self.conn.execute(insert(t.usage_events), rows)
-
-    def _where(self, key: tuple[str, str, str, UnitKind, str]) -> tuple[Any, ...]:
-        account, model, day, unit, currency = key
-        return (
-            _D.account_id == account,
-            _D.model_name == model,
-            _D.day == day,
-            _D.unit_kind == unit.value,
-            _D.currency == currency,
-        )
-
-    def daily(self, key: tuple[str, str, str, UnitKind, str]) -> DailyUsage | None:
-        row = self.conn.execute(select(t.usage_daily).where(*self._where(key))).first()
-        return None if row is None else _daily(row)
-
-    def put_daily(self, row: DailyUsage, is_new: bool) -> None:
-        values = {"events": row.events, "quantity_base": row.quantity_base, "amount_numerator": row.amount_numerator}
-        if is_new:
-            keys = dict(zip(("account_id", "model_name", "day", "unit_kind", "currency"), row.key, strict=True))
-            keys["unit_kind"] = row.unit_kind.value
-            self.conn.execute(insert(t.usage_daily).values(**keys, **values))
-        else:
-            self.conn.execute(update(t.usage_daily).where(*self._where(row.key)).values(**values))
+        new = [v for v, r in zip(values, rows, strict=True) if r.key not in existing]
+        changed = [v for v, r in zip(values, rows, strict=True) if r.key in existing]
+        if new:
+            self.conn.execute(_INSERT_DAILY, new)
+        if changed:
+            self.conn.execute(_UPDATE_DAILY, changed)
 
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
         r = t.metering_rejects.c

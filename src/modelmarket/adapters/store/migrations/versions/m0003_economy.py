@@ -1,8 +1,13 @@
 """The economy: plan versions and subscriptions, account and key limits, price records and dynamic pricing,
 rated events and their counters, the double-entry ledger, invoices with a lifecycle, and payouts.
 
-Every table is new; nothing existing changes. Rated events, counters, ledger rows of usage and draft invoices are
-derived from the event log and can be rebuilt (``modelmarket billing rebuild``).
+A rated event is its usage event's row: ``usage_events`` gains the rated columns (NULL until the event is rated,
+so rows written before this revision are rated by ``modelmarket billing rebuild``), and the metering consumer
+writes each event once, with its rating. Its secondary indexes become the ones the frequent queries read (each
+one costs every insert): the two of 0001 (per account and day, per provider and day) had no reader and go; per
+model and time (dynamic pricing) and per account and period (invoices, limits) come. Every other table is new.
+Rated events, counters, ledger rows of usage and draft invoices are derived from the event log and can be
+rebuilt (``modelmarket billing rebuild``).
 
 Revision ID: m0003
 Revises: m0002
@@ -25,7 +30,6 @@ _TABLES = (
     "ledger_entries",
     "ledger_txns",
     "rating_counters",
-    "rated_events",
     "dynamic_pricing",
     "price_records",
     "account_limits",
@@ -34,9 +38,34 @@ _TABLES = (
 )
 
 
+_RATED_COLUMNS = (
+    ("period", sa.String(7)),
+    ("origin_period", sa.String(7)),
+    ("kind", sa.String(20)),
+    ("plan_name", sa.String(100)),
+    ("plan_version", sa.Integer),
+    ("granted_base", sa.BigInteger),
+    ("amount", _FRAC),
+    ("provider_amount", _FRAC),
+    ("txn_id", sa.String(64)),
+)
+_NEW_INDEXES = (
+    ("ix_usage_events_model_time", ["model_name", "occurred_at"]),  # dynamic pricing: a model's recent calls
+    ("ix_usage_events_account_period", ["account_id", "period"]),  # invoices and limits: an account's period
+)
+_UNREAD_INDEXES = (
+    ("ix_usage_events_account_day", ["account_id", "day"]),
+    ("ix_usage_events_provider_day", ["provider_account_id", "day"]),
+)
+
+
 def upgrade() -> None:
-    # Dynamic pricing reads each model's recent calls.
-    op.create_index("ix_usage_events_model_time", "usage_events", ["model_name", "occurred_at"])
+    for name, _ in _UNREAD_INDEXES:
+        op.drop_index(name, "usage_events")
+    for name, type_ in _RATED_COLUMNS:
+        op.add_column("usage_events", sa.Column(name, type_, nullable=True))
+    for name, columns in _NEW_INDEXES:
+        op.create_index(name, "usage_events", columns)
     op.create_table(
         "plan_versions",
         sa.Column("plan_name", sa.String(100), primary_key=True),
@@ -85,29 +114,6 @@ def upgrade() -> None:
         sa.Column("enabled", sa.Integer, nullable=False),
         sa.Column("updated_at", _TS, nullable=False),
     )
-    op.create_table(
-        "rated_events",
-        sa.Column("event_id", sa.String(64), primary_key=True),
-        sa.Column("log_offset", sa.BigInteger, nullable=False),
-        sa.Column("account_id", sa.String(40), nullable=False),
-        sa.Column("provider_account_id", sa.String(40), nullable=False),
-        sa.Column("model_name", sa.String(200), nullable=False),
-        sa.Column("unit_kind", sa.String(40), nullable=False),
-        sa.Column("currency", sa.String(3), nullable=False),
-        sa.Column("period", sa.String(7), nullable=False),
-        sa.Column("origin_period", sa.String(7), nullable=False),
-        sa.Column("kind", sa.String(20), nullable=False),
-        sa.Column("plan_name", sa.String(100), nullable=False),
-        sa.Column("plan_version", sa.Integer, nullable=False),
-        sa.Column("quantity_base", sa.BigInteger, nullable=False),
-        sa.Column("granted_base", sa.BigInteger, nullable=False),
-        sa.Column("amount", _FRAC, nullable=False),
-        sa.Column("provider_amount", _FRAC, nullable=False),
-        sa.Column("txn_id", sa.String(64), nullable=False),
-    )
-    op.create_index("ix_rated_events_txn", "rated_events", ["txn_id"])
-    op.create_index("ix_rated_events_account_period", "rated_events", ["account_id", "period"])
-    op.create_index("ix_rated_events_provider_period", "rated_events", ["provider_account_id", "origin_period"])
     op.create_table(
         "rating_counters",
         sa.Column("account_id", sa.String(40), primary_key=True),
@@ -170,4 +176,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in _TABLES:
         op.drop_table(name)
-    op.drop_index("ix_usage_events_model_time", "usage_events")
+    for name, _ in _NEW_INDEXES:
+        op.drop_index(name, "usage_events")
+    for name, _ in _RATED_COLUMNS:
+        op.drop_column("usage_events", name)
+    for name, columns in _UNREAD_INDEXES:
+        op.create_index(name, "usage_events", columns)
