@@ -64,6 +64,7 @@ class _State:
     txns: dict[str, LedgerTxn] = field(default_factory=dict)
     invoices: dict[str, StoredInvoice] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 class FakeAccounts:
@@ -334,12 +335,29 @@ class FakeLedger:
     def billed_accounts(self) -> list[tuple[str, str]]:
         return sorted({(r.account_id, r.period) for r in self.s.rated.values()})
 
-    def closed_periods(self) -> dict[tuple[str, str, str], int]:
+    def billed_periods(self, account_id: str) -> list[str]:
+        return sorted({r.period for r in self.s.rated.values() if r.account_id == account_id})
+
+    def closed_periods(self, account_ids: Sequence[str] | None = None) -> dict[tuple[str, str, str], int]:
         return {
             (x.account_id, x.period, x.currency): x.finalized_offset or 0
             for x in self.s.invoices.values()
-            if x.status != "draft"
+            if x.status != "draft" and (account_ids is None or x.account_id in account_ids)
         }
+
+    def last_rated_at(self, account_id: str | None) -> str | None:
+        times = [
+            e.time
+            for event_id, (_, e) in self.s.events.items()
+            if event_id in self.s.rated and (account_id is None or e.account_id == account_id)
+        ]
+        return max(times).isoformat() if times else None
+
+    def setting(self, name: str) -> str | None:
+        return self.s.settings.get(name)
+
+    def put_setting(self, name: str, value: str) -> None:
+        self.s.settings[name] = value
 
     def payouts(self, period: str | None = None) -> list[Payout]:
         found = [x for x in self.s.payouts.values() if period is None or x.period == period]

@@ -123,8 +123,11 @@ class _Ledger:
         self.rows: list[RatedEvent] = []
         self.txns: list[LedgerTxn] = []
 
-    def closed_periods(self) -> dict[tuple[str, str, str], int]:
+    def closed_periods(self, account_ids: Sequence[str] | None = None) -> dict[tuple[str, str, str], int]:
         return dict(self.closed)
+
+    def setting(self, name: str) -> str | None:
+        return "0.80" if name == "provider_share" else None
 
     def counters(self, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], int]:
         return {k: self.counter_values[k] for k in keys if k in self.counter_values}

@@ -218,9 +218,22 @@ class LedgerRepository(Protocol):
         """Every (account, period) that has rated events landing on it."""
         ...
 
-    def closed_periods(self) -> dict[tuple[str, str, str], int]:
-        """(account, period, currency) -> finalized_offset of every finalized or void invoice."""
+    def billed_periods(self, account_id: str) -> list[str]:
+        """The periods the account's rated events land on, in order (distinct; the rows are not read)."""
         ...
+
+    def closed_periods(self, account_ids: Sequence[str] | None = None) -> dict[tuple[str, str, str], int]:
+        """(account, period, currency) -> finalized_offset of every finalized or void invoice (of ``account_ids``
+        only, when given)."""
+        ...
+
+    def setting(self, name: str) -> str | None: ...
+
+    def last_rated_at(self, account_id: str | None) -> str | None:
+        """The latest time (ISO 8601) of an event rated for ``account_id`` (or for anyone), or None."""
+        ...
+
+    def put_setting(self, name: str, value: str) -> None: ...
 
     def payouts(self, period: str | None = None) -> list[Payout]: ...
 

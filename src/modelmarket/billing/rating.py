@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -202,6 +203,8 @@ class _Group:
         return sum((Fraction(n, d) for d, n in self.numerators.items()), Fraction(0))
 
 
+log = logging.getLogger(__name__)
+SHARE_SETTING = "provider_share"
 AMOUNT_CACHE_MAX = 4096
 """Distinct (numerator, denominator) amounts whose Fractions rating keeps between batches (an event's amount is
 usually one of a few: a small quantity times one price)."""
@@ -217,7 +220,8 @@ class Rater:
 
     def __init__(self, share: Decimal, now: Callable[[], datetime], charges: ChargeSource | None = None) -> None:
         self.charges: ChargeSource = charges or RegistryCharges()
-        self.share = Fraction(check_share(share))
+        self.configured_share = check_share(share)
+        self.share = Fraction(self.configured_share)
         self.now = now
         self._amounts: dict[tuple[int, int], tuple[Fraction, Fraction]] = {}
         self._ratios: dict[Decimal, tuple[int, int]] = {}
@@ -225,10 +229,12 @@ class Rater:
     def apply(self, uow: EconomyUnitOfWork, events: Sequence[tuple[int, UsageEvent]]) -> None:
         if not events:
             return
+        self._use_stored_share(uow)
         placed, keys = self._place(uow, events)
         stored = uow.ledger.counters(sorted(keys))
         counters = dict(stored)
-        rated, groups = self._rate_all(uow, placed, counters, uow.ledger.closed_periods())
+        closed = uow.ledger.closed_periods(sorted({e.account_id for _, e in events}))
+        rated, groups = self._rate_all(uow, placed, counters, closed)
         uow.ledger.put_counters({k: v for k, v in counters.items() if stored.get(k) != v}, set(stored))
         uow.ledger.add_rated(rated)
         created = self.now().astimezone(UTC).isoformat()
@@ -237,6 +243,24 @@ class Rater:
             amount = group.amount()
             txns.append(usage_txn(group.first, group.count, amount, amount * self.share, created))
         uow.ledger.add_txns(txns)
+
+    def _use_stored_share(self, uow: EconomyUnitOfWork) -> None:
+        """The share the store rates at: fixed by its first rating (``MODELMARKET_PROVIDER_SHARE`` then), so every
+        process that rates (the metering child, a CLI catching up, a rebuild) gives the same amounts."""
+        stored = uow.ledger.setting(SHARE_SETTING)
+        if stored is None:
+            uow.ledger.put_setting(SHARE_SETTING, str(self.configured_share))
+            stored = str(self.configured_share)
+        share = Fraction(Decimal(stored))
+        if share != self.share:
+            if Decimal(stored) != self.configured_share:
+                log.warning(
+                    "MODELMARKET_PROVIDER_SHARE is %s here, but this store rates at %s (fixed by its first rating)",
+                    self.configured_share,
+                    stored,
+                )
+            self.share = share
+            self._amounts.clear()
 
     def _place(
         self, uow: EconomyUnitOfWork, events: Sequence[tuple[int, UsageEvent]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -50,9 +50,9 @@ class PlanService:
         """Apply every plan in the file: new plans get version 1, changed ones a new version (their subscribers
         move to it at the next period, or at once with ``now``), identical ones nothing."""
         specs = parse_plans(text, source)
-        at = self.clock()
         results = []
-        with self.uow.write(Lock.PLANS) as uow:
+        with self.uow.write(Lock.METERING) as uow:  # no event is rated while plans change (see _effective_now)
+            at = _effective_now(uow, self.clock(), None)
             for spec in specs:
                 versions = uow.plans.plan_versions(spec.name)
                 latest = versions[-1] if versions else None
@@ -120,8 +120,8 @@ class PlanService:
         fees and included IU of both plans prorate by day), else from the next period. Subscribing to the
         latest version of the plan already in force (or, without ``now``, already scheduled) changes nothing: that
         subscription is returned, so its included IU are not renewed."""
-        at = self.clock()
-        with self.uow.write(Lock.PLANS) as uow:
+        with self.uow.write(Lock.METERING) as uow:  # no event is rated while the plan changes
+            at = _effective_now(uow, self.clock(), account_id)
             versions = uow.plans.plan_versions(plan_name)
             if not versions:
                 raise NotFound(f"no plan named {plan_name!r} (apply a plans file with `modelmarket plans apply FILE`)")
@@ -222,6 +222,17 @@ class PlanService:
     def limits(self, account_id: str | None = None) -> list[StoredLimits]:
         with self.uow.read() as uow:
             return uow.plans.limits(account_id)
+
+
+def _effective_now(uow: EconomyUnitOfWork, now: datetime, account_id: str | None) -> datetime:
+    """When a change made now takes effect: now, but never at or before the time of an event already rated (of
+    the account, or of anyone), so an event is rated under the same plan live and on ``billing rebuild``, even
+    when the gateway's clock is ahead of this one. Called under ``Lock.METERING``: nothing is rated meanwhile."""
+    latest = uow.ledger.last_rated_at(account_id)
+    if latest is None:
+        return now
+    after = datetime.fromisoformat(latest) + timedelta(microseconds=1)
+    return max(now, after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC))
 
 
 def limits_json(limits: StoredLimits) -> dict[str, Any]:

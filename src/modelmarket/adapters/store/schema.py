@@ -319,6 +319,15 @@ invoices = Table(
     UniqueConstraint("account_id", "period", "currency", name="uq_invoices_account_period_currency"),
 )
 
+economy_settings = Table(
+    "economy_settings",
+    metadata,
+    # Facts the rating of every event depends on, fixed by the first rating (the provider's share): every process
+    # that rates (the metering child, a CLI catching up, a rebuild) reads them here, not from its environment.
+    Column("name", String(60), primary_key=True),
+    Column("value", String(200), nullable=False),
+)
+
 payouts = Table(
     "payouts",
     metadata,

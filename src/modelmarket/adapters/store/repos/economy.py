@@ -433,9 +433,41 @@ class SqlLedgerRepository:
         q = select(_R.account_id, _R.period).where(_R.period.is_not(None)).distinct().order_by(_R.account_id, _R.period)
         return [(r.account_id, r.period) for r in self.conn.execute(q)]
 
-    def closed_periods(self) -> dict[tuple[str, str, str], int]:
+    def billed_periods(self, account_id: str) -> list[str]:
+        q = select(_R.period).where(_R.account_id == account_id, _R.period.is_not(None)).distinct().order_by(_R.period)
+        return [r.period for r in self.conn.execute(q)]
+
+    def closed_periods(self, account_ids: Sequence[str] | None = None) -> dict[tuple[str, str, str], int]:
         q = select(_I.account_id, _I.period, _I.currency, _I.finalized_offset).where(_I.status != "draft")
-        return {(r.account_id, r.period, r.currency): int(r.finalized_offset or 0) for r in self.conn.execute(q)}
+        out: dict[tuple[str, str, str], int] = {}
+        if account_ids is None:
+            chunks: list[list[str] | None] = [None]
+        else:
+            ids = sorted(set(account_ids))
+            chunks = [ids[i : i + 500] for i in range(0, len(ids), 500)]
+        for chunk in chunks:
+            query = q if chunk is None else q.where(_I.account_id.in_(chunk))
+            for r in self.conn.execute(query):
+                out[(r.account_id, r.period, r.currency)] = int(r.finalized_offset or 0)
+        return out
+
+    def last_rated_at(self, account_id: str | None) -> str | None:
+        c = t.usage_events.c
+        q = select(func.max(c.occurred_at))
+        if account_id is not None:
+            q = q.where(c.account_id == account_id)
+        value = self.conn.execute(q).scalar()
+        return None if value is None else str(value)
+
+    def setting(self, name: str) -> str | None:
+        c = t.economy_settings.c
+        value = self.conn.execute(select(c.value).where(c.name == name)).scalar()
+        return None if value is None else str(value)
+
+    def put_setting(self, name: str, value: str) -> None:
+        c = t.economy_settings.c
+        if self.conn.execute(update(t.economy_settings).where(c.name == name).values(value=value)).rowcount == 0:
+            self.conn.execute(insert(t.economy_settings).values(name=name, value=value))
 
     def payouts(self, period: str | None = None) -> list[Payout]:
         c = t.payouts.c

@@ -25,6 +25,7 @@ _TS = sa.String(40)
 _DEC = sa.String(64)  # exact decimals stored as text (schema.DecimalText)
 _FRAC = sa.String(120)  # exact rationals stored as text "n" or "n/d" (schema.FractionText)
 _TABLES = (
+    "economy_settings",
     "payouts",
     "invoices",
     "ledger_entries",
@@ -60,6 +61,11 @@ _UNREAD_INDEXES = (
 
 
 def upgrade() -> None:
+    op.create_table(
+        "economy_settings",
+        sa.Column("name", sa.String(60), primary_key=True),
+        sa.Column("value", sa.String(200), nullable=False),
+    )
     for name, _ in _UNREAD_INDEXES:
         op.drop_index(name, "usage_events")
     for name, type_ in _RATED_COLUMNS:
