@@ -369,6 +369,53 @@ def test_the_grant_of_a_plan_that_is_not_hard_capped_is_free_for_the_budget() ->
         admit(limiter, price=ONE)
 
 
+def test_cost_of_prices_the_billable_iu_of_the_call_that_crosses_the_included_ones() -> None:
+    policy = AccountPolicy("acc", "USD", included={IMAGE: Fraction(1000)}, limits=LimitSet(budget=Decimal("1")))
+    limiter, _ = limiter_with(policy)
+    priced: list[Fraction] = []
+
+    def package(billable: Fraction) -> Fraction:  # each started block of 1000 IU costs 0.05
+        priced.append(billable)
+        return -(-billable // 1000) * Fraction(5, 100)
+
+    ticket = limiter.admit(
+        account_id="acc",
+        key_id=None,
+        unit_kind=IMAGE,
+        quantity_iu=Fraction(1001),
+        price_per_iu=Fraction(0),
+        cost_of=package,
+        day=DAY,
+        period=PERIOD,
+    )
+    assert ticket.cost == Fraction(5, 100)  # 1 image past the 1000 included starts a block
+    assert priced == [ONE]
+    free = limiter.admit(
+        account_id="other", key_id=None, unit_kind=IMAGE, quantity_iu=ONE, price_per_iu=ONE, day=DAY, period=PERIOD
+    )
+    assert free.cost == 0  # not held: the fast path
+
+
+def test_cost_of_is_not_asked_within_the_free_iu() -> None:
+    policy = AccountPolicy("acc", "USD", included={IMAGE: Fraction(10)}, limits=LimitSet(budget=Decimal("1")))
+    limiter, _ = limiter_with(policy)
+
+    def refuse(billable: Fraction) -> Fraction:
+        raise AssertionError(f"priced {billable} billable IU within the included ones")
+
+    ticket = limiter.admit(
+        account_id="acc",
+        key_id=None,
+        unit_kind=IMAGE,
+        quantity_iu=Fraction(10),
+        price_per_iu=ONE,
+        cost_of=refuse,
+        day=DAY,
+        period=PERIOD,
+    )
+    assert ticket.cost == 0
+
+
 # -- seed, policies, memory ------------------------------------------------------------------------------------
 
 
@@ -441,6 +488,75 @@ def test_a_key_newly_given_a_quota_asks_for_a_seed_but_a_new_rpm_does_not() -> N
     assert limiter.set_policies({"acc": with_rpm}) == frozenset()
     with_quota = AccountPolicy("acc", "USD", key_limits={"key": LimitSet(iu_per_day={IMAGE: Fraction(9)})})
     assert limiter.set_policies({"acc": with_quota}) == {"acc"}
+
+
+def test_a_quota_on_a_new_key_keeps_the_other_keys_the_accounts_counters_and_calls_in_flight() -> None:
+    k1 = LimitSet(iu_per_day={IMAGE: Fraction(500)})
+    before = AccountPolicy("acc", "USD", limits=LimitSet(iu_per_day={IMAGE: Fraction(10_000)}), key_limits={"k1": k1})
+    limiter, _ = limiter_with(before)
+    limiter.settle(admit(limiter, key_id="k1", iu=Fraction(480)))
+    in_flight = admit(limiter, key_id="k1", iu=Fraction(10))
+    k2 = LimitSet(iu_per_day={IMAGE: Fraction(5)})
+    after = AccountPolicy("acc", "USD", limits=before.limits, key_limits={"k1": k1, "k2": k2})
+    assert limiter.set_policies({"acc": after}) == {"acc"}  # k2's counters miss (stored) usage
+    admit(limiter, key_id="k2", iu=Fraction(2))  # admitted while the caller loads the stored usage
+    stored = Usage({IMAGE: Fraction(480)}, {IMAGE: Fraction(480)})  # per account: the settled 480, nothing else
+    limiter.seed(DAY, PERIOD, {"acc": SeedUsage(stored)})
+    assert limiter.usage("acc", "k1") == Usage({IMAGE: Fraction(490)}, {IMAGE: Fraction(490)})  # kept
+    assert limiter.usage("acc") == Usage({IMAGE: Fraction(492)}, {IMAGE: Fraction(492)})  # kept, not reseeded
+    assert limiter.usage("acc", "k2") == Usage({IMAGE: Fraction(2)}, {IMAGE: Fraction(2)})  # new: from 0
+    with pytest.raises(QuotaExceeded) as refused:
+        admit(limiter, key_id="k1", iu=Fraction(11))
+    assert (refused.value.scope, refused.value.used) == ("key", "490")
+    limiter.cancel(in_flight)  # releases exactly what it reserved
+    assert limiter.usage("acc", "k1") == Usage({IMAGE: Fraction(480)}, {IMAGE: Fraction(480)})
+    assert limiter.usage("acc") == Usage({IMAGE: Fraction(482)}, {IMAGE: Fraction(482)})
+
+
+def test_calls_admitted_between_set_policies_and_seed_are_added_to_the_stored_usage() -> None:
+    policy = AccountPolicy(
+        "acc",
+        "USD",
+        limits=LimitSet(iu_per_day={IMAGE: Fraction(10)}, budget=Decimal("10")),
+        key_limits={"key": LimitSet(iu_per_day={IMAGE: Fraction(5)})},
+    )
+    limiter = Limiter(monotonic=FakeClock())
+    assert limiter.set_policies({"acc": policy}) == {"acc"}
+    in_flight = admit(limiter, iu=Fraction(2), price=ONE)
+    assert limiter.set_policies({"acc": policy}) == {"acc"}  # a second reload before the seed: still counting
+    stored = Usage({IMAGE: Fraction(7)}, {IMAGE: Fraction(7)}, Fraction(3))
+    limiter.seed(DAY, PERIOD, {"acc": SeedUsage(stored, {"key": Usage({IMAGE: Fraction(1)}, {IMAGE: Fraction(1)})})})
+    assert limiter.set_policies({"acc": policy}) == frozenset()
+    assert limiter.usage("acc") == Usage({IMAGE: Fraction(9)}, {IMAGE: Fraction(9)}, Fraction(5))
+    assert limiter.usage("acc", "key") == Usage({IMAGE: Fraction(3)}, {IMAGE: Fraction(3)}, Fraction(2))
+    limiter.cancel(in_flight)
+    assert limiter.usage("acc") == Usage({IMAGE: Fraction(7)}, {IMAGE: Fraction(7)}, Fraction(3))
+    admit(limiter, key_id=None, iu=Fraction(3))  # reaches 10 today exactly
+    with pytest.raises(QuotaExceeded):
+        admit(limiter, key_id=None)
+
+
+def test_a_seed_for_a_later_day_drops_the_days_counted_before_it() -> None:
+    policy = AccountPolicy("acc", "USD", limits=LimitSet(iu_per_day={IMAGE: Fraction(10)}))
+    limiter = Limiter(monotonic=FakeClock())
+    limiter.set_policies({"acc": policy})
+    admit(limiter, iu=Fraction(4))  # stamped DAY; the stored usage was read on the next day
+    next_day = date(2024, 5, 15)
+    limiter.seed(next_day, PERIOD, {"acc": SeedUsage(Usage({IMAGE: Fraction(1)}, {IMAGE: Fraction(6)}))})
+    assert limiter.usage("acc") == Usage({IMAGE: Fraction(1)}, {IMAGE: Fraction(10)})
+
+
+def test_counters_that_missed_fast_path_calls_restart_from_the_seed_not_from_stale_counts() -> None:
+    limited = AccountPolicy("acc", "USD", limits=LimitSet(budget=Decimal("10")), key_limits={"key": LimitSet(rpm=9)})
+    limiter, _ = limiter_with(limited)
+    admit(limiter, iu=Fraction(3), price=ONE)
+    limiter.set_policies({"acc": AccountPolicy("acc", "USD")})
+    admit(limiter, iu=Fraction(100), price=ONE)  # the fast path: not counted
+    assert limiter.set_policies({"acc": limited}) == {"acc"}
+    admit(limiter, price=ONE)
+    limiter.seed(DAY, PERIOD, {"acc": SeedUsage(Usage({}, {IMAGE: Fraction(103)}, Fraction(8)))})
+    assert limiter.usage("acc") == Usage({IMAGE: Fraction(1)}, {IMAGE: Fraction(104)}, Fraction(9))
+    assert limiter.usage("acc", "key") == Usage({IMAGE: Fraction(1)}, {IMAGE: Fraction(1)}, Fraction(1))
 
 
 def test_memory_is_held_only_for_accounts_with_a_policy() -> None:

@@ -1,8 +1,11 @@
 """The gateway's view of the economy: the limiter's policies and the prices in force, refreshed in the background.
 
 Policies (plan grants, included IU, account and key limits) and the price book are read from the store every
-``refresh_s`` (and at start); the limiter keeps its counters across reloads and is seeded from stored usage for
-the accounts it did not count before (at start: every limited account). A call then costs no database round trip:
+``refresh_s`` (and at start); the limiter keeps its counters across reloads (a change to one account or key resets
+none of them) and only counters that start counting are seeded from stored usage: those of a limited account it
+did not count before (at start: every limited account; calls admitted while the usage is read keep their
+reservations), and those of a key newly given a quota or budget, which start from 0 (usage is stored per account,
+not per key). A call then costs no database round trip:
 ``admit`` checks in-memory counters, ``price`` looks the price up in the book.
 
 Bounds (``docs/billing.md``): one gateway never overshoots a grant, quota or budget (reservations count calls in
@@ -128,16 +131,22 @@ class Economy:
         unit: UnitKind = pricing.unit
         policy = self.policies.get(account_id)
         per_iu = Fraction(0)
+        cost_of: Callable[[Fraction], Fraction] | None = None
         if policy is not None and policy.currency == pricing.currency:
             charge = self._charge(version)
-            rate = policy.rates.get(version.model_name) or policy.overage.get(unit)
-            if rate is not None:  # the plan's own price replaces the list price (no factor applies)
+            rate = policy.rates.get(version.model_name)
+            if rate is None:
+                rate = policy.overage.get(unit)
+            if rate is not None:  # the plan's own price (0 too) replaces the list price (no factor applies)
                 per_iu = Fraction(rate)
             elif charge.kind == "per_unit" and charge.output_price_per_iu is None:
                 per_iu = Fraction(priced.unit_price)
-            elif units:  # tiers, packages, split token prices: the most these IU can cost (never below the bill)
-                quantity = unit.iu(units)
-                per_iu = charge.max_marginal(quantity) / quantity * Fraction(priced.factor)
+            else:  # tiers, packages, split token prices: the most the billable IU can cost (never below the bill)
+                factor = Fraction(priced.factor)
+
+                def cost_of(billable: Fraction) -> Fraction:
+                    return charge.max_marginal(billable) * factor
+
         day = at.astimezone(UTC).date()
         return self.limiter.admit(
             account_id=account_id,
@@ -145,6 +154,7 @@ class Economy:
             unit_kind=unit,
             quantity_iu=unit.iu(units),
             price_per_iu=per_iu,
+            cost_of=cost_of,
             day=day,
             period=period_of(day),
         )

@@ -8,16 +8,28 @@ its IU and cost are released; its rpm slot stays used, a request is a request).
 Guarantees, stated exactly:
 
 - **Overshoot bound in one process: 0.** Quotas, budgets and grants count settled usage plus the reservations of
-  calls in flight, so calls admitted concurrently can never together pass a limit. The rpm window is exact: call
-  R+1 within any 60 s is refused, and a refused call takes no slot.
+  calls in flight, so calls admitted concurrently can never together pass a limit on top of the usage counted
+  (before a ``seed``, stored usage is not counted: see reloads). The rpm window is exact: call R+1 within any 60 s
+  is refused, and a refused call takes no slot.
 - **Across replicas: not bounded here.** Each gateway process counts only the calls it admitted; N replicas can
   together admit up to N times a limit until allowance is leased from the store (see docs/billing.md).
 - **After a restart:** rpm windows start empty; quotas, budgets and grants start from ``seed``, i.e. from what the
   caller read from the store. Usage still in the event log (not yet consumed) is only seen if the caller adds it.
-- **Budgets are estimates, never below the bill of a call priced by ``price_per_iu``:** the cost of a call is its
-  IU beyond the account's remaining free IU (``included``, plus ``grant``) times ``price_per_iu`` (in the account's
-  currency: the caller converts). A cancelled call releases exactly what it reserved; a later call that was priced
-  past the free IU while the cancelled one held them stays priced so (conservative).
+- **Across policy reloads:** ``set_policies`` and ``seed`` never reset a counter that is counting: the counters of
+  an account or key counted since its last seed (settled usage and reservations of calls in flight) are kept as
+  they are, whatever else changed. Counters that start counting (a new account or key, an account back from the
+  fast path) start from 0 when ``set_policies`` returns; ``seed`` then adds the stored usage to what they counted
+  since, so calls admitted meanwhile keep their reservations. Until the seed, those counters miss the stored
+  usage; a call admitted meanwhile whose usage reached the store before the caller read it is counted twice
+  (conservative).
+- **Budgets are estimates, never below the bill of a call when ``cost_of`` (or ``price_per_iu``) bounds the cost
+  of its billable IU:** a call's billable IU are those beyond the account's remaining free IU (``included``, plus
+  ``grant``); its cost is ``cost_of(billable IU)``, by default billable IU x ``price_per_iu``, in the account's
+  currency (the caller converts, and picks the price: the gateway's ``Economy`` uses the plan's rate, enterprise
+  ``rates`` or subscription ``overage``, when the plan has one, else the model's list price, and for tiers,
+  packages and split token prices ``max_marginal(billable IU)`` x the dynamic factor). A cancelled call releases
+  exactly what it reserved; a later call that was priced past the free IU while the cancelled one held them stays
+  priced so (conservative).
 
 Concurrency: the gateway calls ``admit``/``settle``/``cancel`` on its one event-loop thread, and none of them
 awaits, so each runs whole; there are no locks. Do not call them from other threads.
@@ -148,6 +160,11 @@ def _bases(amounts: Mapping[UnitKind, Fraction]) -> dict[UnitKind, int]:
     return {UnitKind(kind): _base(UnitKind(kind), iu) for kind, iu in amounts.items()}
 
 
+def _add(into: dict[UnitKind, int], amounts: Mapping[UnitKind, Fraction]) -> None:
+    for kind, base in _bases(amounts).items():
+        into[kind] = into.get(kind, 0) + base
+
+
 class _Day:
     __slots__ = ("base", "day")
 
@@ -169,13 +186,15 @@ class _Month:
 class _Counters:
     """One account's or one key's limits (IU ones in base units), rpm window and day/month counters."""
 
-    __slots__ = ("budget", "counted", "day_cap_base", "limits", "month", "rpm", "today", "window")
+    __slots__ = ("budget", "counted", "day_cap_base", "limits", "month", "pending", "rpm", "today", "window")
 
     def __init__(self) -> None:
         self.today = _Day(date.min)
         self.month = _Month("")
         self.counted = False
-        """True while every admitted call since the last seed was counted here."""
+        """True while every admitted call since the last seed was counted here (stored usage included)."""
+        self.pending = False
+        """True while not ``counted`` but every admitted call since ``start_counting`` was: awaits a seed."""
         self.limits = LimitSet()
         self.rpm: int | None = None
         self.window: deque[float] = deque(maxlen=0)
@@ -192,10 +211,36 @@ class _Counters:
         self.day_cap_base = {UnitKind(k): _cap_base(UnitKind(k), iu) for k, iu in limits.iu_per_day.items()}
         self.budget = None if limits.budget is None else Fraction(limits.budget)
 
-    def reset(self, day: date, period: str, usage: Usage) -> None:
-        self.today = _Day(day, _bases(usage.iu_today))
-        self.month = _Month(period, _bases(usage.iu_period), Fraction(usage.spend_period))
-        self.counted = True
+    def start_counting(self) -> None:
+        """Counters that miss calls (stale, or never counted) restart from 0 now; counting ones are kept."""
+        if not self.counted and not self.pending:
+            self.today = _Day(date.min)  # new objects: reservations made before do not touch them
+            self.month = _Month("")
+            self.pending = True
+
+    def stop_counting(self) -> None:
+        """Calls are no longer counted here (the fast path): the counters go stale until started again."""
+        self.counted = self.pending = False
+
+    def seed(self, day: date, period: str, usage: Usage) -> None:
+        """Add stored usage to what was counted since ``start_counting`` (stale counters: from 0); kept if counted.
+
+        Counts of a day or period before ``day``/``period`` are dropped (as at a rollover); stored usage of a day
+        or period before the counted one is ignored.
+        """
+        if self.counted:
+            return
+        self.start_counting()
+        if self.today.day < day:
+            self.today = _Day(day)
+        if self.today.day == day:
+            _add(self.today.base, usage.iu_today)
+        if self.month.period < period:
+            self.month = _Month(period)
+        if self.month.period == period:
+            _add(self.month.base, usage.iu_period)
+            self.month.spend += Fraction(usage.spend_period)
+        self.counted, self.pending = True, False
 
     def usage(self) -> Usage:
         today = {kind: kind.iu(base) for kind, base in self.today.base.items()}
@@ -246,13 +291,23 @@ class _Account(_Counters):
         stale_keys = (not c.counted and c.limits.needs_counters for c in self.keys.values())
         return not self.counted or any(stale_keys)
 
-    def cost(self, kind: UnitKind, base: int, price_per_iu: Fraction) -> Fraction:
-        """The estimated cost of a call: its base units beyond the free ones left this month, at the price."""
+    def cost(
+        self, kind: UnitKind, base: int, price_per_iu: Fraction, cost_of: Callable[[Fraction], Fraction] | None
+    ) -> Fraction:
+        """The estimated cost of a call: its base units beyond the free ones left this month, priced by ``cost_of``
+        (else at ``price_per_iu``)."""
         free_left = self.free_base.get(kind, 0) - self.month.base.get(kind, 0)
         billable = base - free_left if free_left > 0 else base
-        if billable <= 0 or not price_per_iu.numerator:
+        if billable <= 0:
             return _ZERO
-        return Fraction(billable * price_per_iu.numerator, price_per_iu.denominator * kind.divisor)
+        if cost_of is None:
+            if not price_per_iu.numerator:
+                return _ZERO
+            return Fraction(billable * price_per_iu.numerator, price_per_iu.denominator * kind.divisor)
+        cost = Fraction(cost_of(kind.iu(billable)))
+        if cost < 0:
+            raise InvariantViolated(f"a negative cost of {kind.iu(billable)} billable IU: {cost}")
+        return cost
 
 
 class Ticket:
@@ -290,23 +345,34 @@ class Limiter:
     def set_policies(self, policies: Mapping[str, AccountPolicy]) -> frozenset[str]:
         """Replace every policy (a snapshot reload); counters and rpm windows of kept accounts and keys are kept.
 
-        Returns the ids of limited accounts whose counters miss usage (new accounts, accounts that were on the
-        fast path, keys newly given a quota or budget): ``seed`` them, or they start from zero.
+        Returns the ids of limited accounts whose counters miss stored usage (new accounts, accounts that were on
+        the fast path, keys newly given a quota or budget): ``seed`` them. Those counters count from 0 from now
+        on (and stay at what they count if never seeded); the counters of the other scopes of such an account,
+        and of every other account, are not touched.
         """
         accounts: dict[str, _Account] = {}
         for account_id, policy in policies.items():
             ensure(policy.account_id == account_id, f"policy of {policy.account_id!r} filed under {account_id!r}")
             account = self._accounts.get(account_id) or _Account()
             account.set_policy(policy)
+            if not account.unlimited:
+                account.start_counting()
+                for counters in account.keys.values():
+                    counters.start_counting()
             accounts[account_id] = account
         self._accounts = accounts
         return frozenset(account_id for account_id, a in accounts.items() if a.needs_seed())
 
     def seed(self, day: date, period: str, used: Mapping[str, SeedUsage]) -> None:
-        """Set the counters of the accounts in ``used`` (and of their limited keys) to stored usage.
+        """Add stored usage (of ``day`` and ``period``) to the counters of the accounts in ``used`` and of their
+        limited keys that miss it, and mark them counted.
 
-        Give an entry (``SeedUsage()`` when nothing was used) for each account to mark as counted. Reservations of
-        that account's calls in flight are not carried over (at start there are none).
+        Give an entry (``SeedUsage()`` when nothing was used) for each account to mark as counted. Counters that
+        are counted already (the account's, or a key's, when only another key was new) are kept as they are,
+        reservations of calls in flight included: stored usage is not added to them. Counters that started
+        counting at ``set_policies`` keep what they counted since (calls admitted while the caller read the
+        store keep their reservations) plus the stored usage; stale ones (never counted, or missing fast-path
+        calls) are set to it.
         """
         for account_id, usage in used.items():
             # An account with no policy yet is held until the next set_policies (dropped then if still none),
@@ -315,9 +381,9 @@ class Limiter:
             if account.policy is None:
                 for key_id in usage.keys:
                     account.keys.setdefault(key_id, _Counters())
-            account.reset(day, period, usage.account)
+            account.seed(day, period, usage.account)
             for key_id, counters in account.keys.items():
-                counters.reset(day, period, usage.keys.get(key_id, _NO_USAGE))
+                counters.seed(day, period, usage.keys.get(key_id, _NO_USAGE))
 
     def admit(
         self,
@@ -329,16 +395,20 @@ class Limiter:
         price_per_iu: Fraction,
         day: date,
         period: str,
+        cost_of: Callable[[Fraction], Fraction] | None = None,
     ) -> Ticket:
         """Admit a call and reserve its IU and estimated cost, or raise ``RateLimited`` / ``QuotaExceeded``.
 
-        Every limit is checked before anything is taken: a refused call uses no rpm slot and reserves nothing.
-        Key limits are checked before account limits, rpm before quotas.
+        The cost is that of the call's billable IU (those beyond the account's free IU left this month):
+        ``cost_of(billable IU)`` when given (called only when there are billable IU; ``price_per_iu`` is then not
+        used), else billable IU x ``price_per_iu``. Every limit is checked before anything is taken: a
+        refused call uses no rpm slot and reserves nothing. Key limits are checked before account limits, rpm
+        before quotas.
         """
         account = self._accounts.get(account_id)
         if account is None or account.unlimited:
-            if account is not None:
-                account.counted = False
+            if account is not None and (account.counted or account.pending):
+                account.stop_counting()  # an unlimited account has no key counters
             return _UNCOUNTED
         base = _base(unit_kind, quantity_iu)
         if price_per_iu.numerator < 0:
@@ -352,7 +422,7 @@ class Limiter:
             _check_rate(key.window, key.rpm, "key", now)
         if account.rpm is not None:
             _check_rate(account.window, account.rpm, "account", now)
-        cost = account.cost(unit_kind, base, price_per_iu)
+        cost = account.cost(unit_kind, base, price_per_iu, cost_of)
         if key is not None:
             _check_quotas(key, "key", unit_kind, base, cost, account.currency)
         if account.grant_cap_base is not None:
