@@ -158,3 +158,15 @@ def test_quota_counters_survive_a_gateway_kill(market: Market) -> None:
     refused = _infer(market, who)
     assert refused.status_code == 402 and refused.json()["used"] == "5", refused.text
     assert _wait_events(market, who, 5) == 5
+
+
+def test_an_invoice_for_a_month_that_has_not_started_is_refused_and_nothing_is_stored(market: Market) -> None:
+    who = market.consumer("inv-future")
+    assert _infer(market, who).status_code == 200
+    r = httpx.get(f"{market.url}/api/invoices?period=9999-12", headers=who.auth, timeout=30)
+    message = assert_error_response(r, 400, "period 9999-12 has not started")
+    assert len(message) < 500
+    with market.admin.store.read() as uow:
+        assert [s.period for s in uow.ledger.invoices(who.account_id) if s.period == "9999-12"] == []
+    listed = httpx.get(f"{market.url}/api/invoices", headers=who.auth, timeout=30).json()["invoices"]
+    assert [i["period"] for i in listed if i["period"] > "9998"] == []

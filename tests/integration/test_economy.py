@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
-from economy_helpers import AUDIO, OTHER_PROVIDER, PROVIDER, TOKENS, Economy, lines_of, make_economy
+from economy_helpers import AUDIO, OTHER_PROVIDER, PLANS, PROVIDER, TOKENS, Economy, lines_of, make_economy
 
 from modelmarket.adapters.store import SqlStore
+from modelmarket.billing.lifecycle import invoice_id
 from modelmarket.billing.period import Period
-from modelmarket.core.errors import Conflict
+from modelmarket.core.errors import Conflict, InvalidInput
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.usage import UsageSummary
 
@@ -666,3 +668,149 @@ def test_finalize_due_finds_accounts_whose_invoices_were_never_read(
     assert str(done[("unread", "2026-01")].total) == "1.23"  # 1,234 x 0.0010 = 1.234 -> 1.23
     assert str(done[("fee-only", "2026-01")].total) == "20.00"  # the whole month's fee
     assert eco.platform.invoices.finalize_due() == []  # nothing left: idempotent
+
+
+# -- rebuild under appends, future periods, finalize_due's visits --------------------------------------------------
+
+
+PLANS_WITH_PAYG = PLANS + "- {name: go, kind: payg, currency: USD}\n"
+
+
+class _AppendsWhenReplayed:
+    """The platform's event log, but the first read from offset 0 (a rebuild applying the log again) first appends
+    ``pending`` to the log, as a gateway serving calls during the rebuild would."""
+
+    def __init__(self, inner: Any, eco: Economy, pending: list[UsageEvent]) -> None:
+        self.inner, self.eco, self.pending = inner, eco, pending
+
+    def read(self, after_offset: int, limit: int) -> Any:
+        if after_offset == 0 and self.pending:
+            events = list(self.pending)
+            self.pending.clear()
+            self.eco.append(events)
+        return self.inner.read(after_offset, limit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _rebuild_while_appending(eco: Economy, events: list[UsageEvent]) -> Any:
+    metering = eco.platform.metering
+    open_log = metering.open_log
+    pending = list(events)
+    metering.open_log = lambda: _AppendsWhenReplayed(open_log(), eco, pending)  # type: ignore[method-assign]
+    try:
+        report = eco.platform.ledger.rebuild()
+    finally:
+        metering.open_log = open_log  # type: ignore[method-assign]
+    assert not pending, "the events were appended during the rebuild"
+    return report
+
+
+def test_a_rebuild_is_identical_though_events_arrive_during_it_and_still_repairs_a_tampered_row(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir, "digits-grad")
+    _busy_month(eco)
+    clean = eco.platform.ledger.rebuild()
+    assert clean.identical and clean.events == 6
+
+    # An event appended after the rebuild caught up is in neither digest: the consumer applies it afterwards.
+    raced = _rebuild_while_appending(eco, [eco.event("r-payg", "digits", 400, "2026-02-03")])
+    assert raced.identical and raced.events == 6 and raced.after == clean.after
+    (record,) = [r for r in eco.platform.audit.list(1000) if r.action == "billing.rebuilt"][-1:]
+    assert dict(record.payload) == {"digest_before": clean.after, "digest_after": clean.after, "events": 6}
+    # February: 300 + 400 images x 0.0010 = 0.70, + the adjustment 700 x 0.0010 = 0.70
+    assert str(eco.invoice("r-payg", "2026-02").total) == "1.40"
+    assert eco.platform.ledger.verify().ok
+    seven = eco.platform.ledger.rebuild()
+    assert seven.identical and seven.events == 7
+
+    (row,) = [
+        r
+        for r in eco.platform.ledger.transactions(eco.accounts["r-payg"])
+        if r.kind == "usage" and r.period == "2026-02" and "adjustment" in r.memo
+    ]
+    assert eco.sql("UPDATE usage_events SET amount = '1' WHERE txn_id = :t", t=row.id) == 1
+    repaired = _rebuild_while_appending(eco, [eco.event("r-payg", "digits", 100, "2026-02-04")])
+    assert not repaired.identical and repaired.events == 7
+    assert repaired.after == seven.after  # repaired, and still without the event that arrived meanwhile
+    # 1.40 + 100 x 0.0010 = 1.50
+    assert str(eco.invoice("r-payg", "2026-02").total) == "1.50"
+    assert eco.platform.ledger.verify().ok
+    assert eco.platform.ledger.rebuild().events == 8
+
+
+def test_a_period_that_has_not_started_is_refused_and_nothing_is_stored(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = economy(store, tmp_path, demo_dir)
+    account = eco.consumer("future", "pro", at="2026-01-10T00:00:00")
+    for label in ("2026-02", "9999-12"):
+        with pytest.raises(InvalidInput, match=f"period {label} has not started"):
+            eco.platform.invoices.invoices(account, Period(int(label[:4]), int(label[5:])))
+    with eco.platform.store.read() as uow:
+        assert uow.ledger.invoices(account) == []
+    # The list: the current month only (pro's prorated fee, 22 of 31 days x 20.00 = 14.19...), nothing later.
+    assert [(d.period, str(d.total)) for d in eco.platform.invoices.invoices(account)] == [("2026-01", "14.19")]
+    with eco.platform.store.read() as uow:
+        assert [s.period for s in uow.ledger.invoices(account)] == ["2026-01"]
+
+
+def test_finalize_due_visits_only_months_that_bill(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = economy(store, tmp_path, demo_dir)
+    eco.platform.plans.apply(PLANS_WITH_PAYG)
+    free = eco.consumer("idle-free", "free", at="2026-01-01T00:00:00")
+    payg = eco.consumer("idle-payg", "go")
+    eco.consumer("pro-all-along", "pro")
+    was_pro = eco.consumer("was-pro", "pro")
+    eco.clock.set("2026-01-15T00:00:00")
+    eco.platform.plans.subscribe(was_pro, "free")  # from February
+    eco.clock.set("2026-04-10T00:00:00")
+
+    service = eco.platform.invoices
+    visited: list[tuple[str, str]] = []
+    read_invoices = service.invoices
+
+    def spy(account_id: str, period: Period | None = None) -> list[Any]:
+        visited.append((eco.account_name(account_id), "" if period is None else period.label))
+        return read_invoices(account_id, period)
+
+    service.invoices = spy  # type: ignore[method-assign]
+    try:
+        done = service.finalize_due()
+        assert sorted((eco.account_name(d.account_id), d.period, str(d.total)) for d in done) == [
+            ("pro-all-along", "2026-01", "20.00"),
+            ("pro-all-along", "2026-02", "20.00"),
+            ("pro-all-along", "2026-03", "20.00"),
+            ("was-pro", "2026-01", "20.00"),
+        ]
+        assert sorted(set(visited)) == [
+            ("pro-all-along", "2026-01"),
+            ("pro-all-along", "2026-02"),
+            ("pro-all-along", "2026-03"),
+            ("was-pro", "2026-01"),
+        ]  # neither the free nor the pay-as-you-go months without usage, nor was-pro's free ones
+        visited.clear()
+        assert service.finalize_due() == [] and visited == []  # every month that bills is settled
+    finally:
+        service.invoices = read_invoices  # type: ignore[method-assign]
+    assert {free, payg}.isdisjoint(d.account_id for d in done)
+
+
+def test_finalizing_a_draft_with_nothing_left_to_bill_is_a_conflict(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    """A stored draft whose currency no usage and no plan bills any more (here: stored by hand in EUR)."""
+    eco = economy(store, tmp_path, demo_dir)
+    pro = eco.consumer("stale", "pro")
+    service = eco.platform.invoices
+    (january,) = service.invoices(pro, JAN)
+    stale = replace(january, id=invoice_id(pro, "2026-01", "EUR"), currency="EUR", lines=())
+    with eco.platform.store.write() as uow:
+        uow.ledger.put_invoice(stale.stored())
+    with pytest.raises(Conflict, match="nothing left to bill"):
+        service.finalize(stale.id, force=True)
+    with eco.platform.store.read() as uow:
+        assert [(s.currency, s.status) for s in uow.ledger.invoices(pro)] == [("EUR", "draft"), ("USD", "draft")]
+    assert service.finalize(january.id, force=True).status == "finalized"  # the USD one is unaffected

@@ -252,7 +252,9 @@ def test_invoice_of_a_pinned_period_rounds_once_per_line(store: FakeStore, meter
     assert store.state.invoices[invoice.id].status == "draft"  # the draft is kept, with its lines
     (statement,) = LedgerService(store, metering, clock, metering.open_log).statements(JAN, "acc_p")
     assert statement.provider_amount + statement.platform_fee == statement.gross
-    assert invoices.invoices("acc_c", Period(2026, 3)) == []
+    with pytest.raises(InvalidInput, match="period 2026-03 has not started"):  # no usage landed on it
+        invoices.invoices("acc_c", Period(2026, 3))
+    assert [d.period for d in invoices.invoices("acc_c", Period(2026, 2))] == ["2026-02"]  # the late event did
 
 
 def test_audit_verify_on_fakes_catches_an_edited_record(store: FakeStore, accounts: AccountService) -> None:

@@ -342,22 +342,29 @@ class LedgerService:
             return derived_digest(uow)
 
     def rebuild(self, actor: str = "cli") -> RebuildReport:
-        """Recompute usage, rated events and usage transactions from the event log, in one transaction."""
-        self.metering.catch_up()
-        with self.uow.read() as uow:
-            before = derived_digest(uow)
-        events = self.metering.rebuild()
-        with self.uow.write() as uow:
-            after = derived_digest(uow)
+        """Recompute usage, rated events and usage transactions from the event log, in one transaction.
+
+        Both digests are taken in the rebuild's own transaction (under ``Lock.METERING``), over the same events:
+        the log up to the offset the rebuild caught up to. Events appended meanwhile are not in either; the
+        consumer's next batch applies them as usual."""
+        digests: list[str] = []
+
+        def before(uow: Any) -> None:
+            digests.append(derived_digest(uow))
+
+        def after(uow: Any, events: int) -> None:
+            digests.append(derived_digest(uow))
             audit.append(
                 uow.audit,
                 actor=actor,
                 action="billing.rebuilt",
                 subject="billing",
-                payload={"digest_before": before, "digest_after": after, "events": events},
+                payload={"digest_before": digests[0], "digest_after": digests[1], "events": events},
                 now=self.clock(),
             )
-        return RebuildReport(before, after, events)
+
+        events = self.metering.rebuild(before, after)
+        return RebuildReport(digests[0], digests[1], events)
 
 
 def derived_digest(uow: Any) -> str:

@@ -22,7 +22,7 @@ import orjson
 
 from modelmarket.audit import chain as audit
 from modelmarket.billing.period import Period, parse_period
-from modelmarket.billing.plans import PlanVersion, Segment, segments
+from modelmarket.billing.plans import PlanVersion, Segment, Subscription, segments
 from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, RatedEvent, StoredInvoice
 from modelmarket.billing.rating import (
     PLATFORM_CREDITS,
@@ -290,6 +290,35 @@ def _months(first: Period, last: Period) -> list[Period]:
     return out
 
 
+def _bills_without_usage(plan: PlanVersion | None) -> bool:
+    """Whether the plan bills something in a month with no usage: a subscription's fee, a commitment."""
+    if plan is None:
+        return False
+    return bool((plan.kind == "subscription" and plan.spec.fee) or (plan.kind == "enterprise" and plan.spec.commitment))
+
+
+def _fee_months(uow: EconomyUnitOfWork, last: Period) -> set[tuple[str, str]]:
+    """Every (account, period) up to ``last`` in which a plan that bills without usage was in force for a day
+    or more. Free and pay-as-you-go months are left out: with no usage they make no invoice, so they would be
+    visited again on every run, for ever."""
+    plans = {(p.name, p.version): p for p in uow.plans.plan_versions()}
+    history: dict[str, list[Subscription]] = {}
+    for sub in uow.plans.subscriptions():
+        history.setdefault(sub.account_id, []).append(sub)
+    out: set[tuple[str, str]] = set()
+    for account_id, subs in history.items():
+        if not any(_bills_without_usage(plans.get((s.plan_name, s.plan_version))) for s in subs):
+            continue
+        first = min(Period.of(s.effective.astimezone(UTC).date()) for s in subs)
+        for p in _months(first, last):
+            segs = segments(subs, p)
+            if any(
+                _bills_without_usage(plans.get((g.subscription.plan_name, g.subscription.plan_version))) for g in segs
+            ):
+                out.add((account_id, p.label))
+    return out
+
+
 class InvoiceService:
     """Invoices, statements, payouts, the ledger's views and checks."""
 
@@ -331,17 +360,27 @@ class InvoiceService:
         return docs
 
     def invoices(self, account_id: str, period: Period | None = None) -> list[InvoiceDoc]:
-        """The account's invoices (all periods, or one); drafts are brought up to date first."""
+        """The account's invoices (all periods, or one); drafts are brought up to date first.
+
+        A period after the current month is refused (``InvalidInput``), unless usage already landed on it (the
+        rest of a month whose invoice was finalized early lands on the next one): a draft of it would bill a plan
+        fee for a month that has not begun, and would be kept and refreshed on every later call."""
+        current_period = Period.of(self.clock().astimezone(UTC).date())
         self.metering.catch_up()
         periods = [period] if period is not None else None
         # Under the lock finalize and void take: a draft refreshed from a stale read would reopen an invoice
         # finalized meanwhile (PostgreSQL's READ COMMITTED does not stop that update).
         with self.uow.write(Lock.METERING) as uow:
+            if period is not None and period > current_period:
+                billed = period.label in uow.ledger.billed_periods(account_id)
+                if not billed and not any(s.status != "draft" for s in uow.ledger.invoices(account_id, period.label)):
+                    raise InvalidInput(f"period {period.label} has not started (it is {current_period.label} now)")
             stored = {s.id: s for s in uow.ledger.invoices(account_id)}
             if periods is None:
-                seen = {s.period for s in stored.values()}
-                seen |= {r.period for r in uow.ledger.rated(account_id=account_id)}
-                seen.add(Period.of(self.clock().astimezone(UTC).date()).label)
+                # Drafts of a month not begun (stored before such periods were refused) are not refreshed.
+                seen = {s.period for s in stored.values() if s.status != "draft" or s.period <= current_period.label}
+                seen.update(uow.ledger.billed_periods(account_id))
+                seen.add(current_period.label)
                 periods = [parse_period(p) for p in sorted(seen)]
             out = []
             for p in periods:
@@ -389,7 +428,14 @@ class InvoiceService:
             if stored is None or stored.status != "draft":
                 raise Conflict(f"invoice {invoice_id_} is already {stored.status if stored else 'gone'}")
             period = parse_period(stored.period)
-            draft = next(d for d in self._drafts(uow, stored.account_id, period) if d.currency == stored.currency)
+            draft = next(
+                (d for d in self._drafts(uow, stored.account_id, period) if d.currency == stored.currency), None
+            )
+            if draft is None:
+                raise Conflict(
+                    f"invoice {invoice_id_} ({stored.period}, {stored.currency}) has nothing left to bill: no usage "
+                    f"and no plan in {stored.currency} for that month any more, so there is nothing to finalize"
+                )
             offset = uow.usage.offset(CONSUMER_NAME)
             final = InvoiceDoc(
                 draft.id,
@@ -448,9 +494,7 @@ class InvoiceService:
             closed = uow.ledger.closed_periods()
             drafts = {(s.account_id, s.period) for s in uow.ledger.invoices() if s.status == "draft"}
             due = drafts | set(uow.ledger.billed_accounts())  # also accounts whose invoices nobody has read yet
-            for sub in uow.plans.subscriptions():  # a fee is billed even in a month with no usage
-                start = parse_period(sub.effective.astimezone(UTC).strftime("%Y-%m"))
-                due |= {(sub.account_id, p.label) for p in _months(start, Period.of(now.date()))}
+            due |= _fee_months(uow, Period.of(now.date()))  # a fee is billed even in a month with no usage
         settled = {key[:2] for key in closed}
         done = []
         for account_id, label in sorted(due - (settled - drafts)):  # a closed month with no draft left is done

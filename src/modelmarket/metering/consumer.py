@@ -180,14 +180,19 @@ class MeteringService:
                 raise MeteringHalted(halted)
             return self._apply(uow, event_log, limit or self.batch_max)
 
-    def _apply(self, uow: Any, event_log: EventLog, limit: int) -> int:
+    def _apply(self, uow: Any, event_log: EventLog, limit: int, upto: int | None = None) -> int:
         with _cyclic_gc_paused():
-            return self._apply_batch(uow, event_log, limit)
+            return self._apply_batch(uow, event_log, limit, upto)
 
-    def _apply_batch(self, uow: Any, event_log: EventLog, limit: int) -> int:
+    def _apply_batch(self, uow: Any, event_log: EventLog, limit: int, upto: int | None = None) -> int:
+        """Apply the next records after the consumer's offset; with ``upto``, only those at or before it."""
         repo = uow.usage
         offset = repo.offset(CONSUMER_NAME)
         records = event_log.read(offset, limit)
+        if upto is not None and records and records[-1].offset > upto:
+            records = [r for r in records if r.offset <= upto]
+            if not records:
+                return 0
         if not records:
             end = event_log.last_offset()
             ensure(
@@ -210,19 +215,48 @@ class MeteringService:
         repo.save_offset(CONSUMER_NAME, records[-1].offset)
         return len(records)
 
-    def rebuild(self) -> int:
+    def rebuild(
+        self,
+        before: Callable[[Any], None] | None = None,
+        after: Callable[[Any, int], None] | None = None,
+    ) -> int:
         """Recompute everything derived from the log (usage, and what the projectors derive) from offset 0, in
-        one transaction: it all changes or nothing does. Returns how many log records were applied."""
+        one write transaction under ``Lock.METERING``: it all changes or nothing does. Returns how many log
+        records were applied again.
+
+        The transaction first applies the log to its end, and notes that offset; ``before(uow)`` then sees
+        everything derived up to it; everything derived is cleared and the log applied again *up to that offset
+        only*, and ``after(uow, records)`` sees the result, still in the transaction. So ``before`` and
+        ``after`` see the same events even when more are appended meanwhile: those are applied by the next
+        batch, as usual. A halted consumer raises ``MeteringHalted``; a broken invariant halts it."""
         event_log = self.open_log()
         try:
-            with self.uow.write(Lock.METERING) as uow:
-                uow.usage.clear_derived(CONSUMER_NAME)
-                for projector in self.projectors:
-                    projector.clear(uow)
-                total = 0
-                while (n := self._apply(uow, event_log, self.batch_max)) > 0:
-                    total += n
-                return total
+            try:
+                with self.uow.write(Lock.METERING) as uow:
+                    halted = uow.usage.halted(CONSUMER_NAME)
+                    if halted is not None:
+                        raise MeteringHalted(halted)
+                    while self._apply(uow, event_log, self.batch_max) > 0:
+                        pass
+                    upto = uow.usage.offset(CONSUMER_NAME)
+                    if before is not None:
+                        before(uow)
+                    uow.usage.clear_derived(CONSUMER_NAME)
+                    for projector in self.projectors:
+                        projector.clear(uow)
+                    total = 0
+                    while (n := self._apply(uow, event_log, self.batch_max, upto)) > 0:
+                        total += n
+                    ensure(
+                        uow.usage.offset(CONSUMER_NAME) == upto,
+                        f"a rebuild applied the log up to {uow.usage.offset(CONSUMER_NAME)}, not {upto}",
+                    )
+                    if after is not None:
+                        after(uow, total)
+                    return total
+            except InvariantViolated as exc:
+                self._halt(str(exc))
+                raise MeteringHalted(str(exc)) from exc
         finally:
             event_log.close()
 
