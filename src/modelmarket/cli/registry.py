@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -58,7 +59,7 @@ def models_list(as_json: bool) -> None:
             d["latest"],
             d["task"],
             d["runtime"],
-            f"{d['price_now']['price_per_iu']} {d['pricing']['currency']}/{d['pricing']['unit']}"
+            f"{_shown_price(d)} {d['pricing']['currency']}/{d['pricing']['unit']}"
             + ("" if d["price_now"]["factor"] == "1" else f" (x{d['price_now']['factor']})"),
         ]
         for d in docs
@@ -69,6 +70,12 @@ def models_list(as_json: bool) -> None:
         click.echo(table(rows, ["MODEL", "LATEST", "TASK", "RUNTIME", "PRICE"]))
     else:
         click.echo("no models published yet (see `modelmarket publish --help`)")
+
+
+def _shown_price(doc: dict[str, Any]) -> str:
+    """The price in force; the manifest's own text (``0.0010``, as the provider wrote it) while no record applies."""
+    now = doc["price_now"]
+    return str(doc["pricing"]["price_per_iu"] if now["record"] == 0 else now["price_per_iu"])
 
 
 @models.command("show")
