@@ -26,7 +26,7 @@ def test_a_new_store_is_at_the_head_revision(tmp_path: Path) -> None:
     with store.read() as uow:
         head = uow.conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     store.dispose()
-    assert head == "m0003"
+    assert head == "m0004"
 
 
 def test_the_migrations_create_exactly_the_schema_module(tmp_path: Path) -> None:

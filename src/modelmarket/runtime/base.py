@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,11 +25,16 @@ from modelmarket.core.errors import InvalidInput
 from modelmarket.core.tensors import Tensor, TensorSpec, bytes_tensor
 
 __all__ = [
+    "Embedder",
+    "Embeddings",
+    "GenerationChunk",
+    "GenerationParams",
     "InputLimits",
     "ModelSpec",
     "Runtime",
     "Tensor",
     "TensorSpec",
+    "TextGenerator",
     "artifact_parameter",
     "bytes_tensor",
     "int_parameter",
@@ -282,3 +287,75 @@ def text_parameter(parameters: Mapping[str, Any], key: str, default: str, choice
     if value not in choices:
         raise InvalidInput(f"parameters.{key}: must be one of {', '.join(choices)}, not {value!r}")
     return str(value)
+
+
+# -- capabilities beyond OIP tensors: text generation and embeddings ----------------------------------------------
+#
+# A runtime may also implement one of these. The runner then serves it over the OpenAI-compatible routes too
+# (``runtime/openai_runner.py``: ``/v1/chat/completions`` and ``/v1/completions`` for a ``TextGenerator``,
+# ``/v1/embeddings`` for an ``Embedder``), with token counts from the model's own tokenizer in every answer's
+# ``usage``. The gateway bills those counts.
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """What a caller may set on a generation call; None means the model's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """One step of a generation: new ``text`` (may be empty), the running token counts, and, on the last chunk
+    only, why generation ended (``stop``: an end token or a stop string; ``length``: ``max_tokens`` reached)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class TextGenerator(ABC):
+    """A runtime that generates text. Chunks are produced lazily: the runner stops iterating (and so stops the
+    model) when the caller goes away, so a cut-off stream is billed for what was generated and nothing more."""
+
+    context_length: int = 0
+    """Tokens of prompt and completion together the model accepts (0: unknown)."""
+
+    @abstractmethod
+    def chat(self, messages: Sequence[Mapping[str, str]], params: GenerationParams) -> Iterator[GenerationChunk]:
+        """Generate the assistant's reply to ``messages`` (``{"role", "content"}``), formatted with the model's
+        own chat template. Raise ``InvalidInput`` for a prompt the model cannot take (too long for its context)."""
+
+    @abstractmethod
+    def complete(self, prompt: str, params: GenerationParams) -> Iterator[GenerationChunk]:
+        """Continue ``prompt`` as plain text."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the model's own tokenizer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: Any
+    """``numpy.ndarray`` of float32, shape (number of inputs, dimensions)."""
+    tokens: int
+    """Tokens processed, by the model's own tokenizer (after truncation to its context)."""
+
+
+class Embedder(ABC):
+    """A runtime that turns texts (or token id arrays) into vectors."""
+
+    dimensions: int = 0
+    max_batch: int = 256
+    """Most inputs in one call; the runner refuses more, naming the bound."""
+
+    @abstractmethod
+    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> Embeddings:
+        """Embed each input. Strings are tokenized; lists of ints are token ids already. Refuse empty input or ids
+        outside the vocabulary with ``InvalidInput``."""

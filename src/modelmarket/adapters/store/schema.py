@@ -145,6 +145,11 @@ usage_events = Table(
     Column("amount", FractionText, nullable=True),
     Column("provider_amount", FractionText, nullable=True),
     Column("txn_id", String(64), nullable=True),
+    # -- m0004 --
+    # Of quantity_base, the base units that were output (tokens generated): priced at the output price.
+    Column("quantity_out", BigInteger, nullable=False, server_default="0"),
+    # The pipeline call a step's event belongs to (a Resonance Node call), else NULL.
+    Column("pipeline_call_id", String(64), nullable=True),
     # Only what the frequent queries need (each index costs every insert of the hot path 1-2 us, measured): dedup
     # by event id (the primary key); dynamic pricing's calls per model and time; invoices and limits per account
     # and period (and the accounts billed per period). Provider statements (a payout run, monthly) scan.
@@ -341,4 +346,31 @@ payouts = Table(
     # 1 for a period's first payout; a later run pays what came in since (late usage) as seq 2, 3, ...
     Column("seq", Integer, nullable=False),
     UniqueConstraint("provider_account_id", "period", "currency", "seq", name="uq_payouts_provider_period_seq"),
+)
+
+
+# -- the polyglot gateway (m0004) -------------------------------------------------------------------------------
+
+providers = Table(
+    "providers",
+    metadata,
+    # An upstream server a package may publish a model of. Its API key is never stored: only the name of the
+    # environment variable the gateway reads it from.
+    Column("name", String(63), primary_key=True),
+    Column("base_url", String(500), nullable=False),
+    Column("protocol", String(20), nullable=False),  # "openai" or "oip"
+    Column("api_key_env", String(100), nullable=True),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
+routes = Table(
+    "routes",
+    metadata,
+    # A model name that resolves to weighted targets with fallbacks: the applied spec as canonical JSON.
+    Column("name", String(63), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", String(40), nullable=False),
 )
