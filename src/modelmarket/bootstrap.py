@@ -21,6 +21,7 @@ from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
 from modelmarket.registry import RegistryService
 from modelmarket.registry.ports import BlobStore, RuntimeCatalog
+from modelmarket.routing import RoutingService
 from modelmarket.settings import Settings
 
 
@@ -56,6 +57,7 @@ class Platform:
     invoices: InvoiceService
     ledger: LedgerService
     prices: PriceService
+    routing: RoutingService
 
     def close(self) -> None:
         self.store.dispose()
@@ -80,13 +82,14 @@ def bootstrap(
 
     rater = Rater(settings.provider_share, clock)
     metering = MeteringService(store, open_log, clock, settings.metering_poll_s, projectors=(rater,))
+    registry = RegistryService(store, blobs, clock, runtimes)
     return Platform(
         settings=settings,
         store=store,
         blobs=blobs,
         clock=clock,
         accounts=AccountService(store, clock),
-        registry=RegistryService(store, blobs, clock, runtimes),
+        registry=registry,
         metering=metering,
         usage=UsageService(store, metering),
         audit=AuditService(store),
@@ -94,4 +97,5 @@ def bootstrap(
         invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),
         ledger=LedgerService(store, metering, clock, open_log),
         prices=PriceService(store, clock),
+        routing=RoutingService(store, clock, published_models=lambda: registry.catalogue().names()),
     )

@@ -21,6 +21,7 @@ from modelmarket.cli.economy import (
 from modelmarket.cli.meter import meter
 from modelmarket.cli.prices import prices
 from modelmarket.cli.registry import models, publish
+from modelmarket.cli.routing import providers, routes
 from modelmarket.cli.serve import demo, runner, serve
 from modelmarket.cli.usage import usage
 
@@ -39,6 +40,8 @@ for command in (publish, models, accounts, keys, usage, invoice, statement, audi
     cli.add_command(command)
 cli.add_command(prices)
 for command in (plans, subscribe, limits, invoices, ledger, payouts, billing_group):
+    cli.add_command(command)
+for command in (providers, routes):
     cli.add_command(command)
 
 

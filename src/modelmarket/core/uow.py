@@ -26,6 +26,8 @@ class Lock(StrEnum):
     """One metering consumer at a time: the second reads the offset the first one moved."""
     PLANS = "plans"
     """Reserved for plan and price changes."""
+    ROUTING = "routing"
+    """Route and provider changes (a route's revision is read, then written)."""
 
 
 class UnitOfWorkFactory(Protocol[U_co]):

@@ -57,6 +57,9 @@ class GatewayParts:
     preload: bool = True
     metering_halted: Callable[[], str | None] | None = None
     """The store's halt reason, read to restart a halted metering child once an operator resumed it."""
+    openai: Any = None
+    """The OpenAI-compatible edge (``gateway/openai_api.py``) answering ``/v1``."""
+    backends: Any = None
 
 
 class GatewayApp:
@@ -82,6 +85,8 @@ class GatewayApp:
             catalogue = self.state.catalogue
             for name in catalogue.names():
                 version = catalogue.resolve(name)
+                if not getattr(version, "needs_runner", True):  # a pipeline or an upstream's model
+                    continue
                 p.supervisor.preloaded.add(version.id)
                 self._spawn_start(version)
         # Everything built so far lives as long as the process: keep it out of the cyclic collector's scans.
@@ -95,6 +100,8 @@ class GatewayApp:
             task.cancel()
         await self.state.stop()
         await self.parts.supervisor.stop()
+        if self.parts.backends is not None:
+            await self.parts.backends.close()
         self.parts.writer.stop()
         if self.parts.metering is not None:
             await self.parts.metering.stop()
@@ -141,6 +148,8 @@ class GatewayApp:
                 await self._model_route(scope, receive, send, path)
             elif path == "/v2" or path.startswith("/v2/"):
                 await self._server_route(scope, send, path)
+            elif path.startswith("/v1/") and self.parts.openai is not None:
+                await self.parts.openai(scope, receive, send)
             elif path.startswith("/api/"):
                 scope["app"] = self  # lets the router raise HTTPException for 404/405, answered as JSON below
                 await self.parts.api(scope, receive, send)

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import date
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -14,16 +15,20 @@ from modelmarket.accounts import Account
 from modelmarket.adapters.bus import make_writer
 from modelmarket.billing import enforcement
 from modelmarket.bootstrap import Platform
-from modelmarket.core.errors import MeteringHalted
+from modelmarket.core.errors import MeteringHalted, NotFound
 from modelmarket.core.ids import RequestIds
 from modelmarket.gateway.api import ApiContext, build_router
 from modelmarket.gateway.app import GatewayApp, GatewayParts
 from modelmarket.gateway.auth import authenticate
+from modelmarket.gateway.backends import Backends
 from modelmarket.gateway.dataplane import DataPlane
 from modelmarket.gateway.economy import Economy
 from modelmarket.gateway.metering_process import MeteringProcess
+from modelmarket.gateway.openai_api import OpenAIEdge
+from modelmarket.gateway.openai_plane import OpenAIPlane
 from modelmarket.gateway.state import GatewayState
 from modelmarket.registry import CatalogueLoader
+from modelmarket.routing import Provider, Router, RouteTable
 from modelmarket.runtime.supervisor import Supervisor
 from modelmarket.settings import Settings
 
@@ -54,7 +59,26 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         platform.clock,
         s.cache_refresh_s,
     )
-    state = GatewayState(platform.accounts.key_index, loader.load, s.cache_refresh_s, economy=economy)
+
+    def load_routing() -> tuple[dict[str, Provider], RouteTable]:
+        return {p.name: p for p in platform.routing.providers()}, platform.routing.table()
+
+    def price_of(ref: str) -> Decimal | None:
+        name, _, version_ref = ref.partition("@")
+        try:
+            version = state.catalogue.resolve(name, version_ref or None)
+        except NotFound:
+            return None
+        return economy.price(version, platform.clock()).unit_price
+
+    state = GatewayState(
+        platform.accounts.key_index,
+        loader.load,
+        s.cache_refresh_s,
+        economy=economy,
+        load_routing=load_routing,
+        make_router=lambda table: Router(table, price_of=price_of),
+    )
     writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max, s.idempotency_ttl_s)
     metering = MeteringProcess(s.home / "metering.log", child_env(s, platform.store.url)) if metering_child else None
     supervisor = Supervisor(
@@ -81,6 +105,12 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         max_kept_answer_bytes=s.idempotency_max_answer_bytes,
         economy=economy,
     )
+    backends = Backends(
+        supervisor, state.providers, max_connections=s.runner_pool_size, timeout_s=s.runner_request_timeout_s
+    )
+    dataplane.backends = backends
+    plane = OpenAIPlane(dataplane, backends, state.router)
+    openai_edge = OpenAIEdge(plane, dataplane, state, s.max_request_bytes)
 
     async def authenticate_request(request: Request) -> Account:
         return await authenticate(state, request.scope)
@@ -90,7 +120,17 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         authenticate_request,
     )
     return GatewayParts(
-        dataplane, state, api, writer, supervisor, metering, s.max_request_bytes, preload, platform.metering.halted
+        dataplane,
+        state,
+        api,
+        writer,
+        supervisor,
+        metering,
+        s.max_request_bytes,
+        preload,
+        platform.metering.halted,
+        openai=openai_edge,
+        backends=backends,
     )
 
 

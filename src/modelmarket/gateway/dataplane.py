@@ -27,14 +27,17 @@ from modelmarket.accounts import Account
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from modelmarket.core.ids import RequestIds
+from modelmarket.gateway.backends import UPSTREAMS, Backends
 from modelmarket.gateway.economy import Economy, Priced
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
+from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import Catalogue, VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.base import InputLimits
 from modelmarket.runtime.plugins import runtime_input_limits
+from modelmarket.runtime.runner import USAGE_HEADER
 
 OFFLOAD_DECODE_BYTES = 256 * 1024
 """Bodies larger than this are decoded, validated and counted in a worker thread, never on the event loop."""
@@ -158,8 +161,10 @@ class DataPlane:
         input_limits: Callable[[str], InputLimits] = runtime_input_limits,
         max_kept_answer_bytes: int = 1024 * 1024,
         economy: Economy | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self.economy = economy
+        self.backends = backends
         self.catalogue = catalogue
         self.runners = runners
         self.writer = writer
@@ -286,7 +291,14 @@ class DataPlane:
         ticket = economy.admit(account.id, key_id, version, prepared.units, priced, at)
         try:
             return await self._serve(
-                account, version, request, prepared, once, started, priced, lambda: economy.limiter.settle(ticket)
+                account,
+                version,
+                request,
+                prepared,
+                once,
+                started,
+                priced,
+                lambda units: economy.limiter.settle(ticket, base=units),
             )
         except BaseException:
             if ticket.open:  # not billed: release what it reserved
@@ -302,19 +314,29 @@ class DataPlane:
         once: tuple[str, str] | None,
         started: float,
         priced: Priced | None,
-        on_billed: Callable[[], None] | None = None,
+        on_billed: Callable[[int], None] | None = None,
     ) -> InferAnswer:
-        pool = await self.runners.pool_for(version)
         headers = [(b"Content-Type", request.content_type or b"application/json")]
         if request.header_length is not None:
             headers.append((b"Inference-Header-Content-Length", request.header_length))
-        path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
+        upstream = self.backends is not None and version.manifest.runtime in UPSTREAMS
+        if upstream:
+            backend = await self.backends.backend(version)  # type: ignore[union-attr]
+            pool, path = backend.pool, f"{backend.prefix}/v2/models/{backend.model}/infer"
+            headers.extend(backend.headers)
+        else:
+            pool = await self.runners.pool_for(version)
+            path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
         answer = await pool.request("POST", path, request.body, headers)
         if answer.status != 200:
             raise _runner_error(answer)
+        units, out = prepared.units, 0
+        counted = None if upstream else answer.headers.get(USAGE_HEADER)
+        if counted is not None and version.manifest.pricing.unit is UnitKind.TOKENS_1K:
+            units, out = _counted_tokens(counted, units)
         event_id = self.request_ids.next() if once is None else once[0]
-        event = self._usage_event(
-            event_id, account, version, prepared.units, started, trace_id(request.traceparent), priced
+        event = self.usage_event(
+            event_id, account, version, units, started, trace_id(request.traceparent), priced, quantity_out=out
         )
         ihcl = answer.headers.get(b"inference-header-content-length")
         ctype = answer.headers.get(b"content-type", b"application/json")
@@ -323,13 +345,13 @@ class DataPlane:
             kept = KeptAnswer(event.id, once[1], ctype, ihcl, answer.body, time.time())
         await self.writer.append(event.id, event.encode(), kept)
         if on_billed is not None:  # committed: the call counts, whatever happens to the answer now
-            on_billed()
+            on_billed(units)
         out_headers = [(b"x-request-id", event.id.encode())]
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))
         return InferAnswer(event.id, answer.body, ctype, out_headers)
 
-    def _usage_event(
+    def usage_event(
         self,
         event_id: str,
         account: Account,
@@ -338,7 +360,11 @@ class DataPlane:
         started: float,
         trace: str | None,
         priced: Priced | None = None,
+        *,
+        quantity_out: int = 0,
+        pipeline_call_id: str | None = None,
     ) -> UsageEvent:
+        """The usage event of a served call (``units`` base units, of which ``quantity_out`` were output)."""
         pricing = version.manifest.pricing
         return UsageEvent(
             id=event_id,
@@ -355,6 +381,8 @@ class DataPlane:
             currency=pricing.currency,
             latency_ms=Decimal(int((time.perf_counter() - started) * 1_000_000)) * _MS,
             trace_id=trace,
+            quantity_out=quantity_out,
+            pipeline_call_id=pipeline_call_id,
         )
 
 
@@ -411,6 +439,16 @@ def _prepare(version: VersionRecord, body: bytes, header_len: int | None, limits
     by_name = {t.name: t for t in request.inputs}
     declared = [by_name[spec.name] for spec in version.inputs if spec.name in by_name]
     return _Prepared(units=version.manifest.pricing.unit.measure(declared))
+
+
+def _counted_tokens(raw: bytes, estimate: int) -> tuple[int, int]:
+    """(tokens, output tokens) from a runner's ``x-modelmarket-usage: PROMPT,COMPLETION``; the gateway's own
+    estimate if the header is malformed."""
+    prompt, _, completion = raw.partition(b",")
+    if not (prompt.isdigit() and completion.isdigit() and len(prompt) < 12 and len(completion) < 12):
+        return estimate, 0
+    total = int(prompt) + int(completion)
+    return (total, int(completion)) if total > 0 else (estimate, 0)
 
 
 def _runner_error(answer: RunnerAnswer) -> DomainError | BodyTooLarge:

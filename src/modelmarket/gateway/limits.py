@@ -438,12 +438,26 @@ class Limiter:
                 counters.month.spend += cost
         return Ticket(unit_kind, base, cost, scopes)
 
-    def settle(self, ticket: Ticket) -> None:
-        """The call succeeded and was billed: its reservation stays counted as usage."""
+    def settle(self, ticket: Ticket, base: int | None = None) -> None:
+        """The call succeeded and was billed: its reservation stays counted as usage.
+
+        ``base``: the call's actual size in base units when it differs from the reservation (a generation
+        reserves its prompt estimate plus ``max_tokens`` and is billed for the tokens it processed). The counters
+        move by the difference, and the reserved cost by the same proportion (exact for one price per IU; for
+        tiers and split token prices the reservation was already the most the call could cost)."""
         if ticket is _UNCOUNTED:
             return
         ensure(ticket._open, "a ticket is settled or cancelled once")
         ticket._open = False
+        if base is None or base == ticket.base:
+            return
+        ensure(base >= 0, "a call's size is not negative")
+        kind, delta = ticket.unit_kind, base - ticket.base
+        cost_delta = ticket.cost * Fraction(base, ticket.base) - ticket.cost if ticket.base else _ZERO
+        for today, month in ticket._scopes:
+            today.base[kind] = max(0, today.base.get(kind, 0) + delta)
+            month.base[kind] = max(0, month.base.get(kind, 0) + delta)
+            month.spend = max(_ZERO, month.spend + cost_delta)
 
     def cancel(self, ticket: Ticket) -> None:
         """The call failed: release its IU and cost (its rpm slot stays used). Old days and months are gone."""

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from modelmarket.accounts import Account, KeyIndex
 from modelmarket.gateway.economy import Economy
@@ -84,10 +84,34 @@ class GatewayState:
         refresh_s: float,
         min_reload_s: float = MIN_RELOAD_S,
         economy: Economy | None = None,
+        load_routing: Callable[[], tuple[Mapping[str, Any], Any]] | None = None,
+        make_router: Callable[[Any], Any] | None = None,
     ) -> None:
         self.economy = economy
         self.keys = Snapshot("key", load_keys, KeyIndex(by_hash={}), refresh_s, min_reload_s)
         self.models = Snapshot("catalogue", load_catalogue, Catalogue(models={}), refresh_s, min_reload_s)
+        empty: tuple[Mapping[str, Any], Any] = ({}, None)
+        self.routing = Snapshot("routing", load_routing or (lambda: empty), empty, refresh_s, min_reload_s)
+        self._make_router = make_router
+        self._router: Any = None
+        self._routes_seen: Any = None
+
+    def providers(self) -> Mapping[str, Any]:
+        """Upstream providers by name (reloaded with the routes)."""
+        return self.routing.value[0]
+
+    def router(self) -> Any:
+        """The routing engine over the latest routes; per-target measurements survive reloads."""
+        table = self.routing.value[1]
+        if table is not self._routes_seen:
+            self._routes_seen = table
+            if table is None or self._make_router is None:
+                self._router = None
+            elif self._router is None:
+                self._router = self._make_router(table)
+            else:
+                self._router.update(table)
+        return self._router
 
     @property
     def catalogue(self) -> Catalogue:
@@ -109,18 +133,20 @@ class GatewayState:
         return found
 
     async def reload(self) -> None:
-        await asyncio.gather(self.keys.reload(), self.models.reload())
+        await asyncio.gather(self.keys.reload(), self.models.reload(), self.routing.reload())
         if self.economy is not None:
             await self.economy.reload()
 
     def start(self) -> None:
         self.keys.start()
         self.models.start()
+        self.routing.start()
         if self.economy is not None:
             self.economy.start()
 
     async def stop(self) -> None:
         await self.keys.stop()
         await self.models.stop()
+        await self.routing.stop()
         if self.economy is not None:
             await self.economy.stop()

@@ -13,9 +13,11 @@ recycle that runner so the next call does not queue behind the abandoned one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import ssl
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelmarket.core.errors import NotReady
 
@@ -153,6 +155,8 @@ class RunnerPool:
         self.max_response_bytes = max_response_bytes
         self.on_timeout = on_timeout
         self._tcp: tuple[str, int] | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._host = b"runner"
         self._where = f"the runner at {socket_path}"
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max_connections)
@@ -167,9 +171,24 @@ class RunnerPool:
         pool._where = f"the server at {host}:{port}"
         return pool
 
+    @classmethod
+    def for_url(cls, base_url: str, max_connections: int, timeout_s: float, **options: Any) -> tuple[RunnerPool, str]:
+        """A pool to the server of ``base_url`` (http or https) and the URL's path prefix (``/v1``)."""
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{base_url!r} is not an http(s) URL with a host")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        pool = cls.over_tcp(parts.hostname, port, max_connections, timeout_s, **options)
+        if parts.scheme == "https":
+            pool._ssl = ssl.create_default_context()
+        default_port = port == (443 if parts.scheme == "https" else 80)
+        pool._host = (parts.hostname if default_port else f"{parts.hostname}:{port}").encode("idna")
+        pool._where = f"the server at {parts.scheme}://{parts.hostname}:{port}"
+        return pool, parts.path.rstrip("/")
+
     async def _open(self) -> _Conn:
         if self._tcp is not None:
-            connecting = asyncio.open_connection(*self._tcp, limit=STREAM_LIMIT_BYTES)
+            connecting = asyncio.open_connection(*self._tcp, limit=STREAM_LIMIT_BYTES, ssl=self._ssl)
         else:
             connecting = asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT_BYTES)
         try:
@@ -183,16 +202,7 @@ class RunnerPool:
     ) -> RunnerResponse:
         if self._closed:
             raise RunnerUnavailable("runner pool is closed")
-        head = [
-            f"{method} {path} HTTP/1.1\r\n".encode(),
-            b"Host: runner\r\nContent-Length: ",
-            str(len(body)).encode(),
-            b"\r\n",
-        ]
-        for name, value in headers or ():
-            head += [name, b": ", value, b"\r\n"]
-        head.append(b"\r\n")
-        payload = b"".join(head) + body
+        payload = self._payload(method, path, body, headers)
         async with self._slots:
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else await self._open()
@@ -214,6 +224,59 @@ class RunnerPool:
             else:
                 conn.close()
             return response
+
+    def _payload(self, method: str, path: str, body: bytes, headers: list[tuple[bytes, bytes]] | None) -> bytes:
+        head = [
+            f"{method} {path} HTTP/1.1\r\nHost: ".encode(),
+            self._host,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
+        for name, value in headers or ():
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        return b"".join(head) + body
+
+    async def stream(
+        self, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> StreamedAnswer:
+        """Send a request and return once the answer's head has arrived; its body is read as it comes
+        (``StreamedAnswer.chunks``). The caller must ``close()`` it (a connection read to its end goes back to
+        the pool; one abandoned midway is closed, which tells a runner to stop). ``timeout_s`` bounds the wait
+        for the head and for each piece of the body, not the whole stream."""
+        if self._closed:
+            raise RunnerUnavailable("runner pool is closed")
+        payload = self._payload(method, path, body, headers)
+        await self._slots.acquire()
+        conn: _Conn | None = None
+        try:
+            conn = await self._open()
+            async with asyncio.timeout(self.timeout_s):
+                conn.writer.write(payload)
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+            status, _, answer_headers = parse_head(head)
+        except TimeoutError:
+            self._release(conn, False)
+            raise RunnerTimeout(f"{self._where} did not answer within {self.timeout_s:g}s") from None
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            self._release(conn, False)
+            raise RunnerUnavailable(f"{self._where} closed the connection") from None
+        except (_BadAnswer, asyncio.LimitOverrunError) as exc:
+            self._release(conn, False)
+            raise RunnerUnavailable(f"{self._where} answered something unreadable: {exc}") from None
+        except BaseException:
+            self._release(conn, False)
+            raise
+        return StreamedAnswer(self, conn, status, answer_headers)
+
+    def _release(self, conn: _Conn | None, reusable: bool) -> None:
+        if conn is not None:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+            else:
+                conn.close()
+        self._slots.release()
 
     async def _roundtrip(self, conn: _Conn, payload: bytes, reused: bool) -> tuple[RunnerResponse, bool]:
         where = self._where
@@ -249,6 +312,88 @@ class RunnerPool:
     async def close(self) -> None:
         self._closed = True
         self.drop_idle()
+
+
+class StreamedAnswer:
+    """An answer whose body is read piece by piece (see ``RunnerPool.stream``)."""
+
+    def __init__(self, pool: RunnerPool, conn: _Conn, status: int, headers: dict[bytes, bytes]) -> None:
+        self.pool = pool
+        self.status = status
+        self.headers = headers
+        self._conn: _Conn | None = conn
+        self._done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (de-chunked), at most the pool's ``max_response_bytes`` in all."""
+        conn = self._conn
+        if conn is None:
+            return
+        reader, limit, timeout = conn.reader, self.pool.max_response_bytes, self.pool.timeout_s
+        coding = self.headers.pop(b"transfer-encoding", None)
+        length = self.headers.get(b"content-length")
+        total = 0
+        try:
+            if self.status in _NO_BODY_STATUSES or 100 <= self.status < 200:
+                self._done = True
+                return
+            if coding is not None:
+                if coding.lower() != b"chunked":
+                    raise _BadAnswer(f"unsupported Transfer-Encoding {coding[:40]!r} (only chunked)")
+                while True:
+                    async with asyncio.timeout(timeout):
+                        size_line = await reader.readuntil(b"\r\n")
+                        size = int(size_line[:-2].split(b";", 1)[0].strip() or b"x", 16)
+                        if size == 0:
+                            while await reader.readuntil(b"\r\n") != b"\r\n":
+                                pass
+                            self._done = True
+                            return
+                        total += size
+                        if total > limit:
+                            raise _BadAnswer(f"answer is larger than the limit of {limit} bytes")
+                        data = await reader.readexactly(size)
+                        if await reader.readexactly(2) != b"\r\n":
+                            raise _BadAnswer("a chunk is not followed by CRLF")
+                    yield data
+            elif length is not None:
+                if not length.isdigit() or int(length) > limit:
+                    raise _BadAnswer(f"unusable Content-Length {length[:40]!r}")
+                remaining = int(length)
+                while remaining:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(min(remaining, READ_CHUNK_BYTES))
+                    if not data:
+                        raise asyncio.IncompleteReadError(b"", remaining)
+                    remaining -= len(data)
+                    yield data
+                self._done = True
+            else:
+                while True:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(READ_CHUNK_BYTES)
+                    if not data:
+                        return  # ends with the connection: not reusable
+                    total += len(data)
+                    if total > limit:
+                        raise _BadAnswer(f"answer is larger than the limit of {limit} bytes")
+                    yield data
+        except TimeoutError:
+            raise RunnerTimeout(f"{self.pool._where} stopped sending for {timeout:g}s") from None
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise RunnerUnavailable(f"{self.pool._where} broke off its answer") from None
+        except (_BadAnswer, asyncio.LimitOverrunError, ValueError) as exc:
+            raise RunnerUnavailable(f"{self.pool._where} answered something unreadable: {exc}") from None
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.chunks()])
+
+    def close(self) -> None:
+        """Give the connection back (read to its end) or close it (abandoned midway)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            reusable = self._done and self.headers.get(b"connection", b"").lower() != b"close"
+            self.pool._release(conn, reusable)
 
 
 async def probe_ready(socket_path: str, timeout_s: float) -> bool:

@@ -30,6 +30,8 @@ from modelmarket.core.errors import InvalidInput
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond, serve_asgi
 from modelmarket.runtime.base import ModelSpec, Runtime
+from modelmarket.runtime.openai_runner import PATHS as OPENAI_PATHS
+from modelmarket.runtime.openai_runner import OpenAIRoutes
 from modelmarket.runtime.plugins import load_runtime_class
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -40,6 +42,9 @@ EXIT_MODEL_LOAD_FAILED = 3
 _PRIVATE_SOCKET_UMASK = 0o177
 
 _OK = b"{}"
+USAGE_HEADER = b"x-modelmarket-usage"
+"""``PROMPT,COMPLETION``: tokens an OIP call processed by the model's own tokenizer (a runtime that counts sets
+``last_usage``); the gateway bills these instead of its own estimate."""
 
 
 class RunnerApp:
@@ -50,6 +55,7 @@ class RunnerApp:
         self._metadata = orjson.dumps(runtime.metadata())
         base = f"/v2/models/{self.spec.name}"
         self._model_paths = {base, f"{base}/versions/{self.spec.version}"}
+        self._openai = OpenAIRoutes(runtime, max_request_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -63,6 +69,9 @@ class RunnerApp:
             if path.removesuffix("/infer") in self._model_paths:
                 await self._infer(scope, receive, send)
                 return
+        elif method == "POST" and path in OPENAI_PATHS:
+            await self._openai.handle(OPENAI_PATHS[path], scope, receive, send)
+            return
         elif method == "GET":
             if path in ("/v2/health/live", "/v2/health/ready"):
                 await respond(send, 200, _OK)
@@ -91,6 +100,7 @@ class RunnerApp:
             oip.validate_inputs(request.inputs, self.spec.inputs, self.spec.name)
             outputs = self.runtime.predict(request.inputs, request.parameters)
             payload, header_len = oip.encode_response(self.spec.name, self.spec.version, request, outputs)
+            usage = getattr(self.runtime, "last_usage", None)
         except BodyTooLarge as exc:
             await respond(send, 413, oip.error_body(str(exc)))
             return
@@ -100,16 +110,12 @@ class RunnerApp:
         except Exception as exc:  # a model failure is the runner's 500, reported with its cause
             await respond(send, 500, oip.error_body(f"model {self.spec.name!r} failed: {exc!r}"))
             return
+        extra = [] if usage is None else [(USAGE_HEADER, f"{int(usage[0])},{int(usage[1])}".encode())]
         if header_len is None:
-            await respond(send, 200, payload)
+            await respond(send, 200, payload, extra_headers=extra)
         else:
-            await respond(
-                send,
-                200,
-                payload,
-                b"application/octet-stream",
-                [(b"inference-header-content-length", str(header_len).encode())],
-            )
+            extra.append((b"inference-header-content-length", str(header_len).encode()))
+            await respond(send, 200, payload, b"application/octet-stream", extra)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -16,10 +16,16 @@ from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
 from modelmarket.adapters.store.repos.audit import SqlAuditRepository
 from modelmarket.adapters.store.repos.economy import SqlLedgerRepository, SqlPlanRepository
 from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
+from modelmarket.adapters.store.repos.routing import SqlRoutingRepository
 from modelmarket.adapters.store.repos.usage import SqlUsageRepository
 from modelmarket.core.uow import Lock
 
-ADVISORY_LOCK_IDS: dict[Lock, int] = {Lock.PUBLISH: 7042003, Lock.METERING: 7042002, Lock.PLANS: 7042004}
+ADVISORY_LOCK_IDS: dict[Lock, int] = {
+    Lock.PUBLISH: 7042003,
+    Lock.METERING: 7042002,
+    Lock.PLANS: 7042004,
+    Lock.ROUTING: 7042005,
+}
 """PostgreSQL advisory lock ids (the first key of the two-key form for keyed locks). Never reuse a number."""
 MIGRATION_LOCK_ID = 7042001
 READ_SNAPSHOT = "REPEATABLE READ"
@@ -34,6 +40,7 @@ class SqlUnitOfWork:
         self._audit = SqlAuditRepository(conn)
         self._plans = SqlPlanRepository(conn)
         self._ledger = SqlLedgerRepository(conn)
+        self._routing = SqlRoutingRepository(conn)
 
     @property
     def accounts(self) -> SqlAccountRepository:
@@ -58,6 +65,10 @@ class SqlUnitOfWork:
     @property
     def ledger(self) -> SqlLedgerRepository:
         return self._ledger
+
+    @property
+    def routing(self) -> SqlRoutingRepository:
+        return self._routing
 
 
 class SqlStore:

@@ -1,0 +1,578 @@
+"""The OpenAI-compatible data plane: chat and text completions (plain and streamed), embeddings, and the model
+list, over the same catalogue, keys, limits and meter as the Open Inference Protocol.
+
+One call: the model name resolves to a route (ordered targets with fallbacks) or to one catalogue version; each
+attempt is admitted by the limiter (estimated at the prompt's tokens plus ``max_tokens``), sent to the version's
+backend (its runner, or an upstream provider), and billed from the tokens the backend reports (recounted with
+the platform's own counter when it reports none). A 5xx, a timeout, a 429 or an unreachable backend moves on to
+the next attempt (retries with backoff, then the next target, then the fallbacks); anything else is the
+caller's answer. A failed call appends nothing.
+
+Streams: the backend is asked for the running usage in every chunk; chunks are relayed as they come, rewritten
+to the caller's model name and answer id. At the end the usage event is committed, then (when the caller asked
+with ``stream_options.include_usage``) the usage chunk is sent, then ``[DONE]``. A caller who hangs up stops the
+backend, and the call is billed for the tokens generated until then, and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, Protocol
+
+import orjson
+
+from modelmarket.accounts import Account
+from modelmarket.billing.charges import token_amount
+from modelmarket.core.errors import DomainError, InvalidInput, NotFound, NotReady
+from modelmarket.core.money import exact_text
+from modelmarket.gateway.backends import UPSTREAM_OPENAI, Backend, Backends
+from modelmarket.gateway.dataplane import DataPlane, ModelFailed, trace_id
+from modelmarket.gateway.economy import Priced
+from modelmarket.metering.units import UnitKind
+from modelmarket.registry.catalogue import VersionRecord
+from modelmarket.runtime import openai as oa
+from modelmarket.runtime.base import Embedder, TextGenerator
+from modelmarket.runtime.plugins import load_runtime_class
+from modelmarket.runtime.pool import RunnerUnavailable
+
+DEFAULT_MAX_TOKENS_ESTIMATE = 256
+"""What a generation without ``max_tokens`` reserves against limits for its completion."""
+_PATHS = {oa.CHAT: "/chat/completions", oa.COMPLETION: "/completions", oa.EMBEDDING: "/embeddings"}
+_JSON = (b"content-type", b"application/json")
+
+
+class UpstreamBusy(DomainError):
+    """The backend answered 429 (too many requests) and no other target could take the call."""
+
+    def __init__(self, message: str, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+RETRIABLE = (ModelFailed, RunnerUnavailable, UpstreamBusy, NotReady, TimeoutError)
+"""Failures that move a call on to its next attempt (and count against the target's circuit breaker)."""
+
+
+class RouterLike(Protocol):
+    """The routing engine as the plane uses it (``routing.Router``)."""
+
+    @property
+    def table(self) -> Any: ...
+
+    def plan(self, route_name: str, sticky_key: str | None = None) -> list[str]: ...
+
+    def route(self, name: str) -> Any: ...
+
+    def started(self, route_name: str, ref: str) -> None: ...
+
+    def finished(self, route_name: str, ref: str, ok: bool | None, latency_s: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Billed:
+    """What the caller's answer headers say about the call."""
+
+    request_id: str
+    route: str
+    iu: Fraction
+    cost: Fraction
+    currency: str
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-request-id", self.request_id.encode()),
+            (b"x-modelmarket-route", self.route.encode()),
+            (b"x-modelmarket-iu", exact_text(self.iu).encode()),
+            (b"x-modelmarket-cost", f"{exact_text(self.cost)} {self.currency}".encode()),
+        ]
+
+
+@dataclass(slots=True)
+class Answer:
+    body: bytes
+    billed: Billed
+
+
+@dataclass(slots=True)
+class Stream:
+    """A streamed answer: send ``headers`` with status 200, then every piece of ``body``; closing ``body`` early
+    (the caller hung up) bills what was generated so far."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: AsyncIterator[bytes]
+
+
+@dataclass(slots=True)
+class _Attempt:
+    version: VersionRecord
+    route: str
+    ref: str | None = None
+    """The route target's reference (for the breaker), None for a direct call."""
+
+
+@dataclass(slots=True)
+class _Usage:
+    prompt: int = 0
+    completion: int = 0
+    reported: bool = False
+    texts: list[str] = field(default_factory=list)
+
+
+def capability(runtime: str) -> frozenset[str]:
+    """The OpenAI kinds (chat, completion, embedding) a runtime serves."""
+    if runtime == UPSTREAM_OPENAI:
+        return frozenset({oa.CHAT, oa.COMPLETION, oa.EMBEDDING})
+    try:
+        cls = load_runtime_class(runtime)
+    except Exception:  # an unknown or broken plug-in serves nothing here
+        return frozenset()
+    kinds: set[str] = set()
+    if issubclass(cls, TextGenerator):
+        kinds |= {oa.CHAT, oa.COMPLETION}
+    if issubclass(cls, Embedder):
+        kinds.add(oa.EMBEDDING)
+    return frozenset(kinds)
+
+
+class OpenAIPlane:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        backends: Backends,
+        router: Callable[[], RouterLike | None] = lambda: None,
+        *,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.dp = dataplane
+        self.backends = backends
+        self.router = router
+        self.sleep = sleep
+        self._kinds: dict[str, frozenset[str]] = {}
+
+    # -- the model list -------------------------------------------------------------------------------------
+    def kinds(self, version: VersionRecord) -> frozenset[str]:
+        runtime = version.manifest.runtime
+        found = self._kinds.get(runtime)
+        if found is None:
+            found = self._kinds[runtime] = capability(runtime)
+        return found
+
+    def models(self) -> dict[str, Any]:
+        catalogue = self.dp.catalogue.catalogue
+        data = []
+        for name in catalogue.names():
+            version = catalogue.resolve(name)
+            kinds = self.kinds(version)
+            if not kinds:
+                continue
+            pricing = version.manifest.pricing
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": _epoch(version.created_at),
+                    "owned_by": version.manifest.provider,
+                    "version": version.version,
+                    "endpoints": sorted(_PATHS[k] for k in kinds),
+                    "pricing": pricing.to_json(),
+                }
+            )
+        router = self.router()
+        for name in router.table.names() if router is not None else []:
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "route", "route": True})
+        return {"object": "list", "data": data}
+
+    # -- calls ----------------------------------------------------------------------------------------------
+    def _attempts(self, model: str, key_id: str | None) -> tuple[list[str], Any]:
+        """References to try in order, and the route's spec (None for a direct call)."""
+        router = self.router()
+        if router is not None and model in router.table:
+            return router.plan(model, key_id), router.route(model)
+        return [model], None
+
+    async def _version(self, ref: str, kind: str) -> VersionRecord:
+        name, _, version_ref = ref.partition("@")
+        try:
+            version = await self.dp.resolve(name, version_ref or None)
+        except NotFound:
+            raise NotFound(f"The model '{ref}' does not exist (GET /v1/models lists the models)") from None
+        if kind not in self.kinds(version):
+            raise InvalidInput(
+                f"model {ref!r} does not serve {_PATHS[kind].lstrip('/')} (its runtime is {version.manifest.runtime})"
+            )
+        unit = version.manifest.pricing.unit
+        if unit not in (UnitKind.TOKENS_1K, UnitKind.REQUEST):
+            raise InvalidInput(f"model {ref!r} is priced per {unit.value}: call it over /v2 (OIP)")
+        return version
+
+    async def _with_attempts(self, model: str, key_id: str | None, kind: str, call: Callable[[_Attempt], Any]) -> Any:
+        """Run ``call`` over the model's attempts: for a route, its targets and fallbacks in the order the router
+        chose, each tried ``1 + retries`` times with backoff and bounded by the route's timeout; the router
+        hears every outcome (its circuit breakers and latency figures). A failure that is not the target's
+        (a bad request, a refused limit) ends the call at once."""
+        refs, spec = self._attempts(model, key_id)
+        router = self.router() if spec is not None else None
+        last: BaseException | None = None
+        for ref in refs:
+            version = await self._version(ref, kind)
+            label = f"{version.model_name}@{version.version}"
+            attempt = _Attempt(version, f"{model}->{label}" if spec is not None else label, ref)
+            tries = 1 + (spec.retries.attempts if spec is not None else 0)
+            for n in range(tries):
+                if n:
+                    await self.sleep(spec.backoff_s(n))
+                started = time.perf_counter()
+                if router is not None:
+                    router.started(model, ref)
+                outcome: bool | None = None
+                try:
+                    if spec is not None:
+                        async with asyncio.timeout(float(spec.timeout_s)):
+                            result = await call(attempt)
+                    else:
+                        result = await call(attempt)
+                    outcome = True
+                    return result
+                except RETRIABLE as exc:
+                    outcome, last = False, exc
+                finally:
+                    if router is not None:
+                        latency = time.perf_counter() - started if outcome else None
+                        router.finished(model, ref, outcome, latency)
+        assert last is not None
+        if isinstance(last, TimeoutError):
+            raise ModelFailed(f"model {model!r}: no target answered within the route's timeout") from None
+        raise last
+
+    def _admit(self, account: Account, key_id: str | None, version: VersionRecord, units: int) -> tuple[Any, Priced]:
+        economy = self.dp.economy
+        at = self.dp.clock()
+        if economy is None:
+            pricing = version.manifest.pricing
+            return None, Priced(pricing.price_per_iu, Decimal(1))
+        priced = economy.price(version, at)
+        return economy.admit(account.id, key_id, version, units, priced, at), priced
+
+    def _release(self, ticket: Any) -> None:
+        if ticket is not None and ticket.open and self.dp.economy is not None:
+            self.dp.economy.limiter.cancel(ticket)
+
+    async def _bill(
+        self,
+        account: Account,
+        key_id: str | None,
+        attempt: _Attempt,
+        usage: _Usage,
+        started: float,
+        ticket: Any,
+        priced: Priced,
+        traceparent: bytes | None,
+        event_id: str | None = None,
+    ) -> Billed:
+        version = attempt.version
+        pricing = version.manifest.pricing
+        if pricing.unit is UnitKind.TOKENS_1K:
+            units, out = max(1, usage.prompt + usage.completion), usage.completion
+        else:
+            units, out = 1, 0
+        event_id = event_id or self.dp.request_ids.next()
+        event = self.dp.usage_event(
+            event_id, account, version, units, started, trace_id(traceparent), priced, quantity_out=out
+        )
+        await asyncio.shield(self.dp.writer.append(event.id, event.encode()))
+        if ticket is not None and self.dp.economy is not None:
+            self.dp.economy.limiter.settle(ticket, base=units)
+        iu = pricing.unit.iu(units)
+        if pricing.has_split_prices:
+            cost = token_amount(pricing, units - out, out) * Fraction(priced.factor)
+        else:
+            cost = Fraction(units) * Fraction(priced.unit_price) / pricing.unit.divisor
+        return Billed(event_id, attempt.route, iu, cost, pricing.currency)
+
+    async def generate(
+        self,
+        account: Account,
+        key_id: str | None,
+        req: oa.GenerationRequest,
+        traceparent: bytes | None = None,
+    ) -> Answer | Stream:
+        estimate = oa.count_text_tokens([req.text()]) + (req.params.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE)
+
+        async def once(attempt: _Attempt) -> Answer | Stream:
+            units = estimate if attempt.version.manifest.pricing.unit is UnitKind.TOKENS_1K else 1
+            ticket, priced = self._admit(account, key_id, attempt.version, units)
+            started = time.perf_counter()
+            try:
+                backend = await self.backends.backend(attempt.version)
+                body = _backend_body(req.raw, backend, req.stream)
+                if req.stream:
+                    return await self._open_stream(
+                        account, key_id, req, attempt, backend, body, ticket, priced, started, traceparent
+                    )
+                answer = await backend.pool.request("POST", backend.prefix + _PATHS[req.kind], body, _headers(backend))
+                if answer.status != 200:
+                    raise _backend_error(answer.status, answer.body, answer.headers, attempt.version, backend)
+                doc = _json_answer(answer.body, backend)
+                usage = _usage_of(doc, req, [_answer_text(doc)])
+                billed = await self._bill(account, key_id, attempt, usage, started, ticket, priced, traceparent)
+            except BaseException:
+                self._release(ticket)
+                raise
+            doc["id"] = ("chatcmpl-" if req.kind == oa.CHAT else "cmpl-") + billed.request_id
+            doc["model"] = req.model
+            doc["usage"] = oa.usage_doc(usage.prompt, usage.completion)
+            return Answer(orjson.dumps(doc), billed)
+
+        result: Answer | Stream = await self._with_attempts(req.model, key_id, req.kind, once)
+        return result
+
+    async def _open_stream(
+        self,
+        account: Account,
+        key_id: str | None,
+        req: oa.GenerationRequest,
+        attempt: _Attempt,
+        backend: Backend,
+        body: bytes,
+        ticket: Any,
+        priced: Priced,
+        started: float,
+        traceparent: bytes | None,
+    ) -> Stream:
+        answer = await backend.pool.stream("POST", backend.prefix + _PATHS[req.kind], body, _headers(backend))
+        if answer.status != 200:
+            try:
+                raw = await answer.read()
+            except DomainError:
+                raw = b""
+            finally:
+                answer.close()
+            raise _backend_error(answer.status, raw, answer.headers, attempt.version, backend)
+        request_id = self.dp.request_ids.next()
+        answer_id = ("chatcmpl-" if req.kind == oa.CHAT else "cmpl-") + request_id
+
+        async def relay() -> AsyncIterator[bytes]:
+            usage = _Usage()
+            billed: Billed | None = None
+            parser = oa.SseParser()
+            completed = False
+            try:
+                async for piece in answer.chunks():
+                    for data in parser.feed(piece):
+                        if data.strip() == b"[DONE]":
+                            completed = True
+                            break
+                        out = _relay_chunk(data, req, answer_id, usage)
+                        if out is not None:
+                            yield out
+                    if completed:
+                        break
+                else:
+                    completed = True
+            finally:
+                answer.close()
+                if usage.reported or usage.texts:
+                    if not usage.reported:
+                        usage.prompt = oa.count_text_tokens([req.text()])
+                        usage.completion = oa.count_text_tokens(usage.texts) if "".join(usage.texts) else 0
+                    try:
+                        billed = await self._bill(
+                            account, key_id, attempt, usage, started, ticket, priced, traceparent, request_id
+                        )
+                    except BaseException:
+                        self._release(ticket)
+                        raise
+                else:  # not a single token: nothing to bill
+                    self._release(ticket)
+                    billed = None
+            if billed is not None and req.include_usage:
+                tail = oa.chunk(
+                    req.kind,
+                    answer_id,
+                    req.model,
+                    int(time.time()),
+                    None,
+                    None,
+                    usage=oa.usage_doc(usage.prompt, usage.completion),
+                )
+                tail["x_modelmarket"] = {
+                    "request_id": billed.request_id,
+                    "route": billed.route,
+                    "iu": exact_text(billed.iu),
+                    "cost": exact_text(billed.cost),
+                    "currency": billed.currency,
+                }
+                yield oa.sse(tail)
+            yield oa.SSE_DONE
+
+        label = attempt.route
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            (b"x-modelmarket-route", label.encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        return Stream(headers, relay())
+
+    async def embed(
+        self, account: Account, key_id: str | None, req: oa.EmbeddingRequest, traceparent: bytes | None = None
+    ) -> Answer:
+        estimate = sum(len(i) if isinstance(i, tuple) else max(1, oa.count_text_tokens([i])) for i in req.inputs)
+
+        async def once(attempt: _Attempt) -> Answer:
+            units = estimate if attempt.version.manifest.pricing.unit is UnitKind.TOKENS_1K else 1
+            ticket, priced = self._admit(account, key_id, attempt.version, units)
+            started = time.perf_counter()
+            try:
+                backend = await self.backends.backend(attempt.version)
+                body = _backend_body(req.raw, backend, False)
+                answer = await backend.pool.request("POST", backend.prefix + "/embeddings", body, _headers(backend))
+                if answer.status != 200:
+                    raise _backend_error(answer.status, answer.body, answer.headers, attempt.version, backend)
+                doc = _json_answer(answer.body, backend)
+                reported = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
+                tokens = reported.get("prompt_tokens") if reported else None
+                prompt = tokens if isinstance(tokens, int) and _count(tokens) else None
+                usage = _Usage(prompt=estimate if prompt is None else prompt, reported=prompt is not None)
+                billed = await self._bill(account, key_id, attempt, usage, started, ticket, priced, traceparent)
+            except BaseException:
+                self._release(ticket)
+                raise
+            doc["model"] = req.model
+            doc["usage"] = {"prompt_tokens": usage.prompt, "total_tokens": usage.prompt}
+            return Answer(orjson.dumps(doc), billed)
+
+        result: Answer = await self._with_attempts(req.model, key_id, oa.EMBEDDING, once)
+        return result
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _epoch(created_at: str) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _headers(backend: Backend) -> list[tuple[bytes, bytes]]:
+    return [_JSON, *backend.headers]
+
+
+def _backend_body(raw: Mapping[str, Any], backend: Backend, stream: bool) -> bytes:
+    body = dict(raw)
+    body["model"] = backend.model
+    if stream:
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    return orjson.dumps(body)
+
+
+def _json_answer(body: bytes, backend: Backend) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ModelFailed(f"{backend.describe()} answered something that is not a JSON object")
+    return doc
+
+
+def _answer_text(doc: Mapping[str, Any]) -> str:
+    choices = doc.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    first = choices[0]
+    message = first.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        return str(message["content"])
+    return str(first.get("text") or "")
+
+
+def _usage_of(doc: Mapping[str, Any], req: oa.GenerationRequest, texts: list[str]) -> _Usage:
+    reported = doc.get("usage")
+    if (
+        isinstance(reported, dict)
+        and _count(reported.get("prompt_tokens"))
+        and _count(reported.get("completion_tokens"))
+    ):
+        return _Usage(int(reported["prompt_tokens"]), int(reported["completion_tokens"]), True)
+    completion = oa.count_text_tokens(texts) if "".join(texts) else 0
+    return _Usage(oa.count_text_tokens([req.text()]), completion, False)
+
+
+def _relay_chunk(data: bytes, req: oa.GenerationRequest, answer_id: str, usage: _Usage) -> bytes | None:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if "error" in doc:  # failed midway: pass the error on; what was generated is billed
+        return oa.sse({"error": doc["error"]})
+    reported = doc.get("usage")
+    if (
+        isinstance(reported, dict)
+        and _count(reported.get("prompt_tokens"))
+        and _count(reported.get("completion_tokens"))
+    ):
+        usage.prompt, usage.completion, usage.reported = reported["prompt_tokens"], reported["completion_tokens"], True
+    choices = doc.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return None  # the backend's own usage chunk: ours follows once the call is billed
+    for choice in choices:
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str) and text:
+                usage.texts.append(text)
+    doc["id"] = answer_id
+    doc["model"] = req.model
+    if req.include_usage:
+        doc["usage"] = None
+    else:
+        doc.pop("usage", None)
+    return oa.sse(doc)
+
+
+def _backend_error(
+    status: int, body: bytes, headers: Mapping[bytes, bytes], version: VersionRecord, backend: Backend
+) -> Exception:
+    message = _error_message(body)
+    where = f"model {version.ref} ({backend.describe()})"
+    if status == 429:
+        retry = headers.get(b"retry-after")
+        return UpstreamBusy(f"{where} is busy (429): {message}", retry.decode("latin-1") if retry else None)
+    if status in (401, 403) and backend.upstream:
+        return ModelFailed(f"{where} refused the platform's credentials ({status}); an operator must check them")
+    if status == 404 and backend.upstream:
+        return ModelFailed(f"{where} does not know model {backend.model!r} (404): {message}")
+    if 400 <= status < 500:
+        error = InvalidInput(f"{where}: {message}")
+        return error
+    return ModelFailed(f"{where} failed ({status}): {message}")
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace") or "no message"
+    if isinstance(doc, dict):
+        error = doc.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:2000]
+        if isinstance(error, str):
+            return error[:2000]
+    return body[:200].decode("utf-8", "replace")
