@@ -52,6 +52,7 @@ bench: install sysdeps-test
 	$(BIN)/python benchmarks/catalogue_reload.py
 	$(BIN)/python benchmarks/rating_throughput.py
 	$(BIN)/python benchmarks/usage_lag.py
+	$(BIN)/python benchmarks/openai_gateway.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -54,5 +54,12 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model packages, built once per session. Read-only: copy a package before changing it."""
     out = tmp_path_factory.mktemp("demo")
     packages = build_packages(out, progress=lambda _: None)
-    assert [p.name for p in packages] == ["digits", "sentiment", "speech-to-text"]
+    assert [p.name for p in packages] == [
+        "digits",
+        "sentiment",
+        "speech-to-text",
+        "smollm2-135m-instruct",
+        "all-minilm-l6-v2",
+        "voice-sentiment",
+    ]
     return out

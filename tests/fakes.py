@@ -34,9 +34,11 @@ from modelmarket.billing.ports import (
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import CallStats, DailyUsage, KeptAnswer, LogRecord, Reject
+from modelmarket.metering.ports import CallStats, DailyUsage, KeptAnswer, LogRecord, ModelActivity, Reject
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.ports import StoredAlias, StoredModel, StoredVersion
+from modelmarket.routing.ports import StoredRoute
+from modelmarket.routing.spec import Provider
 
 CounterKey = tuple[str, str, str, str]
 
@@ -65,6 +67,8 @@ class _State:
     invoices: dict[str, StoredInvoice] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, StoredRoute] = field(default_factory=dict)
+    providers: dict[str, Provider] = field(default_factory=dict)
 
 
 class FakeAccounts:
@@ -203,6 +207,25 @@ class FakeUsage:
             CallStats(name, len(ms), sorted(ms)[(len(ms) + 1) // 2 - 1] if name in latency_of else None)
             for name, ms in sorted(latencies.items())
         ]
+
+    def model_activity(
+        self, model_names: Collection[str], since_day: str, until_day: str, latency_sample_max: int
+    ) -> list[ModelActivity]:
+        """Counts from the per-day rows; percentiles (nearest rank) of the latest events, as the SQL one."""
+        calls: dict[str, int] = {}
+        for d in self.s.daily.values():
+            if d.model_name in model_names and since_day <= d.day <= until_day:
+                calls[d.model_name] = calls.get(d.model_name, 0) + d.events
+        out = []
+        for name in sorted(n for n, c in calls.items() if c > 0):
+            events = [e for _, e in self.s.events.values() if e.model == name]
+            in_days = [e for e in events if since_day <= e.time.isoformat()[:10] <= until_day]  # as stored
+            in_days.sort(key=lambda e: e.time.isoformat(), reverse=True)
+            sample = sorted(e.latency_ms for e in in_days[:latency_sample_max])
+            n = len(sample)
+            p50, p95 = (sample[(n * p + 99) // 100 - 1] if n else None for p in (50, 95))
+            out.append(ModelActivity(name, calls[name], p50, p95))
+        return out
 
 
 class FakePlans:
@@ -399,6 +422,37 @@ class FakeAudit:
         return self._stored(*self.s.audit[-1]) if self.s.audit else None
 
 
+class FakeRouting:
+    """``RoutingRepository``: routes and providers by name."""
+
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def routes(self) -> list[StoredRoute]:
+        return [self.s.routes[k] for k in sorted(self.s.routes)]
+
+    def route(self, name: str) -> StoredRoute | None:
+        return self.s.routes.get(name)
+
+    def put_route(self, route: StoredRoute) -> None:
+        self.s.routes[route.name] = route
+
+    def remove_route(self, name: str) -> bool:
+        return self.s.routes.pop(name, None) is not None
+
+    def providers(self) -> list[Provider]:
+        return [self.s.providers[k] for k in sorted(self.s.providers)]
+
+    def provider(self, name: str) -> Provider | None:
+        return self.s.providers.get(name)
+
+    def put_provider(self, provider: Provider) -> None:
+        self.s.providers[provider.name] = provider
+
+    def remove_provider(self, name: str) -> bool:
+        return self.s.providers.pop(name, None) is not None
+
+
 class FakeUnitOfWork:
     def __init__(self, s: _State) -> None:
         self.accounts = FakeAccounts(s)
@@ -407,6 +461,7 @@ class FakeUnitOfWork:
         self.audit = FakeAudit(s)
         self.plans = FakePlans(s)
         self.ledger = FakeLedger(s)
+        self.routing = FakeRouting(s)
 
 
 class FakeStore:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from modelmarket.billing.lifecycle import InvoiceDoc
-from modelmarket.billing.render import approx_text
+from modelmarket.billing.render import approx_text, token_line_text
 from modelmarket.core.money import decimal_text
 
 _STYLE = """
@@ -26,6 +26,8 @@ table.lines tfoot td { font-weight: bold; border-top: 2px solid #111; border-bot
 .status-void { color: #a00; border-color: #a00; }
 .credit { margin-top: 1.5em; padding: .8em 1em; border: 1px solid #a00; }
 .empty { color: #666; font-style: italic; }
+table.lines tr.tokens td { color: #444; border-bottom-style: dotted; }
+table.lines tr.tokens td:nth-child(2) { padding-left: 2em; }
 @media print { body { margin: 1cm; } table.lines th { background: none; } }
 """
 
@@ -77,15 +79,25 @@ def _lines_table(invoice: InvoiceDoc, cur: str) -> str:
         "<thead><tr><th>Type</th><th>Description</th>"
         f'<th class="num">Quantity (IU)</th><th class="num">Amount ({cur})</th></tr></thead>'
     )
-    rows = [
-        "<tr>"
-        f"<td>{escape(line.type)}</td>"
-        f"<td>{escape(line.description)}</td>"
-        f'<td class="num">{escape(approx_text(line.quantity_iu)) if line.model else ""}</td>'
-        f'<td class="num">{escape(decimal_text(line.amount))}</td>'
-        "</tr>"
-        for line in invoice.lines
-    ]
+    rows = []
+    for line in invoice.lines:
+        rows.append(
+            "<tr>"
+            f"<td>{escape(line.type)}</td>"
+            f"<td>{escape(line.description)}</td>"
+            f'<td class="num">{escape(approx_text(line.quantity_iu)) if line.model else ""}</td>'
+            f'<td class="num">{escape(decimal_text(line.amount))}</td>'
+            "</tr>"
+        )
+        rows.extend(
+            f'<tr class="tokens tokens-{escape(part.direction)}">'
+            "<td></td>"
+            f"<td>{escape(token_line_text(part))}</td>"
+            f'<td class="num">{escape(approx_text(part.quantity_iu))}</td>'
+            f'<td class="num">{escape(decimal_text(part.amount))}</td>'
+            "</tr>"
+            for part in line.tokens
+        )
     if not rows:
         rows = ['<tr><td colspan="4" class="empty">no charges in this period</td></tr>']
     foot = (

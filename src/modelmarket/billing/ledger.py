@@ -368,8 +368,9 @@ class LedgerService:
 
 
 def derived_digest(uow: Any) -> str:
-    """SHA-256 over what rating derives: daily usage, every rated event (but the id of its batch's transaction)
-    and the balance of every ledger account per currency and period from usage transactions."""
+    """SHA-256 over what rating derives: daily usage, every rated event (but the id of its batch's transaction;
+    with its version, output tokens and pipeline call) and the balance of every ledger account per currency and
+    period from usage transactions."""
     h = hashlib.sha256()
     for row in uow.usage.daily_usage_all():
         h.update(repr(row).encode())
@@ -394,6 +395,9 @@ def derived_digest(uow: Any) -> str:
                     r.granted_base,
                     r.amount,
                     r.provider_amount,
+                    r.version,
+                    r.quantity_out,
+                    r.pipeline_call_id,
                 )
             ).encode()
         )

@@ -11,8 +11,8 @@ each line is rounded once, half to even, and the total is the sum of the rounded
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -27,12 +27,17 @@ from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn,
 from modelmarket.billing.rating import (
     PLATFORM_CREDITS,
     PLATFORM_REVENUE,
+    ChargeSource,
+    Rater,
+    RegistryCharges,
+    plan_rate,
     receivable,
     txn_id_for,
 )
+from modelmarket.billing.token_lines import TokenLine, TokenPrices, TokenSplit, token_prices
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, ensure
-from modelmarket.core.money import decimal_text, exact_text, round_minor, sum_exact
+from modelmarket.core.money import decimal_text, exact_text, minor_units, round_minor, sum_exact
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.consumer import CONSUMER_NAME, MeteringService
 from modelmarket.metering.units import UnitKind
@@ -55,9 +60,12 @@ class Line:
     quantity_iu: Fraction
     amount_exact: Fraction
     amount: Decimal
+    tokens: tuple[TokenLine, ...] = ()
+    """For a model that prices input and output tokens apart: the line's input and output tokens, each with its
+    price, adding up to the line (``billing.token_lines``); empty for every other line."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "type": self.type,
             "description": self.description,
             "model": self.model,
@@ -67,6 +75,9 @@ class Line:
             "amount_exact": exact_text(self.amount_exact),
             "amount": decimal_text(self.amount),
         }
+        if self.tokens:
+            doc["tokens"] = [part.to_json() for part in self.tokens]
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Line:
@@ -79,6 +90,7 @@ class Line:
             Fraction(doc["quantity_iu"]),
             Fraction(doc["amount_exact"]),
             Decimal(doc["amount"]),
+            tuple(TokenLine.from_json(x) for x in doc.get("tokens", ())),
         )
 
 
@@ -105,6 +117,8 @@ class InvoiceDoc:
                 f"invoice line {line.description!r} is not its exact amount rounded once",
             )
             ensure(line.model is None or line.events > 0, f"invoice line {line.description!r} has no usage events")
+            if line.tokens:
+                _check_token_lines(line, self.currency)
 
     @property
     def total(self) -> Decimal:
@@ -146,6 +160,19 @@ class InvoiceDoc:
         )
 
 
+def _check_token_lines(line: Line, currency: str) -> None:
+    """A line's token lines add up to it: quantity, exact amount and rounded amount; each rounded amount is
+    within one minor unit of its exact one."""
+    parts = line.tokens
+    what = f"invoice line {line.description!r}"
+    ensure(sum(p.quantity_iu for p in parts) == line.quantity_iu, f"{what}: its token quantities do not add up")
+    ensure(sum(p.amount_exact for p in parts) == line.amount_exact, f"{what}: its token amounts do not add up")
+    ensure(sum_exact(p.amount for p in parts) == line.amount, f"{what}: its rounded token amounts do not add up")
+    unit = Fraction(1, 10 ** minor_units(currency))
+    ensure(all(abs(Fraction(p.amount) - p.amount_exact) < unit for p in parts), f"{what}: a token amount is off")
+    ensure(all(0 < p.events <= line.events for p in parts), f"{what}: a token line without events")
+
+
 def _doc(stored: StoredInvoice) -> InvoiceDoc:
     body = orjson.loads(stored.lines_json)
     return InvoiceDoc(
@@ -170,6 +197,16 @@ class _Acc:
     granted: int = 0
     amount: Fraction = Fraction(0)
     plan_kind: str = "payg"
+    tokens: TokenSplit | None = None
+    """The input and output tokens of the rows billed at a version's input and output list prices."""
+    untokened: bool = False
+    """Whether some row was not (another pricing, a plan's rate, a grant): then the line has no token lines."""
+
+    def with_tokens(self, line: Line, unit: UnitKind, currency: str) -> Line:
+        """``line`` with its token lines, when every row of it was billed at input and output token prices."""
+        if self.tokens is None or self.untokened or not self.tokens.parts:
+            return line
+        return replace(line, tokens=self.tokens.lines(unit, line.amount, currency))
 
 
 def _line(
@@ -195,14 +232,13 @@ def _line(
     )
 
 
-def build_lines(
+def _group(
     rows: Iterable[RatedEvent],
     plans: dict[tuple[str, int], PlanVersion],
-    segs: list[Segment],
-    period: Period,
     currency: str,
-) -> list[Line]:
-    """The lines of one invoice: plan fees, granted or included IU, usage or overage, adjustments, shortfall."""
+    prices: Mapping[tuple[str, str], TokenPrices],
+) -> dict[tuple[str, str, str, UnitKind, str], _Acc]:
+    """The rows in ``currency`` summed per line: (kind, origin period, model, unit kind, kind of plan)."""
     # Rows rated under different kinds of plan (a plan changed mid-period) make separate lines: each is labelled
     # by its own plan, and only the enterprise ones count against a commitment.
     groups: dict[tuple[str, str, str, UnitKind, str], _Acc] = {}
@@ -217,22 +253,49 @@ def build_lines(
         acc.quantity += r.quantity_base
         acc.granted += r.granted_base
         acc.amount += r.amount
+        split = prices.get((r.model_name, r.version)) if prices else None
+        # Billed at the version's list prices, as rating decides: no plan (or an unknown version of one: payg),
+        # or a plan that is not free and has no rate of its own for the event.
+        if split is not None and (
+            plan is None or (plan.kind != "free" and plan_rate(plan.spec, r.model_name, r.unit_kind, currency) is None)
+        ):
+            if acc.tokens is None:
+                acc.tokens = TokenSplit()
+            acc.tokens.add(r, split)
+        else:
+            acc.untokened = True
+    return groups
+
+
+def build_lines(
+    rows: Iterable[RatedEvent],
+    plans: dict[tuple[str, int], PlanVersion],
+    segs: list[Segment],
+    period: Period,
+    currency: str,
+    token_prices: Mapping[tuple[str, str], TokenPrices] | None = None,
+) -> list[Line]:
+    """The lines of one invoice: plan fees, granted or included IU, usage or overage, adjustments, shortfall.
+
+    ``token_prices``: (model, version) -> (input, output) price per IU of the versions that price input and output
+    tokens apart; a line of those, billed at those prices, carries its input and output token lines."""
+    groups = _group(rows, plans, currency, token_prices or {})
     lines: list[Line] = []
     enterprise_usage = Fraction(0)
     for (kind, origin, model, unit, _), acc in sorted(groups.items()):
         if kind == "adjustment":
-            lines.append(
-                _line(
-                    "adjustment",
-                    f"{model}: usage of {origin} that arrived after it was finalized",
-                    model,
-                    unit,
-                    acc.events,
-                    acc.quantity,
-                    acc.amount,
-                    currency,
-                )
+            line = _line(
+                "adjustment",
+                f"{model}: usage of {origin} that arrived after it was finalized",
+                model,
+                unit,
+                acc.events,
+                acc.quantity,
+                acc.amount,
+                currency,
             )
+            # (its quantity counts any tokens an allowance covered: then it has no token lines)
+            lines.append(line if acc.granted else acc.with_tokens(line, unit, currency))
             continue
         if acc.granted:
             label = "granted" if acc.plan_kind == "free" else "included"
@@ -244,7 +307,8 @@ def build_lines(
         billable = acc.quantity - acc.granted
         if billable or not acc.granted:
             label = "overage" if acc.plan_kind == "subscription" else "usage"
-            lines.append(_line(label, f"{model}: {label}", model, unit, acc.events, billable, acc.amount, currency))
+            line = _line(label, f"{model}: {label}", model, unit, acc.events, billable, acc.amount, currency)
+            lines.append(acc.with_tokens(line, unit, currency))
             if acc.plan_kind == "enterprise":
                 enterprise_usage += Fraction(lines[-1].amount)  # as invoiced: the total reaches the commitment
     days = period.last_day.day
@@ -323,12 +387,30 @@ class InvoiceService:
     """Invoices, statements, payouts, the ledger's views and checks."""
 
     def __init__(
-        self, uow: UnitOfWorkFactory[EconomyUnitOfWork], metering: MeteringService, clock: Clock, grace_s: float
+        self,
+        uow: UnitOfWorkFactory[EconomyUnitOfWork],
+        metering: MeteringService,
+        clock: Clock,
+        grace_s: float,
+        charges: ChargeSource | None = None,
     ) -> None:
+        """``charges``: the versions' charge models (input and output token prices); by default the rating
+        projector's of ``metering``, so invoices split tokens at the prices rating billed them at."""
         self.uow = uow
         self.metering = metering
         self.clock = clock
         self.grace_s = grace_s
+        raters = [p for p in metering.projectors if isinstance(p, Rater)]
+        self.charges: ChargeSource = charges or (raters[0].charges if raters else RegistryCharges())
+
+    def _token_prices(self, uow: EconomyUnitOfWork, rows: list[RatedEvent]) -> dict[tuple[str, str], TokenPrices]:
+        """(model, version) -> (input, output) price per IU of the rows' versions that price tokens apart."""
+        out: dict[tuple[str, str], TokenPrices] = {}
+        for model, version in {(r.model_name, r.version) for r in rows if r.unit_kind is UnitKind.TOKENS_1K}:
+            prices = token_prices(self.charges(uow, model, version))
+            if prices is not None:
+                out[(model, version)] = prices
+        return out
 
     # -- invoices ------------------------------------------------------------------------------------------------
 
@@ -342,9 +424,10 @@ class InvoiceService:
             if plan is not None and plan.kind in ("subscription", "enterprise"):
                 currencies.add(plan.currency)
         now = self.clock().astimezone(UTC).isoformat()
+        prices = self._token_prices(uow, rows)
         docs = []
         for currency in sorted(currencies):
-            lines = build_lines(rows, plans, segs, period, currency)
+            lines = build_lines(rows, plans, segs, period, currency, prices)
             docs.append(
                 InvoiceDoc(
                     invoice_id(account_id, period.label, currency),

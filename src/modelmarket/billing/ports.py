@@ -82,7 +82,8 @@ class PlanRepository(Protocol):
 
 class RatedEvent(NamedTuple):
     """One usage event as rating priced it. A named tuple, not a frozen dataclass: rating builds one per event on
-    the metering hot path, and a tuple of 18 fields is built in a quarter of the time (0.8 against 3.2 us)."""
+    the metering hot path, and a named tuple is built in a quarter of the time (0.8 against 3.2 us for 18 fields,
+    measured)."""
 
     event_id: str
     log_offset: int
@@ -103,6 +104,13 @@ class RatedEvent(NamedTuple):
     amount: Fraction
     provider_amount: Fraction
     txn_id: str
+    version: str = ""
+    """The model version the event was served by (its charge model: input and output token prices)."""
+    quantity_out: int = 0
+    """Of ``quantity_base``, the base units that were output (tokens generated): billed at the output price when
+    the version prices input and output tokens apart."""
+    pipeline_call_id: str | None = None
+    """The pipeline call the event belongs to, else None."""
     usage: UsageEvent | None = None
     """The usage event itself, when rating hands the row to ``LedgerRepository.add_rated`` (which records the
     event with its rating, one row per event); None on rows read back."""

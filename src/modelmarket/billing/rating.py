@@ -328,6 +328,9 @@ class Rater:
                 amount,
                 provider,
                 txn_id,
+                e.version,
+                e.quantity_out,
+                e.pipeline_call_id,
                 e,
             )
             if group is None:
@@ -366,13 +369,13 @@ class Rater:
                 billable = e.quantity - granted
                 if billable == 0:
                     return granted, 0, 1
-                rate = spec.overage.get(unit) if spec.currency == e.currency else None  # a price in its currency
+                rate = plan_rate(spec, e.model, unit, e.currency)
                 if rate is not None:
                     n, d = self._ratio(rate)
                     return granted, billable * n, d * unit.divisor
                 return (granted, *self._list(uow, e, origin, billable, counters))
             if spec.kind == "enterprise":
-                rate = spec.rates.get(e.model) if spec.currency == e.currency else None
+                rate = plan_rate(spec, e.model, unit, e.currency)
                 if rate is not None:
                     n, d = self._ratio(rate)
                     return 0, e.quantity * n, d * unit.divisor
@@ -418,6 +421,20 @@ class Rater:
         counters[key] = before + billable
         amount = Fraction(e.price_factor) * charge.marginal(Fraction(before, div), Fraction(before + billable, div))
         return amount.numerator, amount.denominator
+
+
+def plan_rate(spec: PlanSpec, model: str, unit: UnitKind, currency: str) -> Decimal | None:
+    """The plan's own price per IU for an event's billable units: a subscription's ``overage`` rate for its unit
+    kind, an enterprise plan's rate for its model. None: the list price applies (no such rate, another kind of
+    plan, or an event in another currency than the plan's, since a plan's rates are prices in its currency).
+    Rating prices by it, and the invoice tells by it which tokens were billed at their input and output prices."""
+    if spec.currency != currency:
+        return None
+    if spec.kind == "subscription":
+        return spec.overage.get(unit)
+    if spec.kind == "enterprise":
+        return spec.rates.get(model)
+    return None
 
 
 def _landing(closed: dict[tuple[str, str, str], int], e: UsageEvent, origin: str, offset: int) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from fractions import Fraction
 
 from modelmarket.billing.ledger import ProviderStatement
 from modelmarket.billing.lifecycle import InvoiceDoc
+from modelmarket.billing.token_lines import TokenLine
 from modelmarket.core.money import decimal_text
 from modelmarket.metering.units import UnitKind
 
@@ -28,22 +29,42 @@ def approx_text(value: Decimal | Fraction, places: int = DISPLAY_PLACES) -> str:
     return "~" + decimal_text(shown.normalize() if shown != 0 else shown)
 
 
+def token_line_text(part: TokenLine) -> str:
+    """How a line's input or output tokens are described: ``input tokens at 0.01 per 1k``, marked when a dynamic
+    price factor applied to some of them (the amount is then not quantity x price)."""
+    factor = " x price factor" if part.factored else ""
+    return f"{part.direction} tokens at {decimal_text(part.price_per_iu)} per 1k{factor}"
+
+
 def render_invoice_text(invoice: InvoiceDoc, account_name: str) -> str:
     """The invoice with its status, one row per line (plan fees, granted or included IU, usage, overage,
-    adjustments, shortfall) and the total; then when it was finalized, or voided and its credit note."""
+    adjustments, shortfall; under a line of input and output token prices, a row for each) and the total; then
+    when it was finalized, or voided and its credit note."""
     cur = invoice.currency
     header = ["Type", "Description", "Unit", "Events", "Quantity (IU)", f"Amount ({cur})"]
-    body = [
-        [
-            line.type,
-            line.description,
-            line.unit_kind or "",
-            str(line.events) if line.model else "",
-            approx_text(line.quantity_iu) if line.model else "",
-            decimal_text(line.amount),
-        ]
-        for line in invoice.lines
-    ]
+    body: list[list[str]] = []
+    for line in invoice.lines:
+        body.append(
+            [
+                line.type,
+                line.description,
+                line.unit_kind or "",
+                str(line.events) if line.model else "",
+                approx_text(line.quantity_iu) if line.model else "",
+                decimal_text(line.amount),
+            ]
+        )
+        body.extend(
+            [
+                "",
+                f"  {token_line_text(part)}",
+                "",
+                str(part.events),
+                approx_text(part.quantity_iu),
+                decimal_text(part.amount),
+            ]
+            for part in line.tokens
+        )
     footer = [f"Total ({cur})", "", "", str(invoice.events), "", decimal_text(invoice.total)]
     title = f"Invoice {invoice.id} for {account_name}, period {invoice.period}, currency {cur}: {invoice.status}"
     out = [title, "", *_table(header, body, footer, right=[False, False, False, True, True, True])]

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
 
 from modelmarket.billing.pricing import price_now_json
+from modelmarket.bootstrap import Platform
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
+from modelmarket.core.errors import InvalidInput
 from modelmarket.registry import model_summary
+from modelmarket.registry.protocols import PROTOCOLS
+from modelmarket.registry.search import (
+    LIMIT_DEFAULT,
+    LIMIT_MAX,
+    MEASURED_DAYS,
+    MODALITIES,
+    ORDERS,
+    SORTS,
+    SearchQuery,
+    encode_cursor,
+    listings,
+    measured_json,
+    parse_search,
+    read_measured,
+    search,
+)
 
 
 @click.command()
@@ -70,6 +89,103 @@ def models_list(as_json: bool) -> None:
         click.echo(table(rows, ["MODEL", "LATEST", "TASK", "RUNTIME", "PRICE"]))
     else:
         click.echo("no models published yet (see `modelmarket publish --help`)")
+
+
+@models.command("search")
+@click.argument("query", required=False, default="")
+@click.option("--task", metavar="TASK", help="Only models for this task (e.g. image-classification).")
+@click.option("--modality", type=click.Choice(MODALITIES), help="Only models taking this kind of input.")
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    help="Only models speaking this protocol: every model speaks oip; openai for text generation, embeddings, "
+    "OpenAI-compatible upstreams and speech to text.",
+)
+@click.option("--runtime", metavar="RUNTIME", help="Only models served by this runtime (e.g. onnx).")
+@click.option("--license", "license_", metavar="LICENSE", help="Only models under this license (any case).")
+@click.option("--provider", metavar="NAME|ID", help="Only models of this provider account (its name or id).")
+@click.option(
+    "--max-price",
+    metavar="PRICE",
+    help="Only models whose price per IU in force is at most PRICE (a decimal, e.g. 0.005; split token prices: "
+    "the input price; tiers: the first tier's).",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(SORTS),
+    help="relevance (the default with QUERY: name matches first), name (the default without), price (lowest "
+    f"first), latency (measured p50, fastest first, unmeasured last), popularity (most calls in {MEASURED_DAYS} "
+    "days first).",
+)
+@click.option("--order", type=click.Choice(ORDERS), help="Reverse a sort's default direction with the other one.")
+@click.option(
+    "--limit",
+    type=int,
+    default=LIMIT_DEFAULT,
+    show_default=True,
+    help=f"Models shown (1 to {LIMIT_MAX}); the JSON's next_cursor continues with --cursor.",
+)
+@click.option("--cursor", metavar="CURSOR", help="Continue a search from the next_cursor of its previous page.")
+@json_option
+@domain_errors
+def models_search(query: str, license_: str | None, limit: int, as_json: bool, **options: str | None) -> None:
+    """Search the catalogue: QUERY words (any case) must all occur in a model's name, tags (task, modality,
+    runtime, license) or card; models whose name matches come first.
+
+    Shows each model's price per IU in force, its p50 latency and its calls over the last 7 days, measured on
+    served calls (as metered so far). Same search as `GET /api/models`.
+    """
+    params = {k: v for k, v in options.items() if v is not None}
+    params.update({"q": query, "limit": str(limit), **({"license": license_} if license_ else {})})
+    try:
+        wanted = parse_search(params)
+    except InvalidInput as exc:  # name the option as typed: --max-price, not max_price
+        field, _, problem = exc.message.partition(": ")
+        shown = ", ".join("QUERY" if f == "q" else "--" + f.replace("_", "-") for f in field.split(", "))
+        raise click.UsageError(f"{shown}: {problem}") from None
+    doc = _search(platform(), wanted)
+    if as_json:
+        echo_json(doc)
+    elif doc["models"]:
+        _print_page(doc, wanted.offset)
+    else:
+        click.echo("no models match" if doc["total"] == 0 else f"no models on this page ({doc['total']} match)")
+
+
+def _search(p: Platform, wanted: SearchQuery) -> dict[str, Any]:
+    """The page ``GET /api/models`` would answer, read from the store as it is now (the figures as metered)."""
+    cat, book, now = p.registry.catalogue(), p.prices.book(), p.clock()
+    with p.store.read() as uow:
+        figures = read_measured(uow.usage, cat.names(), now)
+    manifest_price = {name: cat.get(name).resolve(None).manifest.pricing.price_per_iu for name in cat.names()}
+    in_force: dict[str, Decimal] = {n: book.in_force(n, now).unit_price(m) for n, m in manifest_price.items()}
+    page = search(listings(cat, in_force, figures), wanted)
+    docs = [
+        model_summary(
+            x.entry, price_now_json(book.in_force(x.name, now), manifest_price[x.name]), measured_json(x.measured)
+        )
+        for x in page.listings
+    ]
+    cursor = None if page.next_offset is None else encode_cursor(page.next_offset, wanted)
+    return {"models": docs, "total": page.total, "next_cursor": cursor}
+
+
+def _print_page(doc: dict[str, Any], offset: int) -> None:
+    calls_key = f"calls_{MEASURED_DAYS}d"
+    rows = [
+        [
+            d["name"],
+            d["task"],
+            f"{_shown_price(d)} {d['pricing']['currency']}",
+            d["pricing"]["unit"],
+            d["measured"]["latency_ms_p50"] or "-",
+            str(d["measured"][calls_key]),
+        ]
+        for d in doc["models"]
+    ]
+    click.echo(table(rows, ["MODEL", "TASK", "PRICE", "UNIT", "P50 MS", f"CALLS {MEASURED_DAYS}D"]))
+    shown = f"{offset + 1}-{offset + len(rows)} of {doc['total']} models"
+    click.echo(shown + (f" (next page: --cursor {doc['next_cursor']})" if doc["next_cursor"] else ""))
 
 
 def _shown_price(doc: dict[str, Any]) -> str:

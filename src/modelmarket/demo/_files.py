@@ -68,9 +68,22 @@ def manifest(
     inputs: Sequence[dict[str, Any]],
     outputs: Sequence[dict[str, Any]],
     unit: str,
-    price_per_iu: str,
+    price_per_iu: str | None = None,
+    split_prices: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A manifest without its card (added once the metrics are measured)."""
+    """A manifest without its card (added once the metrics are measured).
+
+    Prices are USD: ``price_per_iu`` for every IU, or ``split_prices`` (input, output) for a ``tokens_1k`` model
+    that prices input and output tokens apart; exactly one of the two.
+    """
+    if (price_per_iu is None) == (split_prices is None):
+        raise ValueError("manifest(): give exactly one of price_per_iu and split_prices")
+    pricing: dict[str, str] = {"unit": unit}
+    if price_per_iu is not None:
+        pricing["price_per_iu"] = price_per_iu
+    if split_prices is not None:
+        pricing["input_price_per_iu"], pricing["output_price_per_iu"] = split_prices
+    pricing["currency"] = "USD"
     return {
         "name": name,
         "version": "1.0.0",
@@ -83,7 +96,7 @@ def manifest(
         "parameters": dict(parameters),
         "inputs": list(inputs),
         "outputs": list(outputs),
-        "pricing": {"unit": unit, "price_per_iu": price_per_iu, "currency": "USD"},
+        "pricing": pricing,
     }
 
 

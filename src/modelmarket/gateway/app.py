@@ -21,6 +21,7 @@ from modelmarket.core.errors import DomainError, MeteringHalted
 from modelmarket.gateway.auth import authenticate_key
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
 from modelmarket.gateway.errors import extra_fields_for, headers_for, message_for, status_for
+from modelmarket.gateway.openapi import document_json
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.registry.catalogue import VersionRecord
@@ -153,6 +154,8 @@ class GatewayApp:
             elif path.startswith("/api/"):
                 scope["app"] = self  # lets the router raise HTTPException for 404/405, answered as JSON below
                 await self.parts.api(scope, receive, send)
+            elif path == "/openapi.json" and scope["method"] == "GET":  # public: gateway/openapi.py
+                await respond(send, 200, document_json())
             else:
                 await respond(send, 404, oip.error_body(f"no route {scope['method']} {path}"))
         except _EXPECTED as exc:

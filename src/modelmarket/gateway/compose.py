@@ -116,7 +116,14 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         return await authenticate(state, request.scope)
 
     api = build_router(
-        ApiContext(lambda: state.catalogue, platform.usage, platform.invoices, lambda: economy.prices, platform.clock),
+        ApiContext(
+            lambda: state.catalogue,
+            platform.usage,
+            platform.invoices,
+            lambda: economy.prices,
+            platform.clock,
+            cache_refresh_s=s.cache_refresh_s,
+        ),
         authenticate_request,
     )
     return GatewayParts(

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
@@ -119,6 +119,10 @@ class EventWriter(Protocol):
     def append(self, event_id: str, payload: bytes, kept: KeptAnswer | None = None) -> Awaitable[None]:
         """Completes once the event (and the answer kept beside it) is durably committed; raises
         ``EventLogFull`` when at its bound."""
+        ...
+
+    def append_all(self, events: Sequence[tuple[str, bytes]]) -> Awaitable[None]:
+        """Completes once all the events are committed, in one transaction (all or none)."""
         ...
 
     def lookup(self, event_id: str) -> KeyLookup: ...
@@ -278,6 +282,12 @@ class DataPlane:
         if len(request.body) > self.max_request_bytes:
             raise BodyTooLarge(f"request body is larger than the limit of {self.max_request_bytes} bytes")
         header_len = _header_length(request.header_length)
+        if version.manifest.kind == "pipeline":
+            if once is not None:
+                raise InvalidInput(
+                    f"model {name!r} is a pipeline: Idempotency-Key is not supported for pipeline calls yet"
+                )
+            return await self._pipeline(account, key_id, version, request, header_len)
         limits = self.input_limits(version.manifest.runtime)
         if len(request.body) > OFFLOAD_DECODE_BYTES:
             prepared = await asyncio.to_thread(_prepare, version, request.body, header_len, limits)
@@ -305,6 +315,27 @@ class DataPlane:
                 economy.limiter.cancel(ticket)
             raise
 
+    async def _pipeline(
+        self, account: Account, key_id: str | None, version: VersionRecord, request: InferRequest, header_len: int | None
+    ) -> InferAnswer:
+        """A Resonance Node: its steps run as calls of their models, billed together once all succeeded."""
+        from modelmarket.gateway.pipeline import run_pipeline
+        from modelmarket.gateway.pipeline_steps import DataPlaneSteps
+
+        decoded = oip.decode_request(request.body, header_len)
+        oip.validate_inputs(decoded.inputs, version.inputs, version.model_name)
+        oip.validate_requested_outputs(decoded, version.output_names, version.model_name)
+        result = await run_pipeline(
+            DataPlaneSteps(self), account, key_id, version, decoded.inputs, decoded.parameters
+        )
+        payload, header_length = oip.encode_response(version.model_name, version.version, decoded, result.outputs)
+        headers = [(b"x-request-id", result.call_id.encode())]
+        ctype = b"application/json"
+        if header_length is not None:
+            headers.append((b"inference-header-content-length", str(header_length).encode()))
+            ctype = b"application/octet-stream"
+        return InferAnswer(result.call_id, payload, ctype, headers)
+
     async def _serve(
         self,
         account: Account,
@@ -316,24 +347,7 @@ class DataPlane:
         priced: Priced | None,
         on_billed: Callable[[int], None] | None = None,
     ) -> InferAnswer:
-        headers = [(b"Content-Type", request.content_type or b"application/json")]
-        if request.header_length is not None:
-            headers.append((b"Inference-Header-Content-Length", request.header_length))
-        upstream = self.backends is not None and version.manifest.runtime in UPSTREAMS
-        if upstream:
-            backend = await self.backends.backend(version)  # type: ignore[union-attr]
-            pool, path = backend.pool, f"{backend.prefix}/v2/models/{backend.model}/infer"
-            headers.extend(backend.headers)
-        else:
-            pool = await self.runners.pool_for(version)
-            path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
-        answer = await pool.request("POST", path, request.body, headers)
-        if answer.status != 200:
-            raise _runner_error(answer)
-        units, out = prepared.units, 0
-        counted = None if upstream else answer.headers.get(USAGE_HEADER)
-        if counted is not None and version.manifest.pricing.unit is UnitKind.TOKENS_1K:
-            units, out = _counted_tokens(counted, units)
+        answer, units, out = await self.forward(version, request, prepared.units)
         event_id = self.request_ids.next() if once is None else once[0]
         event = self.usage_event(
             event_id, account, version, units, started, trace_id(request.traceparent), priced, quantity_out=out
@@ -350,6 +364,30 @@ class DataPlane:
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))
         return InferAnswer(event.id, answer.body, ctype, out_headers)
+
+    async def forward(self, version: VersionRecord, request: InferRequest, units: int) -> tuple[RunnerAnswer, int, int]:
+        """Send an OIP request to the version's runner (or its provider's server); the 200 answer with the
+        call's size in base units and, of those, the output tokens: the runner's own token counts for a token
+        model that reports them (``x-modelmarket-usage``), else ``units`` as counted from the request."""
+        headers = [(b"Content-Type", request.content_type or b"application/json")]
+        if request.header_length is not None:
+            headers.append((b"Inference-Header-Content-Length", request.header_length))
+        upstream = self.backends is not None and version.manifest.runtime in UPSTREAMS
+        if upstream:
+            backend = await self.backends.backend(version)  # type: ignore[union-attr]
+            pool, path = backend.pool, f"{backend.prefix}/v2/models/{backend.model}/infer"
+            headers.extend(backend.headers)
+        else:
+            pool = await self.runners.pool_for(version)
+            path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
+        answer = await pool.request("POST", path, request.body, headers)
+        if answer.status != 200:
+            raise _runner_error(answer)
+        out = 0
+        counted = None if upstream else answer.headers.get(USAGE_HEADER)  # only our own runners are believed
+        if counted is not None and version.manifest.pricing.unit is UnitKind.TOKENS_1K:
+            units, out = _counted_tokens(counted, units)
+        return answer, units, out
 
     def usage_event(
         self,

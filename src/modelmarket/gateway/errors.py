@@ -15,6 +15,7 @@ from modelmarket.core.errors import (
     Unauthenticated,
 )
 from modelmarket.gateway.dataplane import IdempotencyKeyReused, ModelFailed
+from modelmarket.gateway.pipeline import PipelineStepFailed
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.pool import RunnerTimeout
@@ -34,6 +35,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (RateLimited, 429),
     (BodyTooLarge, 413),
     (ModelFailed, 502),
+    (PipelineStepFailed, 502),
     (RunnerTimeout, 504),
     (NotReady, 503),
     (EventLogFull, 503),

@@ -108,6 +108,19 @@ class CallStats:
     """The median latency (nearest rank: the ceil(calls/2)-th smallest); None unless asked for, or no calls."""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelActivity:
+    """One model's served calls over some UTC days, as the catalogue shows them (``registry.search.Measured``)."""
+
+    model_name: str
+    calls: int
+    """Calls on those days (from the per-day rows)."""
+    latency_ms_p50: Decimal | None
+    """Nearest-rank percentiles (the ceil(n*p/100)-th smallest) of the latencies of the model's latest calls on
+    those days (at most a bounded sample of them); None when there were none."""
+    latency_ms_p95: Decimal | None
+
+
 class UsageRepository(Protocol):
     def offset(self, consumer: str) -> int:
         """The last log offset ``consumer`` applied (0 before the first)."""
@@ -154,6 +167,16 @@ class UsageRepository(Protocol):
 
     def clear_derived(self, consumer: str) -> None:
         """Delete the usage events, per-day rows and rejects, and move ``consumer`` back to offset 0."""
+        ...
+
+    def model_activity(
+        self, model_names: Collection[str], since_day: str, until_day: str, latency_sample_max: int
+    ) -> list[ModelActivity]:
+        """Per model of ``model_names`` with calls on the UTC days ``since_day``..``until_day`` (``YYYY-MM-DD``,
+        both included), by model name: the number of calls (summed from the per-day rows) and the p50 and p95
+        latency of its latest ``latency_sample_max`` calls on those days. Bounded: a query per batch of names for
+        the counts, and per model one read of at most ``latency_sample_max`` events along the (model_name,
+        occurred_at) index; never a scan of every event."""
         ...
 
 

@@ -11,6 +11,8 @@ from modelmarket.core.tensors import TensorSpec
 from modelmarket.registry.manifest import Manifest
 
 LATEST = "latest"
+UPSTREAM_RUNTIME_PREFIX = "upstream-"
+"""Runtimes named ``upstream-...`` forward calls to a service elsewhere: no runner process serves them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,17 @@ class VersionRecord:
     @property
     def ref(self) -> str:
         return f"{self.model_name}@{self.version}"
+
+    @property
+    def is_pipeline(self) -> bool:
+        """A pipeline (``kind: pipeline``): served by calling its steps' models, never by a runner of its own."""
+        return self.manifest.is_pipeline
+
+    @property
+    def needs_runner(self) -> bool:
+        """Whether serving this version needs a ModelRunner process: not for a pipeline, nor for a runtime that
+        forwards to an upstream service (``upstream-...``); for every other model, yes."""
+        return not self.is_pipeline and not self.manifest.runtime.startswith(UPSTREAM_RUNTIME_PREFIX)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -6,18 +6,21 @@ import json
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from modelmarket.core.errors import InvalidInput
@@ -402,7 +405,120 @@ class Card(_Strict):
     metrics: list[Metric] = Field(default_factory=list, max_length=MAX_METRICS)
 
 
+Kind = Literal["model", "pipeline"]
+PIPELINE_RUNTIME = "pipeline"
+"""The ``runtime`` of every pipeline (what ``kind: pipeline`` defaults it to); no model may use it."""
+PIPELINE_INPUT = "input"
+"""The source prefix that names the pipeline's own inputs (``input.audio``); no step may take it as its id."""
+PIPELINE_ONLY_FIELDS = ("kind", "steps", "outputs_from")
+"""Left out of a model's serialised form, so a model's JSON (and its version digest) is what it always was."""
+MAX_STEPS = 16
+STEP_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+MAX_MODEL_REF_CHARS = 128  # ``name@version-or-alias``
+_SOURCE_RE = re.compile(r"^([a-z][a-z0-9_-]{0,31})\.(.+)$", re.DOTALL)
+
+
+class Source(NamedTuple):
+    """Where a step input or a pipeline output comes from: a step's output, or the pipeline's own input."""
+
+    step: str | None  # the step's id; None for the pipeline's input
+    tensor: str  # the step model's output name, or the pipeline input's name
+
+    def __str__(self) -> str:
+        return f"{self.step or PIPELINE_INPUT}.{self.tensor}"
+
+
+def parse_source(text: str) -> Source:
+    """``transcribe.text`` -> ``Source("transcribe", "text")``, ``input.audio`` -> ``Source(None, "audio")``."""
+    match = _SOURCE_RE.match(text)
+    if match is None or len(match.group(2)) > MAX_SHORT_TEXT_CHARS:
+        raise ValueError(
+            f"{_shown(text)} must be '<step id>.<output>' or '{PIPELINE_INPUT}.<pipeline input>' "
+            "(e.g. 'transcribe.text' or 'input.audio')"
+        )
+    step, tensor = match.groups()
+    return Source(None if step == PIPELINE_INPUT else step, tensor)
+
+
+def _source_text(text: str) -> str:
+    parse_source(text)
+    return text
+
+
+TensorName = Annotated[str, Field(min_length=1, max_length=MAX_SHORT_TEXT_CHARS)]
+SourceText = Annotated[str, AfterValidator(_source_text)]
+
+
+def split_model_ref(ref: str) -> tuple[str, str | None]:
+    """``sentiment@1.0.0`` -> ``("sentiment", "1.0.0")``; ``sentiment`` -> ``("sentiment", None)`` (latest)."""
+    name, at, version = ref.partition("@")
+    return name, (version if at else None)
+
+
+class StepDecl(_Strict):
+    """One step of a pipeline: the model it calls and, for each of that model's inputs, where the value comes from.
+
+    ``model`` is ``name`` (its ``latest``), ``name@version`` or ``name@alias``, kept as written and resolved on
+    each call. ``inputs`` maps the step model's input names to ``input.<pipeline input>`` or
+    ``<earlier step id>.<output>``.
+    """
+
+    id: str
+    model: str = Field(min_length=1, max_length=MAX_MODEL_REF_CHARS)
+    inputs: dict[TensorName, SourceText] = Field(min_length=1, max_length=MAX_TENSORS)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, step_id: str) -> str:
+        if not STEP_ID_RE.match(step_id):
+            raise ValueError(
+                f"{_shown(step_id)} must be 1-32 lowercase letters, digits, '_' and '-', starting with a letter"
+            )
+        if step_id == PIPELINE_INPUT:
+            raise ValueError(f"'{PIPELINE_INPUT}' names the pipeline's own inputs ('input.<name>'): pick another id")
+        return step_id
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, ref: str) -> str:
+        name, version = split_model_ref(ref)
+        if not NAME_RE.match(name) or (
+            version is not None and not (SEMVER_RE.match(version) or NAME_RE.match(version))
+        ):
+            raise ValueError(
+                f"{_shown(ref)} must be a model name, optionally with '@<version or alias>' "
+                "(e.g. 'sentiment' or 'sentiment@1.0.0')"
+            )
+        return ref
+
+    @property
+    def model_name(self) -> str:
+        return split_model_ref(self.model)[0]
+
+    @property
+    def model_ref(self) -> str | None:
+        """The version or alias written after ``@``; None means ``latest``."""
+        return split_model_ref(self.model)[1]
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """Each step input's source, in the order written."""
+        return {name: parse_source(text) for name, text in self.inputs.items()}
+
+    @property
+    def after(self) -> frozenset[str]:
+        """The ids of the steps whose outputs this step takes (it runs once they are done)."""
+        return frozenset(s.step for s in self.sources.values() if s.step is not None)
+
+
+def _kind(info: ValidationInfo) -> str | None:
+    """The manifest's kind, or None when ``kind`` itself was refused (its error says enough)."""
+    kind = info.data.get("kind")
+    return kind if isinstance(kind, str) else None
+
+
 class Manifest(_Strict):
+    kind: Kind = "model"
     name: str
     version: str
     task: str = Field(min_length=1, max_length=MAX_SHORT_TEXT_CHARS)
@@ -410,12 +526,60 @@ class Manifest(_Strict):
     runtime: str = Field(min_length=1, max_length=MAX_SHORT_TEXT_CHARS)
     provider: str = Field(min_length=1, max_length=MAX_SHORT_TEXT_CHARS)
     license: str = Field(min_length=1, max_length=MAX_LICENSE_CHARS)
-    artifacts: list[ArtifactDecl] = Field(min_length=1, max_length=MAX_ARTIFACT_ENTRIES)
+    artifacts: list[ArtifactDecl] = Field(max_length=MAX_ARTIFACT_ENTRIES)  # at least one for a model
     parameters: dict[str, Any] = Field(default_factory=dict, max_length=MAX_PARAMETERS)
     inputs: list[TensorDecl] = Field(min_length=1, max_length=MAX_TENSORS)
     outputs: list[TensorDecl] = Field(min_length=1, max_length=MAX_TENSORS)
     pricing: Pricing
     card: Card
+    # kind: pipeline only (see docs/pipelines.md); left out of a model's serialised form
+    steps: list[StepDecl] | None = Field(default=None, min_length=1, max_length=MAX_STEPS, validate_default=True)
+    outputs_from: dict[TensorName, SourceText] | None = Field(
+        default=None, max_length=MAX_TENSORS, validate_default=True
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_defaults(cls, data: Any) -> Any:
+        """A pipeline may leave out ``runtime`` (it is ``pipeline``) and ``artifacts`` (none)."""
+        if isinstance(data, dict) and data.get("kind") == "pipeline":
+            return {"runtime": PIPELINE_RUNTIME, "artifacts": [], **data}
+        return data
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, runtime: str, info: ValidationInfo) -> str:
+        kind = _kind(info)
+        if kind == "pipeline" and runtime != PIPELINE_RUNTIME:
+            raise ValueError(f"must be '{PIPELINE_RUNTIME}' with kind 'pipeline' (or leave it out)")
+        if kind == "model" and runtime == PIPELINE_RUNTIME:
+            raise ValueError(
+                f"'{PIPELINE_RUNTIME}' is only for kind 'pipeline': add 'kind: pipeline' and its steps, or name the "
+                "runtime that serves this model"
+            )
+        return runtime
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, artifacts: list[ArtifactDecl], info: ValidationInfo) -> list[ArtifactDecl]:
+        if not artifacts and _kind(info) == "model":
+            raise ValueError("List should have at least 1 item after validation, not 0: list the files of the model")
+        return artifacts
+
+    @field_validator("steps", "outputs_from")
+    @classmethod
+    def _pipeline_only(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = _kind(info)
+        if kind == "model" and value is not None:
+            raise ValueError("only with kind 'pipeline' (this manifest's kind is 'model')")
+        if kind == "pipeline" and value is None:
+            example = (
+                "[{id: classify, model: sentiment, inputs: {text: input.text}}]"
+                if info.field_name == "steps"
+                else "{label: classify.label}"
+            )
+            raise ValueError(f"Field required with kind 'pipeline', e.g. {example}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -445,6 +609,25 @@ class Manifest(_Strict):
         if size > MAX_PARAMETERS_JSON_BYTES:
             raise ValueError(f"{size:,} bytes as JSON; the limit is {MAX_PARAMETERS_JSON_BYTES:,}")
         return parameters
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_pipeline_parameters(cls, parameters: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if parameters and _kind(info) == "pipeline":
+            raise ValueError("a pipeline takes no parameters: each step runs its model with the model's own")
+        return parameters
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.kind == "model":
+            for key in PIPELINE_ONLY_FIELDS:
+                data.pop(key, None)
+        return data
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.kind == "pipeline"
 
     @property
     def semver(self) -> tuple[int, int, int]:
@@ -482,6 +665,96 @@ def _artifact_overlaps(manifest: Manifest) -> list[str]:
     return problems
 
 
+def _step_graph_problems(manifest: Manifest) -> list[str]:
+    """What is wrong with a pipeline's step graph, each naming its field: step ids given twice, sources that are
+    not a pipeline input or an earlier step, pipeline inputs no step uses, declared outputs mapped zero times or
+    names mapped that are not declared outputs, and steps whose outputs nothing uses. Empty for a model."""
+    if manifest.steps is None or manifest.outputs_from is None:
+        return []
+    problems: list[str] = []
+    earlier: dict[str, int] = {}  # step id -> index of the first step with it
+    all_ids = [step.id for step in manifest.steps]
+    inputs = [t.name for t in manifest.inputs]
+    used_inputs: set[str] = set()
+    fed: set[str] = set()  # ids of the steps whose outputs a later step or a pipeline output takes
+    for i, step in enumerate(manifest.steps):
+        if step.id in earlier:
+            problems.append(
+                f"steps[{i}].id: {step.id!r} is the id of steps[{earlier[step.id]}] too: give each step its own id"
+            )
+        for name, source in step.sources.items():
+            problem = _step_source_problem(source, step.id, earlier, all_ids, inputs)
+            if problem is not None:
+                problems.append(f"steps[{i}].inputs.{name}: {problem}")
+            if source.step is None:
+                used_inputs.add(source.tensor)
+            else:
+                fed.add(source.step)
+        earlier.setdefault(step.id, i)
+    for j, name in enumerate(inputs):
+        if name not in used_inputs:
+            problems.append(
+                f"inputs[{j}].name: pipeline input {name!r} is used by no step: map it in a step's inputs "
+                f"('{PIPELINE_INPUT}.{name}') or remove it"
+            )
+    problems.extend(_outputs_from_problems(manifest, manifest.outputs_from, earlier, fed))
+    for i, step in enumerate(manifest.steps):
+        if earlier[step.id] == i and step.id not in fed:
+            problems.append(
+                f"steps[{i}]: step {step.id!r} feeds no later step and no output: remove it (it would run, and be "
+                "billed, for nothing)"
+            )
+    return problems
+
+
+def _step_source_problem(
+    source: Source, step_id: str, earlier: dict[str, int], all_ids: list[str], inputs: list[str]
+) -> str | None:
+    """Why a step input's source is not a declared pipeline input or an output of an earlier step, or None."""
+    if source.step is None:
+        if source.tensor in inputs:
+            return None
+        return f"the pipeline declares no input {source.tensor!r} (its inputs: {', '.join(inputs)})"
+    if source.step == step_id:
+        return f"a step may not use its own outputs ({str(source)!r})"
+    if source.step in earlier:
+        return None
+    if source.step in all_ids:
+        return (
+            f"step {source.step!r} runs after this one (steps[{all_ids.index(source.step)}]): a step can use only "
+            "the outputs of steps listed before it"
+        )
+    return f"no step has the id {source.step!r} (steps: {', '.join(all_ids)})"
+
+
+def _outputs_from_problems(
+    manifest: Manifest, outputs_from: dict[str, str], steps: dict[str, int], fed: set[str]
+) -> list[str]:
+    """Each declared output mapped exactly once, to an output of a step; adds the steps it takes from to ``fed``."""
+    problems: list[str] = []
+    declared = [t.name for t in manifest.outputs]
+    for name, text in outputs_from.items():
+        source = parse_source(text)
+        if name not in declared:
+            problems.append(f"outputs_from.{name}: no declared output {name!r} (outputs: {', '.join(declared)})")
+        elif source.step is None:
+            problems.append(
+                f"outputs_from.{name}: a pipeline output comes from a step ('<step id>.<output>'), not straight "
+                f"from the pipeline's input ({text!r})"
+            )
+        elif source.step not in steps:
+            problems.append(f"outputs_from.{name}: no step has the id {source.step!r} (steps: {', '.join(steps)})")
+        else:
+            fed.add(source.step)
+    for j, name in enumerate(declared):
+        if name not in outputs_from:
+            problems.append(
+                f"outputs_from: output {name!r} (outputs[{j}]) is not mapped: give its source, e.g. "
+                f"'{name}: <step id>.<output>'"
+            )
+    return problems
+
+
 def parse_manifest(doc: Any, source: str = MANIFEST_NAME) -> Manifest:
     if not isinstance(doc, dict):
         raise InvalidInput(f"{source}: the manifest must be a YAML mapping of fields")
@@ -498,6 +771,9 @@ def parse_manifest(doc: Any, source: str = MANIFEST_NAME) -> Manifest:
     overlaps = _artifact_overlaps(manifest)
     if overlaps:
         raise InvalidInput(f"{source}: " + "; ".join(overlaps))
+    graph = _step_graph_problems(manifest)
+    if graph:
+        raise InvalidInput(f"{source}: " + "; ".join(graph))
     return manifest
 
 

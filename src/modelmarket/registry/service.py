@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +12,19 @@ from modelmarket.audit import chain as audit
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from modelmarket.core.ids import new_id
+from modelmarket.core.tensors import TensorSpec
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import LATEST, ArtifactRecord, Catalogue, ModelEntry, VersionRecord
-from modelmarket.registry.manifest import NAME_RE, Manifest, load_manifest, parse_manifest
+from modelmarket.registry.manifest import (
+    NAME_RE,
+    Manifest,
+    Source,
+    StepDecl,
+    load_manifest,
+    parse_manifest,
+    parse_source,
+)
 from modelmarket.registry.package import PackageFile, collect_artifacts
 from modelmarket.registry.ports import (
     BlobStore,
@@ -85,12 +94,13 @@ class RegistryService:
         """Validate, hash, store and record a version. Nothing is stored for a package that is refused."""
         manifest = load_manifest(package_dir)
         known = sorted(self.runtimes.names())
-        if manifest.runtime not in known:
+        if not manifest.is_pipeline and manifest.runtime not in known:
             raise InvalidInput(f"runtime: unknown runtime {manifest.runtime!r} (available: {', '.join(known)})")
         _check_tensor_names(manifest)
         _check_unit_inputs(manifest)
         files = collect_artifacts(package_dir, manifest)
-        self.runtimes.validate(manifest.runtime, manifest.parameters, [f.relpath for f in files])
+        if not manifest.is_pipeline:
+            self.runtimes.validate(manifest.runtime, manifest.parameters, [f.relpath for f in files])
         hashed = tuple(ArtifactRecord(f.relpath, *_hash_file(f)) for f in files)
         digest = version_digest(manifest, hashed)
         with self.uow.read() as uow:
@@ -99,6 +109,8 @@ class RegistryService:
             if model is not None and model.provider_account_id != provider_id:
                 raise PermissionDenied(f"model {manifest.name!r} belongs to another provider")
             existing = uow.registry.version(manifest.name, manifest.version)
+            if existing is None and manifest.is_pipeline:
+                check_pipeline_steps(manifest, stored_resolver(uow.registry))
         if existing is not None:  # refused or a no-op before any blob is written
             return PublishResult(_same_or_conflict(existing, manifest, digest), created=False)
         # Blobs next: immutable and content-addressed, so a crash here leaves no half version.
@@ -142,7 +154,11 @@ class RegistryService:
             actor=actor,
             action="model.published",
             subject=f"{manifest.name}@{manifest.version}",
-            payload={"digest": digest, "artifacts": {a.path: a.sha256 for a in stored}},
+            payload={
+                "digest": digest,
+                "artifacts": {a.path: a.sha256 for a in stored},
+                **({"steps": {s.id: s.model for s in manifest.steps or ()}} if manifest.is_pipeline else {}),
+            },
             now=now,
         )
         if uow.registry.newest_version(manifest.name) == manifest.version:
@@ -222,6 +238,111 @@ def _check_tensor_names(manifest: Manifest) -> None:
             if tensor.name in seen:
                 raise InvalidInput(f"{kind}[{i}].name: duplicate tensor name {tensor.name!r}")
             seen.add(tensor.name)
+
+
+StepResolver = Callable[[str, str | None], VersionRecord]
+"""``(model name, version or alias or None for latest) -> the version``; raises ``NotFound`` (as
+``Catalogue.resolve`` does)."""
+
+
+def stored_resolver(repo: RegistryRepository) -> StepResolver:
+    """Resolve step models against the stored registry, the way ``ModelEntry.resolve`` does: a version, else an
+    alias (``latest`` when none is given)."""
+
+    def resolve(name: str, ref: str | None) -> VersionRecord:
+        key = LATEST if ref is None else ref
+        stored = repo.version(name, key)
+        if stored is None:
+            target = repo.alias(name, key)
+            stored = repo.version(name, target) if target is not None else None
+        if stored is not None:
+            return version_from_stored(stored)
+        if repo.model(name) is None:
+            raise NotFound(f"model {name!r} is not published")
+        raise NotFound(f"model {name!r} has no version or alias {key!r}")
+
+    return resolve
+
+
+def check_pipeline_steps(manifest: Manifest, resolve: StepResolver) -> None:
+    """Refuse a pipeline unless each step's model resolves now, is a model (pipelines do not nest), and every
+    mapping fits it: each step input named is one of the model's inputs, each of its inputs is mapped, and every
+    source (pipeline input -> step input, step output -> step input, step output -> pipeline output) has the
+    datatype and a shape compatible with where it goes. ``InvalidInput`` names the step and the field."""
+    if manifest.steps is None or manifest.outputs_from is None:
+        return
+    pipeline_inputs = {t.name: TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in manifest.inputs}
+    done: dict[str, VersionRecord] = {}  # step id -> its model's version
+    for i, step in enumerate(manifest.steps):
+        model = _step_model(i, step, resolve)
+        declared = {spec.name: spec for spec in model.inputs}
+        where = f"{model.ref} (step {step.id!r})"
+        for name, source in step.sources.items():
+            field = f"steps[{i}].inputs.{name}"
+            target = declared.get(name)
+            if target is None:
+                raise InvalidInput(f"{field}: {where} has no input {name!r} (its inputs: {', '.join(declared)})")
+            _check_fits(
+                field, source, _source_spec(field, source, pipeline_inputs, done), target, f"input {name!r} of {where}"
+            )
+        missing = [name for name in declared if name not in step.inputs]
+        if missing:
+            raise InvalidInput(
+                f"steps[{i}].inputs: {where} needs input(s) {', '.join(missing)}: give each a source "
+                "('input.<pipeline input>' or '<step id>.<output>')"
+            )
+        done[step.id] = model
+    for j, out in enumerate(manifest.outputs):
+        field = f"outputs_from.{out.name}"
+        source = parse_source(manifest.outputs_from[out.name])
+        target = TensorSpec(out.name, out.datatype, tuple(out.shape))
+        _check_fits(field, source, _source_spec(field, source, {}, done), target, f"output {out.name!r} (outputs[{j}])")
+
+
+def _step_model(index: int, step: StepDecl, resolve: StepResolver) -> VersionRecord:
+    try:
+        model = resolve(step.model_name, step.model_ref)
+    except NotFound as exc:
+        raise InvalidInput(
+            f"steps[{index}].model: {exc.message} (step {step.id!r}): publish the model first, then the pipeline"
+        ) from None
+    if model.is_pipeline:
+        raise InvalidInput(
+            f"steps[{index}].model: {model.ref} (step {step.id!r}) is a pipeline: a step calls a model (pipelines "
+            "do not nest; list that pipeline's steps here instead)"
+        )
+    return model
+
+
+def _source_spec(
+    field: str, source: Source, pipeline_inputs: dict[str, TensorSpec], done: dict[str, VersionRecord]
+) -> TensorSpec:
+    """The declared tensor a source names (the manifest has checked that its step is an earlier one)."""
+    if source.step is None:
+        return pipeline_inputs[source.tensor]
+    model = done[source.step]
+    spec = next((o for o in model.outputs if o.name == source.tensor), None)
+    if spec is None:
+        names = ", ".join(o.name for o in model.outputs)
+        raise InvalidInput(
+            f"{field}: step {source.step!r} ({model.ref}) has no output {source.tensor!r} (its outputs: {names})"
+        )
+    return spec
+
+
+def _check_fits(field: str, source: Source, spec: TensorSpec, target: TensorSpec, what: str) -> None:
+    if spec.datatype != target.datatype:
+        raise InvalidInput(f"{field}: {str(source)!r} is {spec.datatype} but {what} is {target.datatype}")
+    if not shapes_compatible(spec.shape, target.shape):
+        raise InvalidInput(
+            f"{field}: {str(source)!r} has shape {list(spec.shape)} but {what} takes {list(target.shape)} "
+            "(-1 is any size)"
+        )
+
+
+def shapes_compatible(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether some tensor could have both declared shapes: the same rank, each size equal or -1 on either side."""
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
 
 
 class CatalogueLoader:

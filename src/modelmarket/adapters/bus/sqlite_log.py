@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from modelmarket.metering.ports import AlreadyLogged, EventLogFull, KeptAnswer, KeyLookup, LogRecord
 
@@ -198,6 +199,16 @@ class GroupCommitWriter:
             raise EventLogFull("usage event log is at its queue bound; try again shortly") from None
         return fut
 
+    def append_all(self, events: Sequence[tuple[str, bytes]]) -> asyncio.Future[None]:
+        """Queue several events committed together, in one transaction (a pipeline call's steps): all or none."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        try:
+            self._queue.put_nowait((None, list(events), loop, fut, None))
+        except queue.Full:
+            raise EventLogFull("usage event log is at its queue bound; try again shortly") from None
+        return fut
+
     def _run(self) -> None:
         log = SqliteEventLog(self._log_path, self._synchronous, WRITER_AUTOCHECKPOINT_PAGES)
         try:
@@ -226,18 +237,25 @@ class GroupCommitWriter:
         items = [b for b in batch if isinstance(b, tuple)]
         error: BaseException | None = None
         duplicates: set[str] = set()
+        events = [e for i in items for e in _events_of(i[0], i[1])]
         try:
-            duplicates = log.append_many([(i[0], i[1]) for i in items], [i[4] for i in items if i[4] is not None])
+            duplicates = log.append_many(events, [i[4] for i in items if i[4] is not None])
             self.commits += 1
-            self.appended += len(items)
+            self.appended += len(events)
         except Exception as exc:  # reported to every waiting request; none of them is served
             error = exc
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
         for item in items:
-            outcome = _duplicate(item[0]) if item[0] in duplicates else error
+            logged = [e for e, _ in _events_of(item[0], item[1]) if e in duplicates]
+            outcome = _duplicate(logged[0]) if logged else error
             by_loop.setdefault(item[2], []).append((item[3], outcome))
         for loop, futures in by_loop.items():
             loop.call_soon_threadsafe(_settle, futures)
+
+
+def _events_of(event_id: str | None, payload: Any) -> list[tuple[str, bytes]]:
+    """The events of one queued item: one event, or (``event_id`` None) a group committed together."""
+    return list(payload) if event_id is None else [(event_id, payload)]
 
 
 def _duplicate(event_id: str) -> AlreadyLogged:
@@ -313,6 +331,20 @@ class LoopGroupCommitWriter:
             loop.call_soon(self._flush)
         return fut
 
+    def append_all(self, events: Sequence[tuple[str, bytes]]) -> asyncio.Future[None]:
+        """Several events committed together, in one transaction (a pipeline call's steps): all or none."""
+        if self._log is None:
+            raise RuntimeError("LoopGroupCommitWriter.append_all() before start()")
+        if len(self._pending) >= self._queue_max:
+            raise EventLogFull("usage event log is at its queue bound; try again shortly")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((None, list(events), fut, None))  # type: ignore[arg-type]
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
     def _flush(self) -> None:
         self._scheduled = False
         while self._pending:
@@ -321,13 +353,17 @@ class LoopGroupCommitWriter:
             duplicates: set[str] = set()
             try:
                 assert self._log is not None
-                events = [(e, p) for e, p, _, _ in batch]
+                events = [e for item in batch for e in _events_of(item[0], item[1])]
                 duplicates = self._log.append_many(events, [k for _, _, _, k in batch if k is not None])
                 self.commits += 1
-                self.appended += len(batch)
+                self.appended += len(events)
             except Exception as exc:  # every waiting request fails; none of them is served
                 error = exc
-            _settle([(fut, _duplicate(e) if e in duplicates else error) for e, _, fut, _ in batch])
+            outcomes = []
+            for e, p, fut, _ in batch:
+                logged = [i for i, _ in _events_of(e, p) if i in duplicates]
+                outcomes.append((fut, _duplicate(logged[0]) if logged else error))
+            _settle(outcomes)
 
 
 def make_writer(

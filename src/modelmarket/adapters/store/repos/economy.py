@@ -53,6 +53,9 @@ _RATED_SELECT = select(
     _R.currency,
     _R.quantity_base,
     *(_R[name] for name in RATED_COLUMNS),
+    _R.version,
+    _R.quantity_out,
+    _R.pipeline_call_id,
 ).where(_R.txn_id.is_not(None))
 _X = t.ledger_txns.c
 _E = t.ledger_entries.c
@@ -215,6 +218,9 @@ def _rated(r: Any) -> RatedEvent:
         r.amount,
         r.provider_amount,
         r.txn_id,
+        r.version,
+        int(r.quantity_out),
+        r.pipeline_call_id,
     )
 
 

@@ -45,13 +45,14 @@ class SqlRegistryRepository:
                 created_at=version.created_at,
             )
         )
-        self.conn.execute(
-            insert(t.artifacts),
-            [
-                {"version_id": version.id, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes}
-                for a in version.artifacts
-            ],
-        )
+        if version.artifacts:  # a pipeline has none (an empty executemany would insert one row of NULLs)
+            self.conn.execute(
+                insert(t.artifacts),
+                [
+                    {"version_id": version.id, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes}
+                    for a in version.artifacts
+                ],
+            )
 
     def newest_version(self, model_name: str) -> str | None:
         value = self.conn.execute(

@@ -9,14 +9,14 @@ unit of work's own connection (so in its transaction).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import UTC, date
+from datetime import UTC, date, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Numeric, bindparam, cast, delete, func, insert, select, tuple_, update
 
 from modelmarket.adapters.store import schema as t
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import CallStats, DailyKey, DailyUsage, Reject
+from modelmarket.metering.ports import CallStats, DailyKey, DailyUsage, ModelActivity, Reject
 from modelmarket.metering.units import UnitKind
 
 _D = t.usage_daily.c
@@ -36,6 +36,8 @@ USAGE_COLUMNS = (
     "day",
     "latency_ms",
     "log_offset",
+    "quantity_out",
+    "pipeline_call_id",
 )
 """The columns of ``usage_events`` that metering writes, in the order of ``usage_columns``."""
 ID_LOOKUP_MAX = 5000
@@ -102,6 +104,8 @@ def usage_columns(offset: int, e: UsageEvent, texts: Texts) -> tuple[Any, ...]:
         day_text,
         texts.by_identity(e.latency_ms),
         offset,
+        e.quantity_out,
+        e.pipeline_call_id,
     )
 
 
@@ -267,3 +271,31 @@ class SqlUsageRepository:
         self.conn.execute(delete(t.usage_daily))
         self.conn.execute(delete(t.metering_rejects))
         self.save_offset(consumer, 0)
+
+    def model_activity(
+        self, model_names: Collection[str], since_day: str, until_day: str, latency_sample_max: int
+    ) -> list[ModelActivity]:
+        names, e = sorted(set(model_names)), t.usage_events.c
+        calls: dict[str, int] = {}
+        for i in range(0, len(names), DAILY_LOOKUP_MAX):
+            batch = names[i : i + DAILY_LOOKUP_MAX]
+            days = (_D.model_name.in_(batch), _D.day >= since_day, _D.day <= until_day)
+            for name, count in self.conn.execute(
+                select(_D.model_name, func.sum(_D.events)).where(*days).group_by(_D.model_name)
+            ):
+                calls[name] = int(count)
+        # Events of a day: occurred_at from the day (a shorter prefix sorts first) to before the day after.
+        after = (date.fromisoformat(until_day) + timedelta(days=1)).isoformat()
+        out = []
+        for name in sorted(n for n, c in calls.items() if c > 0):
+            latest = (  # the newest first along the (model_name, occurred_at) index, at most the sample
+                select(e.latency_ms)
+                .where(e.model_name == name, e.occurred_at >= since_day, e.occurred_at < after)
+                .order_by(e.occurred_at.desc())
+                .limit(latency_sample_max)
+            )
+            sample = sorted(self.conn.execute(latest).scalars())
+            n = len(sample)  # nearest rank: the ceil(n * p / 100)-th smallest
+            p50, p95 = (sample[(n * p + 99) // 100 - 1] if n else None for p in (50, 95))
+            out.append(ModelActivity(name, calls[name], p50, p95))
+        return out
