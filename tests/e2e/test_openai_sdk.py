@@ -163,16 +163,17 @@ def test_the_invoice_shows_input_and_output_tokens_at_their_prices(gateway: Gate
     prompt = sum(u.prompt_tokens for u in usage if u)
     completion = sum(u.completion_tokens for u in usage if u)
     cli.run("meter", "--once")
-    invoice = cli.json("invoices", "show", "sdk-invoiced", period)
-    text = str(invoice)
-    assert str(prompt) in text and str(completion) in text
-    expected = (prompt * INPUT_PRICE + completion * OUTPUT_PRICE) / 1000
-    assert Fraction(str(invoice["subtotal"] if "subtotal" in invoice else invoice["total"])) == round_to_line(
-        expected, invoice
+    (invoice,) = [i for i in cli.json("invoices", "list", "sdk-invoiced")["invoices"] if i["period"] == period]
+    (line,) = [line for line in invoice["lines"] if line.get("model") == LLM]
+    parts = {part["direction"]: part for part in line["tokens"]}
+    assert Fraction(parts["input"]["quantity_iu"]) == Fraction(prompt, 1000)
+    assert Fraction(parts["output"]["quantity_iu"]) == Fraction(completion, 1000)
+    assert (Fraction(parts["input"]["price_per_iu"]), Fraction(parts["output"]["price_per_iu"])) == (
+        INPUT_PRICE,
+        OUTPUT_PRICE,
     )
-
-
-def round_to_line(amount: Fraction, invoice: dict[str, object]) -> Fraction:
-    """What the invoice total is for ``amount``: each line is rounded once to the currency's minor unit."""
-    del invoice
-    return Fraction(round(amount * 100), 100)
+    assert Fraction(parts["input"]["amount_exact"]) == prompt * INPUT_PRICE / 1000
+    assert Fraction(parts["output"]["amount_exact"]) == completion * OUTPUT_PRICE / 1000
+    assert Fraction(line["amount_exact"]) == (prompt * INPUT_PRICE + completion * OUTPUT_PRICE) / 1000
+    text = cli.run("invoices", "show", invoice["id"]).stdout
+    assert "input tokens at 0.0002 per 1k" in text and "output tokens at 0.0006 per 1k" in text

@@ -22,14 +22,13 @@ from modelmarket.core.errors import DomainError, NotFound, QuotaExceeded, RateLi
 from modelmarket.gateway.auth import authenticate_key
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
 from modelmarket.gateway.errors import headers_for, message_for, status_for
-from modelmarket.gateway.openai_plane import Answer, OpenAIPlane, UpstreamBusy
+from modelmarket.gateway.openai_plane import TRANSCRIPTION_TASK, Answer, OpenAIPlane, UpstreamBusy
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime import openai as oa
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond
 
 log = logging.getLogger(__name__)
-TRANSCRIPTION_TASK = "automatic-speech-recognition"
 MAX_FORM_FIELDS = 16
 _ERROR_TYPES = {
     400: "invalid_request_error",

@@ -42,7 +42,14 @@ from modelmarket.runtime.pool import RunnerUnavailable
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 256
 """What a generation without ``max_tokens`` reserves against limits for its completion."""
-_PATHS = {oa.CHAT: "/chat/completions", oa.COMPLETION: "/completions", oa.EMBEDDING: "/embeddings"}
+TRANSCRIPTION = "transcription"
+TRANSCRIPTION_TASK = "automatic-speech-recognition"
+_PATHS = {
+    oa.CHAT: "/chat/completions",
+    oa.COMPLETION: "/completions",
+    oa.EMBEDDING: "/embeddings",
+    TRANSCRIPTION: "/audio/transcriptions",
+}
 _JSON = (b"content-type", b"application/json")
 
 
@@ -156,10 +163,14 @@ class OpenAIPlane:
 
     # -- the model list -------------------------------------------------------------------------------------
     def kinds(self, version: VersionRecord) -> frozenset[str]:
+        """The OpenAI endpoints the version answers: by its runtime's capabilities, and transcriptions for a
+        speech-to-text model (served through OIP)."""
         runtime = version.manifest.runtime
         found = self._kinds.get(runtime)
         if found is None:
             found = self._kinds[runtime] = capability(runtime)
+        if version.manifest.task == TRANSCRIPTION_TASK and version.manifest.kind != "pipeline":
+            return found | {TRANSCRIPTION}
         return found
 
     def models(self) -> dict[str, Any]:

@@ -22,6 +22,9 @@ Parameters (manifest ``parameters:``):
 - ``max_seq_length``: tokens per input, special tokens included, ``MIN_SEQ_LENGTH`` to ``MAX_SEQ_LENGTH``
   (default 256, the model's own); at most the config's ``max_position_embeddings``
 - ``pooling``: ``mean`` (the only one)
+- ``n_threads``: BLAS threads of one call, 1 to ``MAX_THREADS`` (default 1, as the onnx runtime: the runner
+  scales by replicas; OpenBLAS threads spin while they wait, so on a busy machine more threads than free cores is
+  several times slower, measured 4x on the shared 2-core development machine)
 
 Bounds on one call: ``MAX_BATCH`` inputs, ``MAX_ELEMENT_BYTES`` per text (longer texts are truncated anyway,
 so the bound only caps the tokenizer's work), ``MAX_CALL_BYTES`` in all.
@@ -39,6 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import load_file
+from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # scikit-learn's dependency
 from tokenizers import Tokenizer
 
 from modelmarket.core.errors import InvalidInput
@@ -59,6 +63,7 @@ __all__ = [
     "MAX_CALL_BYTES",
     "MAX_ELEMENT_BYTES",
     "MAX_SEQ_LENGTH",
+    "MAX_THREADS",
     "MIN_SEQ_LENGTH",
     "SentenceEmbeddingRuntime",
     "erf",
@@ -72,6 +77,8 @@ DEFAULT_MAX_SEQ_LENGTH = 256
 MIN_SEQ_LENGTH = 8
 MAX_SEQ_LENGTH = 512
 MAX_BATCH = 256
+DEFAULT_THREADS = 1
+MAX_THREADS = 64
 MAX_ELEMENT_BYTES = 64 * 1024
 MAX_CALL_BYTES = 4 * 1024 * 1024
 POOLINGS = ("mean",)
@@ -262,7 +269,7 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
 
     name: ClassVar[str] = "sentence-embeddings"
     parameter_names: ClassVar[frozenset[str]] = frozenset(
-        {"model_file", "tokenizer_file", "config_file", "max_seq_length", "pooling"}
+        {"model_file", "tokenizer_file", "config_file", "max_seq_length", "pooling", "n_threads"}
     )
     input_limits: ClassVar[InputLimits] = InputLimits(
         max_elements_per_call=MAX_BATCH, max_element_bytes=MAX_ELEMENT_BYTES, max_call_bytes=MAX_CALL_BYTES
@@ -277,6 +284,8 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
     _sep_id: int
     _pad_id: int
     _input_name: str
+    _n_threads: int
+    _blas: Any
 
     @classmethod
     def validate_parameters(cls, parameters: Mapping[str, Any], artifacts: Sequence[str]) -> None:
@@ -286,6 +295,7 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
         artifact_parameter(parameters, "config_file", DEFAULT_CONFIG_FILE, artifacts)
         int_parameter(parameters, "max_seq_length", DEFAULT_MAX_SEQ_LENGTH, MIN_SEQ_LENGTH, MAX_SEQ_LENGTH)
         text_parameter(parameters, "pooling", "mean", POOLINGS)
+        int_parameter(parameters, "n_threads", DEFAULT_THREADS, 1, MAX_THREADS)
 
     def load(self) -> None:
         params = self.spec.parameters
@@ -301,6 +311,8 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
             if not path.is_file():
                 raise InvalidInput(f"artifact {path.name!r} of model {self.spec.name!r} is missing")
         text_parameter(params, "pooling", "mean", POOLINGS)
+        self._n_threads = int_parameter(params, "n_threads", DEFAULT_THREADS, 1, MAX_THREADS)
+        self._blas = ThreadpoolController()
         config = _read_config(paths["config_file"])
         max_seq_length = int_parameter(params, "max_seq_length", DEFAULT_MAX_SEQ_LENGTH, MIN_SEQ_LENGTH, MAX_SEQ_LENGTH)
         if max_seq_length > config["max_position_embeddings"]:
@@ -334,6 +346,12 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
         sequences = self._token_ids(inputs)
         vectors = np.empty((len(sequences), self.dimensions), dtype=np.float32)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        with self._blas.limit(limits=self._n_threads, user_api="blas"):
+            self._embed_sorted(sequences, order, vectors)
+        return Embeddings(vectors=vectors, tokens=sum(len(s) for s in sequences))
+
+    def _embed_sorted(self, sequences: list[list[int]], order: list[int], vectors: Array) -> None:
+        """Fill ``vectors`` chunk by chunk along ``order`` (inputs sorted by length, so chunks pad little)."""
         start = 0
         while start < len(order):
             longest = len(sequences[order[start]])
@@ -346,7 +364,6 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
             chunk = order[start:end]
             vectors[chunk] = self._embed_padded([sequences[i] for i in chunk])
             start = end
-        return Embeddings(vectors=vectors, tokens=sum(len(s) for s in sequences))
 
     def _token_ids(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         """Each input's ids with ``[CLS]``/``[SEP]``, truncated to ``max_seq_length``; bad input refused."""

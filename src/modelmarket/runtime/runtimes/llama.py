@@ -137,7 +137,9 @@ def _llama_seed(seed: int | None) -> int:
 def _request_params(parameters: Mapping[str, Any], context_length: int) -> GenerationParams:
     """OIP request parameters as ``GenerationParams``; others (``binary_data_output``, ...) are not ours."""
     seed = parameters.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) >= _SEED_LIMIT):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not -_SEED_LIMIT <= seed < _SEED_LIMIT
+    ):
         raise InvalidInput(f"parameters.seed: must be a whole number of at most 64 bits, not {seed!r}")
     temperature = parameters.get("temperature")
     if temperature is not None and (
