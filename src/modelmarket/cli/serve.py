@@ -68,7 +68,7 @@ def _ensure_account(p: Platform, name: str, role: str) -> None:
 
 
 def build_demo_catalogue(p: Platform, progress: Callable[[str], None]) -> Path:
-    """Build the three demo packages under HOME/demo and publish them (idempotent)."""
+    """Build the demo packages under HOME/demo and publish them in order, the pipeline last (idempotent)."""
     from modelmarket.demo.build import build_packages
 
     _ensure_account(p, "demo-provider", "provider")
@@ -94,6 +94,10 @@ def _examples(url: str, key: str, demo_dir: Path) -> list[str]:
         f"curl -s {auth} -H 'Content-Type: application/json' -d @{ex / 'digit.json'} {url}/v2/models/digits/infer",
         f"curl -s {auth} -H 'Content-Type: application/json' -d @{ex / 'sentiment.json'} "
         f"{url}/v2/models/sentiment/infer",
+        f"curl -s {auth} -H 'Content-Type: application/json' -d @{ex / 'chat.json'} "
+        f"{url}/v2/models/smollm2-135m-instruct/infer",
+        f"curl -s {auth} -H 'Content-Type: application/json' {url}/v1/chat/completions -d "
+        """'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi!"}]}'""",
         f"curl -s {auth} {url}/api/usage",
     ]
 
@@ -103,9 +107,10 @@ def _examples(url: str, key: str, demo_dir: Path) -> list[str]:
 @click.option("--build-only", is_flag=True, help="Build and publish the demo catalogue, then exit.")
 @domain_errors
 def demo(port: int | None, build_only: bool) -> None:
-    """Build the demo catalogue (digits, sentiment, speech-to-text), then run the platform with it.
+    """Build the demo catalogue (digits, sentiment, speech-to-text, smollm2-135m-instruct, all-minilm-l6-v2 and
+    the voice-sentiment pipeline), then run the platform with it.
 
-    Prints `URL: ...` and `API key: ...` (a fresh key of the account demo-consumer) and three example calls.
+    Prints `URL: ...` and `API key: ...` (a fresh key of the account demo-consumer) and example calls.
     """
     p = platform()
 

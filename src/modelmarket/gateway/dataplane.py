@@ -316,7 +316,12 @@ class DataPlane:
             raise
 
     async def _pipeline(
-        self, account: Account, key_id: str | None, version: VersionRecord, request: InferRequest, header_len: int | None
+        self,
+        account: Account,
+        key_id: str | None,
+        version: VersionRecord,
+        request: InferRequest,
+        header_len: int | None,
     ) -> InferAnswer:
         """A Resonance Node: its steps run as calls of their models, billed together once all succeeded."""
         from modelmarket.gateway.pipeline import run_pipeline
@@ -325,9 +330,7 @@ class DataPlane:
         decoded = oip.decode_request(request.body, header_len)
         oip.validate_inputs(decoded.inputs, version.inputs, version.model_name)
         oip.validate_requested_outputs(decoded, version.output_names, version.model_name)
-        result = await run_pipeline(
-            DataPlaneSteps(self), account, key_id, version, decoded.inputs, decoded.parameters
-        )
+        result = await run_pipeline(DataPlaneSteps(self), account, key_id, version, decoded.inputs, decoded.parameters)
         payload, header_length = oip.encode_response(version.model_name, version.version, decoded, result.outputs)
         headers = [(b"x-request-id", result.call_id.encode())]
         ctype = b"application/json"

@@ -104,8 +104,15 @@ class DataPlaneSteps:
             answer, units, out = await dp.forward(version, request, prepared.units)
             outputs = decode_outputs(answer.body, version.model_name)
             event = dp.usage_event(
-                dp.request_ids.next(), account, version, units, started, None, priced,
-                quantity_out=out, pipeline_call_id=pipeline_call_id,
+                dp.request_ids.next(),
+                account,
+                version,
+                units,
+                started,
+                None,
+                priced,
+                quantity_out=out,
+                pipeline_call_id=pipeline_call_id,
             )
         except BaseException:
             self._cancel(ticket)
@@ -132,7 +139,13 @@ class DataPlaneSteps:
         units = 1  # the fee is per call, in the pipeline's own unit
         ticket, priced = self._admit(account, key_id, pipeline, units)
         event = self.dp.usage_event(
-            pipeline_call_id, account, pipeline, units, time.perf_counter(), None, priced,
+            pipeline_call_id,
+            account,
+            pipeline,
+            units,
+            time.perf_counter(),
+            None,
+            priced,
             pipeline_call_id=pipeline_call_id,
         )
         return Pending(event, ticket, units)

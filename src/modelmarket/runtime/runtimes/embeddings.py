@@ -323,7 +323,13 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
         self._max_seq_length = max_seq_length
         self._bert = _weights(paths["model_file"], config)
         self._load_tokenizer(paths["tokenizer_file"])
-        self.dimensions = int(config["hidden_size"])
+        vocab, hidden = self._bert.word.shape
+        if self._tokenizer.get_vocab_size() > vocab or hidden != config["hidden_size"]:
+            raise InvalidInput(
+                f"the tokenizer ({self._tokenizer.get_vocab_size():,} tokens), the config (hidden_size"
+                f" {config['hidden_size']}) and the weights ({vocab:,} x {hidden}) do not belong together"
+            )
+        self.dimensions = hidden
         self._input_name = self.spec.inputs[0].name if self.spec.inputs else "text"
 
     def _load_tokenizer(self, path: Path) -> None:

@@ -143,9 +143,11 @@ def _request_params(parameters: Mapping[str, Any], context_length: int) -> Gener
         raise InvalidInput(f"parameters.seed: must be a whole number of at most 64 bits, not {seed!r}")
     temperature = parameters.get("temperature")
     if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 <= temperature <= MAX_TEMPERATURE
     ):
-        raise InvalidInput(f"parameters.temperature: must be a number from 0 to 2, not {temperature!r}")
+        raise InvalidInput(f"parameters.temperature: must be a number from 0 to {MAX_TEMPERATURE}, not {temperature!r}")
     has = parameters.__contains__
     return GenerationParams(
         max_tokens=int_parameter(parameters, "max_tokens", 1, 1, context_length) if has("max_tokens") else None,
