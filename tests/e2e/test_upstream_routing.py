@@ -13,8 +13,11 @@ that succeeded, at the tokens B reported, while B bills A for every call it answ
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -93,6 +96,22 @@ ROUTES: dict[str, RouteSpec] = {r.name: r for r in parse_routes(ROUTES_YAML)}
 # -- the platform under test -----------------------------------------------------------------------------------
 
 
+_BATCH = """\
+import json, sys
+import click
+from modelmarket.cli.main import cli
+for args in json.loads(sys.argv[1]):
+    print(sys.argv[2], flush=True)
+    try:
+        code = cli.main(args, prog_name="modelmarket", standalone_mode=False)
+    except click.ClickException as exc:
+        sys.exit(f"modelmarket {' '.join(args)}: {exc.format_message()}")
+    if code:
+        sys.exit(f"modelmarket {' '.join(args)}: exit status {code}")
+"""
+_BATCH_MARK = "---- next modelmarket command ----"
+
+
 @dataclass
 class EnvCli(Cli):
     """A CLI (and the gateway it starts) with a few more environment variables than the test process has."""
@@ -102,6 +121,21 @@ class EnvCli(Cli):
     @property
     def env(self) -> dict[str, str]:
         return {**super().env, **self.extra_env}
+
+    def batch(self, commands: list[list[str]]) -> list[str]:
+        """Run CLI commands one after another in ONE process (as a setup script would, without paying the
+        import of the whole platform, about 2 s of CPU, for each command); each command's standard output."""
+        proc = subprocess.run(
+            [sys.executable, "-c", _BATCH, json.dumps(commands), _BATCH_MARK],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, f"modelmarket setup failed ({proc.returncode}):\n{proc.stderr}"
+        outputs = proc.stdout.split(_BATCH_MARK + "\n")[1:]
+        assert len(outputs) == len(commands), proc.stdout
+        return outputs
 
 
 @dataclass
@@ -160,7 +194,7 @@ def _package(root: Path, name: str, provider: str, model: str) -> Path:
 
 
 def _parallel(*calls: Callable[[], Any]) -> list[Any]:
-    """Run independent CLI commands at once (each is a process that spends seconds importing)."""
+    """Run independent setup steps at once."""
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         return [f.result() for f in [pool.submit(c) for c in calls]]
 
@@ -188,64 +222,60 @@ def _wait_routes(url: str, key: str) -> None:
 @pytest.fixture(scope="module")
 def platform(gateway: Gateway, demo_cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("upstream-routing")
-    p1 = ChaosProxy(f"{gateway.url}", "p1").start()
-    p2 = ChaosProxy(f"{gateway.url}", "p2").start()
-    cli = EnvCli(root / "home", extra_env={"MODELMARKET_CACHE_REFRESH_S": "0.5"})
-    packages = [
-        _package(root / "packages", name, provider, model)
-        for name, provider, model in [
-            ("emb-p1", "p1", EMBEDDER),
-            ("emb-p2", "p2", EMBEDDER),
-            ("chat-p1", "p1", LLM),
-            ("chat-p2", "p2", LLM),
-        ]
-    ]
-    (root / "routes.yaml").write_text(ROUTES_YAML)
+    cli = EnvCli(root / "home")
+    upstream = EnvCli(demo_cli.home, demo_cli.database_url)
+    p1 = ChaosProxy(gateway.url, "p1").start()
+    p2 = ChaosProxy(gateway.url, "p2").start()
     try:
-        _parallel(
-            lambda: cli.run("accounts", "create", "prov", "--role", "provider"),
-            *[
-                (lambda p=p: cli.run("providers", "add", p.name, "--base-url", f"{p.url}/v1", "--api-key-env", KEY_ENV))
-                for p in (p1, p2)
-            ],
-            *[
-                (lambda n=n: cli.run("accounts", "create", n, "--role", "consumer"))
-                for n in ("alice", "biller", "sticky")
-            ],
-            lambda: demo_cli.run("accounts", "create", "routing-upstream", "--role", "consumer"),
-        )
-        keys = _parallel(
-            lambda: demo_cli.json("keys", "create", "routing-upstream"),
-            lambda: cli.json("keys", "create", "alice"),
-            lambda: cli.json("keys", "create", "biller"),
-            *[(lambda: cli.json("keys", "create", "sticky")) for _ in range(STICKY_KEYS)],
-            *[(lambda p=p: cli.run("publish", str(p))) for p in packages],
-        )
-        upstream_key = keys[0]["key"]
+        packages = [
+            _package(root / "packages", name, provider, model)
+            for name, provider, model in [
+                ("emb-p1", "p1", EMBEDDER),
+                ("emb-p2", "p2", EMBEDDER),
+                ("chat-p1", "p1", LLM),
+                ("chat-p2", "p2", LLM),
+            ]
+        ]
+        (root / "routes.yaml").write_text(ROUTES_YAML)
+        a_setup = [
+            ["accounts", "create", "prov", "--role", "provider"],
+            *[["providers", "add", p.name, "--base-url", f"{p.url}/v1", "--api-key-env", KEY_ENV] for p in (p1, p2)],
+            ["accounts", "create", "alice", "--role", "consumer"],
+            ["accounts", "create", "biller", "--role", "consumer"],
+            *[["keys", "create", "alice", "--json"] for _ in range(STICKY_KEYS)],
+            ["keys", "create", "biller", "--json"],
+            *[["publish", str(p)] for p in packages],
+            ["routes", "apply", str(root / "routes.yaml")],
+        ]
+        b_setup = [
+            ["accounts", "create", "routing-upstream", "--role", "consumer"],
+            ["keys", "create", "routing-upstream", "--json"],
+        ]
+        a_out, b_out = _parallel(lambda: cli.batch(a_setup), lambda: upstream.batch(b_setup))
+        keys = [json.loads(out) for out in a_out[5 : 6 + STICKY_KEYS]]
+        upstream_key = json.loads(b_out[1])["key"]
         cli.extra_env[KEY_ENV] = upstream_key  # only A's processes see it, never this test process's environment
-        started = _parallel(
-            lambda: start_gateway(cli, models=()), lambda: cli.run("routes", "apply", str(root / "routes.yaml"))
-        )
+        a_gateway = start_gateway(cli, models=())
     except BaseException:
         p1.stop()
         p2.stop()
         raise
     platform = Platform(
         cli=cli,
-        gateway=started[0],
+        gateway=a_gateway,
         p1=p1,
         p2=p2,
         upstream_key=upstream_key,
-        consumer_key=keys[1]["key"],
-        biller_key=keys[2]["key"],
-        sticky_keys=[(k["key_id"], k["key"]) for k in keys[3 : 3 + STICKY_KEYS]],
+        consumer_key=keys[0]["key"],
+        biller_key=keys[-1]["key"],
+        sticky_keys=[(k["key_id"], k["key"]) for k in keys[:STICKY_KEYS]],
     )
     try:
-        _wait_routes(platform.gateway.url, platform.consumer_key)
+        _wait_routes(a_gateway.url, platform.consumer_key)
         _wait_ready(gateway.url, (EMBEDDER, LLM))  # B's own runners, loading since the session began
         yield platform
     finally:
-        stop_gateway(platform.gateway)
+        stop_gateway(a_gateway)
         p1.stop()
         p2.stop()
 

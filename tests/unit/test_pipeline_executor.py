@@ -16,7 +16,7 @@ from modelmarket.accounts import Account
 from modelmarket.core.errors import InvalidInput, QuotaExceeded
 from modelmarket.core.tensors import Tensor, bytes_tensor
 from modelmarket.demo._pipeline import voice_sentiment_manifest
-from modelmarket.gateway.dataplane import ModelFailed
+from modelmarket.gateway.attempts import ModelFailed
 from modelmarket.gateway.errors import extra_fields_for, status_for
 from modelmarket.gateway.pipeline import PipelineStepFailed, StepOutcome, run_pipeline
 from modelmarket.registry.catalogue import VersionRecord

@@ -109,6 +109,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         supervisor, state.providers, max_connections=s.runner_pool_size, timeout_s=s.runner_request_timeout_s
     )
     dataplane.backends = backends
+    dataplane.router = state.router
     plane = OpenAIPlane(dataplane, backends, state.router)
     openai_edge = OpenAIEdge(plane, dataplane, state, s.max_request_bytes)
 

@@ -27,8 +27,10 @@ from modelmarket.accounts import Account
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from modelmarket.core.ids import RequestIds
+from modelmarket.core.money import exact_text
+from modelmarket.gateway.attempts import Attempt, ModelFailed, RouterLike, UpstreamBusy, is_route, run_attempts
 from modelmarket.gateway.backends import UPSTREAMS, Backends
-from modelmarket.gateway.economy import Economy, Priced
+from modelmarket.gateway.economy import Economy, Priced, list_cost
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
@@ -49,10 +51,6 @@ _MS = Decimal("0.001")
 IDEMPOTENCY_KEY_MAX_CHARS = 200
 IDEMPOTENCY_KEY_RE = re.compile(rb"^[\x21-\x7e]{1,200}$")
 """An Idempotency-Key: 1-200 printable ASCII characters (a UUID is typical)."""
-
-
-class ModelFailed(DomainError):
-    """The runner answered that the model itself failed on this input (its 5xx)."""
 
 
 class IdempotencyKeyReused(DomainError):
@@ -166,9 +164,11 @@ class DataPlane:
         max_kept_answer_bytes: int = 1024 * 1024,
         economy: Economy | None = None,
         backends: Backends | None = None,
+        router: Callable[[], RouterLike | None] = lambda: None,
     ) -> None:
         self.economy = economy
         self.backends = backends
+        self.router = router
         self.catalogue = catalogue
         self.runners = runners
         self.writer = writer
@@ -277,8 +277,31 @@ class DataPlane:
         once: tuple[str, str] | None,
         key_id: str | None = None,
     ) -> InferAnswer:
+        router = self.router() if ref is None else None
+        if router is not None and is_route(router, name):
+
+            async def resolve(target: str) -> VersionRecord:
+                model, _, version_ref = target.partition("@")
+                return await self.resolve(model, version_ref or None)
+
+            async def attempt(chosen: Attempt) -> InferAnswer:
+                answer = await self._infer_version(account, chosen.version, request, once, key_id, chosen.route)
+                return answer
+
+            return await run_attempts(router, name, key_id, resolve, attempt)
+        return await self._infer_version(account, await self.resolve(name, ref), request, once, key_id)
+
+    async def _infer_version(
+        self,
+        account: Account,
+        version: VersionRecord,
+        request: InferRequest,
+        once: tuple[str, str] | None,
+        key_id: str | None,
+        route: str | None = None,
+    ) -> InferAnswer:
         started = time.perf_counter()
-        version = await self.resolve(name, ref)
+        name = version.model_name
         if len(request.body) > self.max_request_bytes:
             raise BodyTooLarge(f"request body is larger than the limit of {self.max_request_bytes} bytes")
         header_len = _header_length(request.header_length)
@@ -295,7 +318,7 @@ class DataPlane:
             prepared = _prepare(version, request.body, header_len, limits)
         economy = self.economy
         if economy is None:
-            return await self._serve(account, version, request, prepared, once, started, None)
+            return await self._serve(account, version, request, prepared, once, started, None, None, route)
         at = self.clock()
         priced = economy.price(version, at)
         ticket = economy.admit(account.id, key_id, version, prepared.units, priced, at)
@@ -309,6 +332,7 @@ class DataPlane:
                 started,
                 priced,
                 lambda units: economy.limiter.settle(ticket, base=units),
+                route,
             )
         except BaseException:
             if ticket.open:  # not billed: release what it reserved
@@ -332,7 +356,7 @@ class DataPlane:
         oip.validate_requested_outputs(decoded, version.output_names, version.model_name)
         result = await run_pipeline(DataPlaneSteps(self), account, key_id, version, decoded.inputs, decoded.parameters)
         payload, header_length = oip.encode_response(version.model_name, version.version, decoded, result.outputs)
-        headers = [(b"x-request-id", result.call_id.encode())]
+        headers = [(b"x-request-id", result.call_id.encode()), (b"x-modelmarket-route", version.ref.encode())]
         ctype = b"application/json"
         if header_length is not None:
             headers.append((b"inference-header-content-length", str(header_length).encode()))
@@ -349,6 +373,7 @@ class DataPlane:
         started: float,
         priced: Priced | None,
         on_billed: Callable[[int], None] | None = None,
+        route: str | None = None,
     ) -> InferAnswer:
         answer, units, out = await self.forward(version, request, prepared.units)
         event_id = self.request_ids.next() if once is None else once[0]
@@ -363,7 +388,13 @@ class DataPlane:
         await self.writer.append(event.id, event.encode(), kept)
         if on_billed is not None:  # committed: the call counts, whatever happens to the answer now
             on_billed(units)
-        out_headers = [(b"x-request-id", event.id.encode())]
+        cost = list_cost(version, units, out, priced)
+        out_headers = [
+            (b"x-request-id", event.id.encode()),
+            (b"x-modelmarket-route", (route or version.ref).encode()),
+            (b"x-modelmarket-iu", exact_text(version.manifest.pricing.unit.iu(units)).encode()),
+            (b"x-modelmarket-cost", f"{exact_text(cost)} {version.manifest.pricing.currency}".encode()),
+        ]
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))
         return InferAnswer(event.id, answer.body, ctype, out_headers)
@@ -496,6 +527,9 @@ def _runner_error(answer: RunnerAnswer) -> DomainError | BodyTooLarge:
     message = _message(answer.body)
     if answer.status == 413:
         return BodyTooLarge(message)
+    if answer.status == 429:  # a provider's server is busy: another target may take the call
+        retry = answer.headers.get(b"retry-after")
+        return UpstreamBusy(f"the model's server is busy (429): {message}", retry.decode("latin-1") if retry else None)
     if 400 <= answer.status < 500:
         return InvalidInput(message)
     return ModelFailed(message)

@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from modelmarket.billing.charges import ChargeModel, charge_model
+from modelmarket.billing.charges import ChargeModel, charge_model, token_amount
 from modelmarket.billing.enforcement import Limits, Policy, Used
 from modelmarket.billing.pricing import PriceBook
 from modelmarket.core.clock import Clock
@@ -165,3 +165,15 @@ class Economy:
         if found is None:
             found = self._charges[key] = charge_model(version.manifest.pricing)
         return found
+
+
+def list_cost(version: VersionRecord, units: int, out: int, priced: Priced | None) -> Fraction:
+    """What a call of ``units`` base units (``out`` of them output tokens) costs at the price in force, before any
+    plan (what ``x-modelmarket-cost`` says): input and output tokens at their prices when the model quotes two;
+    tiers and packages at their reference price (the period's position is the invoice's business)."""
+    pricing = version.manifest.pricing
+    factor = Fraction(1) if priced is None else Fraction(priced.factor)
+    if pricing.has_split_prices:
+        return token_amount(pricing, units - out, out) * factor
+    unit_price = pricing.price_per_iu if priced is None else priced.unit_price
+    return Fraction(units) * Fraction(unit_price) / pricing.unit.divisor

@@ -14,7 +14,8 @@ from modelmarket.core.errors import (
     RateLimited,
     Unauthenticated,
 )
-from modelmarket.gateway.dataplane import IdempotencyKeyReused, ModelFailed
+from modelmarket.gateway.attempts import ModelFailed, UpstreamBusy
+from modelmarket.gateway.dataplane import IdempotencyKeyReused
 from modelmarket.gateway.pipeline import PipelineStepFailed
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime.asgi import BodyTooLarge
@@ -33,6 +34,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (IdempotencyKeyReused, 422),
     (QuotaExceeded, 402),
     (RateLimited, 429),
+    (UpstreamBusy, 429),
     (BodyTooLarge, 413),
     (ModelFailed, 502),
     (PipelineStepFailed, 502),
@@ -59,6 +61,8 @@ def status_for(exc: Exception) -> int | None:
 def headers_for(exc: Exception) -> list[tuple[bytes, bytes]]:
     if isinstance(exc, RateLimited):
         return [(b"retry-after", str(exc.retry_after_whole_s).encode())]
+    if isinstance(exc, UpstreamBusy) and exc.retry_after and exc.retry_after.isdigit():
+        return [(b"retry-after", exc.retry_after.encode())]
     for cls, headers in EXTRA_HEADERS.items():
         if isinstance(exc, cls):
             return headers

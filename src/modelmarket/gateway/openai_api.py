@@ -19,10 +19,11 @@ import orjson
 from starlette.requests import Request
 
 from modelmarket.core.errors import DomainError, NotFound, QuotaExceeded, RateLimited, Unauthenticated
+from modelmarket.gateway.attempts import UpstreamBusy
 from modelmarket.gateway.auth import authenticate_key
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
 from modelmarket.gateway.errors import headers_for, message_for, status_for
-from modelmarket.gateway.openai_plane import TRANSCRIPTION_TASK, Answer, OpenAIPlane, UpstreamBusy
+from modelmarket.gateway.openai_plane import TRANSCRIPTION_TASK, Answer, OpenAIPlane
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime import openai as oa

@@ -22,23 +22,23 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from modelmarket.accounts import Account
-from modelmarket.billing.charges import token_amount
-from modelmarket.core.errors import DomainError, InvalidInput, NotFound, NotReady
+from modelmarket.core.errors import DomainError, InvalidInput, NotFound
 from modelmarket.core.money import exact_text
+from modelmarket.gateway.attempts import Attempt as _Attempt
+from modelmarket.gateway.attempts import ModelFailed, RouterLike, UpstreamBusy, run_attempts
 from modelmarket.gateway.backends import UPSTREAM_OPENAI, Backend, Backends
-from modelmarket.gateway.dataplane import DataPlane, ModelFailed, trace_id
-from modelmarket.gateway.economy import Priced
+from modelmarket.gateway.dataplane import DataPlane, trace_id
+from modelmarket.gateway.economy import Priced, list_cost
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import VersionRecord
 from modelmarket.runtime import openai as oa
 from modelmarket.runtime.base import Embedder, TextGenerator
 from modelmarket.runtime.plugins import load_runtime_class
-from modelmarket.runtime.pool import RunnerUnavailable
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 256
 """What a generation without ``max_tokens`` reserves against limits for its completion."""
@@ -51,33 +51,6 @@ _PATHS = {
     TRANSCRIPTION: "/audio/transcriptions",
 }
 _JSON = (b"content-type", b"application/json")
-
-
-class UpstreamBusy(DomainError):
-    """The backend answered 429 (too many requests) and no other target could take the call."""
-
-    def __init__(self, message: str, retry_after: str | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-RETRIABLE = (ModelFailed, RunnerUnavailable, UpstreamBusy, NotReady, TimeoutError)
-"""Failures that move a call on to its next attempt (and count against the target's circuit breaker)."""
-
-
-class RouterLike(Protocol):
-    """The routing engine as the plane uses it (``routing.Router``)."""
-
-    @property
-    def table(self) -> Any: ...
-
-    def plan(self, route_name: str, sticky_key: str | None = None) -> list[str]: ...
-
-    def route(self, name: str) -> Any: ...
-
-    def started(self, route_name: str, ref: str) -> None: ...
-
-    def finished(self, route_name: str, ref: str, ok: bool | None, latency_s: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +85,6 @@ class Stream:
 
     headers: list[tuple[bytes, bytes]]
     body: AsyncIterator[bytes]
-
-
-@dataclass(slots=True)
-class _Attempt:
-    version: VersionRecord
-    route: str
-    ref: str | None = None
-    """The route target's reference (for the breaker), None for a direct call."""
 
 
 @dataclass(slots=True)
@@ -199,13 +164,6 @@ class OpenAIPlane:
         return {"object": "list", "data": data}
 
     # -- calls ----------------------------------------------------------------------------------------------
-    def _attempts(self, model: str, key_id: str | None) -> tuple[list[str], Any]:
-        """References to try in order, and the route's spec (None for a direct call)."""
-        router = self.router()
-        if router is not None and model in router.table:
-            return router.plan(model, key_id), router.route(model)
-        return [model], None
-
     async def _version(self, ref: str, kind: str) -> VersionRecord:
         name, _, version_ref = ref.partition("@")
         try:
@@ -222,43 +180,7 @@ class OpenAIPlane:
         return version
 
     async def _with_attempts(self, model: str, key_id: str | None, kind: str, call: Callable[[_Attempt], Any]) -> Any:
-        """Run ``call`` over the model's attempts: for a route, its targets and fallbacks in the order the router
-        chose, each tried ``1 + retries`` times with backoff and bounded by the route's timeout; the router
-        hears every outcome (its circuit breakers and latency figures). A failure that is not the target's
-        (a bad request, a refused limit) ends the call at once."""
-        refs, spec = self._attempts(model, key_id)
-        router = self.router() if spec is not None else None
-        last: BaseException | None = None
-        for ref in refs:
-            version = await self._version(ref, kind)
-            label = f"{version.model_name}@{version.version}"
-            attempt = _Attempt(version, f"{model}->{label}" if spec is not None else label, ref)
-            tries = 1 + (spec.retries.attempts if spec is not None else 0)
-            for n in range(tries):
-                if n:
-                    await self.sleep(spec.backoff_s(n))
-                started = time.perf_counter()
-                if router is not None:
-                    router.started(model, ref)
-                outcome: bool | None = None
-                try:
-                    if spec is not None:
-                        async with asyncio.timeout(float(spec.timeout_s)):
-                            result = await call(attempt)
-                    else:
-                        result = await call(attempt)
-                    outcome = True
-                    return result
-                except RETRIABLE as exc:
-                    outcome, last = False, exc
-                finally:
-                    if router is not None:
-                        latency = time.perf_counter() - started if outcome else None
-                        router.finished(model, ref, outcome, latency)
-        assert last is not None
-        if isinstance(last, TimeoutError):
-            raise ModelFailed(f"model {model!r}: no target answered within the route's timeout") from None
-        raise last
+        return await run_attempts(self.router(), model, key_id, lambda ref: self._version(ref, kind), call, self.sleep)
 
     def _admit(self, account: Account, key_id: str | None, version: VersionRecord, units: int) -> tuple[Any, Priced]:
         economy = self.dp.economy
@@ -298,12 +220,8 @@ class OpenAIPlane:
         await asyncio.shield(self.dp.writer.append(event.id, event.encode()))
         if ticket is not None and self.dp.economy is not None:
             self.dp.economy.limiter.settle(ticket, base=units)
-        iu = pricing.unit.iu(units)
-        if pricing.has_split_prices:
-            cost = token_amount(pricing, units - out, out) * Fraction(priced.factor)
-        else:
-            cost = Fraction(units) * Fraction(priced.unit_price) / pricing.unit.divisor
-        return Billed(event_id, attempt.route, iu, cost, pricing.currency)
+        cost = list_cost(version, units, out, priced)
+        return Billed(event_id, attempt.route, pricing.unit.iu(units), cost, pricing.currency)
 
     async def generate(
         self,

@@ -20,7 +20,8 @@ import orjson
 from modelmarket.accounts import Account
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.tensors import Tensor, bytes_tensor
-from modelmarket.gateway.dataplane import DataPlane, InferRequest, ModelFailed, _prepare
+from modelmarket.gateway.attempts import ModelFailed
+from modelmarket.gateway.dataplane import DataPlane, InferRequest, _prepare
 from modelmarket.gateway.pipeline import StepOutcome
 from modelmarket.metering.events import UsageEvent
 from modelmarket.registry.catalogue import VersionRecord

@@ -55,6 +55,7 @@ from modelmarket.runtime.base import (
     GenerationChunk,
     GenerationParams,
     InputLimits,
+    ModelSpec,
     Runtime,
     Tensor,
     TextGenerator,
@@ -221,9 +222,9 @@ class LlamaCppRuntime(Runtime, TextGenerator):
     _default_max_tokens: int
     _input_name: str
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self._lock = threading.Lock()  # held while a generation's iterator runs
 
     @classmethod
     def validate_parameters(cls, parameters: Mapping[str, Any], artifacts: Sequence[str]) -> None:
