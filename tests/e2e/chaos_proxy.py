@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -38,9 +38,10 @@ START_TIMEOUT_S = 30.0
 _HOP_BY_HOP = {b"connection", b"content-length", b"transfer-encoding", b"keep-alive", b"date", b"server"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Seen:
-    """One request as the proxy received it, and what became of it."""
+    """One request as the proxy received it, and what became of it (filled in before the answer is sent, so a
+    client that has its answer finds it complete)."""
 
     path: str
     model: str | None
@@ -126,35 +127,34 @@ class ChaosProxy:
             return
         body = await _read_body(receive)
         headers = dict(scope["headers"])
-        mode = self.mode
+        seen = Seen(scope["path"], _model_of(body), _text(headers.get(b"authorization")), self.mode)
         with self._lock:
             self.requests += 1
             self.in_flight += 1
-        seen = Seen(scope["path"], _model_of(body), _text(headers.get(b"authorization")), mode)
+            self.seen.append(seen)
         try:
-            seen = await self._answer(scope, receive, send, body, headers, seen)
+            await self._answer(scope, receive, send, body, headers, seen)
         finally:
             with self._lock:
-                self.seen.append(seen)
                 self.in_flight -= 1
 
     async def _answer(
         self, scope: dict[str, Any], receive: Any, send: Any, body: bytes, headers: dict[bytes, bytes], seen: Seen
-    ) -> Seen:
+    ) -> None:
         if seen.mode == "fail":
+            seen.status = 500
             await _send_json(send, 500, _error(FAILURE_MESSAGE, "server_error"))
-            return _with(seen, status=500)
-        if seen.mode == "busy":
+        elif seen.mode == "busy":
+            seen.status = 429
             extra = [(b"retry-after", str(self.retry_after_s).encode())]
             await _send_json(send, 429, _error(BUSY_MESSAGE, "rate_limit_error", "rate_limit_exceeded"), extra)
-            return _with(seen, status=429)
-        if seen.mode == "slow" and not await _wait_unless_gone(receive, self.delay_s):
-            return seen  # the caller hung up while we were "working": nothing to forward
-        return await self._forward(scope, send, body, headers, seen)
+        elif seen.mode != "slow" or await _wait_unless_gone(receive, self.delay_s):
+            await self._forward(scope, send, body, headers, seen)
+        # else: the caller hung up while we were "working": nothing to forward, nothing to answer
 
     async def _forward(
         self, scope: dict[str, Any], send: Any, body: bytes, headers: dict[bytes, bytes], seen: Seen
-    ) -> Seen:
+    ) -> None:
         assert self._client is not None
         url = self.upstream_url + scope["path"]
         if scope.get("query_string"):
@@ -172,18 +172,19 @@ class ChaosProxy:
                 if k.encode("latin-1").lower() not in _HOP_BY_HOP
             ]
             if response.headers.get("content-type", "").startswith("text/event-stream"):
+                seen.status = response.status_code
                 await send({"type": "http.response.start", "status": response.status_code, "headers": answer_headers})
                 async for piece in response.aiter_raw():
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return _with(seen, status=response.status_code)
+                return
             content = await response.aread()
         finally:
             await response.aclose()
         answer_headers.append((b"content-length", str(len(content)).encode()))
+        seen.status, seen.usage = response.status_code, _usage_of(content)
         await send({"type": "http.response.start", "status": response.status_code, "headers": answer_headers})
         await send({"type": "http.response.body", "body": content})
-        return _with(seen, status=response.status_code, usage=_usage_of(content))
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -244,7 +245,3 @@ def _usage_of(content: bytes) -> dict[str, Any] | None:
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
-
-
-def _with(seen: Seen, **changes: Any) -> Seen:
-    return replace(seen, **changes)

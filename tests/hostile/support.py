@@ -238,3 +238,36 @@ def silent_wav(seconds: float, rate_hz: int = 16_000) -> bytes:
         w.setframerate(rate_hz)
         w.writeframes(b"\0\0" * round(seconds * rate_hz))
     return out.getvalue()
+
+
+# -- OpenAI error objects (the /v1 edge) -------------------------------------------------------------------------
+
+ANY_PARAM: Any = object()
+"""``assert_openai_error(..., param=ANY_PARAM)``: do not check the error object's ``param``."""
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
+MAX_ERROR_MESSAGE_CHARS = 1_000
+"""An error message longer than this echoes the caller's input back instead of naming the problem."""
+
+
+def assert_openai_error(r: httpx.Response, expected: int, *words: str, param: Any = ANY_PARAM) -> dict[str, Any]:
+    """The answer is ``expected`` with a JSON OpenAI error object ``{"error": {"message", "type", "param",
+    "code"}}`` whose message holds every one of ``words`` and is short; with ``param`` (a name, or None for none)
+    the object names exactly that parameter. Returns the inner object."""
+    body = r.content
+    assert r.status_code == expected, f"expected {expected}, got {r.status_code}: {body[:300]!r}"
+    content_type = r.headers.get("content-type") or ""
+    assert content_type.startswith("application/json"), f"content type {content_type!r}: {body[:200]!r}"
+    doc = json.loads(body)
+    assert isinstance(doc, dict) and list(doc) == ["error"], f"not an OpenAI error object: {doc!r}"
+    error = doc["error"]
+    assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}, error
+    message = error["message"]
+    assert isinstance(message, str) and message, error
+    assert len(message) <= MAX_ERROR_MESSAGE_CHARS, f"the error echoes the input back: {message[:300]!r}..."
+    if expected in OPENAI_ERROR_TYPES:
+        assert error["type"] == OPENAI_ERROR_TYPES[expected], error
+    if param is not ANY_PARAM:
+        assert error["param"] == param, f"param {error['param']!r}, expected {param!r}: {message!r}"
+    for word in words:
+        assert word in message, f"{word!r} not in the error {message!r}"
+    return error
