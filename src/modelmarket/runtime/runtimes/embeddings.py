@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import load_file
-from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # scikit-learn's dependency
+from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
 from modelmarket.core.errors import InvalidInput
