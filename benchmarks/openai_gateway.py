@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -74,15 +73,13 @@ async def upstream_app(scope: dict, receive, send) -> None:  # type: ignore[no-u
     await send({"type": "http.response.body", "body": ANSWER})
 
 
-def start_upstream() -> tuple[int, uvicorn.Server]:
+def serve_upstream() -> None:
+    """The upstream server's own process (``--upstream``): prints its port, serves until SIGINT."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    print(f"upstream listening on port {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(upstream_app, log_level="error", loop="uvloop", http="httptools", access_log=False)
-    server = uvicorn.Server(config)
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return sock.getsockname()[1], server
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 async def _seq(pool: RunnerPool, path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> list[float]:
@@ -234,8 +231,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests per side")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--llm-runs", type=int, default=8, help="streamed LLM calls per side")
+    parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    up_port, up_server = start_upstream()
+    if args.upstream:
+        serve_upstream()
+        return
+    upstream, port_text = _start([sys.executable, __file__, "--upstream"], dict(os.environ), r"port (\d+)")
+    up_port = int(port_text)
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as home:
         env = {**os.environ, "MODELMARKET_HOME": home}
         print("building the demo catalogue ...", flush=True)
@@ -260,9 +262,8 @@ def main() -> None:
             res |= uvloop.run(llm(int(gw_port), int(llm_port), key, args.llm_runs))
             res |= uvloop.run(embeddings(int(gw_port), int(emb_port), key, args.seconds))
         finally:
-            for proc in (gateway, llm_runner, emb_runner):
+            for proc in (gateway, llm_runner, emb_runner, upstream):
                 _stop(proc)
-            up_server.should_exit = True
     print(f"OpenAI chat through the gateway vs the upstream directly ({args.requests} sequential requests each):")
     print(f"  direct  p50 {res['direct_p50_ms']:.3f} ms  p99 {res['direct_p99_ms']:.3f} ms")
     print(f"  gateway p50 {res['gateway_p50_ms']:.3f} ms  p99 {res['gateway_p99_ms']:.3f} ms")
