@@ -54,9 +54,10 @@ def _run(router: Router | None, name: str, behaviour: dict[str, Callable[[], Any
 
     async def call(attempt: Attempt) -> str:
         log.append(attempt.version.model_name)
-        result = behaviour.get(attempt.version.model_name, lambda: "ok")()
-        if asyncio.iscoroutine(result):
-            return str(await result)
+        async with attempt.backend_bound():  # as the planes do: the route's timeout bounds the backend only
+            result = behaviour.get(attempt.version.model_name, lambda: "ok")()
+            if asyncio.iscoroutine(result):
+                result = await result
         return str(result) + " via " + attempt.route
 
     async def sleep(s: float) -> None:
@@ -101,6 +102,54 @@ def test_a_slow_target_times_out_and_the_next_answers() -> None:
     log: list[str] = []
     (answer, _) = _run(_router(Clock()), "chat", {"a": slow}, log)
     assert answer == "ok via chat->b@1.0.0"
+
+
+def test_the_route_timeout_never_cuts_a_call_whose_usage_is_being_committed() -> None:
+    """What follows the backend's answer (the usage event's commit) is outside the deadline: a slow commit is
+    not a timeout, so the call is not tried again and billed twice."""
+    committed: list[str] = []
+
+    async def call(attempt: Attempt) -> str:
+        async with attempt.backend_bound():
+            await asyncio.sleep(0.15)  # the backend answers within the 0.2 s timeout
+        await asyncio.sleep(0.2)  # a slow commit, past the deadline
+        committed.append(attempt.version.model_name)
+        return "billed once"
+
+    async def sleep(_: float) -> None: ...
+
+    router = _router(Clock())
+    assert asyncio.run(run_attempts(router, "chat", None, _resolve, call, sleep)) == "billed once"
+    assert committed == ["a"]
+
+
+def test_only_the_first_attempt_takes_a_rate_slot() -> None:
+    firsts: list[bool] = []
+
+    async def call(attempt: Attempt) -> str:
+        firsts.append(attempt.first)
+        if attempt.version.model_name != "c":
+            raise ModelFailed("x")
+        return "ok"
+
+    async def sleep(_: float) -> None: ...
+
+    asyncio.run(run_attempts(_router(Clock()), "chat", None, _resolve, call, sleep))
+    assert firsts == [True, False, False, False, False]
+
+
+def test_a_target_that_cannot_be_resolved_moves_on_to_the_next() -> None:
+    async def resolve(ref: str) -> Any:
+        if ref == "a":
+            raise InvalidInput("model 'a' does not serve chat/completions")
+        return Version(ref)
+
+    async def call(attempt: Attempt) -> str:
+        return attempt.route
+
+    async def sleep(_: float) -> None: ...
+
+    assert asyncio.run(run_attempts(_router(Clock()), "chat", None, resolve, call, sleep)) == "chat->b@1.0.0"
 
 
 def test_when_every_attempt_fails_the_last_failure_is_raised() -> None:

@@ -13,7 +13,7 @@ from modelmarket.core.errors import AlreadyExists, InvalidInput, NotFound
 from modelmarket.core.ids import hash_api_key, new_api_key, new_id
 from modelmarket.core.uow import UnitOfWorkFactory
 
-ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 KEY_PREFIX_CHARS = 10
 """Characters of a key kept in clear to recognise it by (``mm_`` and 7 random ones): too few to guess the rest."""
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from modelmarket.core.errors import DomainError, NotReady
+from modelmarket.core.errors import DomainError, InvalidInput, NotFound, NotReady
 from modelmarket.registry.catalogue import VersionRecord
 from modelmarket.runtime.pool import RunnerUnavailable
 
@@ -60,6 +60,15 @@ class Attempt:
     """What ``x-modelmarket-route`` says: ``model@version``, or ``route->model@version``."""
     ref: str | None = None
     """The reference tried (a route target's, for the breaker)."""
+    deadline: float | None = None
+    """``loop.time()`` by which the backend must have answered (a route's ``timeout_s``); None: no route bound.
+    It bounds the call to the backend only, never the commit of its usage event (see ``backend_bound``)."""
+    first: bool = True
+    """The call's first attempt: only it takes a requests-per-minute slot (one call, one slot)."""
+
+    def backend_bound(self) -> asyncio.Timeout:
+        """The context that bounds waiting for the backend by the route's timeout (``TimeoutError``)."""
+        return asyncio.timeout_at(self.deadline)
 
 
 def is_route(router: RouterLike | None, name: str) -> bool:
@@ -74,25 +83,35 @@ async def run_attempts(
     call: Callable[[Attempt], Awaitable[T]],
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> T:
-    """Serve a call to ``name``: a route's attempts when ``name`` is a route, else one attempt of ``name``."""
+    """Serve a call to ``name``: a route's attempts when ``name`` is a route, else one attempt of ``name``.
+
+    The route's timeout is the attempt's ``deadline``, which ``call`` applies to its backend request only: once a
+    usage event is being committed the call is answered (or fails) as it is, never tried again, so a call is
+    never billed twice."""
     spec = router.route(name) if router is not None and is_route(router, name) else None
-    refs = router.plan(name, key_id) if spec is not None and router is not None else [name]
+    if spec is None or router is None:
+        version = await resolve(name)
+        return await call(Attempt(version, f"{version.model_name}@{version.version}", name))
+    loop = asyncio.get_running_loop()
     last: BaseException | None = None
-    for ref in refs:
-        version = await resolve(ref)
-        label = f"{version.model_name}@{version.version}"
-        attempt = Attempt(version, f"{name}->{label}" if spec is not None else label, ref)
-        if spec is None or router is None:
-            return await call(attempt)
+    first = True
+    for ref in router.plan(name, key_id):
+        try:
+            version = await resolve(ref)
+        except (NotFound, InvalidInput) as exc:  # a target that is gone or cannot serve this: the next one
+            last = exc
+            continue
+        label = f"{name}->{version.model_name}@{version.version}"
         for n in range(1 + spec.retries.attempts):
             if n:
                 await sleep(spec.backoff_s(n))
+            attempt = Attempt(version, label, ref, loop.time() + float(spec.timeout_s), first)
+            first = False
             started = time.perf_counter()
             router.started(name, ref)
             outcome: bool | None = None
             try:
-                async with asyncio.timeout(float(spec.timeout_s)):
-                    result = await call(attempt)
+                result = await call(attempt)
                 outcome = True
                 return result
             except RETRIABLE as exc:

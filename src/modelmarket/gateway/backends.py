@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelmarket.core.errors import NotFound, NotReady
@@ -40,7 +40,7 @@ class Backend:
     """Path prefix of the API on that server: ``/v1`` for an OpenAI server, ``""`` for OIP's ``/v2``."""
     model: str
     """The model's name on that server."""
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)  # holds the provider's key
     upstream: str | None = None
     """The provider's name for an upstream, None for our own runner."""
 
@@ -91,7 +91,12 @@ class Backends:
                     f"provider {provider.name!r} needs its API key in the environment variable "
                     f"{provider.api_key_env}, which is not set for the gateway"
                 )
-            headers.append((b"authorization", b"Bearer " + key.encode("latin-1")))
+            if not key.isascii() or not key.isprintable() or " " in key:
+                raise NotReady(
+                    f"provider {provider.name!r}: the API key in {provider.api_key_env} is malformed (it must be"
+                    " printable ASCII without spaces)"
+                )
+            headers.append((b"authorization", b"Bearer " + key.encode("ascii")))
         return Backend(pool, prefix, str(params.get("model", version.model_name)), tuple(headers), provider.name)
 
     def _pool(self, provider: ProviderLike) -> tuple[RunnerPool, str]:

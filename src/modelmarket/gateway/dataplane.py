@@ -285,8 +285,7 @@ class DataPlane:
                 return await self.resolve(model, version_ref or None)
 
             async def attempt(chosen: Attempt) -> InferAnswer:
-                answer = await self._infer_version(account, chosen.version, request, once, key_id, chosen.route)
-                return answer
+                return await self._infer_version(account, chosen.version, request, once, key_id, chosen)
 
             return await run_attempts(router, name, key_id, resolve, attempt)
         return await self._infer_version(account, await self.resolve(name, ref), request, once, key_id)
@@ -298,8 +297,10 @@ class DataPlane:
         request: InferRequest,
         once: tuple[str, str] | None,
         key_id: str | None,
-        route: str | None = None,
+        attempt: Attempt | None = None,
     ) -> InferAnswer:
+        """Serve one call of ``version``; ``attempt`` when it is a route's attempt (its label, its deadline for
+        the runner's answer, whether it is the call's first)."""
         started = time.perf_counter()
         name = version.model_name
         if len(request.body) > self.max_request_bytes:
@@ -318,10 +319,11 @@ class DataPlane:
             prepared = _prepare(version, request.body, header_len, limits)
         economy = self.economy
         if economy is None:
-            return await self._serve(account, version, request, prepared, once, started, None, None, route)
+            return await self._serve(account, version, request, prepared, once, started, None, None, attempt)
         at = self.clock()
         priced = economy.price(version, at)
-        ticket = economy.admit(account.id, key_id, version, prepared.units, priced, at)
+        first = attempt is None or attempt.first
+        ticket = economy.admit(account.id, key_id, version, prepared.units, priced, at, first)
         try:
             return await self._serve(
                 account,
@@ -332,7 +334,7 @@ class DataPlane:
                 started,
                 priced,
                 lambda units: economy.limiter.settle(ticket, base=units),
-                route,
+                attempt,
             )
         except BaseException:
             if ticket.open:  # not billed: release what it reserved
@@ -373,9 +375,11 @@ class DataPlane:
         started: float,
         priced: Priced | None,
         on_billed: Callable[[int], None] | None = None,
-        route: str | None = None,
+        attempt: Attempt | None = None,
     ) -> InferAnswer:
-        answer, units, out = await self.forward(version, request, prepared.units)
+        route = None if attempt is None else attempt.route
+        async with asyncio.timeout_at(None if attempt is None else attempt.deadline):  # the runner's answer only
+            answer, units, out = await self.forward(version, request, prepared.units)
         event_id = self.request_ids.next() if once is None else once[0]
         event = self.usage_event(
             event_id, account, version, units, started, trace_id(request.traceparent), priced, quantity_out=out

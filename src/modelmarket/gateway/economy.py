@@ -125,7 +125,14 @@ class Economy:
         return Priced(found.unit_price(version.manifest.pricing.price_per_iu), found.factor)
 
     def admit(
-        self, account_id: str, key_id: str | None, version: VersionRecord, units: int, priced: Priced, at: datetime
+        self,
+        account_id: str,
+        key_id: str | None,
+        version: VersionRecord,
+        units: int,
+        priced: Priced,
+        at: datetime,
+        count_rate: bool = True,
     ) -> Ticket:
         pricing = version.manifest.pricing
         unit: UnitKind = pricing.unit
@@ -157,6 +164,7 @@ class Economy:
             cost_of=cost_of,
             day=day,
             period=period_of(day),
+            count_rate=count_rate,
         )
 
     def _charge(self, version: VersionRecord) -> ChargeModel:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from modelmarket.core.errors import (
     AlreadyExists,
     Conflict,
@@ -18,6 +20,7 @@ from modelmarket.gateway.attempts import ModelFailed, UpstreamBusy
 from modelmarket.gateway.dataplane import IdempotencyKeyReused
 from modelmarket.gateway.pipeline import PipelineStepFailed
 from modelmarket.metering.ports import EventLogFull
+from modelmarket.routing import RouteUnavailable
 from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.pool import RunnerTimeout
 
@@ -63,6 +66,8 @@ def headers_for(exc: Exception) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(exc.retry_after_whole_s).encode())]
     if isinstance(exc, UpstreamBusy) and exc.retry_after and exc.retry_after.isdigit():
         return [(b"retry-after", exc.retry_after.encode())]
+    if isinstance(exc, RouteUnavailable):  # every circuit is open: come back when the first cooldown ends
+        return [(b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode())]
     for cls, headers in EXTRA_HEADERS.items():
         if isinstance(exc, cls):
             return headers

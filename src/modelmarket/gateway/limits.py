@@ -396,6 +396,7 @@ class Limiter:
         day: date,
         period: str,
         cost_of: Callable[[Fraction], Fraction] | None = None,
+        count_rate: bool = True,
     ) -> Ticket:
         """Admit a call and reserve its IU and estimated cost, or raise ``RateLimited`` / ``QuotaExceeded``.
 
@@ -403,7 +404,8 @@ class Limiter:
         ``cost_of(billable IU)`` when given (called only when there are billable IU; ``price_per_iu`` is then not
         used), else billable IU x ``price_per_iu``. Every limit is checked before anything is taken: a
         refused call uses no rpm slot and reserves nothing. Key limits are checked before account limits, rpm
-        before quotas.
+        before quotas. ``count_rate`` False: a later attempt of a call already admitted (a route's retry or
+        fallback) takes no second requests-per-minute slot; its IU and cost are checked as any call's.
         """
         account = self._accounts.get(account_id)
         if account is None or account.unlimited:
@@ -418,9 +420,9 @@ class Limiter:
         for counters in scopes:
             counters.roll(day, period)
         now = self._monotonic()
-        if key is not None and key.rpm is not None:
+        if count_rate and key is not None and key.rpm is not None:
             _check_rate(key.window, key.rpm, "key", now)
-        if account.rpm is not None:
+        if count_rate and account.rpm is not None:
             _check_rate(account.window, account.rpm, "account", now)
         cost = account.cost(unit_kind, base, price_per_iu, cost_of)
         if key is not None:
@@ -429,7 +431,7 @@ class Limiter:
             _check_grant(account, account.grant_cap_base, unit_kind, base)
         _check_quotas(account, "account", unit_kind, base, cost, account.currency)
         for counters in scopes:
-            if counters.rpm is not None:
+            if count_rate and counters.rpm is not None:
                 counters.window.append(now)
             today, month = counters.today.base, counters.month.base
             today[unit_kind] = today.get(unit_kind, 0) + base

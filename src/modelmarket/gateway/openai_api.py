@@ -10,7 +10,6 @@ Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 from typing import Any
@@ -23,7 +22,7 @@ from modelmarket.gateway.attempts import UpstreamBusy
 from modelmarket.gateway.auth import authenticate_key
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
 from modelmarket.gateway.errors import headers_for, message_for, status_for
-from modelmarket.gateway.openai_plane import TRANSCRIPTION_TASK, Answer, OpenAIPlane
+from modelmarket.gateway.openai_plane import TRANSCRIPTION_TASK, Answer, OpenAIPlane, Stream
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
 from modelmarket.runtime import openai as oa
@@ -60,8 +59,6 @@ def error_answer(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]
         else (f"internal error ({type(exc).__name__}); see the gateway log")
     )
     headers = headers_for(exc)
-    if isinstance(exc, UpstreamBusy) and exc.retry_after:
-        headers = [(b"retry-after", exc.retry_after.encode("latin-1"))]
     if isinstance(exc, RateLimited | QuotaExceeded):
         code = exc.limit
     return status, orjson.dumps(oa.error_doc(message, kind, param, code)), headers
@@ -91,7 +88,7 @@ class OpenAIEdge:
                 if isinstance(result, Answer):
                     await respond(send, 200, result.body, extra_headers=result.billed.headers())
                 else:
-                    await _send_stream(result.headers, result.body, receive, send)
+                    await _send_stream(result, receive, send)
             elif method == "POST" and path == "/v1/embeddings":
                 doc = oa.parse_json(await read_body(receive, self.max_request_bytes))
                 answer = await self.plane.embed(account, key_id, oa.parse_embeddings(doc), traceparent)
@@ -196,8 +193,9 @@ class OpenAIEdge:
             await respond(send, 200, orjson.dumps({"text": text, **extra}), extra_headers=headers)
 
 
-async def _send_stream(headers: list[tuple[bytes, bytes]], body: Any, receive: Receive, send: Send) -> None:
-    """Relay a stream; when the client hangs up, stop reading it (which bills what was generated)."""
+async def _send_stream(stream: Stream, receive: Receive, send: Send) -> None:
+    """Relay a stream; when the client hangs up, stop reading it (which bills what was generated). Once the head
+    is sent nothing else may answer: a failure ends the body, and whatever happens the stream is let go."""
     gone = asyncio.Event()
 
     async def watch() -> None:
@@ -206,18 +204,18 @@ async def _send_stream(headers: list[tuple[bytes, bytes]], body: Any, receive: R
         gone.set()
 
     watcher = asyncio.create_task(watch())
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    body = stream.body
     try:
+        await send({"type": "http.response.start", "status": 200, "headers": stream.headers})
         async for piece in body:
             if gone.is_set():
                 break
-            try:
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-            except OSError:  # the client went away while we wrote
-                break
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
         else:
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception:  # the client went away while we wrote, or the relay failed: the stream ends here
+        log.warning("a streamed answer ended early", exc_info=True)
     finally:
         watcher.cancel()
-        await body.aclose()
+        await body.aclose()  # type: ignore[attr-defined]
+        stream.abandon()

@@ -40,8 +40,11 @@ from modelmarket.runtime import openai as oa
 from modelmarket.runtime.base import Embedder, TextGenerator
 from modelmarket.runtime.plugins import load_runtime_class
 
-DEFAULT_MAX_TOKENS_ESTIMATE = 256
-"""What a generation without ``max_tokens`` reserves against limits for its completion."""
+DEFAULT_MAX_TOKENS = 256
+"""The completion length of a generation without ``max_tokens``: reserved against limits, and sent to the backend
+as its ``max_tokens``, so a call never generates more than it reserved."""
+CHAT_TEMPLATE_TOKENS = 64
+"""What the reservation adds to a prompt for the tokens a chat template wraps it in."""
 TRANSCRIPTION = "transcription"
 TRANSCRIPTION_TASK = "automatic-speech-recognition"
 _PATHS = {
@@ -85,6 +88,8 @@ class Stream:
 
     headers: list[tuple[bytes, bytes]]
     body: AsyncIterator[bytes]
+    abandon: Callable[[], None] = lambda: None
+    """Call once the stream is done with, read or not: a stream never read releases its backend and limits."""
 
 
 @dataclass(slots=True)
@@ -182,14 +187,15 @@ class OpenAIPlane:
     async def _with_attempts(self, model: str, key_id: str | None, kind: str, call: Callable[[_Attempt], Any]) -> Any:
         return await run_attempts(self.router(), model, key_id, lambda ref: self._version(ref, kind), call, self.sleep)
 
-    def _admit(self, account: Account, key_id: str | None, version: VersionRecord, units: int) -> tuple[Any, Priced]:
+    def _admit(self, account: Account, key_id: str | None, attempt: _Attempt, units: int) -> tuple[Any, Priced]:
         economy = self.dp.economy
+        version = attempt.version
         at = self.dp.clock()
         if economy is None:
             pricing = version.manifest.pricing
             return None, Priced(pricing.price_per_iu, Decimal(1))
         priced = economy.price(version, at)
-        return economy.admit(account.id, key_id, version, units, priced, at), priced
+        return economy.admit(account.id, key_id, version, units, priced, at, attempt.first), priced
 
     def _release(self, ticket: Any) -> None:
         if ticket is not None and ticket.open and self.dp.economy is not None:
@@ -230,20 +236,24 @@ class OpenAIPlane:
         req: oa.GenerationRequest,
         traceparent: bytes | None = None,
     ) -> Answer | Stream:
-        estimate = oa.count_text_tokens([req.text()]) + (req.params.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE)
+        max_tokens = req.params.max_tokens or DEFAULT_MAX_TOKENS
+        estimate = prompt_bound(req.text()) + max_tokens
 
         async def once(attempt: _Attempt) -> Answer | Stream:
             units = estimate if attempt.version.manifest.pricing.unit is UnitKind.TOKENS_1K else 1
-            ticket, priced = self._admit(account, key_id, attempt.version, units)
+            ticket, priced = self._admit(account, key_id, attempt, units)
             started = time.perf_counter()
             try:
                 backend = await self.backends.backend(attempt.version)
-                body = _backend_body(req.raw, backend, req.stream)
+                body = _backend_body(req.raw, backend, req.stream, max_tokens)
                 if req.stream:
                     return await self._open_stream(
                         account, key_id, req, attempt, backend, body, ticket, priced, started, traceparent
                     )
-                answer = await backend.pool.request("POST", backend.prefix + _PATHS[req.kind], body, _headers(backend))
+                async with attempt.backend_bound():
+                    answer = await backend.pool.request(
+                        "POST", backend.prefix + _PATHS[req.kind], body, _headers(backend)
+                    )
                 if answer.status != 200:
                     raise _backend_error(answer.status, answer.body, answer.headers, attempt.version, backend)
                 doc = _json_answer(answer.body, backend)
@@ -273,39 +283,47 @@ class OpenAIPlane:
         started: float,
         traceparent: bytes | None,
     ) -> Stream:
-        answer = await backend.pool.stream("POST", backend.prefix + _PATHS[req.kind], body, _headers(backend))
+        async with attempt.backend_bound():
+            answer = await backend.pool.stream("POST", backend.prefix + _PATHS[req.kind], body, _headers(backend))
         if answer.status != 200:
             try:
-                raw = await answer.read()
-            except DomainError:
+                async with attempt.backend_bound():
+                    raw = await answer.read()
+            except (DomainError, TimeoutError):
                 raw = b""
             finally:
                 answer.close()
             raise _backend_error(answer.status, raw, answer.headers, attempt.version, backend)
         request_id = self.dp.request_ids.next()
         answer_id = ("chatcmpl-" if req.kind == oa.CHAT else "cmpl-") + request_id
+        relayed = False
 
         async def relay() -> AsyncIterator[bytes]:
+            nonlocal relayed
+            relayed = True
             usage = _Usage()
             billed: Billed | None = None
             parser = oa.SseParser()
-            completed = False
+            failure: str | None = None
+            chunks = answer.chunks()
             try:
-                async for piece in answer.chunks():
+                async for piece in chunks:
+                    done = False
                     for data in parser.feed(piece):
                         if data.strip() == b"[DONE]":
-                            completed = True
+                            done = True
                             break
                         out = _relay_chunk(data, req, answer_id, usage)
                         if out is not None:
                             yield out
-                    if completed:
+                    if done:
                         break
-                else:
-                    completed = True
+            except (DomainError, ValueError) as exc:  # the backend broke off midway: end the stream cleanly
+                failure = f"the model's stream broke off: {exc}"
             finally:
+                await chunks.aclose()
                 answer.close()
-                if usage.reported or usage.texts:
+                if usage.reported or usage.texts:  # tokens were generated (and sent): they are billed
                     if not usage.reported:
                         usage.prompt = oa.count_text_tokens([req.text()])
                         usage.completion = oa.count_text_tokens(usage.texts) if "".join(usage.texts) else 0
@@ -313,13 +331,16 @@ class OpenAIPlane:
                         billed = await self._bill(
                             account, key_id, attempt, usage, started, ticket, priced, traceparent, request_id
                         )
-                    except BaseException:
+                    except BaseException as exc:
                         self._release(ticket)
-                        raise
+                        if not isinstance(exc, Exception):
+                            raise
+                        failure = f"the call could not be billed, so it is not answered further: {exc}"
                 else:  # not a single token: nothing to bill
                     self._release(ticket)
-                    billed = None
-            if billed is not None and req.include_usage:
+            if failure is not None:
+                yield oa.sse(oa.error_doc(failure, "server_error"))
+            elif billed is not None and req.include_usage:
                 tail = oa.chunk(
                     req.kind,
                     answer_id,
@@ -339,14 +360,19 @@ class OpenAIPlane:
                 yield oa.sse(tail)
             yield oa.SSE_DONE
 
-        label = attempt.route
+        def abandon() -> None:
+            """The stream was never read (the client went away, or sending the head failed): release all."""
+            if not relayed:
+                answer.close()
+                self._release(ticket)
+
         headers = [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),
-            (b"x-modelmarket-route", label.encode()),
+            (b"x-modelmarket-route", attempt.route.encode()),
             (b"x-request-id", request_id.encode()),
         ]
-        return Stream(headers, relay())
+        return Stream(headers, relay(), abandon)
 
     async def embed(
         self, account: Account, key_id: str | None, req: oa.EmbeddingRequest, traceparent: bytes | None = None
@@ -355,12 +381,13 @@ class OpenAIPlane:
 
         async def once(attempt: _Attempt) -> Answer:
             units = estimate if attempt.version.manifest.pricing.unit is UnitKind.TOKENS_1K else 1
-            ticket, priced = self._admit(account, key_id, attempt.version, units)
+            ticket, priced = self._admit(account, key_id, attempt, units)
             started = time.perf_counter()
             try:
                 backend = await self.backends.backend(attempt.version)
                 body = _backend_body(req.raw, backend, False)
-                answer = await backend.pool.request("POST", backend.prefix + "/embeddings", body, _headers(backend))
+                async with attempt.backend_bound():
+                    answer = await backend.pool.request("POST", backend.prefix + "/embeddings", body, _headers(backend))
                 if answer.status != 200:
                     raise _backend_error(answer.status, answer.body, answer.headers, attempt.version, backend)
                 doc = _json_answer(answer.body, backend)
@@ -400,12 +427,42 @@ def _headers(backend: Backend) -> list[tuple[bytes, bytes]]:
     return [_JSON, *backend.headers]
 
 
-def _backend_body(raw: Mapping[str, Any], backend: Backend, stream: bool) -> bytes:
-    body = dict(raw)
+FORWARDED = frozenset(
+    {
+        "messages",
+        "prompt",
+        "input",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "stream",
+        "n",
+        "encoding_format",
+    }
+)
+"""The request fields a backend receives: those the platform checked (anything else a caller sends, an
+upstream's premium tier or its storage of the conversation, never reaches a provider the operator pays)."""
+
+
+def _backend_body(raw: Mapping[str, Any], backend: Backend, stream: bool, max_tokens: int | None = None) -> bytes:
+    body = {k: v for k, v in raw.items() if k in FORWARDED}
     body["model"] = backend.model
+    if max_tokens is not None:  # what the limiter reserved is what the model may generate
+        body.pop("max_completion_tokens", None)
+        body["max_tokens"] = max_tokens
     if stream:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     return orjson.dumps(body)
+
+
+def prompt_bound(text: str) -> int:
+    """A generous estimate of a prompt's tokens by any tokenizer, for the limiter's reservation: the platform's
+    word count or a third of its UTF-8 bytes, whichever is more, plus ``CHAT_TEMPLATE_TOKENS`` for the chat
+    template's own tokens."""
+    return max(oa.count_text_tokens([text]), len(text.encode("utf-8")) // 3) + CHAT_TEMPLATE_TOKENS
 
 
 def _json_answer(body: bytes, backend: Backend) -> dict[str, Any]:

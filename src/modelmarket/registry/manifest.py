@@ -29,10 +29,10 @@ from modelmarket.metering.units import UnitKind
 from modelmarket.registry.package import artifact_path_problem, open_package_file
 
 MANIFEST_NAME = "modelmarket.yaml"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 MAX_VERSION_COMPONENT = 999_999_999  # MAJOR, MINOR and PATCH each; nine digits fit every integer column
-SEMVER_RE = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")  # <= MAX_VERSION_COMPONENT
-_VERSION_SHAPE_RE = re.compile(r"^\d+\.\d+\.\d+$")
+SEMVER_RE = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\Z")  # <= MAX_VERSION_COMPONENT
+_VERSION_SHAPE_RE = re.compile(r"^\d+\.\d+\.\d+\Z")
 MAX_MANIFEST_BYTES = 256 * 1024  # the file is read up to this size and refused beyond it
 MAX_YAML_DEPTH = 32  # nesting of mappings and lists
 MAX_SHORT_TEXT_CHARS = 100  # task, runtime, provider, tensor and metric names
@@ -46,7 +46,7 @@ MAX_PARAMETERS = 64
 MAX_PARAMETERS_JSON_BYTES = 16 * 1024
 _SHOWN_CHARS = 40  # how much of a refused value an error message quotes
 # The one way to write a price: digits, optionally a point and more digits. No sign, exponent, '_' or spaces.
-PRICE_RE = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
+PRICE_RE = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?\Z")
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
 ]
@@ -413,9 +413,9 @@ PIPELINE_INPUT = "input"
 PIPELINE_ONLY_FIELDS = ("kind", "steps", "outputs_from")
 """Left out of a model's serialised form, so a model's JSON (and its version digest) is what it always was."""
 MAX_STEPS = 16
-STEP_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+STEP_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 MAX_MODEL_REF_CHARS = 128  # ``name@version-or-alias``
-_SOURCE_RE = re.compile(r"^([a-z][a-z0-9_-]{0,31})\.(.+)$", re.DOTALL)
+_SOURCE_RE = re.compile(r"^([a-z][a-z0-9_-]{0,31})\.(.+)\Z", re.DOTALL)
 
 
 class Source(NamedTuple):
@@ -785,7 +785,7 @@ class ManifestYamlError(yaml.YAMLError):
         super().__init__(line + message)
 
 
-_PLAIN_INT_RE = re.compile(r"^(0|-?[1-9][0-9]*)$")  # no "-0": it would read as 0
+_PLAIN_INT_RE = re.compile(r"^(0|-?[1-9][0-9]*)\Z")  # no "-0": it would read as 0
 
 
 class ManifestLoader(yaml.SafeLoader):

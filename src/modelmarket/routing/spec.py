@@ -46,7 +46,7 @@ Strategy = Literal["weighted", "lowest-latency", "lowest-price", "least-busy"]
 STRATEGIES: tuple[str, ...] = ("weighted", "lowest-latency", "lowest-price", "least-busy")
 
 PROVIDER_NAME_RE = NAME_RE
-API_KEY_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+API_KEY_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}\Z")
 MAX_BASE_URL_CHARS = 500
 ProviderProtocol = Literal["openai", "oip"]
 PROTOCOLS: tuple[str, ...] = ("openai", "oip")

@@ -221,8 +221,11 @@ def parse_completion(doc: dict[str, Any]) -> GenerationRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise OpenAIError("'prompt' must be a string (one prompt per call)", "prompt")
-    if doc.get("echo") or doc.get("suffix") or (doc.get("best_of") not in (None, 1)):
-        raise OpenAIError("'echo', 'suffix' and 'best_of' are not supported", "echo")
+    for unsupported in ("echo", "suffix"):
+        if doc.get(unsupported):
+            raise OpenAIError(f"'{unsupported}' is not supported", unsupported)
+    if doc.get("best_of") not in (None, 1):
+        raise OpenAIError("'best_of' must be 1: one completion per call", "best_of")
     stream, include, continuous = _stream(doc)
     return GenerationRequest(
         COMPLETION,

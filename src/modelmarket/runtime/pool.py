@@ -389,11 +389,10 @@ class StreamedAnswer:
         return b"".join([piece async for piece in self.chunks()])
 
     def close(self) -> None:
-        """Give the connection back (read to its end) or close it (abandoned midway)."""
+        """Close the connection and free its pool slot (closing it midway tells a runner to stop)."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            reusable = self._done and self.headers.get(b"connection", b"").lower() != b"close"
-            self.pool._release(conn, reusable)
+        if conn is not None:  # never back to the idle list: streams open their own connections (see ``stream``)
+            self.pool._release(conn, False)
 
 
 async def probe_ready(socket_path: str, timeout_s: float) -> bool:

@@ -13,6 +13,7 @@ may listen on loopback TCP instead.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -29,7 +30,7 @@ from modelmarket.core import lifetime
 from modelmarket.core.errors import InvalidInput
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond, serve_asgi
-from modelmarket.runtime.base import ModelSpec, Runtime
+from modelmarket.runtime.base import Embedder, ModelSpec, Runtime, TextGenerator
 from modelmarket.runtime.openai_runner import PATHS as OPENAI_PATHS
 from modelmarket.runtime.openai_runner import OpenAIRoutes
 from modelmarket.runtime.plugins import load_runtime_class
@@ -56,6 +57,7 @@ class RunnerApp:
         base = f"/v2/models/{self.spec.name}"
         self._model_paths = {base, f"{base}/versions/{self.spec.version}"}
         self._openai = OpenAIRoutes(runtime, max_request_bytes)
+        self._serialized = isinstance(runtime, TextGenerator | Embedder)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -98,9 +100,14 @@ class RunnerApp:
             raw_len = header(scope, b"inference-header-content-length")
             request = oip.decode_request(body, int(raw_len) if raw_len is not None else None)
             oip.validate_inputs(request.inputs, self.spec.inputs, self.spec.name)
-            outputs = self.runtime.predict(request.inputs, request.parameters)
+            if self._serialized:  # a generating or embedding model: one call at a time, off the event loop
+                async with self._openai.lock:
+                    outputs = await asyncio.to_thread(self.runtime.predict, request.inputs, request.parameters)
+                    usage = getattr(self.runtime, "last_usage", None)
+            else:
+                outputs = self.runtime.predict(request.inputs, request.parameters)
+                usage = getattr(self.runtime, "last_usage", None)
             payload, header_len = oip.encode_response(self.spec.name, self.spec.version, request, outputs)
-            usage = getattr(self.runtime, "last_usage", None)
         except BodyTooLarge as exc:
             await respond(send, 413, oip.error_body(str(exc)))
             return

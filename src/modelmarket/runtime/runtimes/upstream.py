@@ -17,7 +17,7 @@ from typing import Any
 from modelmarket.core.errors import InvalidInput
 from modelmarket.runtime.base import Runtime, Tensor
 
-PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 MAX_UPSTREAM_MODEL_CHARS = 200
 
 
