@@ -188,3 +188,13 @@ def test_a_name_that_is_not_a_route_is_one_direct_attempt() -> None:
     assert answer == "ok via a@2.0.0" and log == ["a"]
     with pytest.raises(ModelFailed):
         _run(None, "a", {"a": _raise(ModelFailed("x"))}, [])
+
+
+def test_no_retry_goes_to_a_target_whose_circuit_just_opened() -> None:
+    routes = ROUTES.replace("retries: {attempts: 1, backoff_ms: 10}", "retries: {attempts: 3, backoff_ms: 10}")
+    routes = routes.replace("failures: 2", "failures: 1")
+    router = Router(RouteTable.from_routes(parse_routes(routes)), monotonic=Clock())
+    log: list[str] = []
+    (answer, _) = _run(router, "chat", {"a": _raise(ModelFailed("x"))}, log)
+    assert log == ["a", "b"]  # a failed once, its circuit opened: the next attempt is b, not a retry of a
+    assert answer == "ok via chat->b@1.0.0"

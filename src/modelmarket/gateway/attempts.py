@@ -48,6 +48,8 @@ class RouterLike(Protocol):
 
     def route(self, name: str) -> Any: ...
 
+    def available(self, route_name: str, ref: str) -> bool: ...
+
     def started(self, route_name: str, ref: str) -> None: ...
 
     def finished(self, route_name: str, ref: str, ok: bool | None, latency_s: float | None = None) -> None: ...
@@ -104,6 +106,8 @@ async def run_attempts(
         label = f"{name}->{version.model_name}@{version.version}"
         for n in range(1 + spec.retries.attempts):
             if n:
+                if not router.available(name, ref):  # its circuit opened: no retry into a target that is down
+                    break
                 await sleep(spec.backoff_s(n))
             attempt = Attempt(version, label, ref, loop.time() + float(spec.timeout_s), first)
             first = False

@@ -273,6 +273,12 @@ class Router:
 
     # -- measurements ------------------------------------------------------------------------------------------
 
+    def available(self, route_name: str, ref: str) -> bool:
+        """Whether ``ref``'s circuit on the route lets a call through now (closed, or half-open with no trial in
+        flight); a retry asks before it goes."""
+        state = self._states.get((route_name, ref))
+        return state is not None and state.available(self._monotonic())
+
     def started(self, route_name: str, ref: str) -> None:
         """A call to ``ref`` for ``route_name`` begins (after the cooldown, the first one is the trial call)."""
         state = self._states.get((route_name, ref))

@@ -118,7 +118,7 @@ class OpenAIRoutes:
                 chunks = self._chunks(req)
                 for piece in chunks:
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
-                    if stop.is_set() and False:
+                    if stop.is_set():
                         break
             except Exception as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
