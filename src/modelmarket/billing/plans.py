@@ -22,14 +22,13 @@ from fractions import Fraction
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelmarket.billing.period import Period
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import check_currency
 from modelmarket.metering.units import UnitKind
-from modelmarket.registry.manifest import ManifestLoader
+from modelmarket.registry.manifest import load_declared_list
 
 PLAN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 MAX_PLANS_FILE_BYTES = 256 * 1024
@@ -262,17 +261,7 @@ class Subscription:
 
 def parse_plans(text: str | bytes, source: str = "plans file") -> list[PlanSpec]:
     """Plans from YAML ``{plans: [...]}``; errors name the plan and the field (``plans[2] (pro).fee: ...``)."""
-    if len(text) > MAX_PLANS_FILE_BYTES:
-        raise InvalidInput(f"{source} is larger than {MAX_PLANS_FILE_BYTES} bytes")
-    try:
-        doc = yaml.load(text, Loader=ManifestLoader)  # no aliases (a small file must not expand), no duplicates
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{source} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("plans"), list):
-        raise InvalidInput(f"{source} must be a mapping with a 'plans' list")
-    if set(doc) != {"plans"}:
-        raise InvalidInput(f"{source}: unknown top-level field(s) {sorted(set(doc) - {'plans'})}; only 'plans'")
-    items = doc["plans"]
+    items = load_declared_list(text, "plans", source, MAX_PLANS_FILE_BYTES)
     if not 0 < len(items) <= MAX_PLANS:
         raise InvalidInput(f"{source}: 'plans' must list 1-{MAX_PLANS} plans")
     plans: list[PlanSpec] = []

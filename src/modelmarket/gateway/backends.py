@@ -47,6 +47,14 @@ class Backend:
     def describe(self) -> str:
         return f"provider {self.upstream!r}" if self.upstream else "its runner"
 
+    def redact(self, text: str) -> str:
+        """``text`` with the credentials this backend is sent cut out (an upstream may quote them back)."""
+        for _, value in self.headers:
+            secret = value.decode("latin-1").removeprefix("Bearer ")
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
 
 def is_upstream(version: VersionRecord) -> bool:
     return version.manifest.runtime in UPSTREAMS

@@ -419,8 +419,8 @@ class DataPlane:
             pool = await self.runners.pool_for(version)
             path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
         answer = await pool.request("POST", path, request.body, headers)
-        if answer.status != 200:
-            raise _runner_error(answer)
+        if answer.status != 200:  # an upstream may quote the key it was sent: it is never passed on
+            raise _runner_error(answer, backend.redact if upstream else None)
         out = 0
         counted = None if upstream else answer.headers.get(USAGE_HEADER)  # only our own runners are believed
         if counted is not None and version.manifest.pricing.unit is UnitKind.TOKENS_1K:
@@ -527,8 +527,8 @@ def _counted_tokens(raw: bytes, estimate: int) -> tuple[int, int]:
     return (total, int(completion)) if total > 0 else (estimate, 0)
 
 
-def _runner_error(answer: RunnerAnswer) -> DomainError | BodyTooLarge:
-    message = _message(answer.body)
+def _runner_error(answer: RunnerAnswer, redact: Callable[[str], str] | None = None) -> DomainError | BodyTooLarge:
+    message = _message(answer.body) if redact is None else redact(_message(answer.body))
     if answer.status == 413:
         return BodyTooLarge(message)
     if answer.status == 429:  # a provider's server is busy: another target may take the call

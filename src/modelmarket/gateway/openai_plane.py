@@ -535,7 +535,10 @@ def _relay_chunk(data: bytes, req: oa.GenerationRequest, answer_id: str, usage: 
 def _backend_error(
     status: int, body: bytes, headers: Mapping[bytes, bytes], version: VersionRecord, backend: Backend
 ) -> Exception:
-    message = _error_message(body)
+    """The error a backend's non-200 answer becomes. Its message is passed on with the platform's credentials
+    cut out (an upstream may quote the key it was sent); a 4xx keeps the parameter it names."""
+    message, param = _error_message(body)
+    message = backend.redact(message)
     where = f"model {version.ref} ({backend.describe()})"
     if status == 429:
         retry = headers.get(b"retry-after")
@@ -545,20 +548,21 @@ def _backend_error(
     if status == 404 and backend.upstream:
         return ModelFailed(f"{where} does not know model {backend.model!r} (404): {message}")
     if 400 <= status < 500:
-        error = InvalidInput(f"{where}: {message}")
-        return error
+        return oa.OpenAIError(f"{where}: {message}", param)
     return ModelFailed(f"{where} failed ({status}): {message}")
 
 
-def _error_message(body: bytes) -> str:
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    """The message of an OpenAI error object (or of ``{"error": "..."}``) and the parameter it names."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace") or "no message"
+        return body[:200].decode("utf-8", "replace") or "no message", None
     if isinstance(doc, dict):
         error = doc.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:2000]
+            param = error.get("param")
+            return str(error["message"])[:2000], param[:100] if isinstance(param, str) else None
         if isinstance(error, str):
-            return error[:2000]
-    return body[:200].decode("utf-8", "replace")
+            return error[:2000], None
+    return body[:200].decode("utf-8", "replace"), None

@@ -847,6 +847,23 @@ class ManifestLoader(yaml.SafeLoader):
 ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_plain_int)
 
 
+def load_declared_list(text: str | bytes, key: str, source: str, max_bytes: int) -> list[Any]:
+    """The list under ``key`` of a declaration file (``{plans: [...]}``, ``{routes: [...]}``): at most
+    ``max_bytes``, read with ``ManifestLoader`` (no aliases, so a small file cannot expand; no duplicate keys),
+    a mapping whose only field is ``key``. Errors start with ``source``."""
+    if len(text) > max_bytes:
+        raise InvalidInput(f"{source} is larger than {max_bytes} bytes")
+    try:
+        doc = yaml.load(text, Loader=ManifestLoader)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+        raise InvalidInput(f"{source} must be a mapping with a '{key}' list")
+    if set(doc) != {key}:
+        raise InvalidInput(f"{source}: unknown top-level field(s) {sorted(map(str, set(doc) - {key}))}; only '{key}'")
+    return list(doc[key])
+
+
 def read_manifest_text(path: Path) -> str:
     """The manifest file's text: a regular file (not a link), at most ``MAX_MANIFEST_BYTES``, UTF-8."""
     with open_package_file(path) as fh:

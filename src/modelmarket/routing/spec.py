@@ -20,11 +20,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelmarket.core.errors import InvalidInput
-from modelmarket.registry.manifest import NAME_RE, SEMVER_RE, ManifestLoader
+from modelmarket.registry.manifest import NAME_RE, SEMVER_RE, load_declared_list
 
 MAX_ROUTES_FILE_BYTES = 256 * 1024
 MAX_ROUTES = 200
@@ -318,17 +317,7 @@ def _error_text(exc: ValidationError) -> tuple[str, str]:
 def parse_routes(text: str | bytes, source: str = "routes file") -> list[RouteSpec]:
     """Routes from YAML ``{routes: [...]}``; errors name the route and the field
     (``routes[0].targets[1].weight: must be between 1 and 1000000, got 0 (route 'chat')``)."""
-    if len(text) > MAX_ROUTES_FILE_BYTES:
-        raise InvalidInput(f"{source} is larger than {MAX_ROUTES_FILE_BYTES} bytes")
-    try:
-        doc = yaml.load(text, Loader=ManifestLoader)  # no aliases (a small file must not expand), no duplicates
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{source} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
-        raise InvalidInput(f"{source} must be a mapping with a 'routes' list (an empty list: `routes: []`)")
-    if set(doc) != {"routes"}:
-        raise InvalidInput(f"{source}: unknown top-level field(s) {sorted(map(str, set(doc) - {'routes'}))}")
-    items = doc["routes"]
+    items = load_declared_list(text, "routes", source, MAX_ROUTES_FILE_BYTES)  # `routes: []` removes all (--prune)
     if len(items) > MAX_ROUTES:
         raise InvalidInput(f"{source}: 'routes' lists {len(items)} routes; at most {MAX_ROUTES}")
     routes: list[RouteSpec] = []
