@@ -218,7 +218,7 @@ def _infer_answer() -> Doc:
             "application/json": {"schema": ref("InferenceResponse")},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": binary}},
         },
-        _header_refs("x-request-id", "inference-header-content-length", "idempotency-replayed"),
+        _header_refs(*_BILLED_HEADERS, "inference-header-content-length", "idempotency-replayed"),
     )
 
 
