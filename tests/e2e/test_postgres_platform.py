@@ -51,7 +51,14 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
         rows = conn.execute("SELECT COUNT(*) FROM usage_events").fetchone()
         models = conn.execute("SELECT name FROM models ORDER BY name").fetchall()
     assert rows == (3,)
-    assert [m[0] for m in models] == ["digits", "sentiment", "speech-to-text"]
+    assert [m[0] for m in models] == [
+        "all-minilm-l6-v2",
+        "digits",
+        "sentiment",
+        "smollm2-135m-instruct",
+        "speech-to-text",
+        "voice-sentiment",
+    ]
     [invoice] = pg_cli.json("invoice", "pg-user", "--period", period)["invoices"]
     [line] = invoice["lines"]  # rated at the list price: the exact amount is the usage's, rounded once
     assert invoice["events"] == line["events"] == 3 and line["model"] == "sentiment"

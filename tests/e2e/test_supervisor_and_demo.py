@@ -85,27 +85,37 @@ def test_demo_prints_url_key_and_working_examples(tmp_path: Path) -> None:
         url = next(re.match(r"URL: (\S+)", x).group(1) for x in lines if x.startswith("URL: "))  # type: ignore[union-attr]
         key = next(x.removeprefix("API key: ") for x in lines if x.startswith("API key: "))
         examples = [x.strip() for x in lines if x.strip().startswith("curl ")]
-        assert url.startswith("http://127.0.0.1:") and key.startswith("mm_") and len(examples) == 3
-        # Run the first example the way a user would paste it (minus curl): same URL, key and body file.
-        args = shlex.split(examples[0])
-        body_file = Path(args[args.index("-d") + 1].lstrip("@"))
-        target = args[-1]
-        deadline = time.monotonic() + 60
-        while True:
-            r = httpx.post(target, content=body_file.read_bytes(), headers={"Authorization": f"Bearer {key}"})
-            if r.status_code != 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert r.status_code == 200, r.text
-        assert r.json()["model_name"] == "digits"
+        assert url.startswith("http://127.0.0.1:") and key.startswith("mm_") and len(examples) == 5
+        # Run every example the way a user would paste it (minus curl): same URL, headers and body.
+        posted = [_paste(example) for example in examples if " -d " in example]
+        assert [r.status_code for r in posted] == [200, 200, 200, 200], [r.text for r in posted]
+        assert posted[0].json()["model_name"] == "digits"
+        assert posted[2].json()["model_name"] == "smollm2-135m-instruct"
+        assert posted[3].json()["choices"][0]["message"]["content"]
+        assert posted[3].headers["x-modelmarket-route"].startswith("smollm2-135m-instruct@")
         usage = httpx.get(f"{url}/api/usage", headers={"Authorization": f"Bearer {key}"}).json()
-        assert usage["total_events"] == 1 and usage["account"] == "demo-consumer"
+        assert usage["total_events"] == 4 and usage["account"] == "demo-consumer"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _paste(example: str) -> httpx.Response:
+    """POST what a printed ``curl -s -H ... -d BODY URL`` example sends, retrying while its model starts (503)."""
+    args = shlex.split(example)
+    target = next(a for a in args if a.startswith("http"))
+    headers = dict(args[i + 1].split(": ", 1) for i, a in enumerate(args) if a == "-H")
+    data = args[args.index("-d") + 1]
+    body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    deadline = time.monotonic() + 120
+    while True:
+        r = httpx.post(target, content=body, headers=headers, timeout=120)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
 
 
 def _children(pid: int) -> list[int]:
