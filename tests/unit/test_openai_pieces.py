@@ -100,3 +100,32 @@ def test_sse_events_are_framed_across_pieces_and_bounded() -> None:
     assert list(parser.feed(b": 1}\r\n\r\n: a comment\n\ndata: x\ndata: y\n\n")) == [b'{"a": 1}', b"x\ny"]
     with pytest.raises(ValueError):
         list(parser.feed(b"data: " + b"z" * 100 + b"\n"))
+
+
+def test_the_list_cost_header_is_the_billing_arithmetic() -> None:
+    """``list_cost`` (the x-modelmarket-cost header) agrees with ``billing.charges.token_amount``."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from modelmarket.billing.charges import token_amount
+    from modelmarket.gateway.economy import Priced, list_cost
+    from modelmarket.registry.manifest import Pricing
+
+    split = Pricing.model_validate(
+        {"unit": "tokens_1k", "input_price_per_iu": "0.0002", "output_price_per_iu": "0.0006", "currency": "USD"}
+    )
+    flat = Pricing.model_validate({"unit": "audio_minute", "price_per_iu": "0.0060", "currency": "USD"})
+
+    class _Manifest:
+        def __init__(self, pricing: Pricing) -> None:
+            self.pricing = pricing
+
+    class _V:
+        def __init__(self, vid: str, pricing: Pricing) -> None:
+            self.id, self.manifest = vid, _Manifest(pricing)
+
+    for factor in (Decimal(1), Decimal("1.5")):
+        priced = Priced(split.price_per_iu * factor, factor)
+        got = list_cost(_V("v-split", split), 40, 7, priced)  # type: ignore[arg-type]
+        assert got == token_amount(split, 33, 7) * Fraction(factor)
+    assert list_cost(_V("v-flat", flat), 61, 0, None) == Fraction(61) * Fraction("0.0060") / 60  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from modelmarket.billing.charges import ChargeModel, charge_model, token_amount
+from modelmarket.billing.charges import ChargeModel, charge_model
 from modelmarket.billing.enforcement import Limits, Policy, Used
 from modelmarket.billing.pricing import PriceBook
 from modelmarket.core.clock import Clock
@@ -175,13 +175,29 @@ class Economy:
         return found
 
 
+_LIST_PRICES: dict[str, tuple[Fraction, Fraction | None, Fraction]] = {}
+"""Per version id: its input (or only) price, its output price and its reference price as Fractions: a version
+is immutable, and converting its Decimal prices on every call costs more than the rest of the arithmetic."""
+
+
 def list_cost(version: VersionRecord, units: int, out: int, priced: Priced | None) -> Fraction:
     """What a call of ``units`` base units (``out`` of them output tokens) costs at the price in force, before any
     plan (what ``x-modelmarket-cost`` says): input and output tokens at their prices when the model quotes two;
-    tiers and packages at their reference price (the period's position is the invoice's business)."""
-    pricing = version.manifest.pricing
-    factor = Fraction(1) if priced is None else Fraction(priced.factor)
-    if pricing.has_split_prices:
-        return token_amount(pricing, units - out, out) * factor
-    unit_price = pricing.price_per_iu if priced is None else priced.unit_price
-    return Fraction(units) * Fraction(unit_price) / pricing.unit.divisor
+    tiers and packages at their reference price (the period's position is the invoice's business). The same
+    arithmetic as ``billing.charges.token_amount`` for split prices, without building a charge model per call."""
+    prices = _LIST_PRICES.get(version.id)
+    if prices is None:
+        pricing = version.manifest.pricing
+        split = pricing.has_split_prices
+        prices = _LIST_PRICES[version.id] = (
+            Fraction(pricing.input_price_per_iu if split else pricing.price_per_iu),  # type: ignore[arg-type]
+            Fraction(pricing.output_price_per_iu) if split else None,  # type: ignore[arg-type]
+            Fraction(pricing.price_per_iu),
+        )
+    divisor = version.manifest.pricing.unit.divisor
+    first, output, reference = prices
+    if output is not None:
+        amount = (Fraction(units - out) * first + Fraction(out) * output) / divisor
+        return amount if priced is None or priced.factor == 1 else amount * Fraction(priced.factor)
+    unit_price = reference if priced is None else Fraction(priced.unit_price)
+    return Fraction(units) * unit_price / divisor
