@@ -102,30 +102,37 @@ def test_sse_events_are_framed_across_pieces_and_bounded() -> None:
         list(parser.feed(b"data: " + b"z" * 100 + b"\n"))
 
 
-def test_the_list_cost_header_is_the_billing_arithmetic() -> None:
-    """``list_cost`` (the x-modelmarket-cost header) agrees with ``billing.charges.token_amount``."""
+def test_the_cost_header_is_the_billing_arithmetic() -> None:
+    """``call_figures`` (the x-modelmarket-iu and -cost headers) agrees with ``billing.charges.token_amount`` and
+    the exact text of every unit, the decimal fast path included."""
     from decimal import Decimal
     from fractions import Fraction
 
     from modelmarket.billing.charges import token_amount
-    from modelmarket.gateway.economy import Priced, list_cost
+    from modelmarket.core.money import exact_text
+    from modelmarket.gateway.economy import Priced, call_figures
     from modelmarket.registry.manifest import Pricing
 
     split = Pricing.model_validate(
         {"unit": "tokens_1k", "input_price_per_iu": "0.0002", "output_price_per_iu": "0.0006", "currency": "USD"}
     )
-    flat = Pricing.model_validate({"unit": "audio_minute", "price_per_iu": "0.0060", "currency": "USD"})
 
     class _Manifest:
         def __init__(self, pricing: Pricing) -> None:
             self.pricing = pricing
 
     class _V:
-        def __init__(self, vid: str, pricing: Pricing) -> None:
-            self.id, self.manifest = vid, _Manifest(pricing)
+        def __init__(self, pricing: Pricing) -> None:
+            self.manifest = _Manifest(pricing)
 
     for factor in (Decimal(1), Decimal("1.5")):
         priced = Priced(split.price_per_iu * factor, factor)
-        got = list_cost(_V("v-split", split), 40, 7, priced)  # type: ignore[arg-type]
-        assert got == token_amount(split, 33, 7) * Fraction(factor)
-    assert list_cost(_V("v-flat", flat), 61, 0, None) == Fraction(61) * Fraction("0.0060") / 60  # type: ignore[arg-type]
+        for units, out in ((40, 7), (1000, 0), (1000, 1000), (3, 3)):
+            iu, cost = call_figures(_V(split), units, out, priced)  # type: ignore[arg-type]
+            assert iu == exact_text(Fraction(units, 1000))
+            assert cost == exact_text(token_amount(split, units - out, out) * Fraction(factor))
+    for unit, price, units in (("audio_minute", "0.0060", 61), ("image", "0.0010", 100), ("request", "0", 1)):
+        pricing = Pricing.model_validate({"unit": unit, "price_per_iu": price, "currency": "USD"})
+        iu, cost = call_figures(_V(pricing), units, 0, None)  # type: ignore[arg-type]
+        assert iu == exact_text(pricing.unit.iu(units))
+        assert cost == exact_text(Fraction(units) * Fraction(price) / pricing.unit.divisor)

@@ -27,10 +27,9 @@ from modelmarket.accounts import Account
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from modelmarket.core.ids import RequestIds
-from modelmarket.core.money import exact_text
 from modelmarket.gateway.attempts import Attempt, ModelFailed, RouterLike, UpstreamBusy, is_route, run_attempts
 from modelmarket.gateway.backends import UPSTREAMS, Backends
-from modelmarket.gateway.economy import Economy, Priced, list_cost
+from modelmarket.gateway.economy import Economy, Priced, call_figures
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
@@ -378,8 +377,11 @@ class DataPlane:
         attempt: Attempt | None = None,
     ) -> InferAnswer:
         route = None if attempt is None else attempt.route
-        async with asyncio.timeout_at(None if attempt is None else attempt.deadline):  # the runner's answer only
+        if attempt is None:
             answer, units, out = await self.forward(version, request, prepared.units)
+        else:
+            async with attempt.backend_bound():  # a route's timeout bounds the runner's answer, not the commit
+                answer, units, out = await self.forward(version, request, prepared.units)
         event_id = self.request_ids.next() if once is None else once[0]
         event = self.usage_event(
             event_id, account, version, units, started, trace_id(request.traceparent), priced, quantity_out=out
@@ -392,12 +394,12 @@ class DataPlane:
         await self.writer.append(event.id, event.encode(), kept)
         if on_billed is not None:  # committed: the call counts, whatever happens to the answer now
             on_billed(units)
-        cost = list_cost(version, units, out, priced)
+        iu, cost = call_figures(version, units, out, priced)
         out_headers = [
             (b"x-request-id", event.id.encode()),
             (b"x-modelmarket-route", (route or version.ref).encode()),
-            (b"x-modelmarket-iu", exact_text(version.manifest.pricing.unit.iu(units)).encode()),
-            (b"x-modelmarket-cost", f"{exact_text(cost)} {version.manifest.pricing.currency}".encode()),
+            (b"x-modelmarket-iu", iu.encode()),
+            (b"x-modelmarket-cost", f"{cost} {version.manifest.pricing.currency}".encode()),
         ]
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))

@@ -24,10 +24,11 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from modelmarket.billing.charges import ChargeModel, charge_model
+from modelmarket.billing.charges import ChargeModel, charge_model, token_amount
 from modelmarket.billing.enforcement import Limits, Policy, Used
 from modelmarket.billing.pricing import PriceBook
 from modelmarket.core.clock import Clock
+from modelmarket.core.money import EXACT, exact_text
 from modelmarket.gateway.limits import AccountPolicy, Limiter, LimitSet, SeedUsage, Ticket, Usage
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import VersionRecord
@@ -175,29 +176,38 @@ class Economy:
         return found
 
 
-_LIST_PRICES: dict[str, tuple[Fraction, Fraction | None, Fraction]] = {}
-"""Per version id: its input (or only) price, its output price and its reference price as Fractions: a version
-is immutable, and converting its Decimal prices on every call costs more than the rest of the arithmetic."""
+_DECIMAL_SHIFT = {1: 0, 1000: -3}
+"""Units whose IU is a decimal shift of the base units (images and requests; tokens): their figures stay Decimal."""
 
 
-def list_cost(version: VersionRecord, units: int, out: int, priced: Priced | None) -> Fraction:
-    """What a call of ``units`` base units (``out`` of them output tokens) costs at the price in force, before any
-    plan (what ``x-modelmarket-cost`` says): input and output tokens at their prices when the model quotes two;
-    tiers and packages at their reference price (the period's position is the invoice's business). The same
-    arithmetic as ``billing.charges.token_amount`` for split prices, without building a charge model per call."""
-    prices = _LIST_PRICES.get(version.id)
-    if prices is None:
-        pricing = version.manifest.pricing
-        split = pricing.has_split_prices
-        prices = _LIST_PRICES[version.id] = (
-            Fraction(pricing.input_price_per_iu if split else pricing.price_per_iu),  # type: ignore[arg-type]
-            Fraction(pricing.output_price_per_iu) if split else None,  # type: ignore[arg-type]
-            Fraction(pricing.price_per_iu),
+def call_figures(version: VersionRecord, units: int, out: int, priced: Priced | None) -> tuple[str, str]:
+    """A call's IU and what it costs at the price in force, before any plan, as exact text (the
+    ``x-modelmarket-iu`` and ``x-modelmarket-cost`` headers): ``units`` base units, ``out`` of them output tokens
+    at the output price when the model quotes two; tiers and packages at their reference price (the period's
+    position is the invoice's business). Decimal arithmetic where the unit allows it (it runs on every call),
+    exact fractions for audio minutes (1/60 has no decimal)."""
+    pricing = version.manifest.pricing
+    factor = Decimal(1) if priced is None else priced.factor
+    shift = _DECIMAL_SHIFT.get(pricing.unit.divisor)
+    if shift is None:
+        iu = pricing.unit.iu(units)
+        if pricing.has_split_prices:
+            amount = token_amount(pricing, units - out, out) * Fraction(factor)
+        else:
+            amount = Fraction(units) * Fraction(pricing.price_per_iu if priced is None else priced.unit_price)
+            amount /= pricing.unit.divisor
+        return exact_text(iu), exact_text(amount)
+    if pricing.has_split_prices:
+        total = EXACT.add(
+            EXACT.multiply(Decimal(units - out), pricing.input_price_per_iu),  # type: ignore[arg-type]
+            EXACT.multiply(Decimal(out), pricing.output_price_per_iu),  # type: ignore[arg-type]
         )
-    divisor = version.manifest.pricing.unit.divisor
-    first, output, reference = prices
-    if output is not None:
-        amount = (Fraction(units - out) * first + Fraction(out) * output) / divisor
-        return amount if priced is None or priced.factor == 1 else amount * Fraction(priced.factor)
-    unit_price = reference if priced is None else Fraction(priced.unit_price)
-    return Fraction(units) * unit_price / divisor
+        total = total if factor == 1 else EXACT.multiply(total, factor)
+    else:
+        total = EXACT.multiply(Decimal(units), pricing.price_per_iu if priced is None else priced.unit_price)
+    return _plain(Decimal(units).scaleb(shift, EXACT)), _plain(total.scaleb(shift, EXACT))
+
+
+def _plain(value: Decimal) -> str:
+    """``0.0570`` -> ``0.057``, ``1.000`` -> ``1``, ``1E+2`` -> ``100``: the text ``exact_text`` gives."""
+    return format(value.normalize(EXACT), "f") if value else "0"

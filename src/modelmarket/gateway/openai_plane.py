@@ -21,19 +21,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 import orjson
 
 from modelmarket.accounts import Account
 from modelmarket.core.errors import DomainError, InvalidInput, NotFound
-from modelmarket.core.money import exact_text
 from modelmarket.gateway.attempts import Attempt as _Attempt
 from modelmarket.gateway.attempts import ModelFailed, RouterLike, UpstreamBusy, run_attempts
 from modelmarket.gateway.backends import UPSTREAM_OPENAI, Backend, Backends
 from modelmarket.gateway.dataplane import DataPlane, trace_id
-from modelmarket.gateway.economy import Priced, list_cost
+from modelmarket.gateway.economy import Priced, call_figures
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import VersionRecord
 from modelmarket.runtime import openai as oa
@@ -62,16 +60,17 @@ class Billed:
 
     request_id: str
     route: str
-    iu: Fraction
-    cost: Fraction
+    iu: str
+    """Exact text (``0.057``), as ``gateway.economy.call_figures`` gives it."""
+    cost: str
     currency: str
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
             (b"x-request-id", self.request_id.encode()),
             (b"x-modelmarket-route", self.route.encode()),
-            (b"x-modelmarket-iu", exact_text(self.iu).encode()),
-            (b"x-modelmarket-cost", f"{exact_text(self.cost)} {self.currency}".encode()),
+            (b"x-modelmarket-iu", self.iu.encode()),
+            (b"x-modelmarket-cost", f"{self.cost} {self.currency}".encode()),
         ]
 
 
@@ -226,8 +225,8 @@ class OpenAIPlane:
         await asyncio.shield(self.dp.writer.append(event.id, event.encode()))
         if ticket is not None and self.dp.economy is not None:
             self.dp.economy.limiter.settle(ticket, base=units)
-        cost = list_cost(version, units, out, priced)
-        return Billed(event_id, attempt.route, pricing.unit.iu(units), cost, pricing.currency)
+        iu, cost = call_figures(version, units, out, priced)
+        return Billed(event_id, attempt.route, iu, cost, pricing.currency)
 
     async def generate(
         self,
@@ -353,8 +352,8 @@ class OpenAIPlane:
                 tail["x_modelmarket"] = {
                     "request_id": billed.request_id,
                     "route": billed.route,
-                    "iu": exact_text(billed.iu),
-                    "cost": exact_text(billed.cost),
+                    "iu": billed.iu,
+                    "cost": billed.cost,
                     "currency": billed.currency,
                 }
                 yield oa.sse(tail)
