@@ -35,6 +35,8 @@ from modelmarket.runtime.pool import RunnerPool
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gateway_overhead import MM, _pct, _start, _stop
+from gateway_overhead import _sequential as _seq
+from gateway_overhead import _throughput as _rps
 
 ANSWER = orjson.dumps(
     {
@@ -80,33 +82,6 @@ def serve_upstream() -> None:
     print(f"upstream listening on port {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(upstream_app, log_level="error", loop="uvloop", http="httptools", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
-
-
-async def _seq(pool: RunnerPool, path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = await pool.request("POST", path, body, headers)
-        out.append((time.perf_counter() - t0) * 1000)
-        if r.status != 200:
-            raise RuntimeError(f"{path}: HTTP {r.status} {r.body[:300]!r}")
-    return out
-
-
-async def _rps(pool: RunnerPool, path: str, body: bytes, headers: list[tuple[bytes, bytes]], c: int, s: float) -> float:
-    stop_at, done = time.perf_counter() + s, 0
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() < stop_at:
-            r = await pool.request("POST", path, body, headers)
-            if r.status != 200:
-                raise RuntimeError(f"{path}: HTTP {r.status} {r.body[:300]!r}")
-            done += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(c)))
-    return done / (time.perf_counter() - t0)
 
 
 async def overhead(gw_port: int, up_port: int, key: str, n: int, seconds: float) -> dict[str, float]:
