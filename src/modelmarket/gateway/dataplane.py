@@ -30,6 +30,7 @@ from modelmarket.core.ids import RequestIds
 from modelmarket.gateway.attempts import Attempt, ModelFailed, RouterLike, UpstreamBusy, is_route, run_attempts
 from modelmarket.gateway.backends import UPSTREAMS, Backends
 from modelmarket.gateway.economy import Economy, Priced, call_figures
+from modelmarket.gateway.limits import Ticket
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
@@ -404,6 +405,28 @@ class DataPlane:
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))
         return InferAnswer(event.id, answer.body, ctype, out_headers)
+
+    def admit(
+        self, account: Account, key_id: str | None, version: VersionRecord, units: int, count_rate: bool = True
+    ) -> tuple[Ticket | None, Priced | None]:
+        """The price in force and the limiter's reservation for a call of ``units`` base units (both None without
+        an economy); ``release`` the ticket if the call is not billed, ``settle`` it (the limiter's) if it is."""
+        economy = self.economy
+        if economy is None:
+            return None, None
+        at = self.clock()
+        priced = economy.price(version, at)
+        return economy.admit(account.id, key_id, version, units, priced, at, count_rate), priced
+
+    def release(self, ticket: Ticket | None) -> None:
+        """A call that was not billed gives back what it reserved (at most once)."""
+        if ticket is not None and ticket.open and self.economy is not None:
+            self.economy.limiter.cancel(ticket)
+
+    def settle(self, ticket: Ticket | None, units: int) -> None:
+        """A billed call counts at its real size."""
+        if ticket is not None and self.economy is not None:
+            self.economy.limiter.settle(ticket, base=units)
 
     async def forward(self, version: VersionRecord, request: InferRequest, units: int) -> tuple[RunnerAnswer, int, int]:
         """Send an OIP request to the version's runner (or its provider's server); the 200 answer with the

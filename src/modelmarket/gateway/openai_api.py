@@ -18,7 +18,6 @@ import orjson
 from starlette.requests import Request
 
 from modelmarket.core.errors import DomainError, NotFound, QuotaExceeded, RateLimited, Unauthenticated
-from modelmarket.gateway.attempts import UpstreamBusy
 from modelmarket.gateway.auth import authenticate_key
 from modelmarket.gateway.dataplane import DataPlane, InferRequest
 from modelmarket.gateway.errors import headers_for, message_for, status_for
@@ -46,8 +45,6 @@ _CODES = {401: "invalid_api_key", 402: "insufficient_quota", 404: "model_not_fou
 
 def error_answer(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     status = status_for(exc) or 500
-    if isinstance(exc, UpstreamBusy):
-        status = 429
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     param = getattr(exc, "param", None)
     code = getattr(exc, "code", None) or _CODES.get(status)
@@ -97,7 +94,7 @@ class OpenAIEdge:
                 await self._transcribe(scope, receive, send, account, key_id, traceparent)
             else:
                 raise NotFound(f"no route {method} {path}")
-        except (DomainError, BodyTooLarge, EventLogFull, UpstreamBusy) as exc:
+        except (DomainError, BodyTooLarge, EventLogFull) as exc:
             status, body, headers = error_answer(exc)
             if isinstance(exc, Unauthenticated):
                 headers = [*headers, (b"www-authenticate", b"Bearer")]

@@ -20,7 +20,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -186,19 +185,8 @@ class OpenAIPlane:
     async def _with_attempts(self, model: str, key_id: str | None, kind: str, call: Callable[[_Attempt], Any]) -> Any:
         return await run_attempts(self.router(), model, key_id, lambda ref: self._version(ref, kind), call, self.sleep)
 
-    def _admit(self, account: Account, key_id: str | None, attempt: _Attempt, units: int) -> tuple[Any, Priced]:
-        economy = self.dp.economy
-        version = attempt.version
-        at = self.dp.clock()
-        if economy is None:
-            pricing = version.manifest.pricing
-            return None, Priced(pricing.price_per_iu, Decimal(1))
-        priced = economy.price(version, at)
-        return economy.admit(account.id, key_id, version, units, priced, at, attempt.first), priced
-
-    def _release(self, ticket: Any) -> None:
-        if ticket is not None and ticket.open and self.dp.economy is not None:
-            self.dp.economy.limiter.cancel(ticket)
+    def _admit(self, account: Account, key_id: str | None, attempt: _Attempt, units: int) -> tuple[Any, Any]:
+        return self.dp.admit(account, key_id, attempt.version, units, attempt.first)
 
     async def _bill(
         self,
@@ -208,7 +196,7 @@ class OpenAIPlane:
         usage: _Usage,
         started: float,
         ticket: Any,
-        priced: Priced,
+        priced: Priced | None,
         traceparent: bytes | None,
         event_id: str | None = None,
     ) -> Billed:
@@ -223,8 +211,7 @@ class OpenAIPlane:
             event_id, account, version, units, started, trace_id(traceparent), priced, quantity_out=out
         )
         await asyncio.shield(self.dp.writer.append(event.id, event.encode()))
-        if ticket is not None and self.dp.economy is not None:
-            self.dp.economy.limiter.settle(ticket, base=units)
+        self.dp.settle(ticket, units)
         iu, cost = call_figures(version, units, out, priced)
         return Billed(event_id, attempt.route, iu, cost, pricing.currency)
 
@@ -259,7 +246,7 @@ class OpenAIPlane:
                 usage = _usage_of(doc, req, [_answer_text(doc)])
                 billed = await self._bill(account, key_id, attempt, usage, started, ticket, priced, traceparent)
             except BaseException:
-                self._release(ticket)
+                self.dp.release(ticket)
                 raise
             doc["id"] = ("chatcmpl-" if req.kind == oa.CHAT else "cmpl-") + billed.request_id
             doc["model"] = req.model
@@ -278,7 +265,7 @@ class OpenAIPlane:
         backend: Backend,
         body: bytes,
         ticket: Any,
-        priced: Priced,
+        priced: Priced | None,
         started: float,
         traceparent: bytes | None,
     ) -> Stream:
@@ -331,12 +318,12 @@ class OpenAIPlane:
                             account, key_id, attempt, usage, started, ticket, priced, traceparent, request_id
                         )
                     except BaseException as exc:
-                        self._release(ticket)
+                        self.dp.release(ticket)
                         if not isinstance(exc, Exception):
                             raise
                         failure = f"the call could not be billed, so it is not answered further: {exc}"
                 else:  # not a single token: nothing to bill
-                    self._release(ticket)
+                    self.dp.release(ticket)
             if failure is not None:
                 yield oa.sse(oa.error_doc(failure, "server_error"))
             elif billed is not None and req.include_usage:
@@ -363,7 +350,7 @@ class OpenAIPlane:
             """The stream was never read (the client went away, or sending the head failed): release all."""
             if not relayed:
                 answer.close()
-                self._release(ticket)
+                self.dp.release(ticket)
 
         headers = [
             (b"content-type", b"text/event-stream"),
@@ -396,7 +383,7 @@ class OpenAIPlane:
                 usage = _Usage(prompt=estimate if prompt is None else prompt, reported=prompt is not None)
                 billed = await self._bill(account, key_id, attempt, usage, started, ticket, priced, traceparent)
             except BaseException:
-                self._release(ticket)
+                self.dp.release(ticket)
                 raise
             doc["model"] = req.model
             doc["usage"] = {"prompt_tokens": usage.prompt, "total_tokens": usage.prompt}

@@ -99,7 +99,7 @@ class DataPlaneSteps:
             raise InvalidInput(f"step model {version.ref} is a pipeline: pipelines do not nest")
         body, header_length = encode_request(inputs)
         prepared = _prepare(version, body, int(header_length), dp.input_limits(version.manifest.runtime))
-        ticket, priced = self._admit(account, key_id, version, prepared.units)
+        ticket, priced = dp.admit(account, key_id, version, prepared.units)
         try:
             request = InferRequest(body, b"application/octet-stream", header_length)
             answer, units, out = await dp.forward(version, request, prepared.units)
@@ -116,21 +116,9 @@ class DataPlaneSteps:
                 pipeline_call_id=pipeline_call_id,
             )
         except BaseException:
-            self._cancel(ticket)
+            dp.release(ticket)
             raise
         return StepOutcome(outputs, Pending(event, ticket, units))
-
-    def _admit(self, account: Account, key_id: str | None, version: VersionRecord, units: int) -> tuple[Any, Any]:
-        economy = self.dp.economy
-        if economy is None:
-            return None, None
-        at = self.dp.clock()
-        priced = economy.price(version, at)
-        return economy.admit(account.id, key_id, version, units, priced, at), priced
-
-    def _cancel(self, ticket: Any) -> None:
-        if ticket is not None and ticket.open and self.dp.economy is not None:
-            self.dp.economy.limiter.cancel(ticket)
 
     def fee(
         self, account: Account, key_id: str | None, pipeline: VersionRecord, *, pipeline_call_id: str
@@ -138,7 +126,7 @@ class DataPlaneSteps:
         if pipeline.manifest.pricing.price_per_iu == 0:
             return None
         units = 1  # the fee is per call, in the pipeline's own unit
-        ticket, priced = self._admit(account, key_id, pipeline, units)
+        ticket, priced = self.dp.admit(account, key_id, pipeline, units)
         event = self.dp.usage_event(
             pipeline_call_id,
             account,
@@ -158,12 +146,10 @@ class DataPlaneSteps:
         except BaseException:
             self.abandon(items)
             raise
-        economy = self.dp.economy
         for p in items:
-            if p.ticket is not None and economy is not None:
-                economy.limiter.settle(p.ticket, base=p.units)
+            self.dp.settle(p.ticket, p.units)
 
     def abandon(self, pending: Sequence[object]) -> None:
         for p in pending:
             if isinstance(p, Pending):
-                self._cancel(p.ticket)
+                self.dp.release(p.ticket)

@@ -39,6 +39,7 @@ __all__ = [
     "bytes_tensor",
     "int_parameter",
     "number_parameter",
+    "text_element",
     "text_parameter",
 ]
 
@@ -279,6 +280,19 @@ def number_parameter(parameters: Mapping[str, Any], key: str, default: float, lo
     if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
         raise InvalidInput(f"parameters.{key}: must be a number above {low:g} and at most {high:g}, not {value!r}")
     return float(value)
+
+
+def text_element(item: object, index: int = 0) -> str:
+    """One element of a ``BYTES`` text tensor as ``str``: UTF-8 bytes (or already a ``str``); ``InvalidInput``
+    naming the element otherwise."""
+    if isinstance(item, bytes | bytearray):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"text element {index} is not valid UTF-8") from None
+    if isinstance(item, str):
+        return item
+    raise InvalidInput(f"text element {index} is {type(item).__name__}, expected UTF-8 bytes")
 
 
 def text_parameter(parameters: Mapping[str, Any], key: str, default: str, choices: Sequence[str]) -> str:

@@ -54,6 +54,7 @@ from modelmarket.runtime.base import (
     Tensor,
     artifact_parameter,
     int_parameter,
+    text_element,
     text_parameter,
 )
 
@@ -253,17 +254,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _decode(item: object, index: int) -> str:
-    if isinstance(item, bytes | bytearray):
-        try:
-            return bytes(item).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"text element {index} is not valid UTF-8") from None
-    if isinstance(item, str):
-        return item
-    raise InvalidInput(f"text element {index} is {type(item).__name__}, expected UTF-8 bytes")
-
-
 class SentenceEmbeddingRuntime(Runtime, Embedder):
     """A BERT sentence-transformers model: mean-pooled, L2-normalised sentence vectors."""
 
@@ -415,7 +405,7 @@ class SentenceEmbeddingRuntime(Runtime, Embedder):
         tensor = next((t for t in inputs if t.name == self._input_name), None)
         if tensor is None:
             raise InvalidInput(f"missing input {self._input_name!r}")
-        texts = [_decode(item, index) for index, item in enumerate(tensor.data.reshape(-1))]
+        texts = [text_element(item, index) for index, item in enumerate(tensor.data.reshape(-1))]
         result = self.embed(texts)
         self.last_usage = (result.tokens, 0)
         vectors = result.vectors

@@ -63,6 +63,7 @@ from modelmarket.runtime.base import (
     bytes_tensor,
     int_parameter,
     number_parameter,
+    text_element,
 )
 
 __all__ = [
@@ -193,17 +194,6 @@ class _TextStream:
         text, self._held = self._held, ""
         self._decoder.reset()
         return text
-
-
-def _decode_text(item: object) -> str:
-    if isinstance(item, bytes | bytearray):
-        try:
-            return bytes(item).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput("text element 0 is not valid UTF-8") from None
-    if isinstance(item, str):
-        return item
-    raise InvalidInput(f"text element 0 is {type(item).__name__}, expected UTF-8 bytes")
 
 
 class LlamaCppRuntime(Runtime, TextGenerator):
@@ -387,7 +377,7 @@ class LlamaCppRuntime(Runtime, TextGenerator):
         if len(items) != 1:
             raise InvalidInput(f"input {tensor.name!r}: one message per call, not {len(items)}")
         params = _request_params(parameters, self.context_length)
-        chunks = list(self.chat([{"role": "user", "content": _decode_text(items[0])}], params))
+        chunks = list(self.chat([{"role": "user", "content": text_element(items[0])}], params))
         self.last_usage = (chunks[-1].prompt_tokens, chunks[-1].completion_tokens)
         reply = "".join(chunk.text for chunk in chunks)
         return [bytes_tensor("text", [reply.encode("utf-8")])]

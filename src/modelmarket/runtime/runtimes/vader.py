@@ -32,7 +32,7 @@ import numpy as np
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from modelmarket.core.errors import InvalidInput
-from modelmarket.runtime.base import InputLimits, Runtime, Tensor, artifact_parameter, bytes_tensor
+from modelmarket.runtime.base import InputLimits, Runtime, Tensor, artifact_parameter, bytes_tensor, text_element
 
 __all__ = [
     "MAX_ELEMENTS_PER_CALL",
@@ -60,17 +60,6 @@ def sentiment_label(compound: float) -> bytes:
     if compound <= NEGATIVE_THRESHOLD:
         return b"negative"
     return b"neutral"
-
-
-def _decode(item: object, index: int) -> str:
-    if isinstance(item, bytes | bytearray):
-        try:
-            return bytes(item).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"text element {index} is not valid UTF-8") from None
-    if isinstance(item, str):
-        return item
-    raise InvalidInput(f"text element {index} is {type(item).__name__}, expected UTF-8 bytes")
 
 
 def vader_word_count(text: str, emoji_names: Mapping[str, str]) -> int:
@@ -126,7 +115,7 @@ class VaderRuntime(Runtime):
         if tensor is None:
             raise InvalidInput(f"missing input {self._input_name!r}")
         items = tensor.data.reshape(-1)
-        texts = [_decode(item, index) for index, item in enumerate(items)]
+        texts = [text_element(item, index) for index, item in enumerate(items)]
         for index, text in enumerate(texts):
             words = vader_word_count(text, self._analyzer.emojis)
             if words > MAX_WORDS_PER_ELEMENT:
