@@ -35,11 +35,15 @@ sysdeps:
 	  echo "installing espeak-ng (Debian)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
 
-# The store tests also run against a throwaway PostgreSQL started with initdb/pg_ctl.
+# The store tests also run against a throwaway PostgreSQL started with initdb/pg_ctl; the sandbox tests run
+# provider code under bubblewrap (bwrap) and gVisor (runsc).
 sysdeps-test: sysdeps
 	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
 	  echo "installing postgresql (Debian)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@{ command -v bwrap >/dev/null 2>&1 && command -v runsc >/dev/null 2>&1; } || { \
+	  echo "installing bubblewrap and runsc (Debian)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap runsc >/dev/null; }
 
 demo: install sysdeps
 	$(BIN)/modelmarket demo

@@ -48,6 +48,42 @@ class Settings(BaseSettings):
     runner_max_restarts: int = Field(
         default=5, description="Restarts the supervisor attempts for a dying runner before giving up."
     )
+    sandbox_default: str = Field(
+        default="bwrap",
+        description="Sandbox profile for provider code (runtimes python, sklearn) whose package declares none: "
+        "process, bwrap or gvisor.",
+    )
+    sandbox_minimum: str = Field(
+        default="bwrap",
+        description="Least confined profile provider code may run under, whatever its package declares "
+        "(process lets a model read the disk and reach the network: only lower this for code you trust).",
+    )
+    sandbox_trusted: str = Field(
+        default="process",
+        description="Profile of the platform's own runtimes (onnx, vader, llama-cpp, ...) when a package "
+        "declares none.",
+    )
+    inprocess_runtimes: str = Field(
+        default="",
+        description="Comma-separated runtimes the operator lets run inside the gateway process (the cheapest hop, "
+        "no isolation): e.g. 'onnx'. Never applies to provider code.",
+    )
+    sandbox_memory_mb: int = Field(
+        default=2048, ge=16, description="A runner's memory limit when its package sets none."
+    )
+    sandbox_max_memory_mb: int = Field(default=16384, ge=16, description="Most memory a package may ask for.")
+    sandbox_pids: int = Field(default=256, ge=1, description="A runner's process limit when its package sets none.")
+    sandbox_cpus: float | None = Field(
+        default=None, gt=0, description="A runner's CPU quota when its package sets none."
+    )
+    replica_idle_s: float = Field(
+        default=60.0, gt=0, description="How long a replica above its version's minimum may sit idle before it stops."
+    )
+    replica_scale_queue: int = Field(
+        default=2,
+        ge=1,
+        description="Calls waiting per replica that make the supervisor start another (up to the version's max).",
+    )
     cache_refresh_s: float = Field(
         default=2.0,
         description="How often the gateway reloads its keys, catalogue, plans, limits and prices from the store.",

@@ -156,7 +156,7 @@ def run(supervisor: Supervisor, scenario: Callable[[], Awaitable[None]]) -> None
 
 
 def runner_pid(supervisor: Supervisor, version: VersionRecord) -> int:
-    child = supervisor.runners[version.id].child
+    child = supervisor.runners[version.id].replicas[0].child
     assert child is not None and child.pid is not None
     return child.pid
 
@@ -193,7 +193,7 @@ def test_a_runner_listens_only_on_a_private_unix_socket(tmp_path: Path, plugin_s
         result = await infer(supervisor, version)
         assert result["outputs"][0]["data"] == [0.0]
         pid = runner_pid(supervisor, version)
-        sock = supervisor.runners[version.id].socket_path
+        sock = supervisor.runners[version.id].replicas[0].socket_path
         assert sock is not None and sock == socket_path_for(tmp_path / "runners", version.id, os.getpid())
         # Only the platform's user can enter the directory; the socket itself is 0600 and ours.
         dir_st, sock_st = os.stat(sock.parent), os.stat(sock)
@@ -207,7 +207,7 @@ def test_a_runner_listens_only_on_a_private_unix_socket(tmp_path: Path, plugin_s
         assert supervisor.is_ready(version) and supervisor.preloaded_ready()
 
     run(supervisor, scenario)
-    assert not supervisor.runners[version.id].socket_path.exists()  # type: ignore[union-attr]
+    assert not supervisor.runners[version.id].replicas[0].socket_path.exists()  # type: ignore[union-attr]
 
 
 def test_a_hung_runner_is_not_ready_within_seconds_then_killed_and_restarted(tmp_path: Path, plugin_site: Path) -> None:
@@ -227,7 +227,7 @@ def test_a_hung_runner_is_not_ready_within_seconds_then_killed_and_restarted(tmp
         assert reason.startswith("sleepy@1.0.0: running but not answering")
         # Silent for longer than unresponsive_after_s: SIGKILLed and restarted through the policy.
         await until(lambda: supervisor.is_ready(version) and runner_pid(supervisor, version) != first, 20)
-        assert supervisor.runners[version.id].child.restarts == 1  # type: ignore[union-attr]
+        assert supervisor.runners[version.id].replicas[0].child.restarts == 1  # type: ignore[union-attr]
         assert (await infer(supervisor, version))["outputs"][0]["data"] == [0.0]
         assert supervisor.not_ready_reasons() == []
 
@@ -264,7 +264,7 @@ def test_a_model_that_cannot_load_fails_at_once_instead_of_restarting(tmp_path: 
         supervisor.preloaded.add(version.id)
         with pytest.raises(NotReady, match=r"the model failed to load.*the artifact is corrupt"):
             await supervisor.ensure_started(version)
-        assert supervisor.runners[version.id].child.spawns == 1  # type: ignore[union-attr]
+        assert supervisor.runners[version.id].replicas[0].child.spawns == 1  # type: ignore[union-attr]
         assert not supervisor.preloaded_ready()
         assert "the artifact is corrupt" in supervisor.not_ready_reasons()[0]
 
@@ -285,7 +285,7 @@ def test_a_timed_out_call_recycles_the_runner_so_the_next_call_is_prompt(tmp_pat
         assert result["outputs"][0]["data"] == [0.0]
         assert time.monotonic() - started < 15
         assert runner_pid(supervisor, version) != first
-        child = supervisor.runners[version.id].child
+        child = supervisor.runners[version.id].replicas[0].child
         assert child is not None and child.last_exit is not None and "took longer than 1s" in child.last_exit
 
     run(supervisor, scenario)
@@ -305,7 +305,7 @@ def test_a_stale_socket_of_a_killed_gateway_is_cleared_and_never_used(tmp_path: 
     async def scenario() -> None:
         await infer(supervisor, version)
         assert not stale.exists()
-        assert supervisor.runners[version.id].socket_path != stale
+        assert supervisor.runners[version.id].replicas[0].socket_path != stale
 
     run(supervisor, scenario)
 
@@ -364,7 +364,7 @@ def test_a_home_too_deep_for_a_socket_path_uses_a_private_short_directory(tmp_pa
 
     async def scenario() -> None:
         await infer(supervisor, version)
-        sock = supervisor.runners[version.id].socket_path
+        sock = supervisor.runners[version.id].replicas[0].socket_path
         assert sock is not None and not sock.is_relative_to(deep)  # the deep path would not fit in sun_path
         assert len(os.fsencode(sock)) <= 103
         for directory in (sock.parent, sock.parent.parent):  # the shared temp dir's entry is ours and private too
@@ -372,5 +372,5 @@ def test_a_home_too_deep_for_a_socket_path_uses_a_private_short_directory(tmp_pa
             assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
 
     run(supervisor, scenario)
-    sock = supervisor.runners[version.id].socket_path
+    sock = supervisor.runners[version.id].replicas[0].socket_path
     assert sock is not None and not sock.parent.exists()  # cleared on stop, not left behind in the temp dir

@@ -22,6 +22,7 @@ from modelmarket.cli.meter import meter
 from modelmarket.cli.prices import prices
 from modelmarket.cli.registry import models, publish
 from modelmarket.cli.routing import providers, routes
+from modelmarket.cli.runners import runners
 from modelmarket.cli.serve import demo, runner, serve
 from modelmarket.cli.usage import usage
 
@@ -41,7 +42,7 @@ for command in (publish, models, accounts, keys, usage, invoice, statement, audi
 cli.add_command(prices)
 for command in (plans, subscribe, limits, invoices, ledger, payouts, billing_group):
     cli.add_command(command)
-for command in (providers, routes):
+for command in (providers, routes, runners):
     cli.add_command(command)
 
 

@@ -140,7 +140,8 @@ class ChildProcess:
     """A supervised child process. Create it, ``start()`` it inside a running event loop, ``await stop()``.
 
     ``no_restart_codes`` maps exit codes to what they mean ("metering halted"); such an exit ends in FAILED.
-    ``before_spawn`` runs before every spawn (e.g. to remove a dead runner's socket file).
+    ``before_spawn`` runs before every spawn (e.g. to remove a dead runner's socket file). ``explain_exit``
+    (given the exit code) may name what ended the process ("sandbox: memory limit") and clean up after it.
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class ChildProcess:
         no_restart_codes: Mapping[int, str] | None = None,
         probe: ProbeSettings | None = None,
         before_spawn: Callable[[], None] | None = None,
+        explain_exit: Callable[[int], str | None] | None = None,
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         rng: random.Random | None = None,
@@ -169,6 +171,7 @@ class ChildProcess:
         self.no_restart_codes = dict(no_restart_codes or {})
         self.probe = probe
         self.before_spawn = before_spawn
+        self.explain_exit = explain_exit
         self.stop_timeout_s = stop_timeout_s
         self.poll_interval_s = poll_interval_s
         self._rng = rng or random.Random()
@@ -379,6 +382,9 @@ class ChildProcess:
 
     async def _after_exit(self, run: _Run, code: int) -> None:
         how = f"exited with code {code}" if code >= 0 else f"was killed by {_signal_name(-code)}"
+        cause = self.explain_exit(code) if self.explain_exit is not None else None
+        if cause is not None:
+            how += f" ({cause})"
         if run.kill_reason is not None:
             how += f" (killed because {run.kill_reason})"
         elif self.state is ChildState.STARTING:

@@ -29,6 +29,7 @@ from modelmarket.gateway.openai_plane import OpenAIPlane
 from modelmarket.gateway.state import GatewayState
 from modelmarket.registry import CatalogueLoader
 from modelmarket.routing import Provider, Router, RouteTable
+from modelmarket.runtime.sandbox import SandboxPolicy, parse_profile
 from modelmarket.runtime.supervisor import Supervisor
 from modelmarket.settings import Settings
 
@@ -89,6 +90,10 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         s.runner_pool_size,
         s.runner_max_restarts,
         s.max_request_bytes,
+        sandbox_policy=sandbox_policy(s),
+        hidden=(s.home.absolute(),),
+        idle_s=s.replica_idle_s,
+        scale_queue=s.replica_scale_queue,
     )
     checks: tuple[Callable[[], str | None], ...] = ()
     if metering is not None:
@@ -165,3 +170,19 @@ def _metering_problem(metering: MeteringProcess) -> str | None:
 
 def build_gateway(platform: Platform, preload: bool = True, on_ready: Callable[[], None] | None = None) -> GatewayApp:
     return GatewayApp(bootstrap_gateway(platform, preload), on_ready)
+
+
+def sandbox_policy(s: Settings) -> SandboxPolicy:
+    """The operator's sandbox rules from the settings (``MODELMARKET_SANDBOX_*``, ``..._INPROCESS_RUNTIMES``)."""
+    return SandboxPolicy(
+        default_profile=parse_profile(s.sandbox_default),
+        minimum_for_provider_code=parse_profile(s.sandbox_minimum),
+        trusted_default_profile=parse_profile(s.sandbox_trusted),
+        inprocess_runtimes=frozenset(r.strip() for r in s.inprocess_runtimes.split(",") if r.strip()),
+        memory_mb=s.sandbox_memory_mb,
+        max_memory_mb=s.sandbox_max_memory_mb,
+        pids=s.sandbox_pids,
+        cpus=s.sandbox_cpus,
+        timeout_s=s.runner_request_timeout_s,
+        max_timeout_s=max(s.runner_request_timeout_s, 600.0),
+    )

@@ -40,6 +40,7 @@ from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.base import InputLimits
 from modelmarket.runtime.plugins import runtime_input_limits
 from modelmarket.runtime.runner import USAGE_HEADER
+from modelmarket.runtime.supervisor import COLD_START_HEADER
 
 OFFLOAD_DECODE_BYTES = 256 * 1024
 """Bodies larger than this are decoded, validated and counted in a worker thread, never on the event loop."""
@@ -196,11 +197,17 @@ class DataPlane:
         return {"name": "modelmarket", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     async def resolve(self, name: str, ref: str | None) -> VersionRecord:
+        """The version a call of ``name@ref`` goes to. When an alias has just moved, that is still the old
+        version until the new one's runner is warm (the supervisor's ``route``: a swap drops no call)."""
         try:
-            return self.catalogue.catalogue.resolve(name, ref)
+            version = self.catalogue.catalogue.resolve(name, ref)
         except NotFound:
             await self.catalogue.reload_after_miss(time.monotonic())
-            return self.catalogue.catalogue.resolve(name, ref)
+            version = self.catalogue.catalogue.resolve(name, ref)
+        route = getattr(self.runners, "route", None)
+        if route is not None and version.needs_runner:
+            return route(f"{name}@{ref or 'latest'}", version)  # type: ignore[no-any-return]
+        return version
 
     async def metadata(self, name: str, ref: str | None) -> dict[str, Any]:
         version = await self.resolve(name, ref)
@@ -404,6 +411,9 @@ class DataPlane:
         ]
         if ihcl is not None:
             out_headers.append((b"inference-header-content-length", ihcl))
+        cold = answer.headers.get(COLD_START_HEADER)
+        if cold is not None:  # this call waited for its runner to start (scale from zero, first call)
+            out_headers.append((COLD_START_HEADER, cold))
         return InferAnswer(event.id, answer.body, ctype, out_headers)
 
     def admit(

@@ -23,6 +23,7 @@ from modelmarket.metering.ports import EventLogFull
 from modelmarket.routing import RouteUnavailable
 from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.pool import RunnerTimeout
+from modelmarket.runtime.supervisor import SandboxLimit
 
 RETRY_AFTER_S = 1
 """What a 503 for an overloaded event log tells the client to wait before retrying."""
@@ -40,6 +41,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (UpstreamBusy, 429),
     (BodyTooLarge, 413),
     (ModelFailed, 502),
+    (SandboxLimit, 502),
     (PipelineStepFailed, 502),
     (RunnerTimeout, 504),
     (NotReady, 503),

@@ -27,6 +27,7 @@ from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import check_currency, parse_decimal
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.package import artifact_path_problem, open_package_file
+from modelmarket.registry.serving import BatchingDecl, ReplicasDecl, SandboxDecl
 
 MANIFEST_NAME = "modelmarket.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
@@ -517,6 +518,9 @@ def _kind(info: ValidationInfo) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+SERVING_FIELDS = ("sandbox", "batching", "replicas")
+
+
 class Manifest(_Strict):
     kind: Kind = "model"
     name: str
@@ -537,6 +541,10 @@ class Manifest(_Strict):
     outputs_from: dict[TensorName, SourceText] | None = Field(
         default=None, max_length=MAX_TENSORS, validate_default=True
     )
+    # how the version is served (registry/serving.py); the operator's settings decide what is granted
+    sandbox: SandboxDecl | None = None
+    batching: BatchingDecl | None = None
+    replicas: ReplicasDecl | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -622,6 +630,9 @@ class Manifest(_Strict):
         data: dict[str, Any] = handler(self)
         if self.kind == "model":
             for key in PIPELINE_ONLY_FIELDS:
+                data.pop(key, None)
+        for key in SERVING_FIELDS:  # left out when not declared: older packages keep their serialised form
+            if data.get(key) is None:
                 data.pop(key, None)
         return data
 

@@ -88,6 +88,9 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    sandbox: str = "process"
+    """The profile the runner runs under (``runtime/sandbox.py``): a runtime may refuse work it only does
+    confined (the ``sklearn`` runtime loads a plain pickle only under ``bwrap`` or ``gvisor``)."""
 
     def artifact(self, relpath: str, parameter: str | None = None) -> Path:
         """The path of artifact ``relpath``, which must be exactly one of ``artifacts`` once normalised.
@@ -113,6 +116,7 @@ class ModelSpec:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "parameters": dict(self.parameters),
+            "sandbox": self.sandbox,
         }
 
     @classmethod
@@ -126,6 +130,7 @@ class ModelSpec:
             inputs=tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in doc["inputs"]),
             outputs=tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in doc["outputs"]),
             parameters=dict(doc.get("parameters", {})),
+            sandbox=str(doc.get("sandbox", "process")),
         )
 
 
@@ -205,6 +210,9 @@ class Runtime(ABC):
     name: ClassVar[str]
     parameter_names: ClassVar[frozenset[str]] = frozenset()
     input_limits: ClassVar[InputLimits] = DEFAULT_INPUT_LIMITS
+    provider_code: ClassVar[bool] = False
+    """True for runtimes that run code (or unpickle objects) the provider wrote: they never run in the gateway
+    and never below the operator's minimum sandbox profile (``runtime/sandbox.py``)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,15 @@ import orjson
 from modelmarket import __version__
 from modelmarket.core import lifetime
 from modelmarket.core.errors import InvalidInput
+from modelmarket.registry.serving import BatchingDecl
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond, serve_asgi
 from modelmarket.runtime.base import Embedder, ModelSpec, Runtime, TextGenerator
+from modelmarket.runtime.batching import Batcher, spec_allows_batching
 from modelmarket.runtime.openai_runner import PATHS as OPENAI_PATHS
 from modelmarket.runtime.openai_runner import OpenAIRoutes
 from modelmarket.runtime.plugins import load_runtime_class
+from modelmarket.runtime.sandbox import MEMORY_LIMIT
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 LISTEN_BACKLOG = 1024
@@ -43,13 +47,19 @@ EXIT_MODEL_LOAD_FAILED = 3
 _PRIVATE_SOCKET_UMASK = 0o177
 
 _OK = b"{}"
+IHCL = b"inference-header-content-length"
 USAGE_HEADER = b"x-modelmarket-usage"
 """``PROMPT,COMPLETION``: tokens an OIP call processed by the model's own tokenizer (a runtime that counts sets
 ``last_usage``); the gateway bills these instead of its own estimate."""
 
 
 class RunnerApp:
-    def __init__(self, runtime: Runtime, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        batching: BatchingDecl | None = None,
+    ) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
         self.max_request_bytes = max_request_bytes
@@ -58,6 +68,11 @@ class RunnerApp:
         self._model_paths = {base, f"{base}/versions/{self.spec.version}"}
         self._openai = OpenAIRoutes(runtime, max_request_bytes)
         self._serialized = isinstance(runtime, TextGenerator | Embedder)
+        self.batcher = None
+        self._own_thread = ThreadPoolExecutor(1, "model") if runtime.provider_code and not self._serialized else None
+        if batching is not None and not self._serialized and spec_allows_batching(self.spec.inputs, self.spec.outputs):
+            name = f"{self.spec.name}@{self.spec.version}"
+            self.batcher = Batcher(runtime.predict, batching.max_batch_size, batching.max_delay_ms, name=name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -97,32 +112,48 @@ class RunnerApp:
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             body = await read_body(receive, self.max_request_bytes)
-            raw_len = header(scope, b"inference-header-content-length")
-            request = oip.decode_request(body, int(raw_len) if raw_len is not None else None)
+        except BodyTooLarge as exc:
+            await respond(send, 413, oip.error_body(str(exc)))
+            return
+        raw_len = header(scope, b"inference-header-content-length")
+        status, headers, payload = await self.answer_infer(body, int(raw_len) if raw_len is not None else None)
+        ctype = next((v for n, v in headers if n == b"content-type"), b"application/json")
+        await respond(send, status, payload, ctype, [(n, v) for n, v in headers if n != b"content-type"])
+
+    async def answer_infer(self, body: bytes, header_len: int | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One OIP infer call: status, extra headers and body. The in-process profile calls this directly."""
+        try:
+            request = oip.decode_request(body, header_len)
             oip.validate_inputs(request.inputs, self.spec.inputs, self.spec.name)
             if self._serialized:  # a generating or embedding model: one call at a time, off the event loop
                 async with self._openai.lock:
                     outputs = await asyncio.to_thread(self.runtime.predict, request.inputs, request.parameters)
                     usage = getattr(self.runtime, "last_usage", None)
+            elif self.batcher is not None:
+                outputs = await self.batcher.predict(request.inputs, request.parameters)
+                usage = None
+            elif self._own_thread is not None:  # provider code: off the event loop, so probes still answer
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(
+                    self._own_thread, self.runtime.predict, request.inputs, request.parameters
+                )
+                usage = None
             else:
                 outputs = self.runtime.predict(request.inputs, request.parameters)
                 usage = getattr(self.runtime, "last_usage", None)
-            payload, header_len = oip.encode_response(self.spec.name, self.spec.version, request, outputs)
-        except BodyTooLarge as exc:
-            await respond(send, 413, oip.error_body(str(exc)))
-            return
+            payload, header_len_out = oip.encode_response(self.spec.name, self.spec.version, request, outputs)
         except (InvalidInput, ValueError) as exc:
-            await respond(send, 400, oip.error_body(str(exc)))
-            return
+            return 400, [], oip.error_body(str(exc))
+        except MemoryError as exc:  # the rlimit refused an allocation before the cgroup had to kill
+            return 500, [], oip.error_body(f"{MEMORY_LIMIT}: model {self.spec.name!r} ran out of memory ({exc!r})")
         except Exception as exc:  # a model failure is the runner's 500, reported with its cause
-            await respond(send, 500, oip.error_body(f"model {self.spec.name!r} failed: {exc!r}"))
-            return
+            where = f" in sandbox {self.spec.sandbox}" if self.spec.sandbox not in ("process", "inprocess") else ""
+            return 500, [], oip.error_body(f"model {self.spec.name!r} failed{where}: {exc!r}")
         extra = [] if usage is None else [(USAGE_HEADER, f"{int(usage[0])},{int(usage[1])}".encode())]
-        if header_len is None:
-            await respond(send, 200, payload, extra_headers=extra)
-        else:
-            extra.append((b"inference-header-content-length", str(header_len).encode()))
-            await respond(send, 200, payload, b"application/octet-stream", extra)
+        if header_len_out is not None:
+            extra.append((IHCL, str(header_len_out).encode()))
+            extra.append((b"content-type", b"application/octet-stream"))
+        return 200, extra, payload
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -202,14 +233,19 @@ def open_listener(listen: Listen) -> tuple[socket.socket, str]:
     return sock, f"http://{listen.host}:{sock.getsockname()[1]}"
 
 
-def serve(spec: ModelSpec, listen: Listen, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+def serve(
+    spec: ModelSpec,
+    listen: Listen,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    batching: BatchingDecl | None = None,
+) -> None:
     """Load the model, then listen and serve it until SIGTERM/SIGINT. Raises ``ModelLoadFailed``.
 
     After its graceful shutdown uvicorn re-raises the signal, so the process ends there: a socket file is
     removed by whoever chose its path (the supervisor), or replaced by the next ``bind_unix`` at that path.
     """
     runtime = load_runtime(spec)
-    app = RunnerApp(runtime, max_request_bytes)
+    app = RunnerApp(runtime, max_request_bytes, batching)
     gc.collect()
     gc.freeze()  # the loaded model lives as long as the process: no need to rescan it in every full collection
     sock, where = open_listener(listen)
@@ -233,6 +269,8 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="TCP address with --port")
     parser.add_argument("--parent-pid", type=int, help="stop once process PID, our parent, has exited")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    parser.add_argument("--batch-size", type=int, help="join concurrent calls into batches of up to this many rows")
+    parser.add_argument("--batch-delay-ms", type=float, default=2.0, help="most time spent filling a batch")
     return parser
 
 
@@ -246,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifetime.exit_with_parent(args.parent_pid)
     listen = Listen(socket_path=args.socket, fd=args.fd, host=args.host, port=args.port or 0)
     try:
-        serve(read_spec(args.spec), listen, args.max_request_bytes)
+        batching = None
+        if args.batch_size:
+            batching = BatchingDecl(max_batch_size=args.batch_size, max_delay_ms=args.batch_delay_ms)
+        serve(read_spec(args.spec), listen, args.max_request_bytes, batching)
     except ModelLoadFailed as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return EXIT_MODEL_LOAD_FAILED

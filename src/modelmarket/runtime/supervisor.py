@@ -20,19 +20,42 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from modelmarket.core.errors import NotReady
+from modelmarket.core.errors import DomainError, NotReady
 from modelmarket.core.process import ChildProcess, ChildState, ProbeSettings, RestartPolicy
 from modelmarket.registry import VersionRecord
 from modelmarket.registry.ports import BlobStore
+from modelmarket.registry.serving import DEFAULT_REPLICAS
 from modelmarket.runtime.base import ModelSpec
-from modelmarket.runtime.pool import DEFAULT_MAX_RESPONSE_BYTES, RunnerPool, probe_ready
+from modelmarket.runtime.plugins import load_runtime_class
+from modelmarket.runtime.pool import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    RunnerPool,
+    RunnerResponse,
+    RunnerTimeout,
+    RunnerUnavailable,
+    StreamedAnswer,
+    probe_ready,
+)
 from modelmarket.runtime.runner import DEFAULT_MAX_REQUEST_BYTES, EXIT_MODEL_LOAD_FAILED
+from modelmarket.runtime.sandbox import (
+    MEMORY_LIMIT,
+    PIDS_LIMIT,
+    Cgroup,
+    Confinement,
+    Layout,
+    SandboxPolicy,
+    sandbox_env,
+    wrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +69,16 @@ UNIX_PATH_MAX_BYTES = 103
 """Longest Unix socket path that binds everywhere we run (sun_path is 108 bytes on Linux, 104 on macOS)."""
 PRIVATE_DIR_MODE = 0o700
 SOCKET_PREFIX = "runner-"
+STATUS_FILE = "status.json"
+MONITOR_INTERVAL_S = 1.0
+CAUSE_WAIT_S = 1.0
+"""How long a call whose runner broke off waits to see the process gone, to name why it died."""
+COLD_START_HEADER = b"x-modelmarket-cold-start"
+COLD_REPORT_MIN_S = 0.05
+COLD_STARTS_KEPT = 20
 
 
-def spec_for(version: VersionRecord, artifact_root: Path) -> ModelSpec:
+def spec_for(version: VersionRecord, artifact_root: Path, sandbox: str = "process") -> ModelSpec:
     m = version.manifest
     return ModelSpec(
         name=m.name,
@@ -59,6 +89,7 @@ def spec_for(version: VersionRecord, artifact_root: Path) -> ModelSpec:
         inputs=version.inputs,
         outputs=version.outputs,
         parameters=dict(m.parameters),
+        sandbox=sandbox,
     )
 
 
@@ -73,41 +104,53 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def materialize(version: VersionRecord, blobs: BlobStore, runners_dir: Path) -> Path:
+def materialize(version: VersionRecord, blobs: BlobStore, runners_dir: Path, sandbox: str = "process") -> Path:
     """Write the runner's spec file with its artifacts linked under ``runners_dir/<version id>/artifacts``.
 
-    ``runners_dir/<version id>`` is private (0700): the runner's socket lives there too.
+    ``runners_dir/<version id>`` is private (0700). Under ``bwrap`` and ``gvisor`` the runner sees this folder
+    and not the blob store, so the artifacts are hard links (copies across file systems) instead of symlinks.
     """
     base = private_dir(runners_dir / version.id)
     root = base / "artifacts"
+    sandboxed = sandbox in ("bwrap", "gvisor")
     for art in version.artifacts:
         link = root / art.path
         link.parent.mkdir(parents=True, exist_ok=True)
         target = blobs.path(art.sha256).resolve()
-        if link.is_symlink() and os.readlink(link) == str(target):
+        if sandboxed:
+            if link.exists() and not link.is_symlink() and os.path.samestat(os.stat(link), os.stat(target)):
+                continue
+        elif link.is_symlink() and os.readlink(link) == str(target):
             continue
         # Link under a unique name, then rename over: safe when two processes lay out the same version.
         fd, tmp_link = tempfile.mkstemp(dir=link.parent, prefix=".link-")
         os.close(fd)
         os.unlink(tmp_link)
-        os.symlink(target, tmp_link)
+        if sandboxed:
+            try:
+                os.link(target, tmp_link)
+            except OSError:  # another file system
+                shutil.copyfile(target, tmp_link)
+        else:
+            os.symlink(target, tmp_link)
         os.replace(tmp_link, link)
     spec_path = base / "spec.json"
     fd, tmp = tempfile.mkstemp(dir=base, prefix=".spec-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(spec_for(version, root).to_json(), indent=2))
+        fh.write(json.dumps(spec_for(version, root.absolute(), sandbox).to_json(), indent=2))
     os.replace(tmp, spec_path)
     return spec_path
 
 
-def socket_path_for(runners_dir: Path, version_id: str, owner_pid: int) -> Path:
-    """Where the runner of ``version_id`` started by process ``owner_pid`` listens.
+def socket_path_for(runners_dir: Path, version_id: str, owner_pid: int, replica: int = 0) -> Path:
+    """Where replica ``replica`` of ``version_id``'s runner, started by process ``owner_pid``, listens.
 
-    Inside ``runners_dir/<version id>/`` when the path fits in a Unix socket address; a deep home would not, so
-    then in a private per-user directory under the system temp dir, keyed by the runners dir.
+    Inside ``runners_dir/<version id>/sockets/`` when the path fits in a Unix socket address; a deep home would
+    not, so then in a private per-user directory under the system temp dir, keyed by the runners dir. The
+    folder holds sockets only: a sandboxed runner may write there, and nowhere else on the host.
     """
-    name = f"{SOCKET_PREFIX}{owner_pid}.sock"
-    preferred = runners_dir.absolute() / version_id / name
+    name = f"{SOCKET_PREFIX}{owner_pid}-{replica}.sock"
+    preferred = runners_dir.absolute() / version_id / "sockets" / name
     if len(os.fsencode(preferred)) <= UNIX_PATH_MAX_BYTES:
         return preferred
     key = hashlib.sha256(os.fsencode(runners_dir.absolute())).hexdigest()[:16]
@@ -120,7 +163,7 @@ def socket_path_for(runners_dir: Path, version_id: str, owner_pid: int) -> Path:
 def remove_stale_sockets(directory: Path, owner_pid: int) -> None:
     """Remove runner sockets left by supervisors that are gone (a SIGKILLed gateway cannot clean up)."""
     for path in directory.glob(f"{SOCKET_PREFIX}*.sock"):
-        pid_text = path.name.removeprefix(SOCKET_PREFIX).removesuffix(".sock")
+        pid_text = path.name.removeprefix(SOCKET_PREFIX).removesuffix(".sock").split("-")[0]
         if not pid_text.isdigit() or int(pid_text) == owner_pid or _alive(int(pid_text)):
             continue
         with contextlib.suppress(FileNotFoundError):
@@ -137,37 +180,355 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@dataclass
-class RunnerProcess:
-    """The supervisor's record of one version's runner."""
+class RunnerCrashed(NotReady):
+    """The runner died while it had the call, and the call was not retried elsewhere (503, Retry-After)."""
 
-    version: VersionRecord
-    spec_path: Path | None = None
-    log_path: Path | None = None
-    socket_path: Path | None = None
+
+class SandboxLimit(DomainError):
+    """The call ran the model into its sandbox's limits (memory, processes): the runner was killed or recycled,
+    and the call is answered 5xx naming the limit. Retrying the same input would do the same."""
+
+
+@dataclass
+class Replica:
+    """One runner process of a version (its index names its socket, working folder and cgroup)."""
+
+    index: int
+    socket_path: Path
+    log_path: Path
     child: ChildProcess | None = None
     pool: RunnerPool | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cgroup: Cgroup | None = None
+    outstanding: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)
+    cold_start_s: float | None = None
+    draining: bool = False
+    last_cause: str | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Running (it answered its probe at least once), not on its way out."""
+        return self.child is not None and self.child.running and not self.draining
+
+    def rss_bytes(self) -> int | None:
+        if self.cgroup is not None:
+            found = self.cgroup.rss_bytes()
+            if found is not None:
+                return found
+        pid = self.child.pid if self.child is not None else None
+        if pid is None:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return None
+
+
+class VersionRunners:
+    """The runners of one version: replicas started and stopped within ``replicas: {min, max}``, calls sent to
+    the replica with the fewest outstanding (least-outstanding-requests), a call whose runner died retried once
+    on another replica when that is safe. It is the ``RunnerConnection`` the data plane calls."""
+
+    def __init__(self, supervisor: Supervisor, version: VersionRecord, confinement: Confinement) -> None:
+        self.supervisor = supervisor
+        self.version = version
+        self.confinement = confinement
+        declared = version.manifest.replicas or DEFAULT_REPLICAS
+        self.min_replicas = declared.min
+        self.max_replicas = declared.max
+        self.replicas: list[Replica] = []
+        self.lock = asyncio.Lock()
+        self.spec_path: Path | None = None
+        self.waiting = 0
+        self.calls = 0
+        self.last_error: str | None = None
+        self.cold_starts: list[float] = []
+        self.draining = False
+        self._changed = asyncio.Event()
 
     @property
     def name(self) -> str:
-        return f"runner for {self.version.model_name}@{self.version.version}"
+        return f"{self.version.model_name}@{self.version.version}"
 
     @property
     def ready(self) -> bool:
-        """Running, and answered its latest health probe."""
-        return self.child is not None and self.child.healthy
+        return any(r.serving and r.child is not None and r.child.healthy for r in self.replicas)
 
     @property
     def failed(self) -> str | None:
-        """Why the runner was given up on, or None."""
-        child = self.child
-        return child.failure if child is not None and child.state is ChildState.FAILED else None
+        """Why every replica was given up on (None while one can still serve)."""
+        if not self.replicas:
+            return None
+        reasons = [r.child.failure for r in self.replicas if r.child is not None and r.child.state is ChildState.FAILED]
+        return reasons[0] if reasons and len(reasons) == len(self.replicas) else None
 
-    def describe(self) -> str:
-        return f"{self.version.model_name}@{self.version.version}: " + (
-            self.child.describe() if self.child is not None else "not started"
-        )
+    def outstanding(self) -> int:
+        return sum(r.outstanding for r in self.replicas)
+
+    # -- the data plane's calls -----------------------------------------------------------------------
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> RunnerResponse:
+        tried: set[int] = set()
+        while True:
+            replica, cold = await self._acquire(exclude=tried)
+            tried.add(replica.index)
+            try:
+                answer = await replica.pool.request(method, path, body, headers)  # type: ignore[union-attr]
+            except RunnerTimeout:
+                cause = replica.cgroup.cause() if replica.cgroup is not None else None
+                if cause is not None:  # it did not answer because it ran into a limit (a fork bomb retrying)
+                    self.last_error = cause
+                    raise SandboxLimit(f"{cause}: model {self.name} was stopped by its sandbox") from None
+                self.last_error = f"timeout: a call took longer than {self.confinement.timeout_s:g}s"
+                raise RunnerTimeout(
+                    f"timeout: model {self.name} did not answer within {self.confinement.timeout_s:g}s "
+                    "(its runner was restarted)"
+                ) from None
+            except RunnerUnavailable as exc:
+                cause = await self._cause_of_death(replica)
+                self.last_error = cause or str(exc)
+                if cause in (MEMORY_LIMIT, PIDS_LIMIT):
+                    raise SandboxLimit(f"{cause}: model {self.name} was stopped by its sandbox") from None
+                if len(tried) < 2 and self._another_could_serve(tried):
+                    log.warning(
+                        "%s: runner %d died during a call (%s); retrying it once", self.name, replica.index, exc
+                    )
+                    continue
+                raise RunnerCrashed(
+                    f"the runner of {self.name} stopped during the call ({cause or exc}); it is restarting, retry"
+                ) from None
+            finally:
+                replica.outstanding -= 1
+                replica.last_used = time.monotonic()
+            if answer.status >= 500:
+                cause = replica.cgroup.cause() if replica.cgroup is not None else None
+                if cause is not None:  # a fork refused or memory refused inside a call that then failed
+                    self.last_error = cause
+                    if replica.child is not None:  # what it forked is still there: start clean
+                        replica.child.recycle(cause)
+                    raise SandboxLimit(f"{cause}: model {self.name} ran into its sandbox: {_error_text(answer.body)}")
+            if cold is not None:
+                answer.headers[COLD_START_HEADER] = f"{cold:.3f}".encode()
+            return answer
+
+    async def stream(
+        self, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> StreamedAnswer:
+        """A streamed call (OpenAI): never retried, since part of an answer may already have been used."""
+        replica, _ = await self._acquire(exclude=set())
+        try:
+            return await replica.pool.stream(method, path, body, headers)  # type: ignore[union-attr]
+        finally:  # the stream's own length is bounded by the pool; the replica counts it busy until its head
+            replica.outstanding -= 1
+            replica.last_used = time.monotonic()
+
+    def _another_could_serve(self, tried: set[int]) -> bool:
+        return any(r.index not in tried and r.serving for r in self.replicas) or len(self.replicas) < self.max_replicas
+
+    async def _cause_of_death(self, replica: Replica) -> str | None:
+        """Wait (briefly) for the child to be seen gone, then read what its cgroup saw."""
+        child = replica.child
+        deadline = time.monotonic() + CAUSE_WAIT_S
+        while child is not None and child.pid is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if replica.last_cause is not None:
+            cause, replica.last_cause = replica.last_cause, None
+            return cause
+        return replica.cgroup.cause() if replica.cgroup is not None else None
+
+    async def _acquire(self, exclude: set[int]) -> tuple[Replica, float | None]:
+        """A serving replica with the fewest calls in flight (counted as one more), and the cold start this
+        call waited for (None if a replica was serving)."""
+        self.calls += 1
+        candidates = [r for r in self.replicas if r.serving and r.index not in exclude]
+        if candidates:
+            best = min(candidates, key=lambda r: r.outstanding)
+            if best.outstanding >= self.supervisor.scale_queue and len(self.replicas) < self.max_replicas:
+                self.supervisor.spawn_background(self.scale_up(f"{best.outstanding} calls queued on each replica"))
+            best.outstanding += 1
+            return best, None
+        if self.failed is not None:
+            raise NotReady(f"runner for {self.name} is not available: {self.failed}")
+        waited_from = time.monotonic()
+        self.waiting += 1
+        try:
+            if not any(
+                r.child is not None
+                and r.child.state is not ChildState.FAILED
+                and r.index not in exclude
+                and not r.draining
+                for r in self.replicas
+            ):
+                await self.scale_up("a call arrived and no replica is running")
+            replica = await self._wait_serving(exclude)
+        finally:
+            self.waiting -= 1
+        replica.outstanding += 1
+        cold = time.monotonic() - waited_from
+        return replica, cold if replica.cold_start_s is not None and cold > COLD_REPORT_MIN_S else None
+
+    async def _wait_serving(self, exclude: set[int]) -> Replica:
+        deadline = time.monotonic() + self.supervisor.start_timeout_s
+        while True:
+            candidates = [r for r in self.replicas if r.serving and r.index not in exclude]
+            if candidates:
+                return min(candidates, key=lambda r: r.outstanding)
+            failed = self.failed
+            if failed is not None:
+                raise NotReady(f"runner for {self.name} is not available: {failed}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                states = "; ".join(r.child.describe() for r in self.replicas if r.child is not None) or "not started"
+                raise NotReady(f"runner for {self.name} is not ready: {states}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+
+    # -- scaling --------------------------------------------------------------------------------------
+    async def scale_up(self, why: str) -> Replica | None:
+        """Start one more replica (within max) and return it once running (None if at max)."""
+        async with self.lock:
+            if self.supervisor.stopping:
+                raise NotReady("the gateway is shutting down")
+            live = [r for r in self.replicas if r.child is not None and r.child.state is not ChildState.FAILED]
+            if len(live) >= self.max_replicas:
+                return None
+            if self.spec_path is None:
+                self.spec_path = await asyncio.to_thread(
+                    materialize,
+                    self.version,
+                    self.supervisor.blobs,
+                    self.supervisor.runners_dir,
+                    self.confinement.profile,
+                )
+            used = {r.index for r in self.replicas}
+            index = next(i for i in range(len(self.replicas) + 1) if i not in used)
+            replica = await asyncio.to_thread(self.supervisor.lay_out_replica, self, index)
+            self.replicas.append(replica)
+            log.info("%s: starting replica %d under %s (%s)", self.name, index, self.confinement.describe(), why)
+            self.supervisor.start_replica(self, replica)
+        child = replica.child
+        assert child is not None
+        if await child.wait_running(self.supervisor.start_timeout_s):
+            replica.cold_start_s = time.monotonic() - replica.started_at
+            self.cold_starts.append(replica.cold_start_s)
+            del self.cold_starts[:-COLD_STARTS_KEPT]
+        self._changed.set()
+        return replica
+
+    async def ensure_min(self) -> None:
+        while sum(1 for r in self.replicas if not r.draining) < max(self.min_replicas, 1 if not self.replicas else 0):
+            if await self.scale_up("the version's minimum") is None:
+                return
+
+    async def stop_replica(self, replica: Replica, why: str) -> None:
+        replica.draining = True
+        log.info("%s: stopping replica %d (%s)", self.name, replica.index, why)
+        while replica.outstanding > 0:  # drain: the calls it has finish first
+            await asyncio.sleep(0.02)
+        if replica.pool is not None:
+            await replica.pool.close()
+        if replica.child is not None:
+            await replica.child.stop()
+        if replica.cgroup is not None:
+            replica.cgroup.remove()
+        replica.socket_path.unlink(missing_ok=True)
+        if replica in self.replicas:
+            self.replicas.remove(replica)
+        self._changed.set()
+
+    async def tick(self, now: float) -> None:
+        """Scale down: replicas idle longer than the supervisor's ``idle_s`` above ``min`` (to zero when min is
+        0), every replica of a drained version once it has no calls; notice replicas that were given up on."""
+        keep = 0 if self.draining else self.min_replicas
+        idle = [
+            r
+            for r in self.replicas
+            if not r.draining and r.outstanding == 0 and now - r.last_used >= self.supervisor.idle_s
+        ]
+        if self.draining:
+            idle = [r for r in self.replicas if not r.draining and r.outstanding == 0]
+        active = [r for r in self.replicas if not r.draining]
+        for replica in sorted(idle, key=lambda r: -r.index):
+            if len(active) <= keep or self.waiting:
+                break
+            active.remove(replica)
+            await self.stop_replica(replica, "drained" if self.draining else "idle")
+        for replica in list(self.replicas):
+            child = replica.child
+            if child is not None and child.state is ChildState.FAILED:
+                self.last_error = child.failure
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "model": self.version.model_name,
+            "version": self.version.version,
+            "version_id": self.version.id,
+            "runtime": self.version.manifest.runtime,
+            "profile": self.confinement.profile,
+            "limits": {
+                "memory_mb": self.confinement.memory_mb,
+                "pids": self.confinement.pids,
+                "cpus": self.confinement.cpus,
+                "timeout_s": self.confinement.timeout_s,
+            },
+            "replicas": {"min": self.min_replicas, "max": self.max_replicas, "running": len(self.replicas)},
+            "state": self.state(),
+            "queue_depth": self.waiting + self.outstanding(),
+            "calls": self.calls,
+            "last_error": self.last_error,
+            "cold_start_s": self.cold_starts[-1] if self.cold_starts else None,
+            "draining": self.draining,
+            "processes": [
+                {
+                    "replica": r.index,
+                    "pid": r.child.pid if r.child is not None else None,
+                    "state": r.child.describe() if r.child is not None else "not started",
+                    "outstanding": r.outstanding,
+                    "rss_bytes": r.rss_bytes(),
+                    "restarts": r.child.spawns - 1 if r.child is not None and r.child.spawns else 0,
+                    "cold_start_s": r.cold_start_s,
+                }
+                for r in self.replicas
+            ],
+        }
+
+    def state(self) -> str:
+        if self.failed is not None:
+            return "failed"
+        if self.ready:
+            return "ready"
+        if self.replicas:
+            return "starting"
+        return "stopped" if self.min_replicas == 0 or self.draining else "not started"
+
+
+class InProcessRunner:
+    """A vetted runtime loaded into the gateway itself (profile ``inprocess``): the same OIP handling as a
+    runner (``RunnerApp.answer_infer``), with no socket, no second process and no isolation."""
+
+    def __init__(self, version: VersionRecord, app: Any) -> None:
+        self.version = version
+        self.app = app
+        self.calls = 0
+        self.cold_start_s: float | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> RunnerResponse:
+        self.calls += 1
+        header_len = None
+        for name, value in headers or ():
+            if name.lower() == b"inference-header-content-length":
+                header_len = int(value)
+        status, extra, payload = await self.app.answer_infer(body, header_len)
+        return RunnerResponse(status, dict(extra), payload)
+
+    async def stream(self, *args: Any, **kwargs: Any) -> StreamedAnswer:
+        raise NotReady(f"model {self.version.model_name} runs in the gateway and has no streamed routes")
 
 
 class Supervisor:
@@ -187,10 +548,15 @@ class Supervisor:
         unresponsive_after_s: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         stop_timeout_s: float = RUNNER_STOP_TIMEOUT_S,
+        sandbox_policy: SandboxPolicy | None = None,
+        hidden: tuple[Path, ...] = (),
+        idle_s: float = 60.0,
+        scale_queue: int = 2,
     ) -> None:
         """``policy`` defaults to ``RestartPolicy(max_restarts=max_restarts)``. ``unresponsive_after_s``
-        defaults to ``request_timeout_s``: a runner's model runs on its event loop, so a runner busy with one
-        long (but allowed) call cannot answer probes meanwhile and must not be killed for that."""
+        defaults to the version's per-call timeout: a runner busy with one long (but allowed) call may not
+        answer probes meanwhile and must not be killed for that. ``hidden`` are places no sandbox may show
+        (the platform's home)."""
         self.blobs = blobs
         self.runners_dir = runners_dir
         self.start_timeout_s = start_timeout_s
@@ -201,105 +567,229 @@ class Supervisor:
         self.policy = policy or RestartPolicy(max_restarts=max_restarts)
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
-        self.unresponsive_after_s = unresponsive_after_s if unresponsive_after_s is not None else request_timeout_s
+        self.unresponsive_after_s = unresponsive_after_s
         self.stop_timeout_s = stop_timeout_s
-        self.runners: dict[str, RunnerProcess] = {}
+        self.sandbox_policy = sandbox_policy or SandboxPolicy(timeout_s=request_timeout_s)
+        self.hidden = tuple(hidden) or (runners_dir.absolute().parent,)
+        self.idle_s = idle_s
+        self.scale_queue = scale_queue
+        self.runners: dict[str, VersionRunners] = {}
+        self.inprocess: dict[str, InProcessRunner] = {}
+        self._inprocess_lock = asyncio.Lock()
         self.preloaded: set[str] = set()
+        self.serving_ids: dict[str, str] = {}
+        """alias key ("digits@latest") -> id of the version its calls go to (see ``route``)."""
+        self._warming: set[str] = set()
         self._pid = os.getpid()
-        self._stopping = False
+        self.stopping = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._monitor: asyncio.Task[None] | None = None
+
+    @property
+    def status_path(self) -> Path:
+        return self.runners_dir / STATUS_FILE
 
     def start_monitor(self) -> None:
-        """Kept for the gateway's startup: each runner's ``ChildProcess`` watches and probes it from its start."""
+        """Scale down idle replicas and write ``runners/status.json`` for ``modelmarket runners``, every second."""
+        if self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="runner monitor")
+
+    async def _watch(self) -> None:
+        while not self.stopping:
+            try:
+                now = time.monotonic()
+                for runners in list(self.runners.values()):
+                    await runners.tick(now)
+                await asyncio.to_thread(self.write_status)
+            except Exception:  # keep watching: a bad tick must not leave runners unscaled forever
+                log.exception("runner monitor tick failed")
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+
+    def spawn_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background runner work failed: %s", task.exception())
 
     # -- the gateway's questions --------------------------------------------------------------------------
+    def confinement(self, version: VersionRecord) -> Confinement:
+        try:
+            provider_code = bool(load_runtime_class(version.manifest.runtime).provider_code)
+        except Exception:  # not importable here (a plug-in on the runners' PYTHONPATH only): an operator's install
+            provider_code = False
+        return self.sandbox_policy.confinement(version.manifest.runtime, provider_code, version.manifest.sandbox)
+
     def is_ready(self, version: VersionRecord) -> bool:
-        runner = self.runners.get(version.id)
-        return runner is not None and runner.ready
+        if version.id in self.inprocess:
+            return True
+        runners = self.runners.get(version.id)
+        return runners is not None and runners.ready
 
     def preloaded_ready(self) -> bool:
-        """Whether every runner preloaded at startup answers its probes. A runner given up on, hung or
-        restarting holds this back: the gateway cannot serve that model."""
-        return all((runner := self.runners.get(v)) is not None and runner.ready for v in self.preloaded)
+        """Whether every version preloaded at startup can serve (a version scaled to zero can, on demand)."""
+        return not self.not_ready_reasons()
 
     def not_ready_reasons(self) -> list[str]:
-        """One line per preloaded runner that is not ready, saying why (empty when ``preloaded_ready()``)."""
         reasons = []
         for version_id in sorted(self.preloaded):
-            runner = self.runners.get(version_id)
-            if runner is None:
+            if version_id in self.inprocess:
+                continue
+            runners = self.runners.get(version_id)
+            if runners is None:
                 reasons.append(f"{version_id}: not started")
-            elif not runner.ready:
-                reasons.append(runner.describe())
+            elif runners.failed is not None:
+                reasons.append(f"{runners.name}: failed: {runners.failed}")
+            elif not runners.ready and not (runners.min_replicas == 0 and runners.cold_starts):
+                states = "; ".join(r.child.describe() for r in runners.replicas if r.child is not None)
+                reasons.append(f"{runners.name}: {states or 'not started'}")
         return reasons
 
+    def route(self, key: str, resolved: VersionRecord) -> VersionRecord:
+        """Zero-downtime swap: the version that calls of alias ``key`` go to. When the catalogue moves ``key``
+        to a new version, calls keep going to the old one while the new one's runner warms up; once it is
+        ready they switch, and the old one drains (finishes its calls, then stops)."""
+        current_id = self.serving_ids.get(key)
+        if current_id is None or current_id == resolved.id or not resolved.needs_runner:
+            self.serving_ids[key] = resolved.id
+            return resolved
+        current = self.runners.get(current_id)
+        if self.is_ready(resolved) or current is None or not current.ready:
+            self._switch(key, current_id, resolved)
+            return resolved
+        if resolved.id not in self._warming:
+            self._warming.add(resolved.id)
+            self.spawn_background(self._warm(resolved))
+        return current.version
+
+    def _switch(self, key: str, old_id: str, new: VersionRecord) -> None:
+        self.serving_ids[key] = new.id
+        self._warming.discard(new.id)
+        old = self.runners.get(old_id)
+        if old is not None and old_id not in self.serving_ids.values():
+            log.info("%s: %s now serves %s; draining %s", key, new.ref, key, old.name)
+            old.draining = True
+
+    async def _warm(self, version: VersionRecord) -> None:
+        try:
+            await self.ensure_started(version)
+        finally:
+            self._warming.discard(version.id)
+
     # -- runners ------------------------------------------------------------------------------------------
-    def register(self, version: VersionRecord) -> RunnerProcess:
-        """The version's runner record (created on first use; its process starts in ``ensure_started``)."""
-        runner = self.runners.get(version.id)
-        if runner is None:
-            runner = self.runners[version.id] = RunnerProcess(version)
-        return runner
+    def register(self, version: VersionRecord) -> VersionRunners:
+        runners = self.runners.get(version.id)
+        if runners is None:
+            runners = self.runners[version.id] = VersionRunners(self, version, self.confinement(version))
+        runners.draining = False
+        return runners
 
-    async def pool_for(self, version: VersionRecord) -> RunnerPool:
-        """The pool of ``version``'s running runner, starting the runner on first use.
+    async def pool_for(self, version: VersionRecord) -> VersionRunners | InProcessRunner:
+        """What the data plane sends ``version``'s calls to: its replica set (started on demand by its first
+        call) or, for a runtime the operator runs in-process, the gateway's own copy of the model."""
+        inproc = self.inprocess.get(version.id)
+        if inproc is not None:
+            return inproc
+        runners = self.runners.get(version.id)
+        if runners is None:
+            runners = self.register(version)
+        if runners.confinement.profile == "inprocess":
+            return await self._load_inprocess(version)
+        if runners.failed is not None:
+            raise NotReady(f"runner for {runners.name} is not available: {runners.failed}")
+        runners.draining = False
+        return runners
 
-        A running runner that missed a probe still gets calls: it may just be busy, and a call that then times
-        out recycles it.
-        """
-        runner = self.runners.get(version.id)
-        if runner is not None and runner.pool is not None and runner.child is not None and runner.child.running:
-            return runner.pool
-        return await self.ensure_started(version)
+    async def ensure_started(self, version: VersionRecord) -> VersionRunners | InProcessRunner:
+        """Start ``version``'s minimum of replicas (at least one) and wait until one serves; ``NotReady`` says
+        why it does not within ``start_timeout_s``."""
+        runners = self.register(version)
+        if runners.confinement.profile == "inprocess":
+            return await self._load_inprocess(version)
+        if self.stopping:
+            raise NotReady("the gateway is shutting down")
+        if not any(r.serving for r in runners.replicas):
+            starting = [r for r in runners.replicas if r.child is not None and r.child.state is not ChildState.FAILED]
+            if not starting:
+                await runners.scale_up("started")
+        await runners._wait_serving(set())
+        if runners.min_replicas > 1:
+            self.spawn_background(runners.ensure_min())
+        return runners
 
-    async def ensure_started(self, version: VersionRecord) -> RunnerPool:
-        """Start ``version``'s runner if it is not (concurrent callers share one), and wait up to
-        ``start_timeout_s`` for it to run. Raises ``NotReady`` saying why it does not."""
-        runner = self.register(version)  # before the first await: concurrent first calls share one record
-        async with runner.lock:
-            if self._stopping:
-                raise NotReady("the gateway is shutting down")
-            if runner.child is None:
-                await asyncio.to_thread(self._lay_out, runner)
-                if self._stopping:  # stop() ran meanwhile and saw no process to stop: start none
-                    raise NotReady("the gateway is shutting down")
-                self._start(runner)
-        child, pool = runner.child, runner.pool
-        if child is None or pool is None:
-            raise NotReady(f"{runner.name} could not be started (see the gateway log)")
-        if not await child.wait_running(self.start_timeout_s):
-            if child.state is ChildState.FAILED:
-                raise NotReady(f"{runner.name} is not available: {child.failure}")
-            raise NotReady(f"{runner.name} is not ready: {child.describe()} (see {runner.log_path})")
-        return pool
+    async def _load_inprocess(self, version: VersionRecord) -> InProcessRunner:
+        async with self._inprocess_lock:
+            found = self.inprocess.get(version.id)
+            if found is not None:
+                return found
+            started = time.monotonic()
+            spec_path = await asyncio.to_thread(materialize, version, self.blobs, self.runners_dir, "inprocess")
+            from modelmarket.runtime.runner import RunnerApp, load_runtime, read_spec
 
-    def _lay_out(self, runner: RunnerProcess) -> None:
-        """Files the runner needs: spec, artifact links, a private socket directory free of stale sockets."""
-        runner.spec_path = materialize(runner.version, self.blobs, self.runners_dir)
-        runner.log_path = runner.spec_path.parent / "runner.log"
-        runner.socket_path = socket_path_for(self.runners_dir, runner.version.id, self._pid)
-        if not runner.socket_path.is_relative_to(self.runners_dir.absolute()):
+            try:
+                runtime = await asyncio.to_thread(load_runtime, read_spec(spec_path))
+            except Exception as exc:
+                raise NotReady(f"{version.model_name}@{version.version} failed to load in the gateway: {exc}") from exc
+            batching = version.manifest.batching
+            app = RunnerApp(runtime, self.max_request_bytes, batching=batching)
+            found = self.inprocess[version.id] = InProcessRunner(version, app)
+            found.cold_start_s = time.monotonic() - started
+            log.info("%s@%s loaded in the gateway in %.2fs", version.model_name, version.version, found.cold_start_s)
+            return found
+
+    def lay_out_replica(self, runners: VersionRunners, index: int) -> Replica:
+        """Files one replica needs: a private socket directory free of stale sockets, its cgroup."""
+        socket_path = socket_path_for(self.runners_dir, runners.version.id, self._pid, index)
+        if not socket_path.is_relative_to(self.runners_dir.absolute()):
             # Under the shared temp dir the parent must be ours as well: whoever owns a directory can swap
             # the entries in it, our private one included.
-            private_dir(runner.socket_path.parent.parent)
-        private_dir(runner.socket_path.parent)
-        remove_stale_sockets(runner.socket_path.parent, self._pid)
+            private_dir(socket_path.parent.parent)
+        private_dir(socket_path.parent)
+        remove_stale_sockets(socket_path.parent, self._pid)
+        assert runners.spec_path is not None
+        log_path = runners.spec_path.parent / f"runner-{index}.log"
+        cgroup = Cgroup.create(f"{self._pid}-{runners.version.id}-{index}", runners.confinement)
+        return Replica(index, socket_path, log_path, cgroup=cgroup)
 
-    def _start(self, runner: RunnerProcess) -> None:
-        assert runner.spec_path is not None and runner.socket_path is not None  # set by _lay_out
-        socket_path = runner.socket_path
-        command = [
+    def start_replica(self, runners: VersionRunners, replica: Replica) -> None:
+        assert runners.spec_path is not None
+        confinement = runners.confinement
+        socket_path = replica.socket_path
+        runner_argv = [
             sys.executable,
             "-m",
             "modelmarket.runtime.runner",
             "--spec",
-            str(runner.spec_path),
+            str(runners.spec_path.absolute()),
             "--socket",
             str(socket_path),
-            "--parent-pid",
-            str(self._pid),
             "--max-request-bytes",
             str(self.max_request_bytes),
         ]
+        batching = runners.version.manifest.batching
+        if batching is not None:
+            runner_argv += [
+                "--batch-size",
+                str(batching.max_batch_size),
+                "--batch-delay-ms",
+                f"{batching.max_delay_ms:g}",
+            ]
+        if confinement.profile == "process":
+            runner_argv += ["--parent-pid", str(self._pid)]
+        base = runners.spec_path.parent
+        layout = Layout(
+            version_dir=base.absolute(),
+            socket_dir=socket_path.parent,
+            work_dir=base.absolute() / f"work-{replica.index}",
+            state_dir=base.absolute() / f"gvisor-{replica.index}",
+            hidden=self.hidden,
+        )
+        command = wrap(
+            runner_argv, confinement, layout, replica.cgroup, f"mm-{runners.version.id[:12]}-{replica.index}"
+        )
 
         async def probe() -> bool:
             return await probe_ready(str(socket_path), self.probe_timeout_s)
@@ -308,44 +798,118 @@ class Supervisor:
             # The previous process (if any) is gone: its socket file and our connections to it are dead.
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
-            if runner.pool is not None:
-                runner.pool.drop_idle()
+            if replica.pool is not None:
+                replica.pool.drop_idle()
+            if confinement.profile == "process":  # a fresh, empty working directory each time
+                shutil.rmtree(layout.work_dir, ignore_errors=True)
+                layout.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            replica.started_at = time.monotonic()
 
+        def explain_exit(code: int) -> str | None:
+            cause = replica.cgroup.cause() if replica.cgroup is not None else None
+            if replica.cgroup is not None:
+                replica.cgroup.kill_all()  # what it forked must not outlive it
+            replica.last_cause = cause
+            if cause is not None:
+                runners.last_error = cause
+            return cause
+
+        unresponsive = self.unresponsive_after_s if self.unresponsive_after_s is not None else confinement.timeout_s
         child = ChildProcess(
-            runner.name,
+            f"runner for {runners.name} (replica {replica.index}, {confinement.profile})",
             command,
             policy=self.policy,
-            log_path=runner.log_path,
+            env=sandbox_env(),
+            log_path=replica.log_path,
             no_restart_codes={EXIT_MODEL_LOAD_FAILED: "the model failed to load"},
-            probe=ProbeSettings(probe, self.probe_interval_s, self.unresponsive_after_s, self.start_timeout_s),
+            probe=ProbeSettings(probe, self.probe_interval_s, unresponsive, self.start_timeout_s),
             before_spawn=before_spawn,
+            explain_exit=explain_exit,
             stop_timeout_s=self.stop_timeout_s,
         )
-        runner.pool = RunnerPool(
+        replica.pool = RunnerPool(
             str(socket_path),
             self.pool_size,
-            self.request_timeout_s,
+            confinement.timeout_s,
             max_response_bytes=self.max_response_bytes,
-            on_timeout=lambda: child.recycle(f"a call took longer than {self.request_timeout_s:g}s"),
+            on_timeout=lambda: child.recycle(f"a call took longer than {confinement.timeout_s:g}s"),
         )
-        runner.child = child
+        replica.child = child
         child.start()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``modelmarket runners`` shows."""
+        versions = [r.describe() for r in self.runners.values()]
+        for inproc in self.inprocess.values():
+            versions.append(
+                {
+                    "model": inproc.version.model_name,
+                    "version": inproc.version.version,
+                    "version_id": inproc.version.id,
+                    "runtime": inproc.version.manifest.runtime,
+                    "profile": "inprocess",
+                    "replicas": {"min": 1, "max": 1, "running": 1},
+                    "state": "ready",
+                    "queue_depth": 0,
+                    "calls": inproc.calls,
+                    "last_error": None,
+                    "cold_start_s": inproc.cold_start_s,
+                    "draining": False,
+                    "processes": [
+                        {
+                            "replica": 0,
+                            "pid": self._pid,
+                            "state": "in the gateway",
+                            "outstanding": 0,
+                            "rss_bytes": None,
+                            "restarts": 0,
+                            "cold_start_s": inproc.cold_start_s,
+                        }
+                    ],
+                }
+            )
+        return {"gateway_pid": self._pid, "written_at": time.time(), "runners": versions}
+
+    def write_status(self) -> None:
+        self.runners_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.runners_dir, prefix=".status-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.snapshot(), fh, indent=1)
+        os.replace(tmp, self.status_path)
 
     async def stop(self) -> None:
         """Stop every runner (concurrently: each may take ``stop_timeout_s``). No runner starts after this."""
-        self._stopping = True
-        results = await asyncio.gather(*(self._stop_one(r) for r in self.runners.values()), return_exceptions=True)
-        for runner, result in zip(self.runners.values(), results, strict=True):
+        self.stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for task in list(self._background):
+            task.cancel()
+        replicas = [(v, r) for v in self.runners.values() for r in list(v.replicas)]
+        results = await asyncio.gather(*(self._stop_one(r) for _, r in replicas), return_exceptions=True)
+        for (runners, replica), result in zip(replicas, results, strict=True):
             if isinstance(result, BaseException):
-                log.error("stopping %s failed", runner.name, exc_info=result)
+                log.error("stopping %s replica %d failed", runners.name, replica.index, exc_info=result)
+        with contextlib.suppress(OSError):
+            self.status_path.unlink()
 
-    async def _stop_one(self, runner: RunnerProcess) -> None:
-        if runner.pool is not None:
-            await runner.pool.close()
-        if runner.child is not None:
-            await runner.child.stop()
-        if runner.socket_path is not None:
-            runner.socket_path.unlink(missing_ok=True)
-            if not runner.socket_path.is_relative_to(self.runners_dir.absolute()):
-                with contextlib.suppress(OSError):  # the short-path directory under TMPDIR, if now empty
-                    runner.socket_path.parent.rmdir()
+    async def _stop_one(self, replica: Replica) -> None:
+        if replica.pool is not None:
+            await replica.pool.close()
+        if replica.child is not None:
+            await replica.child.stop()
+        if replica.cgroup is not None:
+            replica.cgroup.remove()
+        replica.socket_path.unlink(missing_ok=True)
+        if not replica.socket_path.is_relative_to(self.runners_dir.absolute()):
+            with contextlib.suppress(OSError):  # the short-path directory under TMPDIR, if now empty
+                replica.socket_path.parent.rmdir()
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        return str(doc.get("error", ""))[:500] if isinstance(doc, dict) else ""
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
