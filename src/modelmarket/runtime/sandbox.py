@@ -41,12 +41,18 @@ log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
+MB = 1024 * 1024
 DEFAULT_NOFILE = 1024
 DEFAULT_FSIZE_MB = 1024
 SAFE_ENV = ("LANG", "LC_ALL", "TZ", "PYTHONPATH")
 """The only variables a runner inherits (besides PATH and HOME, which are set): the locale, and where the
 operator installed runtime plug-ins. No keys, no database URL, no ``MODELMARKET_*``."""
 SYSTEM_DIRS = ("/usr", "/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
+GVISOR_HOST_MEMORY_MB = 512
+"""Added to a gvisor runner's cgroup: the sentry and gofer's own memory is not the model's."""
+GVISOR_HOST_PIDS = 1024
+"""Added to a gvisor runner's cgroup: runsc's own host threads. The model's processes are counted inside the
+sandbox (RLIMIT_NPROC, enforced by gVisor for a root without capabilities)."""
 MEMORY_LIMIT = "sandbox: memory limit"
 PIDS_LIMIT = "sandbox: process limit"
 
@@ -111,6 +117,14 @@ def parse_profile(text: str) -> Profile:
     return text  # type: ignore[return-value]
 
 
+def _host_memory_mb(c: Confinement) -> int:
+    return c.memory_mb + (GVISOR_HOST_MEMORY_MB if c.profile == "gvisor" else 0)
+
+
+def _host_pids(c: Confinement) -> int:
+    return c.pids + (GVISOR_HOST_PIDS if c.profile == "gvisor" else 0)
+
+
 # -- cgroups ------------------------------------------------------------------------------------------------
 
 
@@ -162,11 +176,11 @@ class Cgroup:
             path.mkdir(parents=True, exist_ok=True)
             dirs.append(path)
         memory, pids, cpu = dirs
-        limit = str(c.memory_mb * 1024 * 1024)
+        limit = str(_host_memory_mb(c) * 1024 * 1024)
         (memory / "memory.limit_in_bytes").write_text(limit)
         with contextlib.suppress(OSError):  # no swap accounting on some hosts
             (memory / "memory.memsw.limit_in_bytes").write_text(limit)
-        (pids / "pids.max").write_text(str(c.pids))
+        (pids / "pids.max").write_text(str(_host_pids(c)))
         if c.cpus is not None:
             (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(int(c.cpus * CPU_PERIOD_US)))
@@ -182,10 +196,10 @@ class Cgroup:
             (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         path = parent / name
         path.mkdir(exist_ok=True)
-        (path / "memory.max").write_text(str(c.memory_mb * 1024 * 1024))
+        (path / "memory.max").write_text(str(_host_memory_mb(c) * 1024 * 1024))
         with contextlib.suppress(OSError):
             (path / "memory.swap.max").write_text("0")
-        (path / "pids.max").write_text(str(c.pids))
+        (path / "pids.max").write_text(str(_host_pids(c)))
         if c.cpus is not None:
             (path / "cpu.max").write_text(f"{int(c.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
         group = cls(2, [path])
@@ -324,10 +338,9 @@ def confine_prefix(
     argv = [sys.executable, "-I", "-m", "modelmarket.runtime.confine"]
     for path in cgroup.procs_files() if cgroup is not None else ():
         argv += ["--cgroup-procs", path]
-    if data_limit:  # not for runsc: its own reservations are not the model's memory (the cgroup counts that)
-        argv += ["--data-mb", str(confinement.memory_mb)]
-    argv += ["--nofile", str(DEFAULT_NOFILE)]
-    argv += ["--fsize-mb", str(DEFAULT_FSIZE_MB), "--nproc", str(confinement.pids)]
+    if data_limit:  # not for runsc: its own limits are not the model's (those are in the OCI bundle)
+        argv += ["--data-mb", str(confinement.memory_mb), "--nofile", str(DEFAULT_NOFILE)]
+        argv += ["--fsize-mb", str(DEFAULT_FSIZE_MB), "--nproc", str(confinement.pids)]
     if work_dir is not None:
         argv += ["--cwd", str(work_dir)]
     argv.append("--die-with-parent")
@@ -356,7 +369,7 @@ def wrap(
     if profile == "bwrap":
         return [*confine_prefix(confinement, cgroup, None), *bwrap_argv(layout), *runner_argv]
     if profile == "gvisor":
-        bundle = write_oci_bundle(runner_argv, layout, name)
+        bundle = write_oci_bundle(runner_argv, layout, confinement)
         return [*confine_prefix(confinement, cgroup, None, data_limit=False), *runsc_argv(layout, bundle, name)]
     raise ValueError(f"profile {profile!r} does not run in a child process")
 
@@ -401,8 +414,9 @@ def runsc_argv(layout: Layout, bundle: Path, name: str) -> list[str]:
     ]
 
 
-def write_oci_bundle(runner_argv: Sequence[str], layout: Layout, name: str) -> Path:
-    """An OCI bundle whose root is an empty read-only folder with the same mounts bwrap would make."""
+def write_oci_bundle(runner_argv: Sequence[str], layout: Layout, confinement: Confinement) -> Path:
+    """An OCI bundle whose root is an empty read-only folder with the same mounts bwrap would make; the runner
+    runs as a root with no capabilities, so gVisor enforces its process and data-size rlimits."""
     bundle = layout.state_dir / "bundle"
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
@@ -447,6 +461,13 @@ def write_oci_bundle(runner_argv: Sequence[str], layout: Layout, name: str) -> P
             "user": {"uid": 0, "gid": 0},
             "terminal": False,
             "noNewPrivileges": True,
+            "capabilities": {k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")},
+            "rlimits": [
+                {"type": "RLIMIT_NPROC", "hard": confinement.pids, "soft": confinement.pids},
+                {"type": "RLIMIT_DATA", "hard": confinement.memory_mb * MB, "soft": confinement.memory_mb * MB},
+                {"type": "RLIMIT_NOFILE", "hard": DEFAULT_NOFILE, "soft": DEFAULT_NOFILE},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ],
         },
         "root": {"path": "rootfs", "readonly": True},
         "mounts": mounts,

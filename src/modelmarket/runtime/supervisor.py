@@ -803,6 +803,9 @@ class Supervisor:
             if confinement.profile == "process":  # a fresh, empty working directory each time
                 shutil.rmtree(layout.work_dir, ignore_errors=True)
                 layout.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if confinement.profile == "gvisor":  # runsc's record of the killed sandbox would refuse the same id
+                shutil.rmtree(layout.state_dir / "runsc", ignore_errors=True)
+                (layout.state_dir / "runsc").mkdir(mode=0o700, parents=True)
             replica.started_at = time.monotonic()
 
         def explain_exit(code: int) -> str | None:
