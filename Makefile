@@ -57,6 +57,7 @@ bench: install sysdeps-test
 	$(BIN)/python benchmarks/rating_throughput.py
 	$(BIN)/python benchmarks/usage_lag.py
 	$(BIN)/python benchmarks/openai_gateway.py
+	$(BIN)/python benchmarks/runner_hot_path.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

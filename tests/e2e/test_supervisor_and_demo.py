@@ -222,7 +222,7 @@ def test_a_gateway_restarted_after_a_sigkill_is_ready_as_soon_as_its_runners_are
         r = httpx.post(f"{gw2.url}/v2/models/digits/infer", json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
         assert not [c for c in old_children if _alive(c)]  # the orphans stopped with their gateway
-        [version_dir] = (cli.home / "runners").iterdir()
+        [version_dir] = [p for p in (cli.home / "runners").iterdir() if p.is_dir()]
         old_socket = socket_path_for(cli.home / "runners", version_dir.name, gw.proc.pid)
         new_socket = socket_path_for(cli.home / "runners", version_dir.name, gw2.proc.pid)
         assert new_socket.is_socket() and not old_socket.exists()  # the killed gateway's socket was cleared

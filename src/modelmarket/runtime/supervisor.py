@@ -76,6 +76,8 @@ CAUSE_WAIT_S = 1.0
 COLD_START_HEADER = b"x-modelmarket-cold-start"
 COLD_REPORT_MIN_S = 0.05
 COLD_STARTS_KEPT = 20
+QUEUE_RECHECK_S = 0.05
+"""While every replica is busy and another is starting, a call rechecks for a free one this often."""
 
 
 def spec_for(version: VersionRecord, artifact_root: Path, sandbox: str = "process") -> ModelSpec:
@@ -303,6 +305,7 @@ class VersionRunners:
             finally:
                 replica.outstanding -= 1
                 replica.last_used = time.monotonic()
+                self._changed.set()
             if answer.status >= 500:
                 cause = replica.cgroup.cause() if replica.cgroup is not None else None
                 if cause is not None:  # a fork refused or memory refused inside a call that then failed
@@ -325,6 +328,11 @@ class VersionRunners:
             replica.outstanding -= 1
             replica.last_used = time.monotonic()
 
+    def _starting(self) -> bool:
+        return any(
+            r.child is not None and r.child.state is ChildState.STARTING and not r.draining for r in self.replicas
+        )
+
     def _another_could_serve(self, tried: set[int]) -> bool:
         return any(r.index not in tried and r.serving for r in self.replicas) or len(self.replicas) < self.max_replicas
 
@@ -343,11 +351,24 @@ class VersionRunners:
         """A serving replica with the fewest calls in flight (counted as one more), and the cold start this
         call waited for (None if a replica was serving)."""
         self.calls += 1
-        candidates = [r for r in self.replicas if r.serving and r.index not in exclude]
-        if candidates:
+        while True:
+            candidates = [r for r in self.replicas if r.serving and r.index not in exclude]
+            if not candidates:
+                break
             best = min(candidates, key=lambda r: r.outstanding)
-            if best.outstanding >= self.supervisor.scale_queue and len(self.replicas) < self.max_replicas:
-                self.supervisor.spawn_background(self.scale_up(f"{best.outstanding} calls queued on each replica"))
+            if best.outstanding >= self.supervisor.scale_queue:
+                live = [r for r in self.replicas if r.child is not None and r.child.state is not ChildState.FAILED]
+                if len(live) < self.max_replicas:
+                    self.supervisor.spawn_background(self.scale_up(f"{best.outstanding} calls on every replica"))
+                if self._starting():  # capacity is coming: wait at the version, not behind one busy replica
+                    self.waiting += 1
+                    try:
+                        self._changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._changed.wait(), QUEUE_RECHECK_S)
+                    finally:
+                        self.waiting -= 1
+                    continue
             best.outstanding += 1
             return best, None
         if self.failed is not None:
@@ -413,6 +434,7 @@ class VersionRunners:
         child = replica.child
         assert child is not None
         if await child.wait_running(self.supervisor.start_timeout_s):
+            replica.last_used = time.monotonic()  # idle from when it could first serve, not from its layout
             replica.cold_start_s = time.monotonic() - replica.started_at
             self.cold_starts.append(replica.cold_start_s)
             del self.cold_starts[:-COLD_STARTS_KEPT]
@@ -447,7 +469,10 @@ class VersionRunners:
         idle = [
             r
             for r in self.replicas
-            if not r.draining and r.outstanding == 0 and now - r.last_used >= self.supervisor.idle_s
+            if not r.draining
+            and r.outstanding == 0
+            and not (r.child is not None and r.child.state is ChildState.STARTING)  # still starting: not idle
+            and now - r.last_used >= self.supervisor.idle_s
         ]
         if self.draining:
             idle = [r for r in self.replicas if not r.draining and r.outstanding == 0]
@@ -643,7 +668,7 @@ class Supervisor:
                 reasons.append(f"{version_id}: not started")
             elif runners.failed is not None:
                 reasons.append(f"{runners.name}: failed: {runners.failed}")
-            elif not runners.ready and not (runners.min_replicas == 0 and runners.cold_starts):
+            elif not runners.ready and runners.min_replicas > 0:  # min 0: started on demand, by design
                 states = "; ".join(r.child.describe() for r in runners.replicas if r.child is not None)
                 reasons.append(f"{runners.name}: {states or 'not started'}")
         return reasons
@@ -669,8 +694,11 @@ class Supervisor:
         self.serving_ids[key] = new.id
         self._warming.discard(new.id)
         old = self.runners.get(old_id)
+        if old_id in self.preloaded:  # readiness follows what the alias serves now
+            self.preloaded.discard(old_id)
+            self.preloaded.add(new.id)
         if old is not None and old_id not in self.serving_ids.values():
-            log.info("%s: %s now serves %s; draining %s", key, new.ref, key, old.name)
+            log.info("%s now goes to %s; draining %s", key, new.ref, old.name)
             old.draining = True
 
     async def _warm(self, version: VersionRecord) -> None:
