@@ -481,3 +481,76 @@ def test_a_min_zero_version_cold_starts_scales_out_within_max_and_back_to_zero(
     assert again.status_code == 200 and _doubled(again, x), again.text
     assert COLD in again.headers, dict(again.headers)
     assert warm.status_code == 200 and COLD not in warm.headers, dict(warm.headers)
+
+
+_SLOW_LOAD = """
+import time
+
+
+class Model:
+    def load(self, path):
+        time.sleep(LOAD_S)
+
+    def predict(self, inputs):
+        return {"y": inputs["x"] * 2}
+"""
+
+_CRASHES = """
+import os
+
+
+class Model:
+    def load(self, path):
+        pass
+
+    def predict(self, inputs):
+        os._exit(9)  # the whole runner dies with every call
+"""
+
+
+def test_a_cold_version_is_not_ready_until_loaded_and_calls_wait_only_up_to_the_bound(
+    tmp_path: Path, platforms: list[Platform]
+) -> None:
+    """A model that takes 6 s to load, with MODELMARKET_RUNNER_START_TIMEOUT_S=2: model-ready says no while it
+    loads, and a call that would wait longer than the bound is answered 503 with Retry-After (never billed)."""
+    slow = write_package(tmp_path / "slow", MODEL, _SLOW_LOAD.replace("LOAD_S", "6"), "Loads slowly.", sandbox=PROCESS)
+    env = {"MODELMARKET_RUNNER_START_TIMEOUT_S": "2"}
+    platform = _platform(tmp_path, platforms, [slow], env, wait_ready=False, preload=False)
+    with platform.client() as http:
+        assert http.get(f"/v2/models/{MODEL}/ready").status_code != 200
+        t0 = time.monotonic()
+        r = http.post(f"/v2/models/{MODEL}/infer", json=_body(np.ones((1, 4), np.float32)))
+        waited = time.monotonic() - t0
+        assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+        assert "not ready" in r.json()["error"] and waited < 5, (waited, r.text)
+        assert http.get(f"/v2/models/{MODEL}/ready").status_code != 200
+        assert _events(http) == 0
+
+
+def test_a_runner_that_keeps_crashing_is_given_up_on_and_runners_shows_why(
+    tmp_path: Path, platforms: list[Platform]
+) -> None:
+    """Every call kills its runner: each call is a 503 (never billed), the supervisor restarts it with backoff,
+    then marks it failed; `modelmarket runners` shows the state, the restarts and the reason."""
+    crash = write_package(tmp_path / "crash", MODEL, _CRASHES, "Exits in every call.", sandbox=PROCESS)
+    env = {"MODELMARKET_RUNNER_MAX_RESTARTS": "2"}
+    platform = _platform(tmp_path, platforms, [crash], env)
+    with platform.client() as http:
+        for _ in range(40):  # each call waits for the restart in progress, then crashes the new runner
+            r = http.post(f"/v2/models/{MODEL}/infer", json=_body(np.ones((1, 4), np.float32)))
+            assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+            runner = _runner(platform.status(), "1.0.0")
+            if runner is not None and runner["state"] == "failed":
+                break
+            time.sleep(0.2)
+        assert _events(http) == 0
+    doc = _wait_for(
+        "the runner to be given up on",
+        lambda: (d := platform.cli.json("runners")) and (r := _runner(d, "1.0.0")) and r["state"] == "failed" and d,
+        20,
+    )
+    runner = _runner(doc, "1.0.0")
+    assert runner is not None and "gave up after 2 restarts" in (runner["last_error"] or ""), runner
+    assert "exited with code 9" in runner["last_error"], runner
+    table = platform.cli.run("runners").stdout
+    assert "failed" in table and MODEL in table

@@ -210,8 +210,10 @@ class Replica:
 
     @property
     def serving(self) -> bool:
-        """Running (it answered its probe at least once), not on its way out."""
-        return self.child is not None and self.child.running and not self.draining
+        """Running (it answered its probe at least once), alive this instant (not only at the watch's last
+        look: calls must not pile onto a runner that just died), and not on its way out."""
+        child = self.child
+        return child is not None and child.running and not self.draining and child.pid is not None
 
     def rss_bytes(self) -> int | None:
         if self.cgroup is not None:
