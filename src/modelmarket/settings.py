@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         default=2048, ge=16, description="A runner's memory limit when its package sets none."
     )
     sandbox_max_memory_mb: int = Field(default=16384, ge=16, description="Most memory a package may ask for.")
+    sandbox_max_pids: int = Field(default=4096, ge=1, description="Most processes a package may ask for.")
+    sandbox_max_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest per-call timeout a package may ask for (sandbox.timeout_s)."
+    )
     sandbox_pids: int = Field(default=256, ge=1, description="A runner's process limit when its package sets none.")
     sandbox_cpus: float | None = Field(
         default=None, gt=0, description="A runner's CPU quota when its package sets none."

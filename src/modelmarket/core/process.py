@@ -141,7 +141,9 @@ class ChildProcess:
 
     ``no_restart_codes`` maps exit codes to what they mean ("metering halted"); such an exit ends in FAILED.
     ``before_spawn`` runs before every spawn (e.g. to remove a dead runner's socket file). ``explain_exit``
-    (given the exit code) may name what ended the process ("sandbox: memory limit") and clean up after it.
+    (given the exit code) may name what ended the process ("sandbox: memory limit") and clean up after it;
+    a cause for which ``free_restart`` is true restarts at once without using the budget (a call that reached
+    its sandbox's limit is the caller's input, not a crash of the runner: nobody can exhaust it for free).
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class ChildProcess:
         probe: ProbeSettings | None = None,
         before_spawn: Callable[[], None] | None = None,
         explain_exit: Callable[[int], str | None] | None = None,
+        free_restart: Callable[[str], bool] | None = None,
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         rng: random.Random | None = None,
@@ -172,6 +175,7 @@ class ChildProcess:
         self.probe = probe
         self.before_spawn = before_spawn
         self.explain_exit = explain_exit
+        self.free_restart = free_restart
         self.stop_timeout_s = stop_timeout_s
         self.poll_interval_s = poll_interval_s
         self._rng = rng or random.Random()
@@ -398,7 +402,8 @@ class ChildProcess:
         if meaning is not None and run.kill_reason is None:
             self._fail(f"{self.name} {how} ({meaning}); not restarting{f': {tail}' if tail else ''}")
             return
-        if run.recycled:  # a deliberate restart: a slow call must not use up the budget for crashes
+        if run.recycled or (cause is not None and self.free_restart is not None and self.free_restart(cause)):
+            # a deliberate restart, or a limit a call reached: neither may use up the budget for crashes
             self._spawn()
             return
         if self.restarts >= self.policy.max_restarts:

@@ -124,7 +124,7 @@ class GatewayApp:
                 log.exception("checking whether metering was resumed failed")
 
     def _spawn_start(self, version: VersionRecord) -> None:
-        self.parts.supervisor.register(version)
+        # (ensure_started registers the version: an in-process one gets no runner record)
 
         async def start() -> None:
             try:

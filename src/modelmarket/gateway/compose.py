@@ -182,7 +182,8 @@ def sandbox_policy(s: Settings) -> SandboxPolicy:
         memory_mb=s.sandbox_memory_mb,
         max_memory_mb=s.sandbox_max_memory_mb,
         pids=s.sandbox_pids,
+        max_pids=s.sandbox_max_pids,
         cpus=s.sandbox_cpus,
         timeout_s=s.runner_request_timeout_s,
-        max_timeout_s=max(s.runner_request_timeout_s, 600.0),
+        max_timeout_s=s.sandbox_max_timeout_s,
     )

@@ -147,6 +147,8 @@ def trace_id(traceparent: bytes | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     units: int
+    decoded: oip.InferRequest | None = None
+    """The request as decoded and validated here: an in-process model takes it as it is."""
 
 
 class DataPlane:
@@ -205,7 +207,7 @@ class DataPlane:
             await self.catalogue.reload_after_miss(time.monotonic())
             version = self.catalogue.catalogue.resolve(name, ref)
         route = getattr(self.runners, "route", None)
-        if route is not None and version.needs_runner:
+        if route is not None and version.needs_runner and (ref is None or ref != version.version):  # an alias
             return route(f"{name}@{ref or 'latest'}", version)  # type: ignore[no-any-return]
         return version
 
@@ -386,10 +388,10 @@ class DataPlane:
     ) -> InferAnswer:
         route = None if attempt is None else attempt.route
         if attempt is None:
-            answer, units, out = await self.forward(version, request, prepared.units)
+            answer, units, out = await self.forward(version, request, prepared.units, prepared.decoded)
         else:
             async with attempt.backend_bound():  # a route's timeout bounds the runner's answer, not the commit
-                answer, units, out = await self.forward(version, request, prepared.units)
+                answer, units, out = await self.forward(version, request, prepared.units, prepared.decoded)
         event_id = self.request_ids.next() if once is None else once[0]
         event = self.usage_event(
             event_id, account, version, units, started, trace_id(request.traceparent), priced, quantity_out=out
@@ -438,7 +440,9 @@ class DataPlane:
         if ticket is not None and self.economy is not None:
             self.economy.limiter.settle(ticket, base=units)
 
-    async def forward(self, version: VersionRecord, request: InferRequest, units: int) -> tuple[RunnerAnswer, int, int]:
+    async def forward(
+        self, version: VersionRecord, request: InferRequest, units: int, decoded: oip.InferRequest | None = None
+    ) -> tuple[RunnerAnswer, int, int]:
         """Send an OIP request to the version's runner (or its provider's server); the 200 answer with the
         call's size in base units and, of those, the output tokens: the runner's own token counts for a token
         model that reports them (``x-modelmarket-usage``), else ``units`` as counted from the request."""
@@ -453,7 +457,10 @@ class DataPlane:
         else:
             pool = await self.runners.pool_for(version)
             path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
-        answer = await pool.request("POST", path, request.body, headers)
+        if decoded is not None and getattr(pool, "takes_decoded", False):
+            answer = await pool.request("POST", path, request.body, headers, decoded=decoded)
+        else:
+            answer = await pool.request("POST", path, request.body, headers)
         if answer.status != 200:  # an upstream may quote the key it was sent: it is never passed on
             raise _runner_error(answer, backend.redact if upstream else None)
         out = 0
@@ -549,7 +556,7 @@ def _prepare(version: VersionRecord, body: bytes, header_len: int | None, limits
     oip.validate_requested_outputs(request, version.output_names, version.model_name)
     by_name = {t.name: t for t in request.inputs}
     declared = [by_name[spec.name] for spec in version.inputs if spec.name in by_name]
-    return _Prepared(units=version.manifest.pricing.unit.measure(declared))
+    return _Prepared(units=version.manifest.pricing.unit.measure(declared), decoded=request)
 
 
 def _counted_tokens(raw: bytes, estimate: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from modelmarket.metering.ports import EventLogFull
 from modelmarket.routing import RouteUnavailable
 from modelmarket.runtime.asgi import BodyTooLarge
 from modelmarket.runtime.pool import RunnerTimeout
-from modelmarket.runtime.supervisor import SandboxLimit
+from modelmarket.runtime.supervisor import RunnerBrokeOff, SandboxLimit
 
 RETRY_AFTER_S = 1
 """What a 503 for an overloaded event log tells the client to wait before retrying."""
@@ -42,6 +42,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (BodyTooLarge, 413),
     (ModelFailed, 502),
     (SandboxLimit, 502),
+    (RunnerBrokeOff, 502),
     (PipelineStepFailed, 502),
     (RunnerTimeout, 504),
     (NotReady, 503),

@@ -2,7 +2,7 @@
 
 These are requests, not grants: the operator's settings decide the profile a runtime may run under (a floor for
 provider code, an allow-list for the in-process profile) and cap the limits. ``runtime/sandbox.py`` turns them
-into a command line and a cgroup; ``runtime/batching.py`` and ``runtime/replicas.py`` act on the other two.
+into a command line and a cgroup; ``runtime/batching.py`` and ``runtime/supervisor.py`` act on the other two.
 """
 
 from __future__ import annotations

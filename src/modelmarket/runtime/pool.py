@@ -13,7 +13,9 @@ recycle that runner so the next call does not queue behind the abandoned one.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +142,19 @@ async def read_body(
     return (await reader.readexactly(length) if length else b""), True
 
 
+async def open_unix_nofollow(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the Unix socket at ``path`` itself, never through a symlink: a sandboxed runner can write in
+    its socket folder, and a link planted there must not send the gateway's calls to another socket on the
+    host. The path is opened without following links, checked to be a socket, and connected through the fd."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ConnectionRefusedError(f"{path} is not a socket")
+        return await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=STREAM_LIMIT_BYTES)
+    finally:
+        os.close(fd)
+
+
 class RunnerPool:
     def __init__(
         self,
@@ -190,7 +205,7 @@ class RunnerPool:
         if self._tcp is not None:
             connecting = asyncio.open_connection(*self._tcp, limit=STREAM_LIMIT_BYTES, ssl=self._ssl)
         else:
-            connecting = asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT_BYTES)
+            connecting = open_unix_nofollow(self.socket_path)
         try:
             reader, writer = await asyncio.wait_for(connecting, self.timeout_s)
         except (OSError, TimeoutError) as exc:
@@ -317,6 +332,9 @@ class RunnerPool:
 class StreamedAnswer:
     """An answer whose body is read piece by piece (see ``RunnerPool.stream``)."""
 
+    on_close: Callable[[], None] | None = None
+    """Called once when the stream is closed (the supervisor counts a replica busy until then)."""
+
     def __init__(self, pool: RunnerPool, conn: _Conn, status: int, headers: dict[bytes, bytes]) -> None:
         self.pool = pool
         self.status = status
@@ -393,6 +411,8 @@ class StreamedAnswer:
         conn, self._conn = self._conn, None
         if conn is not None:  # never back to the idle list: streams open their own connections (see ``stream``)
             self.pool._release(conn, False)
+            if self.on_close is not None:
+                self.on_close()
 
 
 async def probe_ready(socket_path: str, timeout_s: float) -> bool:
@@ -403,7 +423,7 @@ async def probe_ready(socket_path: str, timeout_s: float) -> bool:
     """
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_unix_connection(socket_path, limit=STREAM_LIMIT_BYTES)
+            reader, writer = await open_unix_nofollow(socket_path)
             try:
                 writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: runner\r\nConnection: close\r\n\r\n")
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -120,11 +120,17 @@ class RunnerApp:
         ctype = next((v for n, v in headers if n == b"content-type"), b"application/json")
         await respond(send, status, payload, ctype, [(n, v) for n, v in headers if n != b"content-type"])
 
-    async def answer_infer(self, body: bytes, header_len: int | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """One OIP infer call: status, extra headers and body. The in-process profile calls this directly."""
+    async def answer_infer(
+        self, body: bytes, header_len: int | None, decoded: oip.InferRequest | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One OIP infer call: status, extra headers and body. The in-process profile calls this directly, with
+        the request the gateway already decoded and validated against this same version (``decoded``)."""
         try:
-            request = oip.decode_request(body, header_len)
-            oip.validate_inputs(request.inputs, self.spec.inputs, self.spec.name)
+            if decoded is None:
+                request = oip.decode_request(body, header_len)
+                oip.validate_inputs(request.inputs, self.spec.inputs, self.spec.name)
+            else:
+                request = decoded
             if self._serialized:  # a generating or embedding model: one call at a time, off the event loop
                 async with self._openai.lock:
                     outputs = await asyncio.to_thread(self.runtime.predict, request.inputs, request.parameters)
@@ -142,8 +148,13 @@ class RunnerApp:
                 outputs = self.runtime.predict(request.inputs, request.parameters)
                 usage = getattr(self.runtime, "last_usage", None)
             payload, header_len_out = oip.encode_response(self.spec.name, self.spec.version, request, outputs)
-        except (InvalidInput, ValueError) as exc:
+        except InvalidInput as exc:
             return 400, [], oip.error_body(str(exc))
+        except ValueError as exc:
+            if not self.runtime.provider_code:  # the platform's runtimes raise ValueError for bad content
+                return 400, [], oip.error_body(str(exc))
+            where = f" in sandbox {self.spec.sandbox}" if self.spec.sandbox not in ("process", "inprocess") else ""
+            return 500, [], oip.error_body(f"model {self.spec.name!r} failed{where}: {exc!r}")
         except MemoryError as exc:  # the rlimit refused an allocation before the cgroup had to kill
             return 500, [], oip.error_body(f"{MEMORY_LIMIT}: model {self.spec.name!r} ran out of memory ({exc!r})")
         except Exception as exc:  # a model failure is the runner's 500, reported with its cause

@@ -22,12 +22,15 @@ runner dies, ``Cgroup.cause()`` tells a memory kill from a fork bomb, and ``kill
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
+MIN_CPU_QUOTA_US = 1_000
+"""The least CPU quota the kernel accepts (v1 and v2): a smaller grant (``cpus: 0.001``) is raised to it. Writing
+less fails, and a failed write must not cost the runner its whole cgroup (its memory and process limits)."""
 MB = 1024 * 1024
 DEFAULT_NOFILE = 1024
 DEFAULT_FSIZE_MB = 1024
@@ -53,6 +59,7 @@ GVISOR_HOST_MEMORY_MB = 512
 GVISOR_HOST_PIDS = 1024
 """Added to a gvisor runner's cgroup: runsc's own host threads. The model's processes are counted inside the
 sandbox (RLIMIT_NPROC, enforced by gVisor for a root without capabilities)."""
+REMOVE_WAIT_S = 1.0
 MEMORY_LIMIT = "sandbox: memory limit"
 PIDS_LIMIT = "sandbox: process limit"
 
@@ -100,7 +107,9 @@ class SandboxPolicy:
         else:
             profile = wanted or ("inprocess" if runtime in self.inprocess_runtimes else self.trusted_default_profile)
             if profile == "inprocess" and runtime not in self.inprocess_runtimes:
-                profile = "process"
+                profile = self.trusted_default_profile
+            if profile != "inprocess":  # the operator's profile for its own runtimes is also their floor
+                profile = at_least(profile, self.trusted_default_profile)
         d = declared or SandboxDecl()
         return Confinement(
             profile=profile,
@@ -114,7 +123,7 @@ class SandboxPolicy:
 def parse_profile(text: str) -> Profile:
     if text not in PROFILES:
         raise ValueError(f"unknown sandbox profile {text!r}: use one of {', '.join(PROFILES)}")
-    return text  # type: ignore[return-value]
+    return text
 
 
 def _host_memory_mb(c: Confinement) -> int:
@@ -123,6 +132,16 @@ def _host_memory_mb(c: Confinement) -> int:
 
 def _host_pids(c: Confinement) -> int:
     return c.pids + (GVISOR_HOST_PIDS if c.profile == "gvisor" else 0)
+
+
+def _cpu_quota_us(cpus: float) -> int:
+    return max(int(cpus * CPU_PERIOD_US), MIN_CPU_QUOTA_US)
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 # -- cgroups ------------------------------------------------------------------------------------------------
@@ -169,21 +188,25 @@ class Cgroup:
 
     @classmethod
     def _create_v1(cls, name: str, c: Confinement) -> Cgroup:
-        dirs = []
-        for controller in V1_CONTROLLERS:
-            parent = CGROUP_ROOT / controller / _own_cgroup_v1(controller).lstrip("/") / "modelmarket"
-            path = parent / name
-            path.mkdir(parents=True, exist_ok=True)
-            dirs.append(path)
-        memory, pids, cpu = dirs
-        limit = str(_host_memory_mb(c) * 1024 * 1024)
-        (memory / "memory.limit_in_bytes").write_text(limit)
-        with contextlib.suppress(OSError):  # no swap accounting on some hosts
-            (memory / "memory.memsw.limit_in_bytes").write_text(limit)
-        (pids / "pids.max").write_text(str(_host_pids(c)))
-        if c.cpus is not None:
-            (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (cpu / "cpu.cfs_quota_us").write_text(str(int(c.cpus * CPU_PERIOD_US)))
+        dirs: list[Path] = []
+        try:
+            for controller in V1_CONTROLLERS:
+                parent = CGROUP_ROOT / controller / _own_cgroup_v1(controller).lstrip("/") / "modelmarket"
+                path = parent / name
+                path.mkdir(parents=True, exist_ok=True)
+                dirs.append(path)
+            memory, pids, cpu = dirs
+            limit = str(_host_memory_mb(c) * 1024 * 1024)
+            (memory / "memory.limit_in_bytes").write_text(limit)
+            with contextlib.suppress(OSError):  # no swap accounting on some hosts
+                (memory / "memory.memsw.limit_in_bytes").write_text(limit)
+            (pids / "pids.max").write_text(str(_host_pids(c)))
+            if c.cpus is not None:
+                (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                (cpu / "cpu.cfs_quota_us").write_text(str(_cpu_quota_us(c.cpus)))
+        except OSError:  # none of it half-made
+            _remove_dirs(dirs)
+            raise
         group = cls(1, dirs)
         group._baseline = group._counters()
         return group
@@ -196,12 +219,16 @@ class Cgroup:
             (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         path = parent / name
         path.mkdir(exist_ok=True)
-        (path / "memory.max").write_text(str(_host_memory_mb(c) * 1024 * 1024))
-        with contextlib.suppress(OSError):
-            (path / "memory.swap.max").write_text("0")
-        (path / "pids.max").write_text(str(_host_pids(c)))
-        if c.cpus is not None:
-            (path / "cpu.max").write_text(f"{int(c.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+        try:
+            (path / "memory.max").write_text(str(_host_memory_mb(c) * 1024 * 1024))
+            with contextlib.suppress(OSError):
+                (path / "memory.swap.max").write_text("0")
+            (path / "pids.max").write_text(str(_host_pids(c)))
+            if c.cpus is not None:
+                (path / "cpu.max").write_text(f"{_cpu_quota_us(c.cpus)} {CPU_PERIOD_US}")
+        except OSError:
+            _remove_dirs([path])
+            raise
         group = cls(2, [path])
         group._baseline = group._counters()
         return group
@@ -267,21 +294,78 @@ class Cgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
-    def remove(self) -> None:
+    def remove(self, wait_s: float = REMOVE_WAIT_S) -> None:
+        """Kill what is left, wait (bounded) for it to be gone, then remove the directories: a cgroup with a
+        process still exiting cannot be removed, and a leaked one is never reused. Blocks up to ``wait_s``:
+        call it off the event loop."""
         self.kill_all()
-        for d in self.dirs:
+        deadline = time.monotonic() + wait_s
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _remove_dirs(self.dirs)
+
+    @staticmethod
+    def remove_stale(own_pid: int) -> int:
+        """Remove the cgroups of runners whose gateway is gone (named ``<gateway pid>-...``, a SIGKILLed gateway
+        cannot clean up); returns how many were removed."""
+        parents = [CGROUP_ROOT / _own_cgroup_v2().lstrip("/") / "modelmarket"]
+        parents += [CGROUP_ROOT / c / _own_cgroup_v1(c).lstrip("/") / "modelmarket" for c in V1_CONTROLLERS]
+        removed = 0
+        for parent in parents:
             with contextlib.suppress(OSError):
-                d.rmdir()
+                for entry in parent.iterdir():
+                    pid_text = entry.name.split("-", 1)[0]
+                    if not entry.is_dir() or not pid_text.isdigit() or int(pid_text) == own_pid:
+                        continue
+                    if _pid_alive(int(pid_text)):
+                        continue
+                    with contextlib.suppress(OSError):
+                        procs = [int(p) for p in (entry / "cgroup.procs").read_text().split()]
+                        for pid in procs:
+                            with contextlib.suppress(ProcessLookupError, PermissionError):
+                                os.kill(pid, signal.SIGKILL)
+                        entry.rmdir()
+                        removed += 1
+        return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- command lines ------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def runner_import_path() -> tuple[str, ...]:
+    """The import path a runner's interpreter starts with (in its own environment, from its own working directory).
+
+    Not this process's ``sys.path``: that begins with the gateway's working directory (``python -m``) or its
+    script's folder, which a runner never imports from and which may hold anything (the operator's home, a key
+    file, another platform's database). Asked once of the interpreter itself, so ``.pth`` entries (an editable
+    install) are included as the runner will see them.
+    """
+    probe = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"]
+    try:
+        done = subprocess.run(probe, env=sandbox_env(), cwd="/", capture_output=True, text=True, timeout=60, check=True)
+        found = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("could not ask %s for its import path (%s): sandboxes show its installation only", probe[0], exc)
+        return ()
+    return tuple(entry for entry in found if isinstance(entry, str))
+
+
 def python_roots() -> list[str]:
     """Directories a runner's Python needs to see: the interpreter's installation, the environment, and every
-    import path outside them (an editable install's source folder)."""
+    import path outside them (an editable install's source folder, ``PYTHONPATH``)."""
     roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix}
-    for entry in [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]:
+    for entry in [*runner_import_path(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]:
         if entry and os.path.isabs(entry) and os.path.isdir(entry):
             roots.add(os.path.realpath(entry))
     kept: list[str] = []
@@ -340,7 +424,7 @@ def confine_prefix(
         argv += ["--cgroup-procs", path]
     if data_limit:  # not for runsc: its own limits are not the model's (those are in the OCI bundle)
         argv += ["--data-mb", str(confinement.memory_mb), "--nofile", str(DEFAULT_NOFILE)]
-        argv += ["--fsize-mb", str(DEFAULT_FSIZE_MB), "--nproc", str(confinement.pids)]
+        argv += ["--fsize-mb", str(DEFAULT_FSIZE_MB)]  # no RLIMIT_NPROC: it counts the user's every thread
     if work_dir is not None:
         argv += ["--cwd", str(work_dir)]
     argv.append("--die-with-parent")

@@ -76,6 +76,10 @@ CAUSE_WAIT_S = 1.0
 COLD_START_HEADER = b"x-modelmarket-cold-start"
 COLD_REPORT_MIN_S = 0.05
 COLD_STARTS_KEPT = 20
+EXITS_KEPT = 8
+WARM_RETRY_S = 10.0
+"""A new version whose runner failed to warm is tried again for its alias after this long (calls stay on the
+old one meanwhile)."""
 QUEUE_RECHECK_S = 0.05
 """While every replica is busy and another is starting, a call rechecks for a free one this often."""
 
@@ -186,6 +190,11 @@ class RunnerCrashed(NotReady):
     """The runner died while it had the call, and the call was not retried elsewhere (503, Retry-After)."""
 
 
+class RunnerBrokeOff(DomainError):
+    """A runner that is still alive answered something the gateway will not read (too large, malformed): a
+    502, not retried (the same input would do the same), the runner left running."""
+
+
 class SandboxLimit(DomainError):
     """The call ran the model into its sandbox's limits (memory, processes): the runner was killed or recycled,
     and the call is answered 5xx naming the limit. Retrying the same input would do the same."""
@@ -206,7 +215,8 @@ class Replica:
     started_at: float = field(default_factory=time.monotonic)
     cold_start_s: float | None = None
     draining: bool = False
-    last_cause: str | None = None
+    exits: dict[int, str | None] = field(default_factory=dict)
+    """Spawn number -> what ended that process (None: nothing the cgroup saw), recorded by ``explain_exit``."""
 
     @property
     def serving(self) -> bool:
@@ -279,6 +289,7 @@ class VersionRunners:
         while True:
             replica, cold = await self._acquire(exclude=tried)
             tried.add(replica.index)
+            spawn = replica.child.spawns if replica.child is not None else 0
             try:
                 answer = await replica.pool.request(method, path, body, headers)  # type: ignore[union-attr]
             except RunnerTimeout:
@@ -292,7 +303,9 @@ class VersionRunners:
                     "(its runner was restarted)"
                 ) from None
             except RunnerUnavailable as exc:
-                cause = await self._cause_of_death(replica)
+                died, cause = await self._cause_of_death(replica, spawn)
+                if not died:  # alive: it answered something unreadable, which a retry would repeat
+                    raise RunnerBrokeOff(f"the runner of {self.name} {exc}") from None
                 self.last_error = cause or str(exc)
                 if cause in (MEMORY_LIMIT, PIDS_LIMIT):
                     raise SandboxLimit(f"{cause}: model {self.name} was stopped by its sandbox") from None
@@ -324,11 +337,27 @@ class VersionRunners:
     ) -> StreamedAnswer:
         """A streamed call (OpenAI): never retried, since part of an answer may already have been used."""
         replica, _ = await self._acquire(exclude=set())
-        try:
-            return await replica.pool.stream(method, path, body, headers)  # type: ignore[union-attr]
-        finally:  # the stream's own length is bounded by the pool; the replica counts it busy until its head
+
+        def done() -> None:
             replica.outstanding -= 1
             replica.last_used = time.monotonic()
+            self._changed.set()
+
+        try:
+            answer = await replica.pool.stream(method, path, body, headers)  # type: ignore[union-attr]
+        except BaseException:
+            done()
+            raise
+        answer.on_close = done  # busy (for balancing, idle scale-down and drains) until the stream is closed
+        return answer
+
+    def _live(self) -> list[Replica]:
+        """Replicas that serve or will: not given up on, not on their way out."""
+        return [
+            r
+            for r in self.replicas
+            if r.child is not None and r.child.state is not ChildState.FAILED and not r.draining
+        ]
 
     def _starting(self) -> bool:
         return any(
@@ -338,16 +367,19 @@ class VersionRunners:
     def _another_could_serve(self, tried: set[int]) -> bool:
         return any(r.index not in tried and r.serving for r in self.replicas) or len(self.replicas) < self.max_replicas
 
-    async def _cause_of_death(self, replica: Replica) -> str | None:
-        """Wait (briefly) for the child to be seen gone, then read what its cgroup saw."""
+    async def _cause_of_death(self, replica: Replica, spawn: int) -> tuple[bool, str | None]:
+        """Whether process ``spawn`` of the replica died (waiting briefly for its watch to record the exit), and
+        what ended it. Every call that process had reads the same cause: none of them is retried when it was
+        the sandbox's limit (one of them was the input that reached it)."""
         child = replica.child
         deadline = time.monotonic() + CAUSE_WAIT_S
-        while child is not None and child.pid is not None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if spawn in replica.exits:
+                return True, replica.exits[spawn]
+            if child is None or child.spawns != spawn:  # a newer process already: this one is gone
+                return True, None
             await asyncio.sleep(0.02)
-        if replica.last_cause is not None:
-            cause, replica.last_cause = replica.last_cause, None
-            return cause
-        return replica.cgroup.cause() if replica.cgroup is not None else None
+        return child is None or child.pid is None, replica.exits.get(spawn)
 
     async def _acquire(self, exclude: set[int]) -> tuple[Replica, float | None]:
         """A serving replica with the fewest calls in flight (counted as one more), and the cold start this
@@ -359,8 +391,8 @@ class VersionRunners:
                 break
             best = min(candidates, key=lambda r: r.outstanding)
             if best.outstanding >= self.supervisor.scale_queue:
-                live = [r for r in self.replicas if r.child is not None and r.child.state is not ChildState.FAILED]
-                if len(live) < self.max_replicas:
+                live = self._live()
+                if len(live) < self.max_replicas and not self._starting():
                     self.supervisor.spawn_background(self.scale_up(f"{best.outstanding} calls on every replica"))
                 if self._starting():  # capacity is coming: wait at the version, not behind one busy replica
                     self.waiting += 1
@@ -402,6 +434,8 @@ class VersionRunners:
             failed = self.failed
             if failed is not None:
                 raise NotReady(f"runner for {self.name} is not available: {failed}")
+            if not [r for r in self._live() if r.index not in exclude]:  # the last one stopped meanwhile
+                self.supervisor.spawn_background(self.scale_up("a call is waiting and no replica is running"))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 states = "; ".join(r.child.describe() for r in self.replicas if r.child is not None) or "not started"
@@ -416,8 +450,7 @@ class VersionRunners:
         async with self.lock:
             if self.supervisor.stopping:
                 raise NotReady("the gateway is shutting down")
-            live = [r for r in self.replicas if r.child is not None and r.child.state is not ChildState.FAILED]
-            if len(live) >= self.max_replicas:
+            if len(self._live()) + sum(1 for r in self.replicas if r.child is None) >= self.max_replicas:
                 return None
             if self.spec_path is None:
                 self.spec_path = await asyncio.to_thread(
@@ -430,11 +463,22 @@ class VersionRunners:
             used = {r.index for r in self.replicas}
             index = next(i for i in range(len(self.replicas) + 1) if i not in used)
             replica = await asyncio.to_thread(self.supervisor.lay_out_replica, self, index)
-            self.replicas.append(replica)
+            if self.supervisor.stopping:  # stop() ran meanwhile and will not see this replica: start none
+                if replica.cgroup is not None:
+                    await asyncio.to_thread(replica.cgroup.remove)
+                raise NotReady("the gateway is shutting down")
             log.info("%s: starting replica %d under %s (%s)", self.name, index, self.confinement.describe(), why)
-            self.supervisor.start_replica(self, replica)
+            try:
+                self.supervisor.start_replica(self, replica)
+            except Exception as exc:  # a sandbox that cannot run here: say why, leave nothing behind
+                if replica.cgroup is not None:
+                    await asyncio.to_thread(replica.cgroup.remove)
+                self.last_error = str(exc)
+                raise NotReady(f"runner for {self.name} cannot start: {exc}") from exc
+            self.replicas.append(replica)
         child = replica.child
         assert child is not None
+        self._changed.set()
         if await child.wait_running(self.supervisor.start_timeout_s):
             replica.last_used = time.monotonic()  # idle from when it could first serve, not from its layout
             replica.cold_start_s = time.monotonic() - replica.started_at
@@ -458,7 +502,7 @@ class VersionRunners:
         if replica.child is not None:
             await replica.child.stop()
         if replica.cgroup is not None:
-            replica.cgroup.remove()
+            await asyncio.to_thread(replica.cgroup.remove)
         replica.socket_path.unlink(missing_ok=True)
         if replica in self.replicas:
             self.replicas.remove(replica)
@@ -466,28 +510,35 @@ class VersionRunners:
 
     async def tick(self, now: float) -> None:
         """Scale down: replicas idle longer than the supervisor's ``idle_s`` above ``min`` (to zero when min is
-        0), every replica of a drained version once it has no calls; notice replicas that were given up on."""
+        0), every replica of a drained version once it has no calls. A replica given up on is dropped while
+        another can serve (its reason stays in ``last_error``): a fresh one may start in its place. Stops run
+        in the background, so one slow stop holds up no other version."""
+        failed = [r for r in self.replicas if r.child is not None and r.child.state is ChildState.FAILED]
+        for replica in failed:
+            self.last_error = replica.child.failure if replica.child is not None else self.last_error
+        if failed and len(failed) < len(self.replicas):
+            for replica in failed:
+                self.replicas.remove(replica)
+                if replica.cgroup is not None:
+                    self.supervisor.spawn_background(asyncio.to_thread(replica.cgroup.remove))
         keep = 0 if self.draining else self.min_replicas
-        idle = [
-            r
-            for r in self.replicas
-            if not r.draining
-            and r.outstanding == 0
-            and not (r.child is not None and r.child.state is ChildState.STARTING)  # still starting: not idle
-            and now - r.last_used >= self.supervisor.idle_s
-        ]
+        active = [r for r in self.replicas if not r.draining and r not in failed]
         if self.draining:
-            idle = [r for r in self.replicas if not r.draining and r.outstanding == 0]
-        active = [r for r in self.replicas if not r.draining]
+            idle = [r for r in active if r.outstanding == 0]
+        else:
+            idle = [
+                r
+                for r in active
+                if r.outstanding == 0
+                and not (r.child is not None and r.child.state is ChildState.STARTING)  # still starting: not idle
+                and now - r.last_used >= self.supervisor.idle_s
+            ]
         for replica in sorted(idle, key=lambda r: -r.index):
             if len(active) <= keep or self.waiting:
                 break
             active.remove(replica)
-            await self.stop_replica(replica, "drained" if self.draining else "idle")
-        for replica in list(self.replicas):
-            child = replica.child
-            if child is not None and child.state is ChildState.FAILED:
-                self.last_error = child.failure
+            replica.draining = True  # at once: no call picks it from now on
+            self.supervisor.spawn_background(self.stop_replica(replica, "drained" if self.draining else "idle"))
 
     def describe(self) -> dict[str, object]:
         return {
@@ -543,15 +594,23 @@ class InProcessRunner:
         self.calls = 0
         self.cold_start_s: float | None = None
 
+    takes_decoded = True
+    """The data plane may hand over the request it already decoded (no second parse in the same process)."""
+
     async def request(
-        self, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        decoded: Any = None,
     ) -> RunnerResponse:
         self.calls += 1
         header_len = None
         for name, value in headers or ():
             if name.lower() == b"inference-header-content-length":
                 header_len = int(value)
-        status, extra, payload = await self.app.answer_infer(body, header_len)
+        status, extra, payload = await self.app.answer_infer(body, header_len, decoded)
         return RunnerResponse(status, dict(extra), payload)
 
     async def stream(self, *args: Any, **kwargs: Any) -> StreamedAnswer:
@@ -602,11 +661,13 @@ class Supervisor:
         self.scale_queue = scale_queue
         self.runners: dict[str, VersionRunners] = {}
         self.inprocess: dict[str, InProcessRunner] = {}
+        self._confinements: dict[str, Confinement] = {}
         self._inprocess_lock = asyncio.Lock()
         self.preloaded: set[str] = set()
         self.serving_ids: dict[str, str] = {}
         """alias key ("digits@latest") -> id of the version its calls go to (see ``route``)."""
         self._warming: set[str] = set()
+        self._warm_failed: dict[str, float] = {}
         self._pid = os.getpid()
         self.stopping = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -617,8 +678,10 @@ class Supervisor:
         return self.runners_dir / STATUS_FILE
 
     def start_monitor(self) -> None:
-        """Scale down idle replicas and write ``runners/status.json`` for ``modelmarket runners``, every second."""
+        """Scale down idle replicas and write ``runners/status.json`` for ``modelmarket runners``, every second;
+        first remove the cgroups a SIGKILLed gateway left behind."""
         if self._monitor is None:
+            self.spawn_background(asyncio.to_thread(Cgroup.remove_stale, self._pid))
             self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="runner monitor")
 
     async def _watch(self) -> None:
@@ -627,7 +690,7 @@ class Supervisor:
                 now = time.monotonic()
                 for runners in list(self.runners.values()):
                     await runners.tick(now)
-                await asyncio.to_thread(self.write_status)
+                await asyncio.to_thread(self.write_status, self.snapshot())  # taken on the loop, written off it
             except Exception:  # keep watching: a bad tick must not leave runners unscaled forever
                 log.exception("runner monitor tick failed")
             await asyncio.sleep(MONITOR_INTERVAL_S)
@@ -644,6 +707,12 @@ class Supervisor:
 
     # -- the gateway's questions --------------------------------------------------------------------------
     def confinement(self, version: VersionRecord) -> Confinement:
+        found = self._confinements.get(version.id)
+        if found is None:
+            found = self._confinements[version.id] = self._confine(version)
+        return found
+
+    def _confine(self, version: VersionRecord) -> Confinement:
         try:
             provider_code = bool(load_runtime_class(version.manifest.runtime).provider_code)
         except Exception:  # not importable here (a plug-in on the runners' PYTHONPATH only): an operator's install
@@ -687,7 +756,8 @@ class Supervisor:
         if self.is_ready(resolved) or current is None or not current.ready:
             self._switch(key, current_id, resolved)
             return resolved
-        if resolved.id not in self._warming:
+        failed_at = self._warm_failed.get(resolved.id)
+        if resolved.id not in self._warming and (failed_at is None or time.monotonic() - failed_at > WARM_RETRY_S):
             self._warming.add(resolved.id)
             self.spawn_background(self._warm(resolved))
         return current.version
@@ -695,6 +765,9 @@ class Supervisor:
     def _switch(self, key: str, old_id: str, new: VersionRecord) -> None:
         self.serving_ids[key] = new.id
         self._warming.discard(new.id)
+        back = self.runners.get(new.id)
+        if back is not None:  # an alias moved back to a version that was draining: it serves again
+            back.draining = False
         old = self.runners.get(old_id)
         if old_id in self.preloaded:  # readiness follows what the alias serves now
             self.preloaded.discard(old_id)
@@ -706,6 +779,9 @@ class Supervisor:
     async def _warm(self, version: VersionRecord) -> None:
         try:
             await self.ensure_started(version)
+        except DomainError as exc:  # the alias stays on the version that works; try again in a while
+            self._warm_failed[version.id] = time.monotonic()
+            log.error("%s@%s could not be warmed for its alias: %s", version.model_name, version.version, exc)
         finally:
             self._warming.discard(version.id)
 
@@ -714,7 +790,6 @@ class Supervisor:
         runners = self.runners.get(version.id)
         if runners is None:
             runners = self.runners[version.id] = VersionRunners(self, version, self.confinement(version))
-        runners.draining = False
         return runners
 
     async def pool_for(self, version: VersionRecord) -> VersionRunners | InProcessRunner:
@@ -723,22 +798,19 @@ class Supervisor:
         inproc = self.inprocess.get(version.id)
         if inproc is not None:
             return inproc
-        runners = self.runners.get(version.id)
-        if runners is None:
-            runners = self.register(version)
-        if runners.confinement.profile == "inprocess":
+        if self.confinement(version).profile == "inprocess":
             return await self._load_inprocess(version)
+        runners = self.runners.get(version.id) or self.register(version)
         if runners.failed is not None:
             raise NotReady(f"runner for {runners.name} is not available: {runners.failed}")
-        runners.draining = False
         return runners
 
     async def ensure_started(self, version: VersionRecord) -> VersionRunners | InProcessRunner:
         """Start ``version``'s minimum of replicas (at least one) and wait until one serves; ``NotReady`` says
         why it does not within ``start_timeout_s``."""
-        runners = self.register(version)
-        if runners.confinement.profile == "inprocess":
+        if self.confinement(version).profile == "inprocess":
             return await self._load_inprocess(version)
+        runners = self.register(version)
         if self.stopping:
             raise NotReady("the gateway is shutting down")
         if not any(r.serving for r in runners.replicas):
@@ -842,7 +914,10 @@ class Supervisor:
             cause = replica.cgroup.cause() if replica.cgroup is not None else None
             if replica.cgroup is not None:
                 replica.cgroup.kill_all()  # what it forked must not outlive it
-            replica.last_cause = cause
+            spawn = replica.child.spawns if replica.child is not None else 0
+            replica.exits[spawn] = cause
+            for old in [s for s in replica.exits if s < spawn - EXITS_KEPT]:
+                del replica.exits[old]
             if cause is not None:
                 runners.last_error = cause
             return cause
@@ -858,6 +933,7 @@ class Supervisor:
             probe=ProbeSettings(probe, self.probe_interval_s, unresponsive, self.start_timeout_s),
             before_spawn=before_spawn,
             explain_exit=explain_exit,
+            free_restart=lambda cause: cause in (MEMORY_LIMIT, PIDS_LIMIT),
             stop_timeout_s=self.stop_timeout_s,
         )
         replica.pool = RunnerPool(
@@ -903,11 +979,11 @@ class Supervisor:
             )
         return {"gateway_pid": self._pid, "written_at": time.time(), "runners": versions}
 
-    def write_status(self) -> None:
+    def write_status(self, snapshot: dict[str, Any] | None = None) -> None:
         self.runners_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.runners_dir, prefix=".status-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
-            json.dump(self.snapshot(), fh, indent=1)
+            json.dump(snapshot if snapshot is not None else self.snapshot(), fh, indent=1)
         os.replace(tmp, self.status_path)
 
     async def stop(self) -> None:
@@ -917,8 +993,10 @@ class Supervisor:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
-        for task in list(self._background):
+        background = list(self._background)
+        for task in background:
             task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         replicas = [(v, r) for v in self.runners.values() for r in list(v.replicas)]
         results = await asyncio.gather(*(self._stop_one(r) for _, r in replicas), return_exceptions=True)
         for (runners, replica), result in zip(replicas, results, strict=True):
@@ -933,7 +1011,7 @@ class Supervisor:
         if replica.child is not None:
             await replica.child.stop()
         if replica.cgroup is not None:
-            replica.cgroup.remove()
+            await asyncio.to_thread(replica.cgroup.remove)
         replica.socket_path.unlink(missing_ok=True)
         if not replica.socket_path.is_relative_to(self.runners_dir.absolute()):
             with contextlib.suppress(OSError):  # the short-path directory under TMPDIR, if now empty
