@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,17 @@ class Cli:
         """Create a consumer account and return a fresh API key for it."""
         self.run("accounts", "create", name, "--role", "consumer")
         return str(self.json("keys", "create", name)["key"])
+
+
+@dataclass
+class EnvCli(Cli):
+    """A CLI (and the gateway it starts) with a few more environment variables than the test process has."""
+
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, **self.extra_env}
 
 
 @dataclass
@@ -90,6 +101,16 @@ def start_gateway(
         proc = subprocess.Popen(
             [*MM, "serve", "--port", "0", *extra_args], env=cli.env, stdout=subprocess.PIPE, stderr=log_file, text=True
         )
+    try:
+        url = _wait_until_serving(proc, log_path, models, timeout_s)
+    except BaseException:  # a gateway that never got ready must not outlive the test
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
+    return Gateway(url=url, proc=proc, cli=cli)
+
+
+def _wait_until_serving(proc: subprocess.Popen[str], log_path: Path, models: tuple[str, ...], timeout_s: float) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
     url = None
@@ -111,7 +132,7 @@ def start_gateway(
             time.sleep(0.1)
         else:
             raise AssertionError(f"model {model} not ready within {timeout_s}s")
-    return Gateway(url=url, proc=proc, cli=cli)
+    return url
 
 
 def stop_gateway(gateway: Gateway) -> None:

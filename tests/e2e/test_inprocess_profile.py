@@ -7,23 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import numpy as np
 import yaml
-from tests.e2e.conftest import Cli, start_gateway, stop_gateway
-
-
-@dataclass
-class EnvCli(Cli):
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, **self.extra}
+from tests.e2e.conftest import Cli, EnvCli, start_gateway, stop_gateway
 
 
 def _batched_copy(packages: Path) -> Path:
@@ -52,7 +42,7 @@ def test_an_operator_listed_runtime_runs_in_the_gateway_and_answers_as_its_runne
     calls = [rng.uniform(0, 16, size=(int(rng.integers(1, 4)), 64)).astype(np.float32) for _ in range(24)]
     answers: dict[str, list[dict[str, object]]] = {}
     for profile, extra in (("process", {}), ("inprocess", {"MODELMARKET_INPROCESS_RUNTIMES": "onnx"})):
-        cli = EnvCli(tmp_path / f"home-{profile}", extra=extra)
+        cli = EnvCli(tmp_path / f"home-{profile}", extra_env=extra)
         cli.run("accounts", "create", "demo-provider", "--role", "provider")
         cli.run("publish", str(packages / "digits"))
         cli.run("publish", str(_batched_copy(packages) if profile == "process" else packages / "digits-batched"))

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tests.e2e.conftest import Cli, Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import EnvCli, Gateway, start_gateway, stop_gateway
 from tests.sandbox_packages import PROVIDER, slow_echo_package, write_package
 
 from modelmarket.cli.main import cli as cli_main
@@ -43,14 +43,8 @@ COLD = "x-modelmarket-cold-start"
 
 
 @dataclass
-class SandboxCli(Cli):
+class SandboxCli(EnvCli):
     """The CLI (and the gateway it starts) with extra settings in its environment."""
-
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, **self.extra}
 
     def run(self, *args: str, check: bool = True, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         """The real CLI, run in this process: starting a second interpreter costs seconds on a busy machine (the
@@ -117,7 +111,7 @@ def _platform(
     wait_ready: bool = True,
     preload: bool = True,
 ) -> Platform:
-    cli = SandboxCli(tmp / "home", extra={"MODELMARKET_SANDBOX_MINIMUM": "process", **(env or {})})
+    cli = SandboxCli(tmp / "home", extra_env={"MODELMARKET_SANDBOX_MINIMUM": "process", **(env or {})})
     cli.run("accounts", "create", PROVIDER, "--role", "provider")
     for package in packages:
         cli.run("publish", str(package))

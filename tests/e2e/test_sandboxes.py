@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.e2e.conftest import Cli, Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import Cli, EnvCli, Gateway, start_gateway, stop_gateway
 from tests.sandbox_packages import ADVERSARIES, PROVIDER, echo_package
 
 LIMITS = {"memory_mb": 256, "pids": 48, "timeout_s": 4}
@@ -59,17 +59,6 @@ def listener() -> Iterator[Listener]:
 
 
 @dataclass
-class SandboxCli(Cli):
-    """The CLI (and the gateway it starts) with extra settings in its environment."""
-
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, **self.extra}
-
-
-@dataclass
 class Platform:
     gw: Gateway
     key: str
@@ -78,7 +67,7 @@ class Platform:
 
 
 def _platform(tmp: Path, profile: str, listener: Listener) -> tuple[Platform, Cli]:
-    cli = SandboxCli(tmp / "home", extra={"MODELMARKET_SANDBOX_MINIMUM": "process"})
+    cli = EnvCli(tmp / "home", extra_env={"MODELMARKET_SANDBOX_MINIMUM": "process"})
     cli.run("accounts", "create", PROVIDER, "--role", "provider")
     sandbox = {"profile": profile, **LIMITS}
     database = (cli.home / "modelmarket.db").absolute()

@@ -32,7 +32,7 @@ import openai
 import pytest
 import yaml
 from tests.e2e.chaos_proxy import BUSY_MESSAGE, FAILURE_MESSAGE, ChaosProxy
-from tests.e2e.conftest import Cli, Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import Cli, EnvCli, Gateway, start_gateway, stop_gateway
 
 from modelmarket.routing.engine import weighted_order
 from modelmarket.routing.spec import RouteSpec, parse_routes
@@ -113,15 +113,7 @@ _BATCH_MARK = "---- next modelmarket command ----"
 
 
 @dataclass
-class EnvCli(Cli):
-    """A CLI (and the gateway it starts) with a few more environment variables than the test process has."""
-
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, **self.extra_env}
-
+class BatchCli(EnvCli):
     def batch(self, commands: list[list[str]]) -> list[str]:
         """Run CLI commands one after another in ONE process (as a setup script would, without paying the
         import of the whole platform, about 2 s of CPU, for each command); each command's standard output."""
@@ -140,7 +132,7 @@ class EnvCli(Cli):
 
 @dataclass
 class Platform:
-    cli: EnvCli
+    cli: BatchCli
     gateway: Gateway
     p1: ChaosProxy
     p2: ChaosProxy
@@ -227,8 +219,8 @@ def _wait_routes(url: str, key: str) -> None:
 @pytest.fixture(scope="module")
 def platform(gateway: Gateway, demo_cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("upstream-routing")
-    cli = EnvCli(root / "home")
-    upstream = EnvCli(demo_cli.home, demo_cli.database_url)
+    cli = BatchCli(root / "home")
+    upstream = BatchCli(demo_cli.home, demo_cli.database_url)
     p1 = ChaosProxy(gateway.url, "p1").start()
     p2 = ChaosProxy(gateway.url, "p2").start()
     try:

@@ -8,27 +8,17 @@ gateway that wrote it is gone.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import click
 
 from modelmarket.cli.common import echo_json, json_option, table
+from modelmarket.core.process import pid_alive
 from modelmarket.runtime.supervisor import STATUS_FILE
 from modelmarket.settings import Settings
 
 STALE_AFTER_S = 5.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _mb(value: Any) -> str:
@@ -49,7 +39,7 @@ def runners(as_json: bool) -> None:
         ) from None
     pid = int(doc.get("gateway_pid", 0))
     age = time.time() - float(doc.get("written_at", 0))
-    gone = not _alive(pid)
+    gone = not pid_alive(pid)
     doc["gateway_running"] = not gone
     doc["age_s"] = round(age, 1)
     if as_json:

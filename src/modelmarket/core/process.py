@@ -453,6 +453,17 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
             proc.send_signal(sig)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts: it is not ours to reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name

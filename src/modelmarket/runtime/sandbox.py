@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelmarket.core.errors import NotReady
+from modelmarket.core.process import pid_alive
 from modelmarket.registry.serving import PROFILES, Profile, SandboxDecl, at_least
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ class Cgroup:
                     pid_text = entry.name.split("-", 1)[0]
                     if not entry.is_dir() or not pid_text.isdigit() or int(pid_text) == own_pid:
                         continue
-                    if _pid_alive(int(pid_text)):
+                    if pid_alive(int(pid_text)):
                         continue
                     with contextlib.suppress(OSError):
                         procs = [int(p) for p in (entry / "cgroup.procs").read_text().split()]
@@ -327,16 +328,6 @@ class Cgroup:
                         entry.rmdir()
                         removed += 1
         return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- command lines ------------------------------------------------------------------------------------------
@@ -551,6 +542,7 @@ def write_oci_bundle(runner_argv: Sequence[str], layout: Layout, confinement: Co
                 {"type": "RLIMIT_DATA", "hard": confinement.memory_mb * MB, "soft": confinement.memory_mb * MB},
                 {"type": "RLIMIT_NOFILE", "hard": DEFAULT_NOFILE, "soft": DEFAULT_NOFILE},
                 {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+                {"type": "RLIMIT_FSIZE", "hard": DEFAULT_FSIZE_MB * MB, "soft": DEFAULT_FSIZE_MB * MB},
             ],
         },
         "root": {"path": "rootfs", "readonly": True},

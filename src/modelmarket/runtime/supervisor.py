@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmarket.core.errors import DomainError, NotReady
-from modelmarket.core.process import ChildProcess, ChildState, ProbeSettings, RestartPolicy
+from modelmarket.core.process import ChildProcess, ChildState, ProbeSettings, RestartPolicy, pid_alive
 from modelmarket.registry import VersionRecord
 from modelmarket.registry.ports import BlobStore
 from modelmarket.registry.serving import DEFAULT_REPLICAS
@@ -170,20 +170,10 @@ def remove_stale_sockets(directory: Path, owner_pid: int) -> None:
     """Remove runner sockets left by supervisors that are gone (a SIGKILLed gateway cannot clean up)."""
     for path in directory.glob(f"{SOCKET_PREFIX}*.sock"):
         pid_text = path.name.removeprefix(SOCKET_PREFIX).removesuffix(".sock").split("-")[0]
-        if not pid_text.isdigit() or int(pid_text) == owner_pid or _alive(int(pid_text)):
+        if not pid_text.isdigit() or int(pid_text) == owner_pid or pid_alive(int(pid_text)):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 class RunnerCrashed(NotReady):
@@ -497,13 +487,7 @@ class VersionRunners:
         log.info("%s: stopping replica %d (%s)", self.name, replica.index, why)
         while replica.outstanding > 0:  # drain: the calls it has finish first
             await asyncio.sleep(0.02)
-        if replica.pool is not None:
-            await replica.pool.close()
-        if replica.child is not None:
-            await replica.child.stop()
-        if replica.cgroup is not None:
-            await asyncio.to_thread(replica.cgroup.remove)
-        replica.socket_path.unlink(missing_ok=True)
+        await self.supervisor.stop_process(replica)
         if replica in self.replicas:
             self.replicas.remove(replica)
         self._changed.set()
@@ -998,14 +982,15 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         replicas = [(v, r) for v in self.runners.values() for r in list(v.replicas)]
-        results = await asyncio.gather(*(self._stop_one(r) for _, r in replicas), return_exceptions=True)
+        results = await asyncio.gather(*(self.stop_process(r) for _, r in replicas), return_exceptions=True)
         for (runners, replica), result in zip(replicas, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("stopping %s replica %d failed", runners.name, replica.index, exc_info=result)
         with contextlib.suppress(OSError):
             self.status_path.unlink()
 
-    async def _stop_one(self, replica: Replica) -> None:
+    async def stop_process(self, replica: Replica) -> None:
+        """Stop one replica's process and remove what it had: connections, cgroup, socket."""
         if replica.pool is not None:
             await replica.pool.close()
         if replica.child is not None:
