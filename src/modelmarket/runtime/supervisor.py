@@ -795,6 +795,7 @@ class Supervisor:
         if self.confinement(version).profile == "inprocess":
             return await self._load_inprocess(version)
         runners = self.register(version)
+        runners.draining = False  # asked to serve (preload, an alias moving to it): no longer on its way out
         if self.stopping:
             raise NotReady("the gateway is shutting down")
         if not any(r.serving for r in runners.replicas):
