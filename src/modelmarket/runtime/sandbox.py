@@ -460,9 +460,10 @@ def bwrap_argv(layout: Layout) -> list[str]:
             argv += ["--ro-bind", str(target), str(target)]
     for path in SYSTEM_DIRS[1:]:
         argv += ["--ro-bind-try", path, path]
+    # the tmpfs first: a Python installation, version folder or socket folder under /tmp is mounted over it
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for root in visible_roots(layout.hidden):
         argv += ["--ro-bind", root, root]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     argv += ["--ro-bind", str(layout.version_dir), str(layout.version_dir)]
     argv += ["--bind", str(layout.socket_dir), str(layout.socket_dir)]
     argv += ["--chdir", "/tmp", "--clearenv"]
