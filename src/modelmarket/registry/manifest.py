@@ -27,6 +27,8 @@ from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import check_currency, parse_decimal
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.package import artifact_path_problem, open_package_file
+from modelmarket.registry.card import MAX_SUMMARY_CHARS, Card
+from modelmarket.registry.declarations import EvaluationDecl, ExampleDecl, LineageDecl, RedactDecl
 from modelmarket.registry.serving import BatchingDecl, ReplicasDecl, SandboxDecl
 
 MANIFEST_NAME = "modelmarket.yaml"
@@ -36,11 +38,9 @@ SEMVER_RE = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\Z
 _VERSION_SHAPE_RE = re.compile(r"^\d+\.\d+\.\d+\Z")
 MAX_MANIFEST_BYTES = 256 * 1024  # the file is read up to this size and refused beyond it
 MAX_YAML_DEPTH = 32  # nesting of mappings and lists
+MAX_EXAMPLES = 16  # smoke-test examples a manifest may declare
 MAX_SHORT_TEXT_CHARS = 100  # task, runtime, provider, tensor and metric names
 MAX_LICENSE_CHARS = 200  # an SPDX expression such as "Apache-2.0 WITH LLVM-exception OR MIT"
-MAX_SUMMARY_CHARS = 300
-MAX_CARD_TEXT_CHARS = 20_000  # each long card section (description, intended use, ...)
-MAX_METRICS = 100
 MAX_TENSORS = 64  # declared inputs, and outputs
 MAX_ARTIFACT_ENTRIES = 1_000
 MAX_PARAMETERS = 64
@@ -390,22 +390,6 @@ def _price_text(value: Any) -> str:
     )
 
 
-class Metric(_Strict):
-    name: str = Field(min_length=1, max_length=MAX_SHORT_TEXT_CHARS)
-    value: str = Field(min_length=1, max_length=MAX_SHORT_TEXT_CHARS)
-    dataset: str | None = Field(default=None, max_length=MAX_SUMMARY_CHARS)
-
-
-class Card(_Strict):
-    summary: str = Field(min_length=1, max_length=MAX_SUMMARY_CHARS)
-    description: str | None = Field(default=None, max_length=MAX_CARD_TEXT_CHARS)
-    intended_use: str | None = Field(default=None, max_length=MAX_CARD_TEXT_CHARS)
-    limitations: str | None = Field(default=None, max_length=MAX_CARD_TEXT_CHARS)
-    training_data: str | None = Field(default=None, max_length=MAX_CARD_TEXT_CHARS)
-    evaluation_data: str | None = Field(default=None, max_length=MAX_CARD_TEXT_CHARS)
-    metrics: list[Metric] = Field(default_factory=list, max_length=MAX_METRICS)
-
-
 Kind = Literal["model", "pipeline"]
 PIPELINE_RUNTIME = "pipeline"
 """The ``runtime`` of every pipeline (what ``kind: pipeline`` defaults it to); no model may use it."""
@@ -519,6 +503,9 @@ def _kind(info: ValidationInfo) -> str | None:
 
 
 SERVING_FIELDS = ("sandbox", "batching", "replicas")
+GOVERNANCE_FIELDS = ("examples", "evaluation", "lineage", "redact")
+"""Declared for the publish gate, lineage and privacy (``registry/declarations.py``); left out of the serialised
+form when not given, so an older package keeps its digest."""
 
 
 class Manifest(_Strict):
@@ -545,6 +532,11 @@ class Manifest(_Strict):
     sandbox: SandboxDecl | None = None
     batching: BatchingDecl | None = None
     replicas: ReplicasDecl | None = None
+    # what the publish gate runs and checks, where the model comes from, what is redacted (registry/declarations.py)
+    examples: list[ExampleDecl] | None = Field(default=None, min_length=1, max_length=MAX_EXAMPLES)
+    evaluation: EvaluationDecl | None = None
+    lineage: LineageDecl | None = None
+    redact: RedactDecl | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -631,7 +623,7 @@ class Manifest(_Strict):
         if self.kind == "model":
             for key in PIPELINE_ONLY_FIELDS:
                 data.pop(key, None)
-        for key in SERVING_FIELDS:  # left out when not declared: older packages keep their serialised form
+        for key in SERVING_FIELDS + GOVERNANCE_FIELDS:  # left out when not declared: older packages keep their form
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -766,6 +758,55 @@ def _outputs_from_problems(
     return problems
 
 
+def _in_artifacts(manifest: Manifest, path: str) -> bool:
+    return any(path == a.path or path.startswith(a.path + "/") for a in manifest.artifacts)
+
+
+def _governance_problems(manifest: Manifest) -> list[str]:
+    """``examples``, ``evaluation`` and ``lineage`` checked against the declared tensors and artifacts."""
+    problems: list[str] = []
+    inputs = {t.name: t for t in manifest.inputs}
+    outputs = {t.name for t in manifest.outputs}
+    for i, example in enumerate(manifest.examples or ()):
+        given = [x.name for x in example.inputs]
+        for j, item in enumerate(example.inputs):
+            where = f"examples[{i}].inputs[{j}]"
+            if item.name not in inputs:
+                problems.append(f"{where}.name: no declared input {item.name!r} (inputs: {', '.join(inputs)})")
+            elif item.file is not None and inputs[item.name].datatype != "BYTES":
+                problems.append(f"{where}.file: input {item.name!r} is {inputs[item.name].datatype}; a file is BYTES")
+            if item.file is not None and not _in_artifacts(manifest, item.file):
+                problems.append(f"{where}.file: {_shown(item.file)} is not among the artifacts: list it there")
+            if given.count(item.name) > 1 and given.index(item.name) != j:
+                problems.append(f"{where}.name: input {item.name!r} is given twice")
+        missing = [name for name in inputs if name not in given]
+        if missing:
+            problems.append(f"examples[{i}].inputs: input(s) {', '.join(missing)} not given")
+        for name in example.expect or {}:
+            if name not in outputs:
+                problems.append(f"examples[{i}].expect.{name}: no declared output {name!r}")
+    ev = manifest.evaluation
+    if ev is not None:
+        if not _in_artifacts(manifest, ev.dataset):
+            problems.append(f"evaluation.dataset: {_shown(ev.dataset)} is not among the artifacts: list it there")
+        if ev.input is not None and ev.input not in inputs:
+            problems.append(f"evaluation.input: no declared input {ev.input!r}")
+        if ev.output is not None and ev.output not in outputs:
+            problems.append(f"evaluation.output: no declared output {ev.output!r}")
+        if ev.label in ev.features:
+            problems.append(f"evaluation.features: the label column {ev.label!r} must not be a feature")
+    for i, ds in enumerate(manifest.lineage.datasets if manifest.lineage else ()):
+        if ds.path is not None and not _in_artifacts(manifest, ds.path):
+            problems.append(f"lineage.datasets[{i}].path: {_shown(ds.path)} is not among the artifacts: list it there")
+        if ds.path is None and ds.uri is None:
+            problems.append(f"lineage.datasets[{i}]: give its path in the package or its uri")
+    for i, ref in enumerate(manifest.lineage.parents if manifest.lineage else ()):
+        name, version = split_model_ref(ref)
+        if not NAME_RE.match(name) or version is None or not SEMVER_RE.match(version):
+            problems.append(f"lineage.parents[{i}]: {_shown(ref)} must be 'name@MAJOR.MINOR.PATCH'")
+    return problems
+
+
 def parse_manifest(doc: Any, source: str = MANIFEST_NAME) -> Manifest:
     if not isinstance(doc, dict):
         raise InvalidInput(f"{source}: the manifest must be a YAML mapping of fields")
@@ -782,7 +823,7 @@ def parse_manifest(doc: Any, source: str = MANIFEST_NAME) -> Manifest:
     overlaps = _artifact_overlaps(manifest)
     if overlaps:
         raise InvalidInput(f"{source}: " + "; ".join(overlaps))
-    graph = _step_graph_problems(manifest)
+    graph = _step_graph_problems(manifest) + _governance_problems(manifest)
     if graph:
         raise InvalidInput(f"{source}: " + "; ".join(graph))
     return manifest

@@ -90,6 +90,7 @@ model_versions = Table(
     Column("digest", String(64), nullable=False),
     Column("manifest_json", Text, nullable=False),
     Column("created_at", String(40), nullable=False),
+    Column("evaluation_json", Text, nullable=True),  # m0005: the gate's benchmark and bias figures
     UniqueConstraint("model_name", "version", name="uq_model_versions_name_version"),
 )
 
@@ -374,3 +375,46 @@ routes = Table(
     Column("revision", Integer, nullable=False),
     Column("updated_at", String(40), nullable=False),
 )
+
+
+# -- the publish gate (m0005) -----------------------------------------------------------------------------------
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("provider_account_id", String(40), nullable=False),
+    Column("submitted_by", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("manifest_json", Text, nullable=False),
+    Column("artifacts_json", Text, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Column("decided_by", String(200), nullable=True),
+    Column("decision_reason", Text, nullable=True),
+    Column("version_id", String(40), nullable=True),
+    Index("ix_submissions_ref", "model_name", "version", "created_at"),
+    Index("ix_submissions_provider", "provider_account_id", "status"),
+)
+
+submission_stages = Table(
+    "submission_stages",
+    metadata,
+    Column("submission_id", String(40), ForeignKey("submissions.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("stage", String(40), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("started_at", String(40), nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("report_json", Text, nullable=False),
+)
+
+
+# -- verifiable audit (m0006) -----------------------------------------------------------------------------------
+
+
+# -- privacy (m0007) --------------------------------------------------------------------------------------------
