@@ -58,6 +58,9 @@ bench: install sysdeps-test
 	$(BIN)/python benchmarks/usage_lag.py
 	$(BIN)/python benchmarks/openai_gateway.py
 	$(BIN)/python benchmarks/runner_hot_path.py
+	$(BIN)/python benchmarks/audit_proofs.py
+	$(BIN)/python benchmarks/redaction.py
+	$(BIN)/python benchmarks/publish_gate.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

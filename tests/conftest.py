@@ -60,6 +60,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "speech-to-text",
         "smollm2-135m-instruct",
         "all-minilm-l6-v2",
+        "credit-approval",
+        "credit-approval-biased",
         "voice-sentiment",
     ]
     return out

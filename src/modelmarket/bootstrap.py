@@ -11,14 +11,19 @@ from modelmarket.adapters.blobs import FsBlobStore
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.audit import AuditService
+from modelmarket.audit.checkpoints import CheckpointKey
 from modelmarket.billing.ledger import LedgerService
 from modelmarket.billing.lifecycle import InvoiceService
 from modelmarket.billing.pricing import PriceService
 from modelmarket.billing.rating import Rater
 from modelmarket.billing.subscriptions import PlanService
 from modelmarket.core.clock import Clock, utc_now
+from modelmarket.governance.gate import GateService
+from modelmarket.governance.policy import load_policy
 from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
+from modelmarket.metering.usage_tree import UsageTree
+from modelmarket.privacy import PrivacyService
 from modelmarket.registry import RegistryService
 from modelmarket.registry.ports import BlobStore, RuntimeCatalog
 from modelmarket.routing import RoutingService
@@ -58,6 +63,8 @@ class Platform:
     ledger: LedgerService
     prices: PriceService
     routing: RoutingService
+    gate: GateService
+    privacy: PrivacyService
 
     def close(self) -> None:
         self.store.dispose()
@@ -73,6 +80,8 @@ def bootstrap(
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     store = store or open_store(settings.resolved_database_url, lock_dir=settings.home)
+    checkpoint_key = CheckpointKey(settings.keys_dir)
+    store.signer = checkpoint_key  # audit appends sign the audit tree's checkpoints with the home's key
     blobs = blobs or FsBlobStore(settings.blobs_dir)
     clock = clock or utc_now
     runtimes = runtimes or PluginRuntimes()
@@ -81,8 +90,13 @@ def bootstrap(
         return SqliteEventLog(settings.event_log_path, settings.event_log_sync, answer_ttl_s=settings.idempotency_ttl_s)
 
     rater = Rater(settings.provider_share, clock)
-    metering = MeteringService(store, open_log, clock, settings.metering_poll_s, projectors=(rater,))
+    usage_tree = UsageTree(checkpoint_key, clock, settings.usage_checkpoint_s)
+    metering = MeteringService(store, open_log, clock, settings.metering_poll_s, projectors=(rater, usage_tree))
     registry = RegistryService(store, blobs, clock, runtimes)
+    policy = load_policy(settings.gate_policy)
+    if settings.gate_review is not None:
+        policy = policy.with_review(settings.gate_review)  # type: ignore[arg-type]
+    gate = GateService(store, registry, blobs, _trial_runner(settings, blobs), policy, clock)
     return Platform(
         settings=settings,
         store=store,
@@ -92,10 +106,32 @@ def bootstrap(
         registry=registry,
         metering=metering,
         usage=UsageService(store, metering),
-        audit=AuditService(store),
+        audit=AuditService(store, checkpoint_key),
         plans=PlanService(store, clock),
         invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),
         ledger=LedgerService(store, metering, clock, open_log),
         prices=PriceService(store, clock),
         routing=RoutingService(store, clock, published_models=lambda: registry.catalogue().names()),
+        gate=gate,
+        privacy=PrivacyService(
+            store,
+            clock,
+            capture_max_chars=settings.capture_max_chars,
+            capture_max_calls=settings.capture_max_calls,
+        ),
+    )
+
+
+def _trial_runner(settings: Settings, blobs: BlobStore) -> Any:
+    """The gate's sandbox for trials: the gateway's sandbox rules, its own folder (``MODELMARKET_HOME/gate``)."""
+    from modelmarket.runtime.sandbox import policy_from_settings
+    from modelmarket.runtime.trial import SandboxTrialRunner
+
+    return SandboxTrialRunner(
+        blobs,
+        settings.home / "gate",
+        policy_from_settings(settings),
+        start_timeout_s=settings.runner_start_timeout_s,
+        max_request_bytes=settings.max_request_bytes,
+        hidden=(settings.home.absolute(),),
     )

@@ -144,6 +144,58 @@ class Settings(BaseSettings):
         description="How long the gateway keeps an idle client connection open between requests.",
     )
 
+    gate_policy: Path | None = Field(
+        default=None,
+        description="The publish gate's policy file (YAML: review manual|auto, required card fields, the scan's "
+        "allow-list, benchmark calls, bias thresholds); unset: the defaults in docs/governance.md.",
+    )
+    gate_review: str | None = Field(
+        default=None,
+        pattern=r"^(manual|auto)$",
+        description="Overrides the policy's review: 'auto' approves a submission whose stages all passed.",
+    )
+    max_package_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Largest package upload (POST /api/packages, a .tar.gz) the gateway accepts; larger: 413.",
+    )
+    max_package_unpacked_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        gt=0,
+        description="Most bytes an uploaded package may unpack to; more: the upload is refused (a gzip bomb).",
+    )
+    max_package_members: int = Field(
+        default=2_000, gt=0, description="Most files and folders an uploaded package may hold."
+    )
+    usage_checkpoint_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="While usage events arrive, a signed checkpoint of the usage event log is at most this old.",
+    )
+    redact_max_chars: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Most characters of text one call may send to a model that redacts (its manifest's redact: or "
+        "the key's policy); more: 413.",
+    )
+    redact_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest time redacting one call's text may take; longer: the call is refused (400), never "
+        "sent unredacted.",
+    )
+    capture_max_chars: int = Field(
+        default=4096,
+        gt=0,
+        description="Characters of each input and output kept per call for an account that opted in to capture "
+        "(redacted of every entity first).",
+    )
+    capture_max_calls: int = Field(
+        default=1000,
+        gt=0,
+        description="Captured calls kept per account that opted in; older ones are deleted.",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'modelmarket.db').resolve()}"
@@ -159,3 +211,13 @@ class Settings(BaseSettings):
     @property
     def runners_dir(self) -> Path:
         return self.home / "runners"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Signing keys (the audit checkpoints' Ed25519 key), private to the platform's user."""
+        return self.home / "keys"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Package uploads while the gate validates and stores them."""
+        return self.home / "uploads"

@@ -31,6 +31,9 @@ class Cli:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
         env["MODELMARKET_HOME"] = str(self.home)
+        # These suites exercise serving: what they publish is approved by the gate's auto review once every other
+        # stage passed. The review itself is tested with it manual (tests/e2e/test_publish_gate_cli.py).
+        env["MODELMARKET_GATE_REVIEW"] = "auto"
         if self.database_url:
             env["MODELMARKET_DATABASE_URL"] = self.database_url
         return env

@@ -62,6 +62,8 @@ def test_voice_sentiment_answers_and_bills_each_step_linked_to_the_call(gateway:
     assert by_model["voice-sentiment"][2] == 1  # one request
     assert by_model["speech-to-text"][2] >= 1  # seconds of audio
     assert by_model["sentiment"][2] == 2  # "hello world": two tokens
+    # every event the call was billed with is named on the answer (each has its own proof)
+    assert sorted(answer.headers["x-modelmarket-usage-events"].split(",")) == sorted(e for e, _, _ in by_model.values())
 
 
 def test_a_failing_step_fails_the_call_naming_it_and_bills_nothing(demo_cli: Cli, tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ def mm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Mm:
         if name.startswith("MODELMARKET_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MODELMARKET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MODELMARKET_GATE_REVIEW", "auto")  # the gate approves what passes its stages
     return Mm(tmp_path / "home", CliRunner())
 
 

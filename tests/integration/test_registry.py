@@ -324,7 +324,7 @@ def test_demo_speech_package_directory_is_expanded(platform: Platform, demo_dir:
     inside = sorted(p.relative_to(package).as_posix() for p in (package / "en-us").rglob("*") if p.is_file())
     assert inside, "the demo acoustic model directory should hold files"
     paths = [a.path for a in version.artifacts]
-    assert sorted(paths) == sorted([*inside, "en-us.lm.bin", "cmudict-en-us.dict"])
+    assert sorted(paths) == sorted([*inside, "en-us.lm.bin", "cmudict-en-us.dict", "examples/hello.wav"])
     assert "en-us" not in paths
 
 

@@ -276,6 +276,7 @@ def mm(store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentime
         if name.startswith("MODELMARKET_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MODELMARKET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MODELMARKET_GATE_REVIEW", "auto")  # the gate approves what passes its stages
     monkeypatch.setenv("MODELMARKET_DATABASE_URL", store.url)
     mm = Mm(CliRunner(), tmp_path)
     mm.run("accounts", "create", "demo-provider", "--role", "provider")

@@ -66,8 +66,9 @@ class FakeCaller:
         self.fee_calls.append((pipeline.ref, pipeline_call_id))
         return self.fee_value
 
-    async def commit(self, pending: Sequence[object]) -> None:
+    async def commit(self, pending: Sequence[object]) -> list[str]:
         self.commits.append(list(pending))
+        return [str(p) for p in pending]
 
     def abandon(self, pending: Sequence[object]) -> None:
         self.abandons.append(list(pending))
@@ -122,6 +123,7 @@ def test_steps_run_in_order_renamed_and_everything_is_committed_once() -> None:
     assert (classify_input.name, classify_input.datatype) == ("text", "BYTES")
     assert list(classify_input.data) == [b"good one", b"good two"]
     assert caller.commits == [["usage:speech-to-text", "usage:sentiment", "fee"]]
+    assert result.event_ids == ["usage:speech-to-text", "usage:sentiment", "fee"]  # sent as x-modelmarket-usage-events
     assert caller.abandons == []
     assert caller.fee_calls == [("voice-sentiment@1.0.0", "pl_1")]
     assert result.call_id == "pl_1"

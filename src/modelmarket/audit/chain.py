@@ -71,7 +71,7 @@ def verify(repo: AuditRepository, *, batch_rows: int = VERIFY_BATCH_ROWS) -> Ver
     """Walk the chain in seq order and report the first edited, dropped or reordered record.
 
     A chain cut short at its end still verifies: the chain alone cannot tell a missing tail from one never
-    written, so compare the head against a checkpoint kept elsewhere for that.
+    written. The audit tree's signed checkpoints do (``audit.tree_verify``, run with this by ``audit verify``).
     """
     ensure(batch_rows > 0, "batch_rows must be positive")
     expected_seq, prev_hash = 1, GENESIS_HASH
@@ -90,16 +90,17 @@ def list_records(repo: AuditRepository, limit: int, after_seq: int = 0) -> list[
         raise InvalidInput(f"limit must be between 1 and {LIST_LIMIT_MAX}, got {limit}")
     if after_seq < 0:
         raise InvalidInput(f"after_seq must be 0 or more, got {after_seq}")
-    return [_record(stored) for stored in repo.page(after_seq, limit)]
+    return [record_from_stored(stored) for stored in repo.page(after_seq, limit)]
 
 
 def head(repo: AuditRepository) -> AuditRecord | None:
     """The newest record, or None for an empty chain."""
     stored = repo.newest()
-    return None if stored is None else _record(stored)
+    return None if stored is None else record_from_stored(stored)
 
 
-def _record(stored: StoredAuditRecord) -> AuditRecord:
+def record_from_stored(stored: StoredAuditRecord) -> AuditRecord:
+    """A record as read back, its payload parsed (ValueError when it is not JSON)."""
     return AuditRecord(
         seq=int(stored.seq),
         occurred_at=stored.occurred_at,
@@ -119,7 +120,7 @@ def _check_row(stored: StoredAuditRecord, expected_seq: int, prev_hash: str) -> 
         "payload is not a JSON object the chain can hash (the record was edited)"
     )
     try:
-        record = _record(stored)
+        record = record_from_stored(stored)
         if not isinstance(record.payload, dict):
             return edited
         reason = check_link(record, expected_seq, prev_hash)

@@ -266,3 +266,12 @@ class EconomyUnitOfWork(Protocol):
 
     @property
     def ledger(self) -> LedgerRepository: ...
+
+
+class BilledCall(NamedTuple):
+    """A rated event with the facts of the call it bills (for lineage): when it happened and how long it took."""
+
+    rated: RatedEvent
+    occurred_at: str
+    """ISO 8601, as the gateway stamped it."""
+    latency_ms: Decimal

@@ -7,6 +7,7 @@ import click
 from modelmarket import __version__
 from modelmarket.cli.accounts import accounts, keys
 from modelmarket.cli.audit import audit
+from modelmarket.cli.cards import card_command
 from modelmarket.cli.economy import (
     billing_group,
     invoice,
@@ -18,9 +19,12 @@ from modelmarket.cli.economy import (
     statement,
     subscribe,
 )
+from modelmarket.cli.lineage import lineage
 from modelmarket.cli.meter import meter
 from modelmarket.cli.prices import prices
+from modelmarket.cli.privacy import privacy
 from modelmarket.cli.registry import models, publish
+from modelmarket.cli.reviews import reviews
 from modelmarket.cli.routing import providers, routes
 from modelmarket.cli.runners import runners
 from modelmarket.cli.serve import demo, runner, serve
@@ -40,10 +44,13 @@ def cli() -> None:
 for command in (publish, models, accounts, keys, usage, invoice, statement, audit, serve, demo, runner, meter):
     cli.add_command(command)
 cli.add_command(prices)
+cli.add_command(privacy)
+cli.add_command(lineage)
 for command in (plans, subscribe, limits, invoices, ledger, payouts, billing_group):
     cli.add_command(command)
-for command in (providers, routes, runners):
+for command in (providers, routes, runners, reviews):
     cli.add_command(command)
+models.add_command(card_command)
 
 
 def main() -> None:

@@ -11,7 +11,9 @@ import click
 from modelmarket.billing.pricing import price_now_json
 from modelmarket.bootstrap import Platform
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
+from modelmarket.cli.gate_view import echo_stage, outcome_line
 from modelmarket.core.errors import InvalidInput
+from modelmarket.governance.model import StageRecord
 from modelmarket.registry import model_summary
 from modelmarket.registry.protocols import PROTOCOLS
 from modelmarket.registry.search import (
@@ -33,25 +35,48 @@ from modelmarket.registry.search import (
 
 @click.command()
 @click.argument("package_dir", type=click.Path(path_type=Path))
+@click.option("--url", metavar="URL", help="Publish to the platform at URL over HTTP (POST /api/packages).")
+@click.option("--key", metavar="KEY", envvar="MODELMARKET_API_KEY", help="The provider's API key (with --url).")
+@click.option("--no-wait", is_flag=True, help="With --url: return once the package is accepted.")
 @json_option
 @domain_errors
-def publish(package_dir: Path, as_json: bool) -> None:
-    """Publish the model package in PACKAGE_DIR (a folder with modelmarket.yaml and its artifacts).
+def publish(package_dir: Path, url: str | None, key: str | None, no_wait: bool, as_json: bool) -> None:
+    """Publish the model package in PACKAGE_DIR (a folder with modelmarket.yaml and its artifacts) through the
+    publish gate.
 
-    Validates the manifest, hashes and stores every artifact, and records an immutable version. Publishing
-    the same bytes again is a no-op; the same version with different bytes is refused. The `latest` alias
-    follows the newest version.
+    The gate validates the manifest and stores every artifact, scans them, runs the model in its sandbox with the
+    manifest's examples, benchmarks it, evaluates its bias when it declares an evaluation set, then waits for an
+    operator's review (or approves it, when the gate's policy says `review: auto`) and publishes an immutable
+    version. Each stage is printed as it ends. Publishing the same bytes again is a no-op; the same version with
+    different bytes is refused. The `latest` alias follows the newest version.
+
+    With --url and --key (a provider's key) the package is uploaded and the gate runs on that platform; the stages
+    are followed until a decision is due. Exit status 1 when a stage fails or the submission is rejected.
     """
-    result = platform().registry.publish(package_dir)
-    v = result.version
+    if url is not None:
+        from modelmarket.cli.remote import publish_remote
+
+        doc = publish_remote(url, key, package_dir, wait=not no_wait)
+    else:
+        gate = platform().gate
+
+        def progress(stage: str, record: StageRecord | None) -> None:
+            if record is not None and not as_json:
+                echo_stage(record.to_json())
+
+        sub = gate.submit(package_dir, actor="cli", progress=progress)
+        unchanged = sub.status == "published"  # these bytes were published before: nothing ran again
+        if sub.status == "running":
+            sub = gate.run(sub.id, progress)
+        doc = {**sub.to_json(), "created": not unchanged}
     if as_json:
-        echo_json({"created": result.created, **v.to_json()})
-        return
-    verb = "published" if result.created else "already published (unchanged)"
-    size = sum(a.size_bytes for a in v.artifacts)
-    click.echo(
-        f"{verb}: {v.model_name} {v.version}  digest {v.digest[:16]}  {len(v.artifacts)} artifact(s), {size:,} bytes"
-    )
+        echo_json(doc)
+    elif doc.get("created") is False:
+        click.echo(f"already published (unchanged): {doc['model']} {doc['version']}  digest {doc['digest'][:16]}")
+    else:
+        click.echo(outcome_line(doc))
+    if doc["status"] in ("failed", "rejected"):
+        raise SystemExit(1)
 
 
 @click.group()

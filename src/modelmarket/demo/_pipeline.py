@@ -72,4 +72,58 @@ def _card() -> dict[str, Any]:
             f"No evaluation of its own: see the step models' cards (speech-to-text is checked on examples/hello.wav, "
             f"espeak-ng saying {HELLO_TEXT!r}; sentiment on a hand-written sanity set)."
         ),
+        "language": ["en"],
+        "tags": ["pipeline", "speech-recognition", "sentiment-analysis", "pocketsphinx", "vader"],
+        "details": {
+            "developers": ["The modelmarket demo build (modelmarket.demo._pipeline); the step models' own developers"],
+            "contact": "The demo-provider account of this marketplace",
+            "model_type": "Pipeline of two published models (speech recognition, then rule-based sentiment)",
+            "architecture": (
+                "Two steps run by the marketplace's pipeline executor: transcribe (speech-to-text, latest version: "
+                "PocketSphinx with the en-us model) takes the pipeline's audio input; classify (sentiment, latest "
+                "version: VADER) takes the transcript. The outputs are the transcript and the sentiment label and "
+                "scores. No weights of its own."
+            ),
+        },
+        "primary_users": ["Developers trying out pipelines and their billing on the marketplace"],
+        "out_of_scope_uses": [
+            "Judging people (employees, callers, applicants) by the mood of their voice messages",
+            "Emotion recognition from the voice: only the transcribed words are scored, not tone of voice",
+            "Noisy, accented or non-English recordings",
+        ],
+        "intended_tasks": ["Transcribe a short US English WAV recording and label the sentiment of its words"],
+        "acceptable_use_policy": (
+            "For demonstrations and aggregate, non-critical insight. Record people only with their consent and do "
+            "not use the labels alone to make decisions about anyone."
+        ),
+        "factors": {
+            "relevant": (
+                "Everything that affects either step: accent, noise and recording quality (recognition errors "
+                "change the words scored), and vocabulary missing from the sentiment lexicon."
+            ),
+            "evaluation": "Not evaluated end to end; see the step models' cards.",
+        },
+        "quantitative_analyses": (
+            "None of its own: the pipeline's quality is bounded by both steps' (see their cards); recognition "
+            "errors propagate into the sentiment label."
+        ),
+        "ethical_considerations": (
+            "Combines the risks of both steps: uneven recognition across accents can skew the sentiment attributed "
+            "to groups of speakers, and a sentiment label of what a person said invites judging that person."
+        ),
+        "caveats_and_recommendations": (
+            "Read the transcript output alongside the label; measure both steps on recordings like yours before "
+            "relying on the pipeline."
+        ),
+        "training": {
+            "methodology": "No training: it composes two published models without changing them.",
+            "data_type": "None of its own.",
+            "data_provenance": "See the cards of speech-to-text and sentiment.",
+            "data_curation": "See the cards of speech-to-text and sentiment.",
+        },
+        "compute": {
+            "hardware": "None for training; each call runs both steps' runners on the CPU",
+            "training_time": "None: no training",
+        },
+        "energy": {"notes": "No training run; serving costs what its two steps cost."},
     }

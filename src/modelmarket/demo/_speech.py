@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ ESPEAK_VOICE = "en-us+m3"
 ESPEAK_WPM = 160
 ESPEAK_TIMEOUT_S = 60.0
 ARTIFACTS = ("en-us", "en-us.lm.bin", "cmudict-en-us.dict")
+EXAMPLE_WAV = "examples/hello.wav"
+"""The spoken example inside the package: the publish gate's smoke test sends it and expects its transcript."""
+_S3_MAGIC = 0x11223344
 
 
 def require_espeak() -> str:
@@ -75,13 +80,51 @@ def transcribe(spec: ModelSpec, wav: bytes) -> str:
     return bytes(text[0]).decode("utf-8")
 
 
+def _s3_ints(path: Path, count: int) -> tuple[int, ...]:
+    """The first ``count`` int32 values after the text header of a Sphinx-3 binary model file."""
+    data = path.read_bytes()
+    start = data.index(b"endhdr\n") + len(b"endhdr\n")
+    (magic,) = struct.unpack_from("<I", data, start)
+    order = "<" if magic == _S3_MAGIC else ">"
+    return struct.unpack_from(f"{order}{count}i", data, start + 4)
+
+
+def _sendump_weights(path: Path) -> int:
+    """Mixture weights in a PocketSphinx ``sendump``: codewords x senones x feature streams."""
+    data = path.read_bytes()
+    pos, streams = 0, 1
+    while True:
+        (length,) = struct.unpack_from("<i", data, pos)
+        pos += 4
+        if length == 0:
+            break
+        line = data[pos : pos + length].rstrip(b"\0").decode("latin-1")
+        if line.startswith("feature_count "):
+            streams = int(line.split()[1])
+        pos += length
+    codewords, senones = struct.unpack_from("<2i", data, pos)
+    return int(codewords * senones * streams)
+
+
+def acoustic_parameters(hmm: Path) -> int:
+    """Parameters of the acoustic model: Gaussian means and variances, mixture weights and transition matrices."""
+    gaussians = 0
+    for name in ("means", "variances"):
+        n_feat = _s3_ints(hmm / name, 2)[1]
+        gaussians += _s3_ints(hmm / name, 4 + n_feat)[3 + n_feat]
+    transitions = _s3_ints(hmm / "transition_matrices", 4)[3]
+    return gaussians + transitions + _sendump_weights(hmm / "sendump")
+
+
 def build_speech(package_dir: Path, examples_dir: Path, progress: Callable[[str], None]) -> Path:
-    """Write the package and ``examples/hello.wav``; raise ``RuntimeError`` when espeak-ng is missing."""
+    """Write the package and ``examples/hello.wav`` (also inside the package, as its smoke-test example); raise
+    ``RuntimeError`` when espeak-ng is missing."""
     import pocketsphinx
 
     progress("speech-to-text: speaking examples/hello.wav with espeak-ng")
     wav = speak(HELLO_TEXT)
     write_bytes(examples_dir / "hello.wav", wav)
+    write_bytes(package_dir / EXAMPLE_WAV, wav)
     progress("speech-to-text: packaging the pocketsphinx en-us model")
     source = Path(pocketsphinx.__file__).parent / "model" / "en-us"
     for name in ARTIFACTS:
@@ -92,7 +135,7 @@ def build_speech(package_dir: Path, examples_dir: Path, progress: Callable[[str]
         modality="audio",
         runtime="pocketsphinx",
         license_id="BSD-2-Clause",
-        artifacts=ARTIFACTS,
+        artifacts=(*ARTIFACTS, EXAMPLE_WAV),
         parameters={"hmm": ARTIFACTS[0], "lm": ARTIFACTS[1], "dict": ARTIFACTS[2]},
         inputs=[tensor("audio", "BYTES", [-1])],
         outputs=[tensor("text", "BYTES", [-1])],
@@ -102,16 +145,39 @@ def build_speech(package_dir: Path, examples_dir: Path, progress: Callable[[str]
     transcript = transcribe(spec_for(package_dir, doc), wav)
     wer = word_error_rate(HELLO_TEXT, transcript)
     progress(f"speech-to-text: examples/hello.wav -> {transcript!r} (word error rate {wer:.4f})")
-    doc["card"] = _card(wer, duration_s=wav_duration_s(wav))
+    words = sum(1 for line in (package_dir / ARTIFACTS[2]).read_text(encoding="utf-8").splitlines() if line.strip())
+    model = ModelFacts(acoustic_parameters(package_dir / ARTIFACTS[0]), words)
+    doc["card"] = _card(wer, duration_s=wav_duration_s(wav), transcript=transcript, model=model)
+    doc["lineage"] = {
+        "datasets": [
+            {
+                "name": "examples/hello.wav (espeak-ng)",
+                "role": "evaluation",
+                "path": EXAMPLE_WAV,
+                "description": f"espeak-ng (voice {ESPEAK_VOICE}, {ESPEAK_WPM} wpm) saying {HELLO_TEXT!r}",
+            }
+        ]
+    }
+    doc["examples"] = [
+        {"name": "hello-wav", "inputs": [{"name": "audio", "file": EXAMPLE_WAV}], "expect": {"text": [transcript]}}
+    ]
     write_manifest(package_dir, doc)
     return package_dir
 
 
-def _card(wer: float, *, duration_s: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelFacts:
+    """Counted in the packaged model files."""
+
+    acoustic_parameters: int
+    dictionary_words: int
+
+
+def _card(wer: float, *, duration_s: float, transcript: str, model: ModelFacts) -> dict[str, Any]:
     return {
         "summary": "English speech recognition with CMU PocketSphinx and its US English model.",
         "description": (
-            "PocketSphinx 5 continuous-density HMM decoder with the en-us acoustic model, a trigram "
+            "PocketSphinx 5 hidden Markov model decoder with the en-us acoustic model, a trigram "
             "language model and the CMU pronouncing dictionary. Input is one WAV file per element (16-bit "
             "PCM, any sample rate and channel count; downmixed and resampled to 16 kHz mono); output is the "
             "transcript in lower case without punctuation."
@@ -124,8 +190,89 @@ def _card(wer: float, *, duration_s: float) -> dict[str, Any]:
         ),
         "training_data": "The CMU Sphinx en-us generic acoustic and language models from pocketsphinx.",
         "evaluation_data": (
-            f"examples/hello.wav: espeak-ng (voice {ESPEAK_VOICE}, {ESPEAK_WPM} wpm) saying {HELLO_TEXT!r}, "
+            f"{EXAMPLE_WAV}: espeak-ng (voice {ESPEAK_VOICE}, {ESPEAK_WPM} wpm) saying {HELLO_TEXT!r}, "
             f"{duration_s:.2f} s; one synthetic clip, a smoke check, not a benchmark."
         ),
-        "metrics": [{"name": "word_error_rate", "value": decimal4(wer), "dataset": "examples/hello.wav (espeak-ng)"}],
+        "metrics": [{"name": "word_error_rate", "value": decimal4(wer), "dataset": f"{EXAMPLE_WAV} (espeak-ng)"}],
+        "language": ["en"],
+        "tags": ["pocketsphinx", "cmusphinx", "hmm", "speech-recognition"],
+        "library_name": "pocketsphinx",
+        "details": {
+            "developers": [
+                "The CMU Sphinx project (Carnegie Mellon University): the PocketSphinx decoder and CMUdict",
+                "Alpha Cephei Inc.: the en-us generic acoustic model (2015)",
+            ],
+            "contact": "The demo-provider account of this marketplace",
+            "model_type": "Hidden Markov model speech recogniser with an n-gram language model",
+            "architecture": (
+                "Features: 13 mel cepstra with deltas and delta-deltas (25 filters, 130-6,800 Hz, batch cepstral "
+                "mean normalisation). Acoustic model: phonetically tied mixtures, 42 codebooks of 128 Gaussians "
+                "per feature stream shared by 5,126 senones (tied HMM states). A trigram language model "
+                f"(en-us.lm.bin) and the CMU pronouncing dictionary ({model.dictionary_words:,} entries) constrain "
+                "the search; the PocketSphinx 5 decoder finds the best word sequence."
+            ),
+            "parameter_count": model.acoustic_parameters,
+            "paper": "D. Huggins-Daines et al., PocketSphinx: A Free, Real-Time Continuous Speech Recognition System "
+            "for Hand-Held Devices, ICASSP 2006",
+        },
+        "primary_users": [
+            "Developers trying out audio models, pipelines and per-minute billing on the marketplace",
+            "Makers of offline voice interfaces with a small, fixed vocabulary",
+        ],
+        "out_of_scope_uses": [
+            "Transcription where errors matter: medical, legal, subtitles or records of what a person said",
+            "Languages or accents the US English model does not cover; noisy or far-field recordings",
+            "Identifying or profiling speakers",
+        ],
+        "intended_tasks": [
+            "Transcribe one WAV file of short, clear US English speech per element into lower-case words",
+            "Feed the sentiment step of the voice-sentiment pipeline",
+        ],
+        "acceptable_use_policy": (
+            "For demonstrations, prototypes and non-critical transcription. Record or transcribe people only with "
+            "their consent; have a person check any transcript that something depends on."
+        ),
+        "factors": {
+            "relevant": (
+                "Accent and dialect, speaking rate, background noise and reverberation, microphone and sample "
+                "rate, vocabulary outside the dictionary and language model, and synthetic versus natural voices."
+            ),
+            "evaluation": (
+                "Only one synthetic US English voice is evaluated (espeak-ng); no accent, noise or speaker group "
+                "is measured separately."
+            ),
+        },
+        "quantitative_analyses": (
+            f"On {EXAMPLE_WAV} the model transcribes {transcript!r} for the reference {HELLO_TEXT!r} (word error "
+            f"rate {decimal4(wer)}). A single clip: no group-level or intersectional analysis is possible."
+        ),
+        "ethical_considerations": (
+            "Recognisers of this kind are known to work worse for some accents and speech patterns, so errors may "
+            "fall unevenly on groups of speakers. A voice can identify a person: callers must have the right to "
+            "send the recordings they transcribe."
+        ),
+        "caveats_and_recommendations": (
+            "Measure the word error rate on recordings like yours before relying on it; keep clips short and "
+            "clean, 16 kHz or more; restrict the vocabulary (a smaller language model or grammar) for command "
+            "interfaces; prefer a neural recogniser where accuracy matters."
+        ),
+        "training": {
+            "methodology": (
+                "Trained by its authors with SphinxTrain (Baum-Welch estimation of the HMM parameters); the packaged "
+                "README says only that it is a generic US English acoustic model trained with the latest "
+                "SphinxTrain. No training or adaptation is done here."
+            ),
+            "data_type": "US English speech with transcripts (acoustic model); English text (language model).",
+            "data_provenance": (
+                "Not documented in the packaged files. The model ships in the pocketsphinx wheel (BSD-2-Clause) and "
+                "is copied from the installed package; nothing is downloaded."
+            ),
+            "data_curation": "Not documented in the packaged files.",
+            "data_size": f"{model.acoustic_parameters:,} acoustic parameters; training data size not documented",
+        },
+        "compute": {
+            "hardware": "Not documented for the original training; decoding runs on one CPU core",
+            "training_time": "Not documented; no training here",
+        },
+        "energy": {"notes": "The original training's energy is not documented; the demo build trains nothing."},
     }

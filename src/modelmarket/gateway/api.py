@@ -1,4 +1,5 @@
-"""Marketplace API under ``/api/``: the catalogue and the caller's usage. JSON in, JSON out.
+"""Marketplace API under ``/api/``: the catalogue and the caller's usage (and, from ``gateway/api_packages.py``,
+publishing over HTTP). JSON in, JSON out.
 
 Authentication is required by default: a route is public only if it is in ``PUBLIC_ROUTES``, and a test checks
 that every other route answers 401 without a key.
@@ -21,11 +22,14 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from modelmarket.accounts import Account
+from modelmarket.audit import AuditService
 from modelmarket.billing.lifecycle import InvoiceService
 from modelmarket.billing.period import parse_period
 from modelmarket.billing.pricing import PriceBook, price_now_json
 from modelmarket.core.clock import utc_now
 from modelmarket.core.errors import NotFound
+from modelmarket.gateway.api_packages import PackageUploads, package_routes
+from modelmarket.gateway.api_proofs import usage_event_proof
 from modelmarket.metering.usage import UsageService
 from modelmarket.registry import model_summary
 from modelmarket.registry.catalogue import Catalogue, ModelEntry
@@ -66,6 +70,10 @@ class ApiContext:
     clock: Callable[[], datetime] | None = None
     cache_refresh_s: float = DEFAULT_CACHE_REFRESH_S
     """How long the catalogue's measured figures (latency, calls) are kept: ``MODELMARKET_CACHE_REFRESH_S``."""
+    proofs: AuditService | None = None
+    """Serves the inclusion proofs of the caller's usage events (``gateway/api_proofs.py``)."""
+    packages: PackageUploads | None = None
+    """Package uploads and the gate's publish queue; None: ``/api/packages`` answers 404."""
 
 
 class MeasuredCache:
@@ -151,6 +159,13 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
         doc = await asyncio.to_thread(ctx.invoices.invoice, wanted, account.id)  # another account's: not found
         return JSON(doc.to_json())
 
+    async def event_proof(request: Request) -> JSON:
+        account: Account = request.state.account
+        if ctx.proofs is None:
+            raise NotFound("proofs are not served here")
+        event_id = request.path_params["event_id"]
+        return JSON(await asyncio.to_thread(usage_event_proof, ctx.proofs, ctx.usage, event_id, account.id))
+
     endpoints: list[tuple[str, Callable[[Request], Awaitable[JSON]]]] = [
         ("/api/models", models),
         ("/api/models/{name}", model),
@@ -158,11 +173,13 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
         ("/api/usage", usage),
         ("/api/invoices", invoices),
         ("/api/invoices/{invoice_id}", invoice),
+        ("/api/usage/events/{event_id}/proof", event_proof),
     ]
     routes = [
         Route(path, endpoint if path in PUBLIC_ROUTES else _authenticated(endpoint, authenticate), methods=["GET"])
         for path, endpoint in endpoints
     ]
+    routes.extend(package_routes(ctx.packages, authenticate))  # each authenticates itself
     return Router(routes=routes)
 
 

@@ -61,6 +61,8 @@ class GatewayParts:
     openai: Any = None
     """The OpenAI-compatible edge (``gateway/openai_api.py``) answering ``/v1``."""
     backends: Any = None
+    publish_queue: Any = None
+    """The gate runs of packages uploaded over HTTP (``gateway/api_packages.PublishQueue``)."""
 
 
 class GatewayApp:
@@ -82,6 +84,8 @@ class GatewayApp:
         await self.state.reload()
         self.state.start()
         p.supervisor.start_monitor()
+        if p.publish_queue is not None:
+            p.publish_queue.start()
         if p.preload:
             catalogue = self.state.catalogue
             for name in catalogue.names():
@@ -100,6 +104,8 @@ class GatewayApp:
         for task in list(self._background):
             task.cancel()
         await self.state.stop()
+        if self.parts.publish_queue is not None:
+            await asyncio.to_thread(self.parts.publish_queue.stop)
         await self.parts.supervisor.stop()
         if self.parts.backends is not None:
             await self.parts.backends.close()

@@ -18,6 +18,7 @@ from modelmarket.bootstrap import Platform
 from modelmarket.core.errors import MeteringHalted, NotFound
 from modelmarket.core.ids import RequestIds
 from modelmarket.gateway.api import ApiContext, build_router
+from modelmarket.gateway.api_packages import PackageUploads
 from modelmarket.gateway.app import GatewayApp, GatewayParts
 from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.backends import Backends
@@ -26,10 +27,11 @@ from modelmarket.gateway.economy import Economy
 from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.openai_api import OpenAIEdge
 from modelmarket.gateway.openai_plane import OpenAIPlane
+from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.gateway.state import GatewayState
 from modelmarket.registry import CatalogueLoader
 from modelmarket.routing import Provider, Router, RouteTable
-from modelmarket.runtime.sandbox import SandboxPolicy, parse_profile
+from modelmarket.runtime.sandbox import policy_from_settings
 from modelmarket.runtime.supervisor import Supervisor
 from modelmarket.settings import Settings
 
@@ -72,6 +74,9 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
             return None
         return economy.price(version, platform.clock()).unit_price
 
+    privacy = PrivacyGuard(
+        platform.privacy, max_chars=s.redact_max_chars, timeout_s=s.redact_timeout_s, now=platform.clock
+    )
     state = GatewayState(
         platform.accounts.key_index,
         loader.load,
@@ -79,6 +84,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         economy=economy,
         load_routing=load_routing,
         make_router=lambda table: Router(table, price_of=price_of),
+        privacy=privacy,
     )
     writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max, s.idempotency_ttl_s)
     metering = MeteringProcess(s.home / "metering.log", child_env(s, platform.store.url)) if metering_child else None
@@ -90,7 +96,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         s.runner_pool_size,
         s.runner_max_restarts,
         s.max_request_bytes,
-        sandbox_policy=sandbox_policy(s),
+        sandbox_policy=policy_from_settings(s),
         hidden=(s.home.absolute(),),
         idle_s=s.replica_idle_s,
         scale_queue=s.replica_scale_queue,
@@ -114,6 +120,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         supervisor, state.providers, max_connections=s.runner_pool_size, timeout_s=s.runner_request_timeout_s
     )
     dataplane.backends = backends
+    dataplane.privacy = privacy
     dataplane.router = state.router
     plane = OpenAIPlane(dataplane, backends, state.router)
     openai_edge = OpenAIEdge(plane, dataplane, state, s.max_request_bytes)
@@ -121,6 +128,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     async def authenticate_request(request: Request) -> Account:
         return await authenticate(state, request.scope)
 
+    uploads = PackageUploads.from_settings(platform.gate, s)
     api = build_router(
         ApiContext(
             lambda: state.catalogue,
@@ -129,6 +137,8 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
             lambda: economy.prices,
             platform.clock,
             cache_refresh_s=s.cache_refresh_s,
+            packages=uploads,
+            proofs=platform.audit,
         ),
         authenticate_request,
     )
@@ -144,6 +154,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         platform.metering.halted,
         openai=openai_edge,
         backends=backends,
+        publish_queue=uploads,
     )
 
 
@@ -172,18 +183,3 @@ def build_gateway(platform: Platform, preload: bool = True, on_ready: Callable[[
     return GatewayApp(bootstrap_gateway(platform, preload), on_ready)
 
 
-def sandbox_policy(s: Settings) -> SandboxPolicy:
-    """The operator's sandbox rules from the settings (``MODELMARKET_SANDBOX_*``, ``..._INPROCESS_RUNTIMES``)."""
-    return SandboxPolicy(
-        default_profile=parse_profile(s.sandbox_default),
-        minimum_for_provider_code=parse_profile(s.sandbox_minimum),
-        trusted_default_profile=parse_profile(s.sandbox_trusted),
-        inprocess_runtimes=frozenset(r.strip() for r in s.inprocess_runtimes.split(",") if r.strip()),
-        memory_mb=s.sandbox_memory_mb,
-        max_memory_mb=s.sandbox_max_memory_mb,
-        pids=s.sandbox_pids,
-        max_pids=s.sandbox_max_pids,
-        cpus=s.sandbox_cpus,
-        timeout_s=s.runner_request_timeout_s,
-        max_timeout_s=s.sandbox_max_timeout_s,
-    )

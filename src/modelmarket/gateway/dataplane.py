@@ -5,8 +5,9 @@ only translates. It takes what it works with as parameters: the catalogue snapsh
 writer and the clock, so tests run it in-process with a fake runner and a list-backed writer.
 
 The inference path: resolve the version, decode and validate the request against the version's contract (off
-the event loop when the body is large), count IU, forward the original bytes to the runner, and on success
-append the usage event and wait for its commit before returning the answer. A failed call appends nothing.
+the event loop when the body is large), count IU, forward the original bytes to the runner (re-encoded when a
+privacy policy replaced text in them, ``gateway/privacy.py``), and on success append the usage event and wait for
+its commit before returning the answer. A failed call appends nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from modelmarket.gateway.attempts import Attempt, ModelFailed, RouterLike, Upstr
 from modelmarket.gateway.backends import UPSTREAMS, Backends
 from modelmarket.gateway.economy import Economy, Priced, call_figures
 from modelmarket.gateway.limits import Ticket
+from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
@@ -42,6 +44,8 @@ from modelmarket.runtime.plugins import runtime_input_limits
 from modelmarket.runtime.runner import USAGE_HEADER
 from modelmarket.runtime.supervisor import COLD_START_HEADER
 
+USAGE_EVENTS_HEADER = b"x-modelmarket-usage-events"
+"""On a pipeline's answer: the ids of the usage events it was billed with (its steps', then its fee's)."""
 OFFLOAD_DECODE_BYTES = 256 * 1024
 """Bodies larger than this are decoded, validated and counted in a worker thread, never on the event loop."""
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -182,6 +186,8 @@ class DataPlane:
         self.health_checks = health_checks
         self.input_limits = input_limits
         self.max_kept_answer_bytes = max_kept_answer_bytes
+        self.privacy: PrivacyGuard | None = None
+        """Redaction of the calls' text and capture of opted-in accounts' calls (``gateway/privacy.py``)."""
         self._in_flight: dict[str, tuple[str, asyncio.Future[InferAnswer]]] = {}
 
     # -- health and metadata ------------------------------------------------------------------------------
@@ -326,6 +332,16 @@ class DataPlane:
             prepared = await asyncio.to_thread(_prepare, version, request.body, header_len, limits)
         else:
             prepared = _prepare(version, request.body, header_len, limits)
+        if self.privacy is not None:  # counted as sent; the runner gets the redacted request
+            redacted = await self.privacy.redact_oip(version, key_id, prepared.decoded)
+            if redacted is not None:
+                request = replace(
+                    request,
+                    body=redacted.body,
+                    content_type=redacted.content_type,
+                    header_length=redacted.header_length,
+                )
+                prepared = replace(prepared, decoded=redacted.decoded)
         economy = self.economy
         if economy is None:
             return await self._serve(account, version, request, prepared, once, started, None, None, attempt)
@@ -365,9 +381,16 @@ class DataPlane:
         decoded = oip.decode_request(request.body, header_len)
         oip.validate_inputs(decoded.inputs, version.inputs, version.model_name)
         oip.validate_requested_outputs(decoded, version.output_names, version.model_name)
+        if self.privacy is not None:  # the pipeline's redact: and the key's apply to what its steps receive
+            redacted = await self.privacy.redact_oip(version, key_id, decoded)
+            decoded = decoded if redacted is None else redacted.decoded
         result = await run_pipeline(DataPlaneSteps(self), account, key_id, version, decoded.inputs, decoded.parameters)
         payload, header_length = oip.encode_response(version.model_name, version.version, decoded, result.outputs)
-        headers = [(b"x-request-id", result.call_id.encode()), (b"x-modelmarket-route", version.ref.encode())]
+        headers = [
+            (b"x-request-id", result.call_id.encode()),
+            (b"x-modelmarket-route", version.ref.encode()),
+            (USAGE_EVENTS_HEADER, ",".join(result.event_ids).encode()),  # each has its proof
+        ]
         ctype = b"application/json"
         if header_length is not None:
             headers.append((b"inference-header-content-length", str(header_length).encode()))
@@ -404,6 +427,8 @@ class DataPlane:
         await self.writer.append(event.id, event.encode(), kept)
         if on_billed is not None:  # committed: the call counts, whatever happens to the answer now
             on_billed(units)
+        if self.privacy is not None:
+            self.privacy.capture_oip(account.id, version, event.id, prepared.decoded, answer.body, ihcl)
         iu, cost = call_figures(version, units, out, priced)
         out_headers = [
             (b"x-request-id", event.id.encode()),

@@ -13,6 +13,11 @@ start (or a later request's first chunk) until its headers are complete, then fr
 the body. A request that arrives whole in one read arms no timer at all, so the hot path pays a few attribute
 checks. After a refusal the connection is closed gracefully: the answer, then our FIN, then whatever the client
 still sends is dropped unparsed for at most ``LINGER_S`` (so the client reads the answer instead of a reset).
+
+One route is paced instead: a package upload (``POST /api/packages``, up to ``MODELMARKET_MAX_PACKAGE_BYTES``) may
+take longer than the body timeout as long as it keeps moving: when its deadline comes, it gets another body
+timeout if at least ``UPLOAD_MIN_BYTES_PER_S`` for that whole time arrived meanwhile and the gateway has not
+answered yet. A stalled or trickled upload is cut at the body timeout like any other request.
 """
 
 from __future__ import annotations
@@ -25,12 +30,22 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelmarket.core.errors import ensure
+from modelmarket.gateway.api_packages import UPLOAD_PATH
 from modelmarket.settings import Settings
 
-__all__ = ["LINGER_S", "GuardedHttpProtocol", "HttpLimits", "gateway_http_options", "guarded_protocol"]
+__all__ = [
+    "LINGER_S",
+    "UPLOAD_MIN_BYTES_PER_S",
+    "GuardedHttpProtocol",
+    "HttpLimits",
+    "gateway_http_options",
+    "guarded_protocol",
+]
 
 LINGER_S = 1.0
 """After a refusal, how long the client's further bytes are read and dropped before the socket is closed."""
+UPLOAD_MIN_BYTES_PER_S = 32 * 1024
+"""The slowest a package upload may arrive (measured over each body timeout) and still outlive the body timeout."""
 
 # Where the connection is in its current request. IDLE: between requests (nothing of the next one parsed yet).
 _IDLE, _HEAD, _BODY, _CLOSING = 0, 1, 2, 3
@@ -44,6 +59,14 @@ class HttpLimits:
     """Time from the connection's start, or from a later request's first bytes, to the end of its head; then 408."""
     body_timeout_s: float
     """Time from the end of a request's head to the end of its body; then 408."""
+    upload_path: str | None = None
+    """``POST`` to this path is paced (see the module docstring) rather than cut at ``body_timeout_s``."""
+    upload_min_bytes_per_s: int = UPLOAD_MIN_BYTES_PER_S
+
+    @property
+    def upload_floor_bytes(self) -> int:
+        """What an upload must send in one body timeout to be given another."""
+        return max(1, int(self.upload_min_bytes_per_s * self.body_timeout_s))
 
     def __post_init__(self) -> None:
         ensure(self.max_head_bytes > 0, f"max_head_bytes must be positive, got {self.max_head_bytes}")
@@ -58,7 +81,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # Slots, not the instance dict: uvicorn's protocol already has 28 attributes, and past 30 CPython 3.11 stops
     # sharing the dict's keys, which slows every attribute access of uvicorn's own code too (measured under
     # valgrind: about 2,800 more instructions per request).
-    __slots__ = ("_deadline", "_head_bytes", "_max_head_bytes", "_phase")
+    __slots__ = ("_deadline", "_head_bytes", "_max_head_bytes", "_phase", "_upload_floor", "_window_bytes")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,6 +89,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since the last complete head, counted while no body is being read
         self._phase = _IDLE
         self._deadline: asyncio.TimerHandle | None = None
+        self._upload_floor = 0  # > 0 while the body of a paced upload is read: bytes it owes per body timeout
+        self._window_bytes = 0  # body bytes of that upload received since its deadline was last armed
 
     # -- asyncio protocol -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -84,6 +109,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._receive_past_budget(data, room)
                 return
             self._head_bytes += len(data)
+        elif self._upload_floor:
+            self._window_bytes += len(data)
         HttpToolsProtocol.data_received(self, data)
         if self._phase and self._deadline is None:  # a request is incomplete (_IDLE is 0): it gets a deadline
             self._arm_deadline()
@@ -105,9 +132,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
         HttpToolsProtocol.on_headers_complete(self)
+        scope = self.scope
+        if scope.get("path") == self.limits.upload_path and scope["method"] == "POST":
+            self._upload_floor = self.limits.upload_floor_bytes
+            self._window_bytes = 0
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE
+        self._upload_floor = 0
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -162,6 +194,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm_deadline()
             return
         cycle = self.cycle
+        if self._upload_floor and self._window_bytes >= self._upload_floor and not cycle.response_started:
+            self._window_bytes = 0  # a paced upload that keeps moving: another body timeout
+            self._arm_deadline()
+            return
         if not cycle.response_complete:
             cycle.disconnected = True  # the app's receive() answers http.disconnect; its sends are dropped
             cycle.message_event.set()
@@ -224,6 +260,7 @@ def gateway_http_options(settings: Settings) -> dict[str, Any]:
         max_head_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        upload_path=UPLOAD_PATH,
     )
     # No websocket routes exist: refuse upgrades rather than hand the connection to a websocket implementation.
     return {"http": guarded_protocol(limits), "timeout_keep_alive": settings.keep_alive_s, "ws": "none"}

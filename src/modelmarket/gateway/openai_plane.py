@@ -185,6 +185,16 @@ class OpenAIPlane:
     async def _with_attempts(self, model: str, key_id: str | None, kind: str, call: Callable[[_Attempt], Any]) -> Any:
         return await run_attempts(self.router(), model, key_id, lambda ref: self._version(ref, kind), call, self.sleep)
 
+    async def _redacted(self, attempt: _Attempt, key_id: str | None, raw: dict[str, Any]) -> Mapping[str, Any]:
+        """The request as the attempt's backend may see it: its text redacted of the model's and the key's
+        entities (``gateway/privacy.py``); counted and estimated as the caller sent it."""
+        privacy = self.dp.privacy
+        return raw if privacy is None else await privacy.redact_openai(attempt.version, key_id, raw)
+
+    def _capture(self, account: Account, attempt: _Attempt, call_id: str, text_in: str, text_out: str) -> None:
+        if self.dp.privacy is not None:  # kept only for an account that opted in, redacted of every entity
+            self.dp.privacy.capture(account.id, attempt.version, call_id, text_in, text_out)
+
     def _admit(self, account: Account, key_id: str | None, attempt: _Attempt, units: int) -> tuple[Any, Any]:
         return self.dp.admit(account, key_id, attempt.version, units, attempt.first)
 
@@ -231,7 +241,8 @@ class OpenAIPlane:
             started = time.perf_counter()
             try:
                 backend = await self.backends.backend(attempt.version)
-                body = _backend_body(req.raw, backend, req.stream, max_tokens)
+                raw = await self._redacted(attempt, key_id, req.raw)
+                body = _backend_body(raw, backend, req.stream, max_tokens)
                 if req.stream:
                     return await self._open_stream(
                         account, key_id, req, attempt, backend, body, ticket, priced, started, traceparent
@@ -248,6 +259,7 @@ class OpenAIPlane:
             except BaseException:
                 self.dp.release(ticket)
                 raise
+            self._capture(account, attempt, billed.request_id, req.text(), _answer_text(doc))
             doc["id"] = ("chatcmpl-" if req.kind == oa.CHAT else "cmpl-") + billed.request_id
             doc["model"] = req.model
             doc["usage"] = oa.usage_doc(usage.prompt, usage.completion)
@@ -317,6 +329,7 @@ class OpenAIPlane:
                         billed = await self._bill(
                             account, key_id, attempt, usage, started, ticket, priced, traceparent, request_id
                         )
+                        self._capture(account, attempt, request_id, req.text(), "".join(usage.texts))
                     except BaseException as exc:
                         self.dp.release(ticket)
                         if not isinstance(exc, Exception):
@@ -371,7 +384,7 @@ class OpenAIPlane:
             started = time.perf_counter()
             try:
                 backend = await self.backends.backend(attempt.version)
-                body = _backend_body(req.raw, backend, False)
+                body = _backend_body(await self._redacted(attempt, key_id, req.raw), backend, False)
                 async with attempt.backend_bound():
                     answer = await backend.pool.request("POST", backend.prefix + "/embeddings", body, _headers(backend))
                 if answer.status != 200:
@@ -385,6 +398,7 @@ class OpenAIPlane:
             except BaseException:
                 self.dp.release(ticket)
                 raise
+            self._capture(account, attempt, billed.request_id, req.text(), f"<{len(req.inputs)} embedding(s)>")
             doc["model"] = req.model
             doc["usage"] = {"prompt_tokens": usage.prompt, "total_tokens": usage.prompt}
             return Answer(orjson.dumps(doc), billed)

@@ -10,13 +10,18 @@ gateway serves is documented here, and nothing else.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from modelmarket import __version__
+from modelmarket.audit.leaves import TREES
+from modelmarket.audit.merkle import MAX_PROOF_HASHES
+from modelmarket.audit.proofs import PROOF_FORMAT
 from modelmarket.gateway.api import PUBLIC_ROUTES
+from modelmarket.gateway.api_packages import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, RETRY_AFTER_S, UPLOAD_PATH
 from modelmarket.gateway.openapi_schemas import ERROR, OPENAI_ERROR, component_schemas, ref, search_parameters
+from modelmarket.governance.model import STAGES, SUBMISSION_STATUSES, StageStatus
 
 __all__ = ["OPENAPI_PATH", "build_document", "document_json"]
 
@@ -379,8 +384,149 @@ def _api_paths() -> Doc:
             (404, 503),
             parameters=[_path_param("invoice_id", "The invoice's id (`inv_...`).")],
         ),
+        _api_route(
+            "/api/usage/events/{event_id}/proof",
+            "getUsageEventProof",
+            "The inclusion proof of one of the caller's usage events",
+            _ok("An RFC 6962 inclusion proof and the signed checkpoint it leads to.", _json(_proof_schema())),
+            (404, 409, 503),
+            parameters=[_path_param("event_id", "The usage event's id: a billed answer's `x-request-id`.")],
+            description="Check it offline with `modelmarket audit check-proof` and the key `modelmarket audit "
+            "public-key` prints, or with any RFC 6962 implementation (docs/audit-proofs.md). Another account's event "
+            "is not found, like an unknown one; 503 with `Retry-After`: not in a signed checkpoint yet.",
+        ),
     ]
     return dict(routes)
+
+
+def _proof_schema() -> Doc:
+    """``audit.proofs.InclusionProof.to_json``."""
+    sha256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "SHA-256, hex."}
+    checkpoint = {
+        "type": "object",
+        "required": ["tree", "size", "root", "signed_at", "key_id", "signature", "body"],
+        "properties": {
+            "tree": {"type": "string", "enum": list(TREES)},
+            "size": {"type": "integer", "minimum": 0},
+            "root": sha256,
+            "signed_at": {"type": "string", "format": "date-time"},
+            "key_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+            "signature": {"type": "string", "description": "Ed25519 over `body`, base64."},
+            "body": {"type": "string", "description": "The signed text: tree, size, base64 root, signed_at."},
+        },
+    }
+    fields = {
+        "format": {"type": "string", "const": PROOF_FORMAT},
+        "tree": {"type": "string", "enum": list(TREES)},
+        "leaf_index": {"type": "integer", "minimum": 0},
+        "leaf_data": {"type": "string", "description": "The leaf's bytes (RFC 8785 JSON, UTF-8): the event's facts."},
+        "leaf_hash": sha256,
+        "audit_path": {"type": "array", "items": sha256, "maxItems": MAX_PROOF_HASHES},
+        "checkpoint": checkpoint,
+    }
+    return {"type": "object", "required": list(fields), "properties": fields}
+
+
+# -- /api/packages: publishing over HTTP ------------------------------------------------------------------------
+
+
+def _package_error(description: str, retry: bool = False) -> Doc:
+    headers = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}} if retry else None
+    return _ok(description, _json(ref(ERROR)), headers)
+
+
+def _package_schemas() -> Doc:
+    text, when = {"type": "string"}, {"type": "string", "format": "date-time"}
+    maybe = {"type": ["string", "null"]}
+    stage = {
+        "type": "object",
+        "required": ["stage", "status", "started_at", "duration_ms", "summary", "report"],
+        "properties": {
+            "stage": {"type": "string", "enum": list(STAGES)},
+            "status": {"type": "string", "enum": list(get_args(StageStatus))},
+            "started_at": when,
+            "duration_ms": {"type": "integer", "minimum": 0},
+            "summary": {"type": "string", "description": "One line for people: what the stage found."},
+            "report": {"type": "object", "description": "The stage's figures and findings."},
+        },
+    }
+    fields = {
+        "id": text,
+        "model": text,
+        "version": text,
+        "ref": {"type": "string", "description": "`model@version`."},
+        "digest": text,
+        "provider_account_id": text,
+        "submitted_by": text,
+        "status": {"type": "string", "enum": list(SUBMISSION_STATUSES)},
+        "created_at": when,
+        "updated_at": when,
+        "decided_by": maybe,
+        "decision_reason": maybe,
+        "version_id": {"type": ["string", "null"], "description": "The published version's id, once published."},
+        "stages": {"type": "array", "items": ref("SubmissionStage"), "description": "Oldest first."},
+    }
+    submission = {"type": "object", "required": list(fields), "properties": fields}
+    listing = {
+        "type": "object",
+        "required": ["submissions"],
+        "properties": {"submissions": {"type": "array", "items": ref("Submission"), "maxItems": LIST_LIMIT_MAX}},
+    }
+    return {"SubmissionStage": stage, "Submission": submission, "SubmissionList": listing}
+
+
+def _package_paths() -> Doc:
+    tag, shown = "Marketplace", _json(ref("Submission"))
+    not_served = "No such submission of the caller's (or packages are not published through this gateway)."
+    base = {"401": {"$ref": "#/components/responses/Error401"}, "500": {"$ref": "#/components/responses/Error500"}}
+    location = {"Location": _header("`/api/packages/{submission_id}`.", True)}
+    upload = {
+        "202": _ok("Validated and stored; the other stages run in the background: see `Location`.", shown, location),
+        "200": _ok("The same bytes as a version already published: its submission; nothing runs again.", shown),
+        "400": _package_error("A bad archive (the member is named), manifest (the field is named) or Content-Type."),
+        "403": _package_error("Not a provider's key, or a manifest whose `provider` is another account."),
+        "404": _package_error("Packages are not published through this gateway."),
+        "409": _package_error(
+            "`model@version` is published with other content or has a submission under way, or the provider has as "
+            "many submissions under way as the gate's policy allows."
+        ),
+        "413": _package_error("Over `MODELMARKET_MAX_PACKAGE_BYTES` (a `Content-Length` past it: before any is read)."),
+        "503": _package_error(f"The publish queue is full; retry after `Retry-After` ({RETRY_AFTER_S} s).", True),
+    } | base
+    body = {
+        "required": True,
+        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The package folder as a `.tar.gz`: `modelmarket.yaml` at the archive's root or in its single "
+        "top folder; regular files and folders only; bounded by `MODELMARKET_MAX_PACKAGE_BYTES`, "
+        "`MODELMARKET_MAX_PACKAGE_UNPACKED_BYTES` and `MODELMARKET_MAX_PACKAGE_MEMBERS`.",
+    }
+    limit_schema = {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX, "default": LIST_LIMIT_DEFAULT}
+    listed = {"200": _ok("Without their stages.", _json(ref("SubmissionList")))}
+    listed |= {"400": _package_error("A bad `limit`."), "404": _package_error(not_served)} | base
+    post = _operation(
+        "uploadPackage",
+        "Publish a package (a provider's key)",
+        tag,
+        upload,
+        body=body,
+        description="The manifest's `provider` must be the caller's account. The gate's stages (validate, store, "
+        "scan, smoke_test, benchmark, bias, review, publish) are followed at `GET /api/packages/{submission_id}`.",
+    )
+    get_list = _operation(
+        "listSubmissions",
+        "The caller's package submissions, newest first",
+        tag,
+        listed,
+        parameters=[_query("limit", "At most this many.", limit_schema)],
+    )
+    get_one = _operation(
+        "getSubmission",
+        "One of the caller's package submissions, with its stages",
+        tag,
+        {"200": _ok("The submission and every stage so far.", shown), "404": _package_error(not_served)} | base,
+        parameters=[_path_param("submission_id", "The submission's id (`sub_...`).")],
+    )
+    return {UPLOAD_PATH: {"post": post, "get": get_list}, UPLOAD_PATH + "/{submission_id}": {"get": get_one}}
 
 
 # -- the document -----------------------------------------------------------------------------------------------
@@ -434,7 +580,7 @@ def _components() -> Doc:
         "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key: `modelmarket keys create`."}
     }
     return {
-        "schemas": component_schemas(),
+        "schemas": component_schemas() | _package_schemas(),
         "responses": responses,
         "parameters": parameters,
         "headers": headers,
@@ -460,7 +606,7 @@ def build_document() -> Doc:
             {"name": "Meta"},
         ],
         "security": _SECURED,
-        "paths": _openai_paths() | _api_paths() | _oip_paths() | _meta_paths(),
+        "paths": _openai_paths() | _api_paths() | _package_paths() | _oip_paths() | _meta_paths(),
         "components": _components(),
     }
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelmarket.accounts import Account
@@ -75,8 +75,8 @@ class StepCaller(Protocol):
         """The pipeline's own fee as pending usage, or None when it charges none."""
         ...
 
-    async def commit(self, pending: Sequence[object]) -> None:
-        """Bill all of them in one commit."""
+    async def commit(self, pending: Sequence[object]) -> list[str]:
+        """Bill all of them in one commit; the ids of the usage events appended, in order."""
         ...
 
     def abandon(self, pending: Sequence[object]) -> None:
@@ -91,6 +91,8 @@ class PipelineResult:
     """The pipeline's outputs, named and ordered as it declares them."""
     steps: list[tuple[str, str]]
     """``(step id, model reference as written)`` for every step, in declared order."""
+    event_ids: list[str] = field(default_factory=list)
+    """The usage events the call was billed with (each step's, then the pipeline's fee when it has one)."""
 
 
 async def run_pipeline(
@@ -133,9 +135,14 @@ async def run_pipeline(
     except BaseException:
         caller.abandon(run.collected(steps))
         raise
-    await caller.commit([*run.collected(steps), *([] if fee is None else [fee])])
+    event_ids = await caller.commit([*run.collected(steps), *([] if fee is None else [fee])])
     outputs = [_renamed(run.value(parse_source(outputs_from[out.name])), out.name) for out in manifest.outputs]
-    return PipelineResult(call_id=call_id, outputs=outputs, steps=[(step.id, step.model) for step in steps])
+    return PipelineResult(
+        call_id=call_id,
+        outputs=outputs,
+        steps=[(step.id, step.model) for step in steps],
+        event_ids=event_ids,
+    )
 
 
 class _Run:

@@ -139,7 +139,7 @@ class DataPlaneSteps:
         )
         return Pending(event, ticket, units)
 
-    async def commit(self, pending: Sequence[object]) -> None:
+    async def commit(self, pending: Sequence[object]) -> list[str]:
         items = [p for p in pending if isinstance(p, Pending)]
         try:
             await self.dp.writer.append_all([(p.event.id, p.event.encode()) for p in items])
@@ -148,6 +148,7 @@ class DataPlaneSteps:
             raise
         for p in items:
             self.dp.settle(p.ticket, p.units)
+        return [p.event.id for p in items]
 
     def abandon(self, pending: Sequence[object]) -> None:
         for p in pending:

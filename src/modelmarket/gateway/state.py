@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from modelmarket.accounts import Account, KeyIndex
 from modelmarket.gateway.economy import Economy
+from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.registry import Catalogue
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,19 @@ class GatewayState:
         economy: Economy | None = None,
         load_routing: Callable[[], tuple[Mapping[str, Any], Any]] | None = None,
         make_router: Callable[[Any], Any] | None = None,
+        privacy: PrivacyGuard | None = None,
     ) -> None:
         self.economy = economy
-        self.keys = Snapshot("key", load_keys, KeyIndex(by_hash={}), refresh_s, min_reload_s)
+        self.privacy = privacy
+
+        def load_keys_and_policies() -> KeyIndex:
+            """Keys, then the key policies (read after them: a key's policy is never older than the key)."""
+            index = load_keys()
+            if privacy is not None:
+                privacy.load()
+            return index
+
+        self.keys = Snapshot("key", load_keys_and_policies, KeyIndex(by_hash={}), refresh_s, min_reload_s)
         self.models = Snapshot("catalogue", load_catalogue, Catalogue(models={}), refresh_s, min_reload_s)
         empty: tuple[Mapping[str, Any], Any] = ({}, None)
         self.routing = Snapshot("routing", load_routing or (lambda: empty), empty, refresh_s, min_reload_s)
@@ -143,6 +154,8 @@ class GatewayState:
         self.routing.start()
         if self.economy is not None:
             self.economy.start()
+        if self.privacy is not None:
+            self.privacy.start(self.catalogue)
 
     async def stop(self) -> None:
         await self.keys.stop()
@@ -150,3 +163,5 @@ class GatewayState:
         await self.routing.stop()
         if self.economy is not None:
             await self.economy.stop()
+        if self.privacy is not None:
+            await self.privacy.stop()

@@ -2,8 +2,10 @@
 
 ```yaml
 review: manual            # manual: a person approves; auto: approved when every stage before passed
+max_active_per_provider: 5
+max_run_s: 600            # seconds one gate run may spend calling its model
 card:
-  required: [intended_use, limitations]   # card fields a package must fill in (summary always)
+  required: [intended_use, limitations]   # card fields a package must fill in (default: none)
 scan:
   allow: [.onnx, .json, README, ...]       # file endings ('.onnx') or whole names ('README') accepted
 benchmark:
@@ -15,7 +17,7 @@ bias:                                      # thresholds of the bias gate (govern
   max_equalized_odds_difference: 0.1
   min_group_accuracy: 0.6
   min_group_size: 30
-  required_for: [tabular]                  # modalities that must declare an evaluation set
+  required_for: [tabular-classification]   # tasks whose packages must declare an evaluation set
 ```
 """
 
@@ -73,7 +75,8 @@ class BiasPolicy(_Strict):
     min_group_accuracy: float = Field(default=0.6, ge=0, le=1)
     min_group_size: int = Field(default=30, ge=1)
     max_rows: int = Field(default=100_000, ge=1, le=10_000_000)
-    required_for: tuple[Literal["image", "text", "audio", "tabular"], ...] = ("tabular",)
+    required_for: tuple[str, ...] = ("tabular-classification",)
+    """Tasks (the manifest's ``task``) whose packages must declare an evaluation set."""
 
 
 class GatePolicy(_Strict):
@@ -84,6 +87,9 @@ class GatePolicy(_Strict):
     bias: BiasPolicy = BiasPolicy()
     max_active_per_provider: int = Field(default=5, ge=1, le=1_000)
     """Submissions a provider may have running or pending review at once."""
+    max_run_s: float = Field(default=600.0, gt=0, le=86_400)
+    """Longest one gate run may call its model (smoke test, benchmark, bias) before it fails: runs go one at a
+    time, so no model holds the gate for others beyond this (plus one call's timeout)."""
 
     def with_review(self, review: Literal["manual", "auto"]) -> GatePolicy:
         return self.model_copy(update={"review": review})

@@ -42,7 +42,15 @@ class GateRepository(Protocol):
         decided_by: str | None = None,
         decision_reason: str | None = None,
         version_id: str | None = None,
-    ) -> None: ...
+        expected: Sequence[str] | None = None,
+    ) -> bool:
+        """Set the status (and the other fields given); with ``expected``, only if the status is one of those.
+        Whether the row changed."""
+        ...
+
+    def running(self, submitted_by_prefix: str) -> Sequence[Submission]:
+        """Submissions still running whose ``submitted_by`` starts with the prefix (without stages)."""
+        ...
 
     def add_stage(self, submission_id: str, record: StageRecord) -> None: ...
 
@@ -64,9 +72,10 @@ class GateUnitOfWork(Protocol):
 class Trial(Protocol):
     """A model running in a sandboxed runner for the gate: calls go to it as OIP JSON requests."""
 
-    def infer(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The OIP answer; ``InvalidInput`` for a 4xx, ``DomainError`` for any other failure (with the runner's
-        reason: a crash, a sandbox limit, a timeout)."""
+    def infer(self, request: dict[str, Any], binary: bytes = b"") -> dict[str, Any]:
+        """The OIP answer to ``request`` (JSON; with ``binary``, the binary tensor extension's raw bytes after
+        it); ``InvalidInput`` for a 4xx, ``DomainError`` for any other failure (with the runner's reason: a crash,
+        a sandbox limit, a timeout)."""
         ...
 
     def rss_bytes(self) -> int | None:

@@ -34,6 +34,9 @@ class VersionRecord:
     provider_account_id: str
     artifacts: tuple[ArtifactRecord, ...]
     created_at: str
+    evaluation: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """What the publish gate measured: ``{"benchmark": {...}, "bias": {...}, "submission": id}``; None when the
+    version was published without the gate."""
     inputs: tuple[TensorSpec, ...] = field(init=False, compare=False, repr=False)
     outputs: tuple[TensorSpec, ...] = field(init=False, compare=False, repr=False)
     output_names: frozenset[str] = field(init=False, compare=False, repr=False)
@@ -70,6 +73,7 @@ class VersionRecord:
             "provider_account_id": self.provider_account_id,
             "manifest": self.manifest.to_json(),
             "artifacts": [{"path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes} for a in self.artifacts],
+            **({"evaluation": self.evaluation} if self.evaluation is not None else {}),
         }
 
 

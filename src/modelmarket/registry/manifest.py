@@ -26,9 +26,9 @@ from pydantic import (
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import check_currency, parse_decimal
 from modelmarket.metering.units import UnitKind
-from modelmarket.registry.package import artifact_path_problem, open_package_file
-from modelmarket.registry.card import MAX_SUMMARY_CHARS, Card
+from modelmarket.registry.card import Card
 from modelmarket.registry.declarations import EvaluationDecl, ExampleDecl, LineageDecl, RedactDecl
+from modelmarket.registry.package import artifact_path_problem, open_package_file
 from modelmarket.registry.serving import BatchingDecl, ReplicasDecl, SandboxDecl
 
 MANIFEST_NAME = "modelmarket.yaml"

@@ -29,6 +29,8 @@ class StoredVersion(NamedTuple):
     created_at: str
     provider_account_id: str
     artifacts: tuple[ArtifactRecord, ...]
+    evaluation_json: str | None = None
+    """What the publish gate measured (benchmark, bias), as JSON text; None for a version published without it."""
 
 
 class StoredAlias(NamedTuple):

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelmarket.audit import chain as audit
 from modelmarket.core.clock import Clock
@@ -38,6 +39,21 @@ from modelmarket.registry.ports import (
 
 ALIAS_RE = NAME_RE
 HASH_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPackage:
+    """A package that passed validation: its manifest, files, their hashes and the version digest. Nothing is
+    stored yet."""
+
+    manifest: Manifest
+    files: tuple[PackageFile, ...]
+    artifacts: tuple[ArtifactRecord, ...]
+    digest: str
+    provider_id: str
+    existing: StoredVersion | None
+    """The version already published under this name and number with the same digest (``Conflict`` is raised
+    for a different one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,7 @@ def version_from_stored(stored: StoredVersion) -> VersionRecord:
         provider_account_id=stored.provider_account_id,
         artifacts=stored.artifacts,
         created_at=stored.created_at,
+        evaluation=None if stored.evaluation_json is None else json.loads(stored.evaluation_json),
     )
 
 
@@ -89,35 +106,70 @@ class RegistryService:
         self.clock = clock
         self.runtimes = runtimes
 
-    # -- publish -----------------------------------------------------------------------------------------
+    # -- publish ----------------------------------------------------------------------------------------
     def publish(self, package_dir: Path, actor: str = "cli") -> PublishResult:
-        """Validate, hash, store and record a version. Nothing is stored for a package that is refused."""
+        """Validate, hash, store and record a version at once, without the publish gate (``governance.gate``):
+        for the platform's own tools and tests. The CLI and the API publish through the gate."""
+        prepared = self.prepare(package_dir)
+        if prepared.existing is not None:  # refused or a no-op before any blob is written
+            return PublishResult(version_from_stored(prepared.existing), created=False)
+        self.store(prepared)
+        return self.record(prepared.manifest, prepared.artifacts, prepared.digest, prepared.provider_id, actor)
+
+    def prepare(self, package_dir: Path, account_id: str | None = None) -> PreparedPackage:
+        """Validate the package and hash its files; nothing is stored. ``account_id``: the account submitting
+        it, which must be the manifest's provider (``PermissionDenied`` otherwise)."""
         manifest = load_manifest(package_dir)
         known = sorted(self.runtimes.names())
         if not manifest.is_pipeline and manifest.runtime not in known:
             raise InvalidInput(f"runtime: unknown runtime {manifest.runtime!r} (available: {', '.join(known)})")
         _check_tensor_names(manifest)
         _check_unit_inputs(manifest)
-        files = collect_artifacts(package_dir, manifest)
+        files = tuple(collect_artifacts(package_dir, manifest))
         if not manifest.is_pipeline:
             self.runtimes.validate(manifest.runtime, manifest.parameters, [f.relpath for f in files])
         hashed = tuple(ArtifactRecord(f.relpath, *_hash_file(f)) for f in files)
         digest = version_digest(manifest, hashed)
         with self.uow.read() as uow:
             provider_id = _provider_id(uow, manifest.provider)
+            if account_id is not None and provider_id != account_id:
+                raise PermissionDenied(
+                    f"provider: {manifest.provider!r} is another account; a provider publishes only under its own "
+                    "account name"
+                )
             model = uow.registry.model(manifest.name)
             if model is not None and model.provider_account_id != provider_id:
                 raise PermissionDenied(f"model {manifest.name!r} belongs to another provider")
             existing = uow.registry.version(manifest.name, manifest.version)
             if existing is None and manifest.is_pipeline:
                 check_pipeline_steps(manifest, stored_resolver(uow.registry))
-        if existing is not None:  # refused or a no-op before any blob is written
-            return PublishResult(_same_or_conflict(existing, manifest, digest), created=False)
-        # Blobs next: immutable and content-addressed, so a crash here leaves no half version.
-        for art, f in zip(hashed, files, strict=True):
+        if existing is not None:
+            _same_or_conflict(existing, manifest, digest)
+        return PreparedPackage(manifest, files, hashed, digest, provider_id, existing)
+
+    def store(self, prepared: PreparedPackage) -> None:
+        """Write the artifacts to the blob store (immutable and content-addressed: a crash leaves no half
+        version, and storing the same bytes again is a no-op)."""
+        for art, f in zip(prepared.artifacts, prepared.files, strict=True):
             self.blobs.put_file(f.path, expected_sha256=art.sha256)
-        with self.uow.write(Lock.PUBLISH, manifest.name) as uow:
-            return self._record(uow, manifest, hashed, digest, provider_id, actor)
+
+    def record(
+        self,
+        manifest: Manifest,
+        artifacts: tuple[ArtifactRecord, ...],
+        digest: str,
+        provider_id: str,
+        actor: str,
+        evaluation: dict[str, Any] | None = None,
+        uow: RegistryUnitOfWork | None = None,
+    ) -> PublishResult:
+        """Record the version (its artifacts already stored) and move ``latest`` when it is the newest; audited.
+        ``uow``: the caller's write unit of work (under ``Lock.PUBLISH``), so the version and the caller's own
+        records commit together; else one is opened."""
+        if uow is not None:
+            return self._record(uow, manifest, artifacts, digest, provider_id, actor, evaluation)
+        with self.uow.write(Lock.PUBLISH, manifest.name) as own:
+            return self._record(own, manifest, artifacts, digest, provider_id, actor, evaluation)
 
     def _record(
         self,
@@ -127,6 +179,7 @@ class RegistryService:
         digest: str,
         provider_id: str,
         actor: str,
+        evaluation: dict[str, Any] | None = None,
     ) -> PublishResult:
         now = self.clock()
         existing = uow.registry.version(manifest.name, manifest.version)
@@ -147,6 +200,7 @@ class RegistryService:
             created_at=now.isoformat(),
             provider_account_id=provider_id,
             artifacts=stored,
+            evaluation_json=None if evaluation is None else json.dumps(evaluation, sort_keys=True),
         )
         uow.registry.add_version(version)
         audit.append(

@@ -29,6 +29,7 @@ def model_summary(
     latest = entry.resolve(None)
     m = latest.manifest
     unit = m.pricing.unit
+    benchmark = (latest.evaluation or {}).get("benchmark")  # measured by the publish gate
     return {
         "name": entry.name,
         "latest": latest.version,
@@ -45,6 +46,7 @@ def model_summary(
         "protocols": list(protocols_of(m)),
         "pricing": m.pricing.to_json(),  # unit, price_per_iu, currency; then charge, tiers, ... when they apply
         "iu": {"unit": unit.value, "base_unit": unit.base_unit, "base_units_per_iu": unit.divisor},
+        **({"benchmark": benchmark} if benchmark is not None else {}),
         **({"price_now": price_now} if price_now is not None else {}),
         **({"measured": measured} if measured is not None else {}),
     }

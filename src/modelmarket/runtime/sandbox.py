@@ -39,6 +39,7 @@ from pathlib import Path
 from modelmarket.core.errors import NotReady
 from modelmarket.core.process import pid_alive
 from modelmarket.registry.serving import PROFILES, Profile, SandboxDecl, at_least
+from modelmarket.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -552,3 +553,20 @@ def write_oci_bundle(runner_argv: Sequence[str], layout: Layout, confinement: Co
     }
     (bundle / "config.json").write_text(json.dumps(config, indent=1))
     return bundle
+
+
+def policy_from_settings(s: Settings) -> SandboxPolicy:
+    """The operator's sandbox rules from the settings (``MODELMARKET_SANDBOX_*``, ``..._INPROCESS_RUNTIMES``)."""
+    return SandboxPolicy(
+        default_profile=parse_profile(s.sandbox_default),
+        minimum_for_provider_code=parse_profile(s.sandbox_minimum),
+        trusted_default_profile=parse_profile(s.sandbox_trusted),
+        inprocess_runtimes=frozenset(r.strip() for r in s.inprocess_runtimes.split(",") if r.strip()),
+        memory_mb=s.sandbox_memory_mb,
+        max_memory_mb=s.sandbox_max_memory_mb,
+        pids=s.sandbox_pids,
+        max_pids=s.sandbox_max_pids,
+        cpus=s.sandbox_cpus,
+        timeout_s=s.runner_request_timeout_s,
+        max_timeout_s=s.sandbox_max_timeout_s,
+    )

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -414,7 +415,89 @@ submission_stages = Table(
 )
 
 
-# -- verifiable audit (m0006) -----------------------------------------------------------------------------------
+# -- verifiable audit (m0007) -----------------------------------------------------------------------------------
+
+# RFC 6962 Merkle trees over the audit chain ("audit") and the applied usage events ("usage"): see audit/trees.py.
+merkle_leaves = Table(
+    "merkle_leaves",
+    metadata,
+    Column("tree", String(16), primary_key=True),
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    # A usage event id, or an audit record's seq as text.
+    Column("ref", String(64), nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Index("ux_merkle_leaves_ref", "tree", "ref", unique=True),
+)
+
+merkle_nodes = Table(
+    "merkle_nodes",
+    metadata,
+    # The heads of perfect subtrees at every 4th level (16, 256, ... leaves), so a proof reads O(log n) rows.
+    Column("tree", String(16), primary_key=True),
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("node_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_hash", LargeBinary(32), nullable=False),
+)
+
+merkle_heads = Table(
+    "merkle_heads",
+    metadata,
+    Column("tree", String(16), primary_key=True),
+    Column("tree_size", BigInteger, nullable=False),
+    # The heads of the perfect subtrees along the right edge, 32 bytes each (audit.merkle.Frontier).
+    Column("frontier", LargeBinary, nullable=False),
+    # The latest signed checkpoint (NULL before the first).
+    Column("checkpoint_size", BigInteger, nullable=True),
+    Column("checkpoint_root", LargeBinary(32), nullable=True),
+    Column("checkpoint_signed_at", String(40), nullable=True),
+    Column("checkpoint_key_id", String(16), nullable=True),
+    Column("checkpoint_signature", LargeBinary(64), nullable=True),
+)
+
+merkle_checkpoints = Table(
+    "merkle_checkpoints",
+    metadata,
+    # The history: every audit checkpoint, a usage checkpoint at most every MODELMARKET_USAGE_CHECKPOINT_S.
+    Column("tree", String(16), primary_key=True),
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("signed_at", String(40), nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
 
 
-# -- privacy (m0007) --------------------------------------------------------------------------------------------
+# -- privacy (m0006) --------------------------------------------------------------------------------------------
+
+key_privacy = Table(
+    "key_privacy",
+    metadata,
+    # The entities (core.pii names, comma-separated, sorted) redacted from every call made with the key.
+    Column("key_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("entities", Text, nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
+capture_optins = Table(
+    "capture_optins",
+    metadata,
+    # An account listed here opted in to keeping its calls' inputs and outputs (redacted of every entity).
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("updated_at", String(40), nullable=False),
+)
+
+captured_calls = Table(
+    "captured_calls",
+    metadata,
+    # A kept call: redacted of every entity and cut to MODELMARKET_CAPTURE_MAX_CHARS before it is written; an
+    # account keeps its MODELMARKET_CAPTURE_MAX_CALLS latest.
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(40), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("input_text", Text, nullable=False),
+    Column("output_text", Text, nullable=False),
+    Index("ix_captured_calls_account", "account_id", "created_at"),
+)

@@ -15,9 +15,13 @@ from sqlalchemy import Connection, Engine, text
 from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
 from modelmarket.adapters.store.repos.audit import SqlAuditRepository
 from modelmarket.adapters.store.repos.economy import SqlLedgerRepository, SqlPlanRepository
+from modelmarket.adapters.store.repos.gate import SqlGateRepository
+from modelmarket.adapters.store.repos.privacy import SqlPrivacyRepository
+from modelmarket.adapters.store.repos.proofs import SqlProofRepository
 from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
 from modelmarket.adapters.store.repos.routing import SqlRoutingRepository
 from modelmarket.adapters.store.repos.usage import SqlUsageRepository
+from modelmarket.audit.ports import CheckpointSigner
 from modelmarket.core.uow import Lock
 
 ADVISORY_LOCK_IDS: dict[Lock, int] = {
@@ -32,15 +36,17 @@ READ_SNAPSHOT = "REPEATABLE READ"
 
 
 class SqlUnitOfWork:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, signer: CheckpointSigner | None = None) -> None:
         self.conn = conn
         self._accounts = SqlAccountRepository(conn)
         self._registry = SqlRegistryRepository(conn)
         self._usage = SqlUsageRepository(conn)
-        self._audit = SqlAuditRepository(conn)
+        self._proofs = SqlProofRepository(conn)
+        self._audit = SqlAuditRepository(conn, self._proofs, signer)  # an audit append signs a checkpoint
         self._plans = SqlPlanRepository(conn)
         self._ledger = SqlLedgerRepository(conn)
         self._routing = SqlRoutingRepository(conn)
+        self._gate = SqlGateRepository(conn)
 
     @property
     def accounts(self) -> SqlAccountRepository:
@@ -70,12 +76,26 @@ class SqlUnitOfWork:
     def routing(self) -> SqlRoutingRepository:
         return self._routing
 
+    @property
+    def proofs(self) -> SqlProofRepository:
+        return self._proofs
+
+    @property
+    def gate(self) -> SqlGateRepository:
+        return self._gate
+
+    @property
+    def privacy(self) -> SqlPrivacyRepository:
+        return SqlPrivacyRepository(self.conn)
+
 
 class SqlStore:
     """The store: opens units of work on SQLite or PostgreSQL (``UnitOfWorkFactory[SqlUnitOfWork]``)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.signer: CheckpointSigner | None = None
+        """Signs the audit tree's checkpoints as records are appended (set by ``bootstrap``; None: unsigned)."""
 
     @property
     def url(self) -> str:
@@ -91,7 +111,7 @@ class SqlStore:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:a, hashtext(:k))"), {"a": lock_id, "k": key})
                 else:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:a)"), {"a": lock_id})
-            yield SqlUnitOfWork(conn)
+            yield SqlUnitOfWork(conn, self.signer)
 
     @contextmanager
     def read(self) -> Iterator[SqlUnitOfWork]:

@@ -1,4 +1,5 @@
-"""``AuditRepository`` on SQL."""
+"""``AuditRepository`` on SQL. Inserting a record also grows the audit tree by its leaf and signs a checkpoint
+(``audit.trees.record_appended``), in the same transaction."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from collections.abc import Iterator
 
 from sqlalchemy import Connection, insert, select, text
 
+from modelmarket.adapters.store.repos.proofs import SqlProofRepository
 from modelmarket.adapters.store.schema import audit_log
-from modelmarket.audit.ports import StoredAuditRecord
+from modelmarket.audit.ports import CheckpointSigner, StoredAuditRecord
 from modelmarket.audit.records import AuditRecord
+from modelmarket.audit.trees import record_appended
 
 _COLUMNS = (
     audit_log.c.seq,
@@ -23,8 +26,12 @@ _COLUMNS = (
 
 
 class SqlAuditRepository:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(
+        self, conn: Connection, proofs: SqlProofRepository | None = None, signer: CheckpointSigner | None = None
+    ) -> None:
         self.conn = conn
+        self.proofs = proofs if proofs is not None else SqlProofRepository(conn)
+        self.signer = signer
 
     def last(self) -> tuple[int, str] | None:
         if self.conn.dialect.name == "postgresql":
@@ -49,6 +56,7 @@ class SqlAuditRepository:
                 hash=record.hash,
             )
         )
+        record_appended(self.proofs, record, self.signer)
 
     def scan(self, batch_rows: int) -> Iterator[StoredAuditRecord]:
         stmt = select(*_COLUMNS).order_by(audit_log.c.seq).execution_options(yield_per=batch_rows)

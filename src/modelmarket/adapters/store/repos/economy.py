@@ -15,6 +15,7 @@ from modelmarket.adapters.store import schema as t
 from modelmarket.adapters.store.repos.usage import USAGE_COLUMNS, Texts, insert_rows, usage_columns
 from modelmarket.billing.plans import PlanSpec, PlanVersion, Subscription
 from modelmarket.billing.ports import (
+    BilledCall,
     DynamicPricing,
     LedgerEntry,
     LedgerTxn,
@@ -505,6 +506,18 @@ class SqlLedgerRepository:
         self.conn.execute(delete(t.ledger_txns).where(_X.kind == "usage"))
         self.conn.execute(delete(t.usage_events))  # a rated event is its usage event's row
         self.conn.execute(delete(t.rating_counters))
+
+    def billed_calls(self, account_id: str, period: str, currency: str) -> Iterator[BilledCall]:
+        """The rated events landing on one invoice (account, period, currency) with their calls' time and
+        latency, by log offset; streamed ``STREAM_BATCH_ROWS`` at a time (the rows are never read whole)."""
+        q = (
+            _RATED_SELECT.add_columns(_R.occurred_at, _R.latency_ms)
+            .where(_R.account_id == account_id, _R.period == period, _R.currency == currency)
+            .order_by(_R.log_offset)
+        )
+        with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
+            for row in result:
+                yield BilledCall(_rated(row), row.occurred_at, row.latency_ms)
 
 
 def _with_entries(txn: LedgerTxn, entries: list[LedgerEntry]) -> LedgerTxn:

@@ -43,6 +43,7 @@ class SqlRegistryRepository:
                 digest=version.digest,
                 manifest_json=version.manifest_json,
                 created_at=version.created_at,
+                evaluation_json=version.evaluation_json,
             )
         )
         if version.artifacts:  # a pipeline has none (an empty executemany would insert one row of NULLs)
@@ -116,6 +117,7 @@ class SqlRegistryRepository:
                 created_at=r.created_at,
                 provider_account_id=r.provider_account_id,
                 artifacts=tuple(arts.get(r.id, ())),
+                evaluation_json=r.evaluation_json,
             )
             for r in rows
         ]

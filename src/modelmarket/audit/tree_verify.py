@@ -1,0 +1,263 @@
+"""``audit verify`` for the verifiable trees: every leaf made again from its row, every root recomputed.
+
+One streamed pass over a tree's leaves, in index order, each joined with the row it was made of:
+
+- a leaf whose row is gone names the record or event that was dropped; a leaf that no longer matches its row
+  names the one that was edited; usage events out of log order, or audit leaves out of seq order, were reordered;
+- the leaves' hashes are folded into the tree as they come (``merkle.Frontier``): the stored subtree heads
+  proofs are read from, and the root at the size of every kept checkpoint, must come out as stored and signed;
+- the latest checkpoint must carry this home's signature, and must not cover more leaves than the store has
+  (a tail cut off: "covers records the store no longer has");
+- rows the tree has no leaf for (added to the table behind the platform's back) are named too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from modelmarket.audit.checkpoints import Checkpoint, key_id_of
+from modelmarket.audit.leaves import AUDIT_TREE, usage_leaf
+from modelmarket.audit.merkle import Frontier, leaf_hash
+from modelmarket.audit.ports import MerkleRepository, StoredLeaf
+from modelmarket.audit.trees import STORED_LEVEL_STRIDE, stored_audit_leaf
+from modelmarket.core.errors import ensure
+
+VERIFY_BATCH_ROWS = 5000
+"""Leaves (with their rows) read per round trip; the trees are streamed, never loaded whole."""
+MAX_PROBLEMS = 20
+"""Most problems listed per tree (the count of the others is given)."""
+OUTSIDE_EXAMPLES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TreeReport:
+    tree: str
+    leaves: int
+    checkpoint: Checkpoint | None
+    """The latest signed checkpoint (None before the first)."""
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.checkpoint is None:
+            signed = "no signed checkpoint yet"
+        else:
+            signed = f"latest checkpoint {self.checkpoint.describe()}, key {self.checkpoint.key_id}"
+        return f"{self.tree} tree: {self.leaves} leaves, {signed}"
+
+    def to_json(self) -> dict[str, Any]:
+        cp = self.checkpoint
+        return {
+            "tree": self.tree,
+            "ok": self.ok,
+            "leaves": self.leaves,
+            "checkpoint": None if cp is None else {k: v for k, v in cp.to_json().items() if k != "body"},
+            "problems": list(self.problems),
+        }
+
+
+@dataclass
+class _Problems:
+    found: list[str] = field(default_factory=list)
+    more: int = 0
+
+    def add(self, text: str) -> None:
+        if len(self.found) < MAX_PROBLEMS:
+            self.found.append(text)
+        else:
+            self.more += 1
+
+    def all(self) -> tuple[str, ...]:
+        return (*self.found, *([f"... and {self.more} more"] if self.more else []))
+
+
+class _Paged:
+    """Reads (key, value) pairs page by page in key order, for comparing against a stream in the same order."""
+
+    def __init__(self, fetch: Callable[[int], list[tuple[int, Any]]]) -> None:
+        self._fetch = fetch
+        self._page: list[tuple[int, Any]] = []
+        self._after = -1
+        self._done = False
+
+    def upto(self, key: int) -> list[tuple[int, Any]]:
+        """Every pair with a key up to ``key`` not returned before."""
+        out: list[tuple[int, Any]] = []
+        while True:
+            if not self._page and not self._done:
+                self._page = self._fetch(self._after)
+                self._done = not self._page
+                self._page.reverse()
+            if not self._page or self._page[-1][0] > key:
+                return out
+            pair = self._page.pop()
+            self._after = pair[0]
+            out.append(pair)
+
+
+def _node_pages(
+    repo: MerkleRepository, tree: str, level: int, batch_rows: int
+) -> Callable[[int], list[tuple[int, Any]]]:
+    def fetch(after: int) -> list[tuple[int, Any]]:
+        return list(repo.nodes(tree, level, after, batch_rows))
+
+    return fetch
+
+
+class _Walk:
+    def __init__(self, repo: MerkleRepository, tree: str, latest: Checkpoint | None, batch_rows: int) -> None:
+        self.tree = tree
+        self.noun = "audit record" if tree == AUDIT_TREE else "usage event"
+        self.frontier = Frontier()
+        self.intact = True
+        self.seen = self.present = 0
+        self.last_offset: int | None = None
+        self.problems = _Problems()
+
+        def checkpoints(after: int) -> list[tuple[int, Any]]:
+            return [(cp.size, cp) for cp in repo.checkpoints(tree, after, batch_rows)]
+
+        self.checkpoints = _Paged(checkpoints)
+        self.latest = latest
+        self.nodes = {
+            level: _Paged(_node_pages(repo, tree, level, batch_rows))
+            for level in range(STORED_LEVEL_STRIDE, 64, STORED_LEVEL_STRIDE)
+        }
+
+    def leaf(self, leaf: StoredLeaf, data: bytes | None, what: str, log_offset: int | None) -> None:
+        self.seen += 1
+        if self.intact and leaf.leaf_index != self.frontier.size:
+            self.problems.add(
+                f"leaf {self.frontier.size} of the {self.tree} tree is missing (the next one stored is leaf "
+                f"{leaf.leaf_index}): a {self.noun} was dropped from the tree"
+            )
+            self.intact = False
+        if data is None:
+            self.problems.add(f"{what} (leaf {leaf.leaf_index}) is no longer in the store: it was dropped")
+        else:
+            self.present += 1
+            if leaf_hash(data) != leaf.leaf_hash:
+                self.problems.add(f"{what} (leaf {leaf.leaf_index}) does not match its leaf: it was edited")
+        self._order(leaf, what, log_offset)
+        if self.intact:
+            for level, index, head in self.frontier.append(leaf.leaf_hash, STORED_LEVEL_STRIDE):
+                self._node(level, index, head)
+            self._roots()
+
+    def _order(self, leaf: StoredLeaf, what: str, log_offset: int | None) -> None:
+        if self.tree == AUDIT_TREE:
+            if leaf.ref != str(leaf.leaf_index + 1):
+                self.problems.add(
+                    f"leaf {leaf.leaf_index} of the audit tree names seq {leaf.ref}: records were reordered"
+                )
+            return
+        if log_offset is None:
+            return
+        if self.last_offset is not None and log_offset <= self.last_offset:
+            self.problems.add(
+                f"{what} (leaf {leaf.leaf_index}, log offset {log_offset}) comes after log offset {self.last_offset}: "
+                "usage events were reordered"
+            )
+        self.last_offset = log_offset
+
+    def _node(self, level: int, index: int, head: bytes) -> None:
+        stored = dict(self.nodes[level].upto(index)).get(index)
+        if stored != head:
+            first, last = index << level, ((index + 1) << level) - 1
+            state = "is missing" if stored is None else "differs from its leaves"
+            self.problems.add(f"the stored head of leaves {first}-{last} of the {self.tree} tree {state}")
+
+    def _roots(self) -> None:
+        size = self.frontier.size
+        due = [cp for _, cp in self.checkpoints.upto(size) if cp.size == size]
+        if self.latest is not None and self.latest.size == size:
+            due.append(self.latest)
+        if due:
+            root = self.frontier.root()
+            for cp in due:
+                if cp.root != root:
+                    self.problems.add(
+                        f"the {self.tree} tree's root at {size} leaves is not the one its checkpoint ({cp.describe()}) "
+                        f"signed: {self.noun}s up to leaf {size - 1} were edited, dropped or reordered"
+                    )
+                    return
+
+
+def verify_tree(
+    repo: MerkleRepository, tree: str, public_key: Ed25519PublicKey | None, batch_rows: int = VERIFY_BATCH_ROWS
+) -> TreeReport:
+    """Check ``tree`` against its rows and checkpoints; the latest checkpoint's signature against ``public_key``
+    (None: the home has no key, so no checkpoint can be trusted)."""
+    ensure(batch_rows > 0, "batch_rows must be positive")
+    head = repo.head(tree)
+    candidates = [cp for cp in (None if head is None else head.checkpoint, repo.newest_checkpoint(tree)) if cp]
+    latest = max(candidates, key=lambda cp: cp.size, default=None)
+    walk = _Walk(repo, tree, latest, batch_rows)
+    _stream(repo, walk, batch_rows)
+    _after_walk(repo, walk, head, latest, public_key)
+    return TreeReport(tree, walk.seen, latest, walk.problems.all())
+
+
+def _stream(repo: MerkleRepository, walk: _Walk, batch_rows: int) -> None:
+    after = -1
+    while True:
+        rows: list[tuple[StoredLeaf, bytes | None, int | None]]
+        if walk.tree == AUDIT_TREE:
+            rows = [
+                (leaf, None if record is None else stored_audit_leaf(record), None)
+                for leaf, record in repo.audit_leaves(after, batch_rows)
+            ]
+        else:
+            rows = [
+                (leaf, None, None) if facts is None else (leaf, usage_leaf(facts), facts.log_offset)
+                for leaf, facts in repo.usage_leaves(after, batch_rows)
+            ]
+        if not rows:
+            return
+        for leaf, data, log_offset in rows:
+            what = f"audit record seq {leaf.leaf_index + 1}" if walk.tree == AUDIT_TREE else f"usage event {leaf.ref}"
+            walk.leaf(leaf, data, what, log_offset)
+        after = rows[-1][0].leaf_index
+
+
+def _after_walk(
+    repo: MerkleRepository,
+    walk: _Walk,
+    head: Any,
+    latest: Checkpoint | None,
+    public_key: Ed25519PublicKey | None,
+) -> None:
+    tree, problems = walk.tree, walk.problems
+    stored_size = 0 if head is None else head.size
+    if walk.intact and stored_size != walk.frontier.size:
+        problems.add(f"the {tree} tree's head says {stored_size} leaves, but {walk.frontier.size} are stored")
+    elif walk.intact and head is not None and head.frontier != walk.frontier.encode():
+        problems.add(f"the {tree} tree's head (its right edge) does not match its leaves")
+    if latest is not None:
+        if latest.size > walk.seen:
+            problems.add(
+                f"the latest checkpoint ({latest.describe()}) covers {walk.noun}s the store no longer has: "
+                f"{latest.size - walk.seen} of {latest.size}"
+            )
+        if public_key is None:
+            problems.add(f"the latest checkpoint ({latest.describe()}) cannot be checked: this home has no key")
+        elif not latest.signed_by(public_key):
+            problems.add(
+                f"the latest checkpoint ({latest.describe()}) is not signed by this home's key {key_id_of(public_key)} "
+                f"(it names key {latest.key_id})"
+            )
+    rows = repo.source_rows(tree)
+    if rows > walk.present:
+        examples = repo.outside_tree(tree, OUTSIDE_EXAMPLES)
+        if examples:
+            problems.add(
+                f"{rows - walk.present} {walk.noun}(s) in the store are not in the {tree} tree "
+                f"(e.g. {', '.join(examples)}): added behind the platform's back"
+            )
