@@ -95,7 +95,7 @@ def read_evaluation_set(path: Path, decl: EvaluationDecl, max_rows: int) -> Eval
         raise InvalidInput(f"{where}: {size_bytes:,} bytes; an evaluation set is at most {MAX_EVALUATION_BYTES:,}")
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            return _read_csv(csv.reader(_bounded_lines(handle, where)), decl, max_rows, where)
+            return _read_csv(csv.reader(_bounded_lines(handle, where), strict=True), decl, max_rows, where)
     except UnicodeDecodeError:
         raise InvalidInput(f"{where}: not UTF-8 text") from None
     except OSError as exc:
@@ -146,12 +146,17 @@ def _header(reader: Any, decl: EvaluationDecl, where: str) -> tuple[list[str], l
 
 
 def _read_csv(reader: Any, decl: EvaluationDecl, max_rows: int, where: str) -> EvaluationSet:
+    start = 1
     try:
         header, feature_columns, label_column, sensitive_columns = _header(reader, decl, where)
         values = array("d")
         labels: list[str] = []
         groups: dict[str, list[str]] = {name: [] for name in sensitive_columns}
-        for record in reader:
+        while True:
+            start = reader.line_num + 1  # where the next record begins (a quoted field may span lines)
+            record = next(reader, None)
+            if record is None:
+                break
             if not record:
                 continue  # a blank line
             row = reader.line_num
@@ -166,7 +171,7 @@ def _read_csv(reader: Any, decl: EvaluationDecl, max_rows: int, where: str) -> E
             for name, column in sensitive_columns.items():
                 groups[name].append(_text(record[column], name, "empty: every row needs its group", row, where))
     except csv.Error as exc:
-        raise InvalidInput(f"{where}: row {reader.line_num}: not valid CSV ({exc})") from None
+        raise InvalidInput(f"{where}: row {start}: not valid CSV ({exc})") from None
     if not labels:
         raise InvalidInput(f"{where}: no data rows after the header")
     features = np.frombuffer(values, dtype=np.float64).reshape(len(labels), len(decl.features))
@@ -194,10 +199,18 @@ def _number(text: str, column: str, row: int, where: str) -> float:
     return value
 
 
+MAX_CELL_CHARS = 100
+"""Longest label or group name: they are shown in reports and stored in stage summaries."""
+
+
 def _text(text: str, column: str, problem: str, row: int, where: str) -> str:
     value = text.strip()
     if not value:
         raise InvalidInput(f"{where}: row {row}, column {column!r}: {problem}")
+    if len(value) > MAX_CELL_CHARS:
+        raise InvalidInput(f"{where}: row {row}, column {column!r}: longer than {MAX_CELL_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidInput(f"{where}: row {row}, column {column!r}: holds a control character (a line break, NUL...)")
     return value
 
 

@@ -432,7 +432,6 @@ class GateService:
                 self._audit_decision(uow, current, decision, actor, decided_by, reason, now)
             tell("review", review)
             return self._get(submission_id)
-        tell("review", review)
         tell("publish", None)
         evaluation = self._evaluation_of(current)
         t0 = time.monotonic()
@@ -474,6 +473,7 @@ class GateService:
                     uow.gate.add_stage(submission_id, review)
                     self._audit_decision(uow, current, decision, actor, decided_by, reason, now)
                     uow.gate.add_stage(submission_id, record)
+        tell("review", review)  # told once the decision is committed (with the publish, or its failure)
         tell("publish", record)
         return self._get(submission_id)
 

@@ -20,6 +20,7 @@ from modelmarket.registry.declarations import EvaluationDecl, ExampleDecl, flatt
 BlobOf = Callable[[str], Path]
 """A package path -> the stored file holding it."""
 EVAL_BATCH_ROWS = 256
+MAX_EXAMPLE_FILE_BYTES = 64 * 1024 * 1024
 MAX_SHOWN = 5
 
 
@@ -32,7 +33,13 @@ def example_request(version: VersionRecord, example: ExampleDecl, blob_of: BlobO
     for item in example.inputs:
         datatype = declared[item.name].datatype
         if item.file is not None:
-            data = blob_of(item.file).read_bytes()
+            path = blob_of(item.file)
+            if path.stat().st_size > MAX_EXAMPLE_FILE_BYTES:
+                raise DomainError(
+                    f"example {example.name!r}: {item.file} is larger than {MAX_EXAMPLE_FILE_BYTES:,} bytes, the most "
+                    "one example may send"
+                )
+            data = path.read_bytes()
             element = struct.pack("<I", len(data)) + data
             inputs.append(
                 {
@@ -48,12 +55,31 @@ def example_request(version: VersionRecord, example: ExampleDecl, blob_of: BlobO
     return {"id": f"gate-{example.name}", "inputs": inputs}, binary
 
 
+MAX_ANSWER_DEPTH = 8
+"""Deepest nesting of an output's ``data`` the gate reads (OIP answers are flat; a tensor has at most 8 dims)."""
+
+
 def _outputs(answer: dict[str, Any]) -> dict[str, list[Any]]:
+    """The answer's outputs by name, flattened; ``DomainError`` for an answer that is not an OIP answer."""
+    outputs = answer.get("outputs")
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise DomainError("the model's answer has no 'outputs' list of tensors")
     found: dict[str, list[Any]] = {}
-    for out in answer.get("outputs") or ():
-        if isinstance(out, dict) and isinstance(out.get("name"), str):
-            found[out["name"]] = flatten(out.get("data", []))
+    for out in outputs:
+        if isinstance(out.get("name"), str):
+            found[out["name"]] = _flat(out.get("data", []), 0)
     return found
+
+
+def _flat(value: Any, depth: int) -> list[Any]:
+    if not isinstance(value, list):
+        return [value]
+    if depth >= MAX_ANSWER_DEPTH:
+        raise DomainError(f"an output's data is nested more than {MAX_ANSWER_DEPTH} lists deep")
+    out: list[Any] = []
+    for item in value:
+        out.extend(_flat(item, depth + 1))
+    return out
 
 
 def _mismatch(expected: Sequence[Any], got: Sequence[Any], tolerance: float) -> str | None:
@@ -67,7 +93,7 @@ def _mismatch(expected: Sequence[Any], got: Sequence[Any], tolerance: float) -> 
         else:
             ok = False
         if not ok:
-            return f"value [{i}] is {have!r}, expected {want!r}" + (
+            return f"value [{i}] is {_short(have)!r}, expected {_short(want)!r}" + (
                 f" (within {tolerance:g})" if isinstance(want, int | float) and not isinstance(want, bool) else ""
             )
     return None
@@ -97,7 +123,7 @@ def smoke_test(trial: Trial, version: VersionRecord, blob_of: BlobOf) -> tuple[b
             if why is not None and name in outputs:
                 wrong.append(f"output {name!r}: {why}")
         problems.extend(f"example {example.name!r}: {w}" for w in wrong)
-        shown = {name: values[:MAX_SHOWN] for name, values in outputs.items()}
+        shown = {name: [_short(v) for v in values[:MAX_SHOWN]] for name, values in outputs.items() if name in declared}
         results.append({"example": example.name, "ok": not wrong, "ms": round(ms, 3), "outputs": shown})
     report: dict[str, Any] = {"profile": trial.profile, "examples": results, "problems": problems}
     if problems:
@@ -173,6 +199,13 @@ def predict_labels(
             )
         labels.extend(_label_text(v) for v in got)
     return labels
+
+
+def _short(value: Any) -> Any:
+    """A value from a model's answer as shown in a report: long text cut."""
+    if isinstance(value, str) and len(value) > 100:
+        return value[:100] + "..."
+    return value
 
 
 def _label_text(value: Any) -> str:
