@@ -81,7 +81,9 @@ def bootstrap(
     settings.home.mkdir(parents=True, exist_ok=True)
     store = store or open_store(settings.resolved_database_url, lock_dir=settings.home)
     checkpoint_key = CheckpointKey(settings.keys_dir)
-    store.signer = checkpoint_key  # audit appends sign the audit tree's checkpoints with the home's key
+    # Audit appends sign the audit tree's checkpoints with the home's key, which also keeps the latest ones in the
+    # keys folder, outside the store; AuditService gets the same key, so `audit verify` reads those copies.
+    store.signer = checkpoint_key
     blobs = blobs or FsBlobStore(settings.blobs_dir)
     clock = clock or utc_now
     runtimes = runtimes or PluginRuntimes()

@@ -170,7 +170,8 @@ class Settings(BaseSettings):
     usage_checkpoint_s: float = Field(
         default=1.0,
         gt=0,
-        description="While usage events arrive, a signed checkpoint of the usage event log is at most this old.",
+        description="Least time between the usage checkpoints kept as history (the latest checkpoint is signed "
+        "after every metering batch regardless; this only thins the history).",
     )
     redact_max_chars: int = Field(
         default=1024 * 1024,

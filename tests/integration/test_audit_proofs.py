@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,13 +21,15 @@ from sqlalchemy import LargeBinary, bindparam, text
 
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore
+from modelmarket.audit import append
 from modelmarket.audit.checkpoints import CheckpointKey, load_public_key, public_key_pem
 from modelmarket.audit.merkle import Frontier
 from modelmarket.audit.proofs import check_proof, parse_proof
 from modelmarket.audit.tree_verify import TreeReport
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
 from modelmarket.cli.main import cli
-from modelmarket.core.errors import NotFound, NotReady
+from modelmarket.core.errors import Conflict, NotFound, NotReady
+from modelmarket.gateway.api_proofs import usage_event_proof
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
 from modelmarket.settings import Settings
@@ -56,8 +59,9 @@ def plat(store: SqlStore, tmp_path: Path, clock: SteppingClock) -> Iterator[Plat
     yield platform
 
 
-def usage(plat: Platform, account_id: str, n: int) -> list[str]:
-    """``n`` served calls appended to the event log, as the gateway appends them, and applied by metering."""
+def usage(plat: Platform, account_id: str, n: int, apply: bool = True) -> list[str]:
+    """``n`` served calls appended to the event log, as the gateway appends them, and applied by metering (unless
+    not ``apply``)."""
     events = [
         UsageEvent(
             id=f"req_{next(_ids):010d}",
@@ -80,7 +84,8 @@ def usage(plat: Platform, account_id: str, n: int) -> list[str]:
         log.append_many([(e.id, e.encode()) for e in events])
     finally:
         log.close()
-    plat.metering.catch_up()
+    if apply:
+        plat.metering.catch_up()
     return [e.id for e in events]
 
 
@@ -132,6 +137,30 @@ def cut_tail(plat: Platform, tree: str, keep: int) -> None:
             bindparam("f", type_=LargeBinary)
         )
         conn.execute(stmt, {"n": frontier.size, "f": frontier.encode(), "t": tree})
+
+
+def put_back_checkpoint(plat: Platform, tree: str, size: int) -> None:
+    """What an intruder without the key can still do after cutting a tail: put the genuine checkpoint the history
+    kept for the shorter tree back as the latest, and drop the later ones from the history."""
+    sql(
+        plat,
+        "UPDATE merkle_heads SET checkpoint_size = c.tree_size, checkpoint_root = c.root, "
+        "checkpoint_signed_at = c.signed_at, checkpoint_key_id = c.key_id, checkpoint_signature = c.signature "
+        "FROM merkle_checkpoints c WHERE c.tree = :t AND c.tree_size = :n AND merkle_heads.tree = :t",
+        t=tree,
+        n=size,
+    )
+    sql(plat, "DELETE FROM merkle_checkpoints WHERE tree = :t AND tree_size > :n", t=tree, n=size)
+
+
+def forget_checkpoints(plat: Platform, tree: str) -> None:
+    sql(
+        plat,
+        "UPDATE merkle_heads SET checkpoint_size = NULL, checkpoint_root = NULL, checkpoint_signed_at = NULL, "
+        "checkpoint_key_id = NULL, checkpoint_signature = NULL WHERE tree = :t",
+        t=tree,
+    )
+    sql(plat, "DELETE FROM merkle_checkpoints WHERE tree = :t", t=tree)
 
 
 # -- growing, signing, proving ------------------------------------------------------------------------------------
@@ -188,6 +217,31 @@ def test_an_event_not_applied_or_not_signed_is_not_proven(plat: Platform, store:
         plat.audit.prove_usage_event(event_id, "acc_someone_else")  # another account's: as if unknown
 
 
+def applied_ids(plat: Platform) -> set[str]:
+    with plat.store.engine.connect() as conn:
+        return set(conn.execute(text("SELECT event_id FROM usage_events")).scalars())
+
+
+def test_asking_for_an_unknown_event_never_catches_metering_up(plat: Platform) -> None:
+    alice = plat.accounts.create("alice", "consumer").id
+    bob = plat.accounts.create("bob", "consumer").id
+    applied = usage(plat, alice, 2)
+    (pending,) = usage(plat, alice, 1, apply=False)  # in the log, not applied yet
+    not_found = []
+    for event_id, account in (("req_made_up", bob), (applied[0], bob), ("x" * 65, bob), (pending, bob)):
+        with pytest.raises(NotFound) as exc:
+            usage_event_proof(plat.audit, plat.usage, event_id, account)
+        not_found.append(str(exc.value).replace(repr(event_id[:64]), "ID"))
+    assert set(not_found) == {"no usage event ID (not applied yet, or unknown)"}  # all alike
+    assert applied_ids(plat) == {*applied, pending}  # the one id the log holds was caught up for
+    (later,) = usage(plat, alice, 1, apply=False)
+    for event_id in ("req_made_up", applied[1]):
+        with pytest.raises(NotFound):
+            usage_event_proof(plat.audit, plat.usage, event_id, bob)
+    assert later not in applied_ids(plat)  # no catch-up: made-up ids take no metering lock
+    assert usage_event_proof(plat.audit, plat.usage, later, alice)["leaf_index"] == 3
+
+
 def test_a_metering_rebuild_grows_the_same_tree_again(plat: Platform) -> None:
     alice = plat.accounts.create("alice", "consumer").id
     ids = usage(plat, alice, 40)
@@ -226,7 +280,11 @@ def test_the_migration_builds_the_trees_of_a_store_that_has_records(plat: Platfo
             rebuilt = uow.proofs.head(tree)
             assert rebuilt is not None and before is not None
             assert (rebuilt.size, rebuilt.frontier, rebuilt.checkpoint) == (before.size, before.frontier, None)
-    assert all(r.ok for r in reports(plat).values())
+    # The downgrade dropped the signed checkpoints: a home that signs, and keeps the latest ones, sees it.
+    found = problems(plat, "audit")
+    assert "the audit tree has 2 leaves but no signed checkpoint, and this home has a key" in found
+    assert "the store's latest audit checkpoint (none) is older than the one this home signed last" in found
+    assert "the usage tree has 21 leaves but no signed checkpoint" in problems(plat, "usage")
     with pytest.raises(NotReady, match="not covered by a signed checkpoint yet"):
         plat.audit.prove(ids[0])  # the migration has no key: nothing is signed until the next append
     plat.accounts.create("carol", "consumer")
@@ -341,6 +399,83 @@ def test_an_audit_tail_cut_off_passes_the_chain_but_not_the_tree(chained: Platfo
     assert "covers audit records the store no longer has: 2 of 6" in problems(chained, "audit")
 
 
+def test_an_audit_tail_cut_off_with_an_older_genuine_checkpoint_put_back_is_caught(chained: Platform) -> None:
+    kept = chained.settings.keys_dir / "latest-checkpoint.audit.json"
+    assert json.loads(kept.read_text())["size"] == 6  # the latest checkpoint, kept outside the store
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    sql(chained, "DELETE FROM audit_log WHERE seq > 4")
+    cut_tail(chained, "audit", 4)
+    put_back_checkpoint(chained, "audit", 4)
+    assert chained.audit.verify().ok  # chain, leaves, stored heads and the store's checkpoints all agree
+    found = problems(chained, "audit")
+    assert "the store's latest audit checkpoint (size 4, signed at " in found
+    assert "is older than the one this home signed last and keeps outside the store (size 6, " in found
+    assert "audit records were cut off the tail" in found
+
+    for name in ("mallory", "oscar", "trent"):  # the platform goes on: the tree grows past the size it had
+        chained.accounts.create(name, "consumer")
+    assert json.loads(kept.read_text())["size"] == 6  # a tree that does not extend the kept copy never replaces it
+    assert "the audit tree's root at 6 leaves is not the one the checkpoint kept outside the store (size 6" in (
+        problems(chained, "audit")
+    )
+
+
+def test_audit_checkpoints_removed_from_the_store_are_caught(chained: Platform) -> None:
+    sql(chained, "DELETE FROM audit_log WHERE seq > 5")
+    cut_tail(chained, "audit", 5)
+    forget_checkpoints(chained, "audit")
+    found = problems(chained, "audit")
+    assert "the audit tree has 5 leaves but no signed checkpoint, and this home has a key" in found
+    assert "the store's latest audit checkpoint (none) is older than the one this home signed last" in found
+
+
+def test_a_usage_tail_cut_off_with_an_older_checkpoint_put_back_is_caught(plat: Platform, clock: SteppingClock) -> None:
+    alice = plat.accounts.create("alice", "consumer").id
+    ids = usage(plat, alice, 10)
+    clock.now += timedelta(seconds=2)  # the history keeps a usage checkpoint per MODELMARKET_USAGE_CHECKPOINT_S
+    ids += usage(plat, alice, 6)
+    assert reports(plat)["usage"].ok
+    for event_id in ids[10:]:
+        sql(plat, "DELETE FROM usage_events WHERE event_id = :e", e=event_id)
+    cut_tail(plat, "usage", 10)
+    put_back_checkpoint(plat, "usage", 10)
+    assert "the store's latest usage checkpoint (size 10, signed at " in problems(plat, "usage")
+    forget_checkpoints(plat, "usage")
+    assert "the usage tree has 10 leaves but no signed checkpoint" in problems(plat, "usage")
+
+
+def test_a_checkpoint_a_consumer_kept_is_extended_until_the_log_is_rewritten(chained: Platform) -> None:
+    key = chained.audit.key.public_key()  # type: ignore[union-attr]
+    kept = chained.audit.prove("audit:2").checkpoint  # size 6: what a consumer was given earlier
+    chained.accounts.create("grace", "consumer")
+    grown = chained.audit.prove("audit:3", since=kept)
+    assert grown.checkpoint.size == 7 and grown.consistency is not None
+    assert check_proof(parse_proof(orjson.dumps(grown.to_json())), key, since=kept).ok
+
+    sql(chained, "DELETE FROM audit_log WHERE seq > 4")
+    cut_tail(chained, "audit", 4)
+    put_back_checkpoint(chained, "audit", 4)
+    with pytest.raises(Conflict, match=r"is smaller than the one given \(size 6, .*its tail was cut off"):
+        chained.audit.prove("audit:3", since=kept)
+    for name in ("mallory", "oscar", "trent"):
+        chained.accounts.create(name, "consumer")
+    rewritten = chained.audit.prove("audit:3", since=kept)  # signed by the platform, over the rewritten tree
+    result = check_proof(rewritten, key, since=kept)
+    assert result.failed == "consistency" and "does not extend the one at the older checkpoint" in result.message
+
+
+def test_a_rolled_back_append_keeps_no_checkpoint_outside_the_store(chained: Platform) -> None:
+    kept = chained.settings.keys_dir / "latest-checkpoint.audit.json"
+    before = kept.read_bytes()
+    with pytest.raises(RuntimeError, match="changed my mind"), chained.store.write() as uow:
+        append(uow.audit, actor="test", action="test.noted", subject="x", payload={}, now=T0)
+        raise RuntimeError("changed my mind")
+    assert kept.read_bytes() == before
+    chained.accounts.create("grace", "consumer")
+    assert json.loads(kept.read_text())["size"] == 7
+    assert reports(chained)["audit"].ok
+
+
 def test_a_checkpoint_signed_by_another_key_is_caught(chained: Platform, tmp_path: Path) -> None:
     chained.store.signer = CheckpointKey(tmp_path / "other-keys")
     chained.accounts.create("grace", "consumer")
@@ -404,6 +539,24 @@ def test_a_proof_checks_offline_through_the_cli_with_the_database_gone(
     forged = run("audit", "check-proof", str(proof_file), "--public-key", str(tmp_path / "other.pem"), code=1)
     assert forged.stderr.startswith("INVALID: signature:")
     assert load_public_key(pem.encode())  # what public-key prints is what --public-key reads
+
+
+def test_a_proof_since_a_kept_checkpoint_is_printed_and_checked_offline(env: Path, tmp_path: Path) -> None:
+    run("accounts", "create", "alice")
+    (tmp_path / "old.json").write_text(run("audit", "prove", "audit:1").stdout)
+    run("accounts", "create", "bob")
+    run("accounts", "create", "carol")
+    new = run("audit", "prove", "audit:1", "--since", str(tmp_path / "old.json")).stdout
+    assert json.loads(new)["consistency"]["old_checkpoint"]["size"] == 1
+    (tmp_path / "new.json").write_text(new)
+    checked = run("audit", "check-proof", str(tmp_path / "new.json"), "--since", str(tmp_path / "old.json"))
+    assert checked.stdout.rstrip().endswith(
+        "; it extends the checkpoint size 1, signed at "
+        + (json.loads((tmp_path / "old.json").read_text())["checkpoint"]["signed_at"])
+    )
+    (tmp_path / "plain.json").write_text(run("audit", "prove", "audit:1").stdout)
+    missing = run("audit", "check-proof", str(tmp_path / "plain.json"), "--since", str(tmp_path / "old.json"), code=1)
+    assert missing.stderr.startswith("INVALID: consistency: the proof carries no consistency proof")
 
 
 def test_audit_verify_names_a_cut_off_tail_and_exits_1(env: Path) -> None:

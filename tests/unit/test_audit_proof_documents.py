@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -23,8 +24,8 @@ from modelmarket.audit.checkpoints import (
     public_key_pem,
 )
 from modelmarket.audit.leaves import USAGE_LEAF_FIELDS, UsageFacts, usage_leaf
-from modelmarket.audit.merkle import inclusion_path, leaf_hash, root_of
-from modelmarket.audit.proofs import InclusionProof, check_proof, parse_proof
+from modelmarket.audit.merkle import consistency_path, inclusion_path, leaf_hash, root_of
+from modelmarket.audit.proofs import Consistency, InclusionProof, check_proof, parse_checkpoint, parse_proof
 from modelmarket.core.errors import InvalidInput, NotFound
 
 SIGNED_AT = "2026-03-01T12:00:00.000000+00:00"
@@ -185,12 +186,114 @@ def test_the_key_is_created_once_private_and_shared_between_instances(tmp_path: 
     assert [p.name for p in keys.iterdir()] == ["audit-checkpoints.ed25519.pem"]  # no temporary file left
 
 
+def _checkpoint_of(key: Ed25519PrivateKey, hashes: list[bytes]) -> Checkpoint:
+    root, n = root_of(hashes), len(hashes)
+    return Checkpoint(
+        "usage", n, root, SIGNED_AT, key_id_of(key.public_key()), key.sign(checkpoint_body("usage", n, root, SIGNED_AT))
+    )
+
+
+def test_a_proof_since_an_older_checkpoint_shows_the_log_was_only_appended_to() -> None:
+    key = Ed25519PrivateKey.generate()
+    proof = signed_proof(key, n=13)
+    hashes = [leaf_hash(usage_leaf(facts(i))) for i in range(13)]
+    old = _checkpoint_of(key, hashes[:5])
+    path = consistency_path(5, 13, lambda lo, hi: root_of(hashes[lo:hi]))
+    with_since = replace(proof, consistency=Consistency(old, tuple(path)))
+    doc = as_document(with_since)
+    assert doc["consistency"]["old_checkpoint"]["size"] == 5
+    kept = parse_checkpoint(orjson.dumps(old.to_json()))  # what the consumer kept: a checkpoint, or a proof
+    assert kept == old == parse_checkpoint(orjson.dumps(doc | {"checkpoint": old.to_json(), "consistency": None}))
+    result = check_proof(parse_proof(orjson.dumps(doc)), key.public_key(), since=kept)
+    assert result.ok and result.message.endswith("; it extends the checkpoint size 5, signed at " + SIGNED_AT)
+    assert check_proof(parse_proof(orjson.dumps(doc)), key.public_key()).ok  # the one it carries, checked too
+
+    no_consistency = check_proof(proof, key.public_key(), since=old)
+    assert no_consistency.failed == "consistency" and "carries no consistency proof" in no_consistency.message
+    rewritten = _checkpoint_of(key, [hashes[0], leaf_hash(b"forged"), *hashes[2:5]])
+    forged = check_proof(replace(proof, consistency=Consistency(rewritten, tuple(path))), key.public_key(), rewritten)
+    assert forged.failed == "consistency" and "does not extend" in forged.message
+    bigger = _checkpoint_of(key, [*hashes, leaf_hash(b"cut")])
+    shrank = check_proof(proof, key.public_key(), since=bigger)
+    assert shrank.failed == "consistency" and "the tree shrank from 14 to 13 leaves" in shrank.message
+    other = Ed25519PrivateKey.generate()
+    assert "is not signed by" in check_proof(proof, key.public_key(), since=_checkpoint_of(other, hashes[:5])).message
+    same_size = _checkpoint_of(key, [*hashes[:12], leaf_hash(b"other")])
+    assert "two roots for the same 13 leaves" in check_proof(proof, key.public_key(), since=same_size).message
+
+
 def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     key = CheckpointKey(tmp_path)
     key.sign(b"x")
     os.chmod(key.path, 0o644)
     with pytest.raises(InvalidInput, match="readable by other users"):
         CheckpointKey(tmp_path).sign(b"x")
+
+
+def test_a_key_reached_through_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = CheckpointKey(tmp_path / "elsewhere")
+    elsewhere.sign(b"x")
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "audit-checkpoints.ed25519.pem").symlink_to(elsewhere.path)
+    with pytest.raises(InvalidInput, match="is a symbolic link"):
+        CheckpointKey(keys).sign(b"x")
+    assert os.path.islink(keys / "audit-checkpoints.ed25519.pem")  # refused, not replaced by a new key
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    key = CheckpointKey(tmp_path)
+    key.sign(b"x")
+    os.chown(key.path, 4242, 4242)
+    with pytest.raises(InvalidInput, match="is owned by uid 4242, not by this user"):
+        CheckpointKey(tmp_path).sign(b"x")
+
+
+def _signed(key: CheckpointKey, tree: str = "audit", size: int = 3) -> Checkpoint:
+    root = bytes(range(32))
+    return Checkpoint(tree, size, root, SIGNED_AT, key.key_id, key.sign(checkpoint_body(tree, size, root, SIGNED_AT)))
+
+
+def test_the_latest_checkpoint_is_kept_private_and_read_back(tmp_path: Path) -> None:
+    key = CheckpointKey(tmp_path / "keys")
+    assert key.kept("audit") is None
+    checkpoint = _signed(key)
+    key.keep(checkpoint)
+    assert key.kept("audit") == checkpoint and key.kept("usage") is None
+    path = key.kept_path("audit")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["format"] == "modelmarket-checkpoint/1"
+    key.keep(_signed(key, size=4))
+    assert key.kept("audit").size == 4  # type: ignore[union-attr]
+    assert sorted(p.name for p in key.keys_dir.iterdir()) == [
+        "audit-checkpoints.ed25519.pem",
+        "latest-checkpoint.audit.json",
+    ]  # no temporary file left
+
+
+def test_a_kept_checkpoint_is_written_over_a_symbolic_link_never_through_it(tmp_path: Path) -> None:
+    key = CheckpointKey(tmp_path / "keys")
+    target = tmp_path / "target.txt"
+    target.write_text("untouched")
+    key.keys_dir.mkdir(mode=0o700)
+    key.kept_path("audit").symlink_to(target)
+    with pytest.raises(InvalidInput, match="is a symbolic link"):
+        key.kept("audit")
+    key.keep(_signed(key))
+    assert target.read_text() == "untouched"
+    assert not key.kept_path("audit").is_symlink() and key.kept("audit") is not None
+
+
+def test_a_kept_checkpoint_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    key = CheckpointKey(tmp_path / "keys")
+    key.keep(_signed(key, tree="usage"))
+    os.replace(key.kept_path("usage"), key.kept_path("audit"))
+    with pytest.raises(InvalidInput, match="holds a checkpoint of the usage tree, not of the audit tree"):
+        key.kept("audit")
+    os.chmod(key.kept_path("audit"), 0o644)
+    with pytest.raises(InvalidInput, match="readable by other users"):
+        key.kept("audit")
 
 
 def test_the_printed_public_key_is_read_back() -> None:

@@ -13,7 +13,10 @@ raw 32-byte public key. The public key is shared as a PEM ``SubjectPublicKeyInfo
 public-key``); OpenSSL and every Ed25519 library read it.
 
 The private key lives in ``MODELMARKET_HOME/keys/`` (folder 0700, file 0600), created on first use; a second
-process creating it at the same moment gets the same key (the file is linked into place atomically).
+process creating it at the same moment gets the same key (the file is linked into place atomically). Beside it,
+``latest-checkpoint.<tree>.json`` keeps a copy of each tree's latest checkpoint outside the store (written as the
+transaction that signed it commits): ``audit verify`` requires the store's latest checkpoint to reach it, so a
+tail cut off the store, with an older genuine checkpoint put back, is still seen.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 import re
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +38,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from modelmarket.audit.leaves import TREES
 from modelmarket.audit.merkle import HASH_BYTES, MAX_TREE_SIZE
+from modelmarket.audit.private_files import private_dir, read_private, write_private
 from modelmarket.core.errors import InvalidInput, NotFound
 
 KEY_FILE_NAME = "audit-checkpoints.ed25519.pem"
 KEY_FILE_MAX_BYTES = 4096
 """Largest key file read (an Ed25519 PEM is about 120 bytes)."""
+KEPT_FILE_FORMAT = "modelmarket-checkpoint/1"
+KEPT_FILE_MAX_BYTES = 8192
+"""Largest kept checkpoint read (one is about 500 bytes)."""
 PUBLIC_KEY_MAX_BYTES = 4096
 SIGNATURE_BYTES = 64
 KEY_ID_HEX = 16
@@ -172,8 +179,9 @@ def _b64(text: str, where: str, length: int) -> bytes:
 class CheckpointKey:
     """The home's Ed25519 checkpoint key (``<keys_dir>/audit-checkpoints.ed25519.pem``), created on first use.
 
-    Implements ``audit.ports.CheckpointSigner``. Reading the public key of a home that has no key yet
-    (``public_key(create=False)``) raises NotFound instead of creating one."""
+    Implements ``audit.ports.CheckpointSigner``: it signs, and keeps each tree's latest checkpoint in
+    ``<keys_dir>/latest-checkpoint.<tree>.json`` (``keep``, ``kept``). Reading the public key of a home that has
+    no key yet (``public_key(create=False)``) raises NotFound instead of creating one."""
 
     def __init__(self, keys_dir: Path) -> None:
         self.keys_dir = keys_dir
@@ -190,9 +198,42 @@ class CheckpointKey:
     def public_key(self, create: bool = True) -> Ed25519PublicKey:
         return self._key(create).public_key()
 
+    def exists(self) -> bool:
+        """True when this home has a key (it signed a checkpoint once)."""
+        return os.path.lexists(self.path)
+
+    def kept_path(self, tree: str) -> Path:
+        return self.keys_dir / f"latest-checkpoint.{tree}.json"
+
+    def keep(self, checkpoint: Checkpoint) -> None:
+        """Replace the copy of ``checkpoint.tree``'s latest checkpoint kept outside the store (0600, atomically,
+        never through a symbolic link)."""
+        doc = {"format": KEPT_FILE_FORMAT, **checkpoint.to_json()}
+        data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        write_private(self.keys_dir, self.kept_path(checkpoint.tree).name, data)
+
+    def kept(self, tree: str) -> Checkpoint | None:
+        """The copy of ``tree``'s latest checkpoint kept outside the store (None: none kept yet). InvalidInput
+        names the file when it is not one this home wrote (a link, another owner, open to others, not a
+        checkpoint of ``tree``)."""
+        path = self.kept_path(tree)
+        raw = read_private(path, KEPT_FILE_MAX_BYTES)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise InvalidInput(f"{path} is not JSON: not a kept checkpoint") from None
+        if not isinstance(doc, dict) or doc.get("format") != KEPT_FILE_FORMAT:
+            raise InvalidInput(f"{path}: format must be {KEPT_FILE_FORMAT!r}")
+        checkpoint = Checkpoint.from_json(doc, str(path))
+        if checkpoint.tree != tree:
+            raise InvalidInput(f"{path} holds a checkpoint of the {checkpoint.tree} tree, not of the {tree} tree")
+        return checkpoint
+
     def _key(self, create: bool) -> Ed25519PrivateKey:
         if self._private is None:
-            if not self.path.exists():
+            if not self.exists():
                 if not create:
                     raise NotFound(
                         f"no checkpoint key at {self.path}: this home never signed a checkpoint "
@@ -203,8 +244,7 @@ class CheckpointKey:
         return self._private
 
     def _create(self) -> None:
-        self.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.keys_dir, 0o700)
+        os.close(private_dir(self.keys_dir))  # made 0700, and refused when it is a symbolic link
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -223,13 +263,12 @@ class CheckpointKey:
             tmp.unlink()
 
     def _load(self) -> Ed25519PrivateKey:
-        info = self.path.stat()
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidInput(f"{self.path} is readable by other users: `chmod 600 {self.path}`, then retry")
-        if info.st_size > KEY_FILE_MAX_BYTES:
-            raise InvalidInput(f"{self.path} is over {KEY_FILE_MAX_BYTES} bytes: not a checkpoint key")
+        """Opened once without following links; owner, mode and size checked on that descriptor, then read."""
+        pem = read_private(self.path, KEY_FILE_MAX_BYTES)
+        if pem is None:
+            raise NotFound(f"no checkpoint key at {self.path}")
         try:
-            key = serialization.load_pem_private_key(self.path.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError):
             raise InvalidInput(f"{self.path} is not a PEM private key") from None
         if not isinstance(key, Ed25519PrivateKey):

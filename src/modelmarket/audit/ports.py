@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 from modelmarket.audit.checkpoints import Checkpoint
@@ -49,12 +49,21 @@ class AuditUnitOfWork(Protocol):
 
 
 class CheckpointSigner(Protocol):
-    """Signs checkpoint bodies (Ed25519): ``audit.checkpoints.CheckpointKey``."""
+    """Signs checkpoint bodies (Ed25519), and keeps a copy of each tree's latest checkpoint outside the store:
+    ``audit.checkpoints.CheckpointKey``."""
 
     @property
     def key_id(self) -> str: ...
 
     def sign(self, message: bytes) -> bytes: ...
+
+    def keep(self, checkpoint: Checkpoint) -> None:
+        """Replace the copy of its tree's latest checkpoint kept outside the store."""
+        ...
+
+    def kept(self, tree: str) -> Checkpoint | None:
+        """The copy kept outside the store (None: none yet)."""
+        ...
 
 
 class TreeHead(NamedTuple):
@@ -78,6 +87,11 @@ class MerkleRepository(Protocol):
     source's write lock (the audit append lock, ``Lock.METERING``)."""
 
     def head(self, tree: str) -> TreeHead | None: ...
+
+    def on_commit(self, key: str, action: Callable[[], None]) -> None:
+        """Run ``action`` as the transaction commits, before the commit is made (when it raises, nothing is
+        committed); never on a rollback. A later action of the same ``key`` in the transaction replaces it."""
+        ...
 
     def save_head(self, tree: str, head: TreeHead) -> None: ...
 

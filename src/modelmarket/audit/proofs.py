@@ -7,6 +7,10 @@ A proof says: this leaf (its exact bytes, ``leaf_data``) is leaf ``leaf_index`` 
 1. signature: the checkpoint's body is signed by the key (Ed25519), and the key id is that key's;
 2. leaf hash: ``SHA-256(0x00 || UTF-8(leaf_data))`` is ``leaf_hash``;
 3. path: the audit path leads from ``leaf_hash`` at ``leaf_index`` to the checkpoint's root at its size.
+
+A proof asked for ``--since`` an older checkpoint also carries ``consistency``: that older checkpoint and the
+RFC 9162 consistency proof that the tree it signed is a prefix of the tree the proof's checkpoint signed. Checked
+against the older checkpoint its holder kept, it shows the log was only appended to in between.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from modelmarket.audit.checkpoints import Checkpoint, hex_hash, key_id_of
 from modelmarket.audit.leaves import AUDIT_TREE, TREES
-from modelmarket.audit.merkle import MAX_PROOF_HASHES, leaf_hash, root_from_inclusion
+from modelmarket.audit.merkle import MAX_PROOF_HASHES, leaf_hash, root_from_inclusion, verify_consistency
 from modelmarket.core.errors import InvalidInput
 
 PROOF_FORMAT = "modelmarket-inclusion-proof/1"
@@ -27,6 +31,17 @@ PROOF_MAX_BYTES = 1024 * 1024
 """Largest proof document read (a proof is a few kilobytes: the leaf and at most 64 hashes)."""
 LEAF_DATA_MAX_CHARS = 256 * 1024
 """Longest leaf accepted in a proof (an audit record's payload is the largest leaf)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Consistency:
+    """The proof that the tree ``old`` signed is a prefix of the tree of the proof's checkpoint."""
+
+    old: Checkpoint
+    path: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"old_checkpoint": self.old.to_json(), "path": [h.hex() for h in self.path]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +53,10 @@ class InclusionProof:
     leaf_hash: bytes
     audit_path: tuple[bytes, ...]
     checkpoint: Checkpoint
+    consistency: Consistency | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "format": PROOF_FORMAT,
             "tree": self.tree,
             "leaf_index": self.leaf_index,
@@ -49,6 +65,9 @@ class InclusionProof:
             "audit_path": [h.hex() for h in self.audit_path],
             "checkpoint": self.checkpoint.to_json(),
         }
+        if self.consistency is not None:
+            doc["consistency"] = self.consistency.to_json()
+        return doc
 
     def subject(self) -> str:
         """What the leaf is: ``usage event <id>`` or ``audit record seq <n>`` (read from the leaf's data)."""
@@ -67,20 +86,49 @@ class InclusionProof:
 class ProofCheck:
     ok: bool
     failed: str | None
-    """The step that failed: ``signature``, ``leaf hash`` or ``path``; None when the proof holds."""
+    """The step that failed: ``signature``, ``leaf hash``, ``path`` or ``consistency``; None when it holds."""
     message: str
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    if len(raw) > PROOF_MAX_BYTES:
+        raise InvalidInput(f"{what} is over {PROOF_MAX_BYTES} bytes: not a proof")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return doc
+
+
+def parse_checkpoint(raw: bytes) -> Checkpoint:
+    """A checkpoint someone kept: a proof document (its checkpoint) or a checkpoint object (what a proof's
+    ``checkpoint`` holds). InvalidInput names the field at fault."""
+    doc = _json_object(raw, "the checkpoint")
+    if doc.get("format") == PROOF_FORMAT:
+        return parse_proof(raw).checkpoint
+    return Checkpoint.from_json(doc, "checkpoint")
+
+
+def _hashes(value: Any, where: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES or not all(isinstance(p, str) for p in value):
+        raise InvalidInput(f"{where} must be a list of at most {MAX_PROOF_HASHES} hex hashes")
+    return tuple(hex_hash(p, f"{where}[{i}]") for i, p in enumerate(value))
+
+
+def _consistency(value: Any) -> Consistency | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput("proof.consistency must be an object")
+    old = Checkpoint.from_json(value.get("old_checkpoint"), "proof.consistency.old_checkpoint")
+    return Consistency(old, _hashes(value.get("path"), "proof.consistency.path"))
 
 
 def parse_proof(raw: bytes) -> InclusionProof:
     """Read a proof document; InvalidInput names the field at fault."""
-    if len(raw) > PROOF_MAX_BYTES:
-        raise InvalidInput(f"the proof is over {PROOF_MAX_BYTES} bytes: not a proof")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the proof is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("the proof must be a JSON object")
+    doc = _json_object(raw, "the proof")
     if doc.get("format") != PROOF_FORMAT:
         raise InvalidInput(f"proof.format must be {PROOF_FORMAT!r}, got {str(doc.get('format'))[:60]!r}")
     tree = doc.get("tree")
@@ -92,9 +140,7 @@ def parse_proof(raw: bytes) -> InclusionProof:
     data = doc.get("leaf_data")
     if not isinstance(data, str) or len(data) > LEAF_DATA_MAX_CHARS:
         raise InvalidInput(f"proof.leaf_data must be a string of at most {LEAF_DATA_MAX_CHARS} characters")
-    path = doc.get("audit_path")
-    if not isinstance(path, list) or len(path) > MAX_PROOF_HASHES or not all(isinstance(p, str) for p in path):
-        raise InvalidInput(f"proof.audit_path must be a list of at most {MAX_PROOF_HASHES} hex hashes")
+    path = _hashes(doc.get("audit_path"), "proof.audit_path")
     leaf_text = doc.get("leaf_hash")
     leaf = hex_hash(leaf_text if isinstance(leaf_text, str) else "", "proof.leaf_hash")
     try:
@@ -106,13 +152,15 @@ def parse_proof(raw: bytes) -> InclusionProof:
         leaf_index=index,
         leaf_data=data_bytes,
         leaf_hash=leaf,
-        audit_path=tuple(hex_hash(p, f"proof.audit_path[{i}]") for i, p in enumerate(path)),
+        audit_path=path,
         checkpoint=Checkpoint.from_json(doc.get("checkpoint"), "proof.checkpoint"),
+        consistency=_consistency(doc.get("consistency")),
     )
 
 
-def check_proof(proof: InclusionProof, public_key: Ed25519PublicKey) -> ProofCheck:
-    """Check ``proof`` against ``public_key`` alone: signature, then leaf hash, then path."""
+def check_proof(proof: InclusionProof, public_key: Ed25519PublicKey, since: Checkpoint | None = None) -> ProofCheck:
+    """Check ``proof`` against ``public_key`` alone: signature, then leaf hash, then path; then, with ``since`` (a
+    checkpoint kept from before) or when the proof carries one, that its checkpoint extends the older one."""
     cp = proof.checkpoint
     key_id = key_id_of(public_key)
     if cp.key_id != key_id:
@@ -135,9 +183,41 @@ def check_proof(proof: InclusionProof, public_key: Ed25519PublicKey) -> ProofChe
         return ProofCheck(
             False, "path", f"path: the audit path of leaf {proof.leaf_index} in a tree of {cp.size} leaves {why}"
         )
+    extends = ""
+    old = since if since is not None or proof.consistency is None else proof.consistency.old
+    if old is not None:
+        failed = _check_consistency(proof, public_key, old)
+        if failed is not None:
+            return ProofCheck(False, "consistency", f"consistency: {failed}")
+        extends = f"; it extends the checkpoint {old.describe()}"
     return ProofCheck(
         True,
         None,
         f"valid: {proof.subject()} is leaf {proof.leaf_index} of the {cp.tree} tree at its checkpoint "
-        f"({cp.describe()}, key {key_id})",
+        f"({cp.describe()}, key {key_id}){extends}",
     )
+
+
+def _check_consistency(proof: InclusionProof, public_key: Ed25519PublicKey, old: Checkpoint) -> str | None:
+    """What is wrong with the claim that the proof's checkpoint extends ``old`` (a checkpoint kept from before,
+    or the older one the proof carries), or None."""
+    cp, carried = proof.checkpoint, proof.consistency
+    if not old.signed_by(public_key):
+        return f"the older checkpoint ({old.describe()}) is not signed by {key_id_of(public_key)}"
+    if old.tree != cp.tree:
+        return f"the older checkpoint is of the {old.tree} tree, the proof's of the {cp.tree} tree"
+    if old.size > cp.size:
+        return f"the tree shrank from {old.size} to {cp.size} leaves since the older checkpoint: the log was cut"
+    if old.size == cp.size:
+        return None if old.root == cp.root else f"two roots for the same {cp.size} leaves: the log was rewritten"
+    if carried is None or (carried.old.size, carried.old.root) != (old.size, old.root):
+        return (
+            f"the proof carries no consistency proof from the checkpoint of size {old.size} (ask for one with "
+            "`modelmarket audit prove REF --since FILE`)"
+        )
+    if not verify_consistency(old.size, cp.size, old.root, cp.root, carried.path):
+        return (
+            f"the tree at the proof's checkpoint ({cp.describe()}) does not extend the one at the older "
+            f"checkpoint ({old.describe()}): the log was rewritten"
+        )
+    return None

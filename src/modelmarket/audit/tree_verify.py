@@ -8,6 +8,10 @@ One streamed pass over a tree's leaves, in index order, each joined with the row
   proofs are read from, and the root at the size of every kept checkpoint, must come out as stored and signed;
 - the latest checkpoint must carry this home's signature, and must not cover more leaves than the store has
   (a tail cut off: "covers records the store no longer has");
+- the store's latest checkpoint must reach the copy of the latest one kept outside the store (in the home's keys
+  folder), and the tree must have that copy's root at its size: a tail cut off with an older genuine checkpoint
+  put back, or the checkpoints removed, is seen that way; leaves with no checkpoint at all are named when the
+  home has a key;
 - rows the tree has no leaf for (added to the table behind the platform's back) are named too.
 """
 
@@ -112,7 +116,14 @@ def _node_pages(
 
 
 class _Walk:
-    def __init__(self, repo: MerkleRepository, tree: str, latest: Checkpoint | None, batch_rows: int) -> None:
+    def __init__(
+        self,
+        repo: MerkleRepository,
+        tree: str,
+        latest: Checkpoint | None,
+        kept: Checkpoint | None,
+        batch_rows: int,
+    ) -> None:
         self.tree = tree
         self.noun = "audit record" if tree == AUDIT_TREE else "usage event"
         self.frontier = Frontier()
@@ -126,6 +137,7 @@ class _Walk:
 
         self.checkpoints = _Paged(checkpoints)
         self.latest = latest
+        self.kept = kept
         self.nodes = {
             level: _Paged(_node_pages(repo, tree, level, batch_rows))
             for level in range(STORED_LEVEL_STRIDE, 64, STORED_LEVEL_STRIDE)
@@ -176,33 +188,73 @@ class _Walk:
 
     def _roots(self) -> None:
         size = self.frontier.size
-        due = [cp for _, cp in self.checkpoints.upto(size) if cp.size == size]
+        due = [("its checkpoint", cp) for _, cp in self.checkpoints.upto(size) if cp.size == size]
         if self.latest is not None and self.latest.size == size:
-            due.append(self.latest)
+            due.append(("its checkpoint", self.latest))
+        if self.kept is not None and self.kept.size == size:
+            due.append(("the checkpoint kept outside the store", self.kept))
         if due:
             root = self.frontier.root()
-            for cp in due:
+            for which, cp in due:
                 if cp.root != root:
                     self.problems.add(
-                        f"the {self.tree} tree's root at {size} leaves is not the one its checkpoint ({cp.describe()}) "
+                        f"the {self.tree} tree's root at {size} leaves is not the one {which} ({cp.describe()}) "
                         f"signed: {self.noun}s up to leaf {size - 1} were edited, dropped or reordered"
                     )
                     return
 
 
 def verify_tree(
-    repo: MerkleRepository, tree: str, public_key: Ed25519PublicKey | None, batch_rows: int = VERIFY_BATCH_ROWS
+    repo: MerkleRepository,
+    tree: str,
+    public_key: Ed25519PublicKey | None,
+    batch_rows: int = VERIFY_BATCH_ROWS,
+    kept: Checkpoint | None = None,
 ) -> TreeReport:
     """Check ``tree`` against its rows and checkpoints; the latest checkpoint's signature against ``public_key``
-    (None: the home has no key, so no checkpoint can be trusted)."""
+    (None: the home has no key, so no checkpoint can be trusted); and the store's latest checkpoint against
+    ``kept``, the copy of the latest one the home keeps outside the store (None: none kept)."""
     ensure(batch_rows > 0, "batch_rows must be positive")
     head = repo.head(tree)
     candidates = [cp for cp in (None if head is None else head.checkpoint, repo.newest_checkpoint(tree)) if cp]
     latest = max(candidates, key=lambda cp: cp.size, default=None)
-    walk = _Walk(repo, tree, latest, batch_rows)
+    walk = _Walk(repo, tree, latest, kept, batch_rows)
     _stream(repo, walk, batch_rows)
     _after_walk(repo, walk, head, latest, public_key)
+    _against_kept(walk, latest, kept, public_key)
     return TreeReport(tree, walk.seen, latest, walk.problems.all())
+
+
+def _against_kept(
+    walk: _Walk, latest: Checkpoint | None, kept: Checkpoint | None, public_key: Ed25519PublicKey | None
+) -> None:
+    """The store's latest checkpoint against the copy kept outside it (whose root at its size ``_roots``
+    checked), and leaves that no checkpoint covers in a home that signs."""
+    tree, problems = walk.tree, walk.problems
+    if latest is None and walk.seen and public_key is not None:
+        problems.add(
+            f"the {tree} tree has {walk.seen} leaves but no signed checkpoint, and this home has a key: "
+            "its checkpoints were removed from the store"
+        )
+    if kept is None:
+        return
+    if latest is None or latest.size < kept.size:
+        store_has = "none" if latest is None else f"{latest.describe()}"
+        problems.add(
+            f"the store's latest {tree} checkpoint ({store_has}) is older than the one this home signed last and "
+            f"keeps outside the store ({kept.describe()}): {walk.noun}s were cut off the tail, or the store was "
+            "put back to an older copy"
+        )
+    elif latest.size == kept.size and latest.root != kept.root:
+        problems.add(
+            f"the store's latest {tree} checkpoint ({latest.describe()}) has another root than the one kept outside "
+            "the store at the same size: the log was rewritten"
+        )
+    if public_key is not None and not kept.signed_by(public_key):
+        problems.add(
+            f"the {tree} checkpoint kept outside the store ({kept.describe()}) is not signed by this home's key "
+            f"{key_id_of(public_key)} (it names key {kept.key_id})"
+        )
 
 
 def _stream(repo: MerkleRepository, walk: _Walk, batch_rows: int) -> None:

@@ -4,7 +4,8 @@ Two trees (``leaves.TREES``): ``audit`` gets one leaf per audit record, in the t
 and a signed checkpoint with it; ``usage`` one leaf per usage event the metering consumer applies, in its batch's
 transaction, and a signed checkpoint at the end of each batch (so every applied event is covered when the batch
 commits). Each tree keeps its latest checkpoint with its head; its history keeps every audit checkpoint and a
-usage checkpoint at most every ``usage_checkpoint_s``.
+usage checkpoint at most every ``usage_checkpoint_s``. The signer also keeps a copy of the latest checkpoint
+outside the store, replaced as the transaction commits, and only by one whose tree extends it.
 
 A proof reads O(log n) rows: besides the leaves, the heads of the perfect subtrees at every
 ``STORED_LEVEL_STRIDE``-th level are stored as the tree grows (about n/15 rows), so any subtree head is computed
@@ -13,15 +14,20 @@ from at most ``2**(STORED_LEVEL_STRIDE - 1)`` stored hashes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
+from typing import TypeVar
 
 from modelmarket.audit.chain import record_from_stored
 from modelmarket.audit.checkpoints import Checkpoint, checkpoint_body
 from modelmarket.audit.leaves import AUDIT_TREE, TREES, USAGE_TREE, audit_leaf, usage_leaf
 from modelmarket.audit.merkle import (
+    EMPTY_ROOT,
     HASH_BYTES,
     Frontier,
+    SubtreeHash,
+    consistency_path,
     inclusion_path,
     leaf_hash,
     perfect_root,
@@ -29,12 +35,13 @@ from modelmarket.audit.merkle import (
     subtree_root,
 )
 from modelmarket.audit.ports import CheckpointSigner, MerkleRepository, StoredAuditRecord, TreeHead
-from modelmarket.audit.proofs import InclusionProof
+from modelmarket.audit.proofs import Consistency, InclusionProof
 from modelmarket.audit.records import AuditRecord, format_timestamp
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, NotReady, ensure
 
 STORED_LEVEL_STRIDE = 4
 """Subtree heads are stored at levels 4, 8, 12, ... (a level-4 head covers 16 leaves)."""
+_T = TypeVar("_T")
 
 
 def grow(
@@ -51,21 +58,51 @@ def grow(
     head = repo.head(tree)
     frontier = Frontier() if head is None else Frontier.decode(head.size, head.frontier)
     first = frontier.size
+    kept = signer.kept(tree) if signer is not None and leaves else None
+    kept_root = frontier.root() if kept is not None and kept.size == first else None
     hashed = [(ref, leaf_hash(data)) for ref, data in leaves]
     nodes: list[tuple[int, int, bytes]] = []
     for _, h in hashed:
         completed = frontier.append(h, STORED_LEVEL_STRIDE)
         if completed:
             nodes += completed
+        if kept is not None and frontier.size == kept.size:
+            kept_root = frontier.root()  # the tree passes the kept checkpoint's size: it must have its root
     repo.add_leaves(tree, first, hashed)
     if nodes:
         repo.add_nodes(tree, nodes)
-    latest = None if head is None else head.checkpoint
+    previous = latest = None if head is None else head.checkpoint
     if signer is not None and hashed:
         latest = _sign(repo, tree, frontier, latest, signer, now, history_every_s)
+        if latest is not None and latest is not previous and _extends_kept(repo, kept, kept_root, first, previous):
+            repo.on_commit(f"kept-checkpoint:{tree}", partial(signer.keep, latest))
     grown = TreeHead(frontier.size, frontier.encode(), latest)
     repo.save_head(tree, grown)
     return grown
+
+
+def _extends_kept(
+    repo: MerkleRepository,
+    kept: Checkpoint | None,
+    kept_root: bytes | None,
+    first: int,
+    previous: Checkpoint | None,
+) -> bool:
+    """Whether the tree just grown from ``first`` leaves extends the checkpoint kept outside the store, which
+    may then be replaced by the new one. When it does not (its tail was cut off and it grew again, or the store
+    was put back to an older copy), the kept copy stays as it is and ``audit verify`` names the difference."""
+    if kept is None:
+        return True
+    if kept_root is not None:  # the tree had the kept checkpoint's size at the start or on the way
+        return kept_root == kept.root
+    if kept.size > first:  # still short of it
+        return False
+    if kept == previous:
+        return True
+    try:
+        return stored_root(repo, kept.tree, kept.size) == kept.root
+    except Conflict:  # stored hashes missing
+        return False
 
 
 def _sign(
@@ -126,9 +163,24 @@ def _stored_range(lo: int, hi: int) -> tuple[int, range]:
 
 
 def stored_path(repo: MerkleRepository, tree: str, index: int, size: int) -> list[bytes]:
-    """The audit path of leaf ``index`` in the stored tree's first ``size`` leaves. Its shape is known before any
-    hash is: a first pass notes every perfect subtree it needs, their stored hashes are read at once (one query
-    per stored level), and a second pass computes the path from them."""
+    """The audit path of leaf ``index`` in the stored tree's first ``size`` leaves."""
+    return _from_stored(repo, tree, lambda subtree: inclusion_path(index, size, subtree))
+
+
+def stored_root(repo: MerkleRepository, tree: str, size: int) -> bytes:
+    """The head of the stored tree's first ``size`` leaves, from O(log n) stored hashes."""
+    return EMPTY_ROOT if size == 0 else _from_stored(repo, tree, lambda subtree: subtree(0, size))
+
+
+def stored_consistency(repo: MerkleRepository, tree: str, old_size: int, new_size: int) -> list[bytes]:
+    """The consistency proof between the stored tree's first ``old_size`` and first ``new_size`` leaves."""
+    return _from_stored(repo, tree, lambda subtree: consistency_path(old_size, new_size, subtree))
+
+
+def _from_stored(repo: MerkleRepository, tree: str, compute: Callable[[SubtreeHash], _T]) -> _T:
+    """``compute(subtree)`` with subtree heads made of stored hashes. What it reads is known before any hash is: a
+    first pass notes every perfect subtree it needs, their stored hashes are read at once (one query per stored
+    level), and a second pass computes the result from them. Conflict: stored hashes are missing."""
     needed: dict[int, set[int]] = {}
 
     def note(lo: int, hi: int) -> bytes:
@@ -136,7 +188,7 @@ def stored_path(repo: MerkleRepository, tree: str, index: int, size: int) -> lis
         needed.setdefault(base, set()).update(indexes)
         return bytes(HASH_BYTES)
 
-    inclusion_path(index, size, lambda lo, hi: subtree_root(lo, hi, note))
+    compute(lambda lo, hi: subtree_root(lo, hi, note))
     stored = {base: repo.hashes_at(tree, base, indexes) for base, indexes in needed.items()}
 
     def perfect(lo: int, hi: int) -> bytes:
@@ -148,13 +200,14 @@ def stored_path(repo: MerkleRepository, tree: str, index: int, size: int) -> lis
                 f"the {tree} tree is missing stored hashes of leaves {lo}-{hi - 1}: run `modelmarket audit verify`"
             ) from None
 
-    return inclusion_path(index, size, lambda lo, hi: subtree_root(lo, hi, perfect))
+    return compute(lambda lo, hi: subtree_root(lo, hi, perfect))
 
 
-def prove(repo: MerkleRepository, tree: str, ref: str) -> InclusionProof:
+def prove(repo: MerkleRepository, tree: str, ref: str, since: Checkpoint | None = None) -> InclusionProof:
     """The inclusion proof of the leaf of ``ref`` (a usage event id, an audit seq) under the tree's latest
-    checkpoint. NotFound: no such leaf; NotReady: not covered by a signed checkpoint yet; Conflict: the stored
-    row or tree no longer matches what was signed."""
+    checkpoint; with ``since`` (an older checkpoint of the tree), also the proof that the latest extends it.
+    NotFound: no such leaf; NotReady: not covered by a signed checkpoint yet; Conflict: the stored row or tree no
+    longer matches what was signed, or the tree is smaller than ``since``."""
     what = _what(tree, ref)
     leaf = repo.leaf(tree, ref)
     if leaf is None:
@@ -176,7 +229,19 @@ def prove(repo: MerkleRepository, tree: str, ref: str) -> InclusionProof:
         raise Conflict(
             f"the stored {tree} tree no longer leads to its checkpoint's root: run `modelmarket audit verify`"
         )
-    return InclusionProof(tree, leaf.leaf_index, data, leaf.leaf_hash, tuple(path), checkpoint)
+    consistency = None if since is None else _consistency(repo, since, checkpoint)
+    return InclusionProof(tree, leaf.leaf_index, data, leaf.leaf_hash, tuple(path), checkpoint, consistency)
+
+
+def _consistency(repo: MerkleRepository, since: Checkpoint, latest: Checkpoint) -> Consistency:
+    if since.tree != latest.tree:
+        raise InvalidInput(f"the older checkpoint is of the {since.tree} tree, the proof of the {latest.tree} tree")
+    if since.size > latest.size:
+        raise Conflict(
+            f"the {latest.tree} tree's latest checkpoint ({latest.describe()}) is smaller than the one given "
+            f"({since.describe()}): its tail was cut off, or the checkpoint is not this platform's"
+        )
+    return Consistency(since, tuple(stored_consistency(repo, latest.tree, since.size, latest.size)))
 
 
 def leaf_data(repo: MerkleRepository, tree: str, ref: str) -> bytes | None:

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import click
 
-from modelmarket.audit.checkpoints import PUBLIC_KEY_MAX_BYTES, CheckpointKey, load_public_key, public_key_pem
-from modelmarket.audit.proofs import PROOF_MAX_BYTES, check_proof, parse_proof
+from modelmarket.audit.checkpoints import (
+    PUBLIC_KEY_MAX_BYTES,
+    Checkpoint,
+    CheckpointKey,
+    load_public_key,
+    public_key_pem,
+)
+from modelmarket.audit.proofs import PROOF_MAX_BYTES, check_proof, parse_checkpoint, parse_proof
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.core.errors import InvalidInput
 from modelmarket.settings import Settings
@@ -80,13 +86,23 @@ def audit_public_key() -> None:
     click.echo(public_key_pem(CheckpointKey(Settings().keys_dir).public_key(create=True)), nl=False)
 
 
+_SINCE = click.option(
+    "--since",
+    "since_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An older checkpoint of the same tree, kept from before: a proof document, or its checkpoint object.",
+)
+
+
 @audit.command("prove")
 @click.argument("ref", metavar="EVENT_ID")
+@_SINCE
 @domain_errors
-def audit_prove(ref: str) -> None:
+def audit_prove(ref: str, since_file: Path | None) -> None:
     """Print the inclusion proof of a usage event (its id: a billed answer's x-request-id) or of an audit record
-    (audit:SEQ), with the signed checkpoint it leads to, as JSON."""
-    echo_json(platform().audit.prove(ref).to_json())
+    (audit:SEQ), with the signed checkpoint it leads to, as JSON. With --since, the proof also carries the
+    consistency proof that this checkpoint extends the older one (the log was only appended to in between)."""
+    echo_json(platform().audit.prove(ref, _since(since_file)).to_json())
 
 
 @audit.command("check-proof")
@@ -97,10 +113,12 @@ def audit_prove(ref: str) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The PEM public key to check the signature with (default: this home's key).",
 )
+@_SINCE
 @domain_errors
-def audit_check_proof(file: Path, public_key_file: Path | None) -> None:
-    """Check a proof printed by `audit prove` offline (no database): its signature, leaf hash and audit path.
-    Prints "valid: ..." or names the step that failed and exits with status 1. FILE may be - (stdin)."""
+def audit_check_proof(file: Path, public_key_file: Path | None, since_file: Path | None) -> None:
+    """Check a proof printed by `audit prove` offline (no database): its signature, leaf hash and audit path,
+    and, with --since (or when it carries one), that its checkpoint extends an older one. Prints "valid: ..." or
+    names the step that failed and exits with status 1. FILE may be - (stdin)."""
     proof = parse_proof(_read_bounded(file, PROOF_MAX_BYTES, "the proof"))
     if public_key_file is not None:
         key = load_public_key(
@@ -108,11 +126,15 @@ def audit_check_proof(file: Path, public_key_file: Path | None) -> None:
         )
     else:
         key = CheckpointKey(Settings().keys_dir).public_key(create=False)
-    result = check_proof(proof, key)
+    result = check_proof(proof, key, _since(since_file))
     if not result.ok:
         click.echo(f"INVALID: {result.message}", err=True)
         raise SystemExit(1)
     click.echo(result.message)
+
+
+def _since(path: Path | None) -> Checkpoint | None:
+    return None if path is None else parse_checkpoint(_read_bounded(path, PROOF_MAX_BYTES, "the older checkpoint"))
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:

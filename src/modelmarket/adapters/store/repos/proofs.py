@@ -3,14 +3,17 @@ rows their leaves are made of (``usage_events``, ``audit_log``), read as stored 
 
 The usage tree's leaves are written on the metering hot path, as plain tuples through ``insert_rows``
 (``executemany`` on SQLite, ``COPY`` on PostgreSQL), like the usage rows themselves.
+
+``on_commit`` actions (the copy of a new checkpoint kept outside the store) run from the connection's ``commit``
+event, which SQLAlchemy fires just before the database commits: one that raises leaves nothing committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, delete, func, insert, select, type_coerce, update
+from sqlalchemy import Connection, String, and_, delete, event, func, insert, select, type_coerce, update
 
 from modelmarket.adapters.store import schema as t
 from modelmarket.adapters.store.repos.usage import insert_rows
@@ -77,8 +80,26 @@ def _leaf(row: Any) -> StoredLeaf:
 class SqlProofRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._on_commit: dict[str, Callable[[], None]] = {}
+        self._listening = False
 
     # -- growing ---------------------------------------------------------------------------------------------
+
+    def on_commit(self, key: str, action: Callable[[], None]) -> None:
+        if not self._listening:
+            event.listen(self.conn, "commit", self._committing)
+            event.listen(self.conn, "rollback", self._rolled_back)
+            self._listening = True
+        self._on_commit.pop(key, None)
+        self._on_commit[key] = action  # in the order last asked for
+
+    def _committing(self, conn: Connection) -> None:
+        actions, self._on_commit = list(self._on_commit.values()), {}
+        for action in actions:
+            action()
+
+    def _rolled_back(self, conn: Connection) -> None:
+        self._on_commit = {}
 
     def head(self, tree: str) -> TreeHead | None:
         row = self.conn.execute(select(t.merkle_heads).where(_H.tree == tree)).first()
