@@ -6,6 +6,8 @@ One platform for the module, with a real gateway and real runners:
 - ``py-echo-text`` (runtime ``python``, provider code under bubblewrap) answers the text it received, and its
   manifest says ``redact: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD]``;
 - ``py-echo-plain``, the same model without ``redact:``, for the per-key policy;
+- ``echo-chain``, a pipeline without ``redact:`` of ``py-echo-plain`` then ``py-echo-text`` (fed the first step's
+  output): the second step's model gets its text redacted by its own policy;
 - ``chat-up`` (runtime ``upstream-openai``, with ``redact:``): its provider is a small OpenAI-compatible server
   started here on 127.0.0.1, standing in for a third-party provider; it answers what it received and keeps
   every request body it was sent, so the test can see exactly what left the platform.
@@ -77,6 +79,35 @@ def echo_text_package(root: Path, name: str, redact: list[str] | None) -> Path:
     }
     if redact is not None:
         manifest["redact"] = redact
+    (folder / MANIFEST_NAME).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return folder
+
+
+def _pipeline_package(root: Path, name: str) -> Path:
+    """A pipeline with no policy of its own: the plain echo, then the echo with ``redact:`` fed its output."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    manifest: dict[str, Any] = {
+        "kind": "pipeline",
+        "name": name,
+        "version": "1.0.0",
+        "task": "text-generation",
+        "modality": "text",
+        "provider": PROVIDER,
+        "license": "MIT",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "first", "datatype": "BYTES", "shape": [-1]},
+            {"name": "second", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "steps": [
+            {"id": "plain", "model": "py-echo-plain", "inputs": {"text": "input.text"}},
+            {"id": "guarded", "model": "py-echo-text", "inputs": {"text": "plain.text"}},
+        ],
+        "outputs_from": {"first": "plain.text", "second": "guarded.text"},
+        "pricing": {"unit": "request", "price_per_iu": "0.0010", "currency": "EUR"},
+        "card": {"summary": "Echoes the text twice: as sent, then through a model that has it redacted."},
+    }
     (folder / MANIFEST_NAME).write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
 
@@ -158,11 +189,14 @@ class Platform:
     def auth(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[who][0]}"}
 
-    def echo(self, model: str, who: str, text: str = MESSAGE) -> str:
+    def outputs(self, model: str, who: str, text: str = MESSAGE) -> dict[str, str]:
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
         r = httpx.post(f"{self.gateway.url}/v2/models/{model}/infer", json=body, headers=self.auth(who), timeout=60)
         assert r.status_code == 200, r.text
-        return str(r.json()["outputs"][0]["data"][0])
+        return {o["name"]: str(o["data"][0]) for o in r.json()["outputs"]}
+
+    def echo(self, model: str, who: str, text: str = MESSAGE) -> str:
+        return self.outputs(model, who, text)["text"]
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +211,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         admin.accounts.create(PROVIDER, "provider", actor="privacy-tests")
         admin.registry.publish(echo_text_package(base, "py-echo-text", REDACT), actor="privacy-tests")
         admin.registry.publish(echo_text_package(base, "py-echo-plain", None), actor="privacy-tests")
+        admin.registry.publish(_pipeline_package(base, "echo-chain"), actor="privacy-tests")
         admin.routing.add_provider(UPSTREAM, upstream.base_url, actor="privacy-tests")
         admin.registry.publish(_upstream_package(base, "chat-up", REDACT), actor="privacy-tests")
         keys = {}
@@ -230,6 +265,11 @@ def test_a_keys_policy_applies_to_a_model_without_one(platform: Platform) -> Non
     ]
 
 
+def test_a_pipeline_step_gets_its_models_policy_applied_to_what_an_earlier_step_produced(platform: Platform) -> None:
+    """Wrapping a model in a pipeline does not get round its ``redact:``."""
+    assert platform.outputs("echo-chain", "open") == {"first": MESSAGE, "second": REDACTED}
+
+
 def test_chat_messages_sent_to_a_provider_are_redacted(platform: Platform) -> None:
     client = openai.OpenAI(base_url=f"{platform.gateway.url}/v1", api_key=platform.keys["open"][0], max_retries=0)
     before = len(platform.upstream.received)
@@ -265,6 +305,15 @@ def test_an_account_that_opted_in_keeps_its_calls_redacted(platform: Platform) -
         assert not [s for s in SECRETS if s in first[field]]
     nobody = json.loads(platform.cli.run("privacy", "captured", "open", "--json").stdout)
     assert nobody == []  # capture is off by default
+
+    def pipeline_captured() -> list[dict[str, Any]]:  # a pipeline call is kept as one call, redacted the same way
+        platform.outputs("echo-chain", "kept")
+        calls = json.loads(platform.cli.run("privacy", "captured", "kept", "--json").stdout)
+        return [c for c in calls if c["model"] == "echo-chain"]
+
+    chained = _eventually(pipeline_captured, "a captured pipeline call")[0]
+    assert "<CREDIT_CARD>" in chained["input"] and "<EMAIL_ADDRESS>" in chained["output"]
+    assert not [s for s in SECRETS if s in chained["input"] or s in chained["output"]]
 
 
 def test_no_file_of_the_platform_holds_any_of_the_three(platform: Platform) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,6 +154,39 @@ def test_a_long_text_with_many_matches_within_the_bounds_is_redacted_whole(p13: 
     assert answer.count("<EMAIL_ADDRESS>") == count
     assert answer.count("<PHONE_NUMBER>") == count and answer.count("<CREDIT_CARD>") == count
     assert "@example.com" not in answer and "555-0187" not in answer and "1111" not in answer
+
+
+def test_text_in_another_encoding_is_refused_and_look_alike_characters_hide_nothing(p13: P13) -> None:
+    who = new_consumer(p13.admin, "c13-encodings")
+    for element in (f"José, {EMAIL}".encode("latin-1"), MESSAGE.encode("utf-16-le")):
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "text",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 4 + len(element)},
+                    }
+                ]
+            }
+        ).encode()
+        r = httpx.post(
+            f"{p13.gateway.url}/v2/models/py-echo-text/infer",
+            content=head + struct.pack("<I", len(element)) + element,
+            headers={
+                **who.auth,
+                "Inference-Header-Content-Length": str(len(head)),
+                "Content-Type": "application/octet-stream",
+            },
+            timeout=60,
+        )
+        assert r.status_code == 400, r.text[:300]
+        assert "input 'text' element 0" in r.json()["error"] and "UTF-8" in r.json()["error"]
+        assert "jane" not in r.text
+    sneaky = "Grüße, jane.doe\uff20example.com; 4111.1111.1111.1111 or \uff14\uff11\uff11\uff11 1111\u00a01111_1111"
+    assert p13.echo("py-echo-text", who, sneaky) == "Grüße, <EMAIL_ADDRESS>; <CREDIT_CARD> or <CREDIT_CARD>"
+    assert p13.events(who) == 1  # the refused calls were not billed
 
 
 # -- one account, another's key --------------------------------------------------------------------------------------

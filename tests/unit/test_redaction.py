@@ -4,10 +4,12 @@ nothing is fetched; the bounds hold; the gateway's request rewriting keeps every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,6 +49,7 @@ SAMPLES = {
 }
 EMAIL, PHONE, CARD = SAMPLES["EMAIL_ADDRESS"][1], SAMPLES["PHONE_NUMBER"][1], SAMPLES["CREDIT_CARD"][1]
 THREE = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD")
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00\xff\xfe"
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +217,7 @@ def test_an_oip_request_is_rewritten_with_only_its_text_replaced(redactors: Reda
     request = oip.InferRequest(
         id="call-7",
         inputs=[
-            bytes_tensor("text", [f"mail {EMAIL}".encode(), b"nothing here", b"\xff\xfe not utf-8"], [3]),
+            bytes_tensor("text", [f"mail {EMAIL}".encode(), b"nothing here", WAV], [3]),
             Tensor("x", "FP32", [1, 2], np.array([[1.5, -2.0]], dtype=np.float32), {"note": "kept"}),
         ],
         parameters={"binary_data_output": False},
@@ -226,7 +229,7 @@ def test_an_oip_request_is_rewritten_with_only_its_text_replaced(redactors: Reda
     assert (
         again.id == "call-7" and again.parameters == {"binary_data_output": False} and again.outputs == [{"name": "y"}]
     )
-    assert list(again.inputs[0].data) == [b"mail <EMAIL_ADDRESS>", b"nothing here", b"\xff\xfe not utf-8"]
+    assert list(again.inputs[0].data) == [b"mail <EMAIL_ADDRESS>", b"nothing here", WAV]  # audio passes as sent
     assert again.inputs[1].parameters == {"note": "kept"}
     np.testing.assert_array_equal(again.inputs[1].data, np.array([[1.5, -2.0]], dtype=np.float32))
     assert EMAIL.encode() not in done.body
@@ -298,7 +301,7 @@ def test_phone_numbers_are_found_as_presidios_own_recognizer_finds_them() -> Non
     """The phone recognizer blanks a number out once one region found it: same findings, each parsed once."""
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
-    from modelmarket.privacy.redaction import _phone_recognizer
+    from modelmarket.privacy.recognizers import _phone_recognizer
 
     text = (
         "UK 020 7946 0958, DE 030 12345678, FR 01 23 45 67 89, US (212) 555-0187, IN +91 98765 43210, "
@@ -308,3 +311,249 @@ def test_phone_numbers_are_found_as_presidios_own_recognizer_finds_them() -> Non
     presidios = sorted((r.start, r.end) for r in PhoneRecognizer().analyze(text, ["PHONE_NUMBER"]))
     assert ours == presidios
     assert len(ours) == 9
+
+
+# -- look-alike characters and separators ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "entity"),
+    [
+        ("4111.1111.1111.1111", "CREDIT_CARD"),
+        ("4111/1111/1111/1111", "CREDIT_CARD"),
+        ("4111  1111  1111  1111", "CREDIT_CARD"),
+        ("4111_1111_1111_1111", "CREDIT_CARD"),
+        ("4111\u00a01111\u00a01111\u00a01111", "CREDIT_CARD"),  # no-break spaces
+        ("4111\u20111111\u20111111\u20111111", "CREDIT_CARD"),  # non-breaking hyphens
+        ("4111 \u2013 1111 \u2013 1111 \u2013 1111", "CREDIT_CARD"),  # en dashes between spaces
+        (
+            "\uff14\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11",
+            "CREDIT_CARD",
+        ),  # full-width digits
+        ("\U0001d7d2\U0001d7cf\U0001d7cf\U0001d7cf 1111 1111 1111", "CREDIT_CARD"),  # mathematical digits
+        ("4111\u200b1111\u200b1111\u200b1111", "CREDIT_CARD"),  # zero-width spaces
+        ("card4111111111111111", "CREDIT_CARD"),  # stuck to letters
+        ("378282246310005", "CREDIT_CARD"),  # 15 digits (AmEx)
+        ("jane.doe\uff20example.com", "EMAIL_ADDRESS"),  # full-width commercial at
+        ("jane.doe@example\uff0ecom", "EMAIL_ADDRESS"),
+        ("jane\u00ad.doe@exa\u200dmple.com", "EMAIL_ADDRESS"),  # soft hyphen, zero-width joiner
+        ("+1\u00a0212\u2011555\u20110187", "PHONE_NUMBER"),
+        ("\uff0b\uff11 \uff12\uff11\uff12-\uff15\uff15\uff15-\uff10\uff11\uff18\uff17", "PHONE_NUMBER"),
+    ],
+)
+def test_look_alike_characters_and_other_separators_do_not_hide_an_entity(
+    redactors: RedactorCache, written: str, entity: str
+) -> None:
+    """The text around the finding comes back exactly as written (non-ASCII included): only the finding goes."""
+    text = f"Grüße — pay {written} — \uff2f\uff2b"
+    done = redactors.get(THREE).redact(text)
+    if written.startswith("card"):
+        assert done.text == f"Grüße — pay card<{entity}> — \uff2f\uff2b"
+    else:
+        assert done.text == f"Grüße — pay <{entity}> — \uff2f\uff2b"
+    assert dict(done.counts) == {entity: 1}
+
+
+def test_a_digit_run_failing_the_luhn_check_is_not_a_card(redactors: RedactorCache) -> None:
+    for text in ("ref 4111.1111.1111.1112", "ISBN 978-3-16-148410-0", "tel 0049 30 1234 5678"):
+        assert redactors.get(["CREDIT_CARD"]).redact(text).text == text
+    done = redactors.get(["CREDIT_CARD"]).redact("4111 1111 1111 1111 12/27 and 5555.5555.5555.4444, thanks")
+    assert done.text == "<CREDIT_CARD> 12/27 and <CREDIT_CARD>, thanks"
+
+
+# -- what a policy refuses -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        f"write to {EMAIL} \xff".encode("latin-1"),  # UTF-8 but for one byte
+        f"José, {EMAIL}".encode("latin-1"),
+        f"write to {EMAIL}".encode("utf-16-le"),  # valid UTF-8, every other character a NUL
+        f"write to {EMAIL}".encode("utf-16"),
+        f"write to\x00 {EMAIL}".encode(),
+    ],
+)
+def test_text_not_in_utf8_or_holding_nul_is_refused_when_a_policy_applies(
+    redactors: RedactorCache, element: bytes
+) -> None:
+    guard = _guard(redactors)
+    request = oip.InferRequest(id=None, inputs=[bytes_tensor("text", [b"fine", element], [2])])
+    with pytest.raises(InvalidInput, match=r"input 'text' element 1: model 'm' .* UTF-8 text without NUL"):
+        asyncio.run(guard.redact_oip(_version(["EMAIL_ADDRESS"]), None, request))
+    assert asyncio.run(guard.redact_oip(_version(None), None, request)) is None  # no policy: sent as it is
+
+
+def test_audio_and_images_pass_as_sent_when_a_policy_applies(redactors: RedactorCache) -> None:
+    from modelmarket.gateway.privacy import is_media
+
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + EMAIL.encode("latin-1") + b"\xff"
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\xff"
+    assert is_media(WAV) and is_media(png) and is_media(jpeg)
+    assert not is_media(f"RIFF {EMAIL} \xff".encode("latin-1"))
+    guard = _guard(redactors)
+    request = oip.InferRequest(id=None, inputs=[bytes_tensor("media", [WAV, png, jpeg], [3])])
+    assert asyncio.run(guard.redact_oip(_version(["EMAIL_ADDRESS"]), None, request)) is None
+
+
+def test_openai_text_holding_nul_is_refused_when_a_policy_applies(redactors: RedactorCache) -> None:
+    guard = _guard(redactors)
+    raw = {"model": "chat", "messages": [{"role": "user", "content": "\x00".join(EMAIL)}]}
+    with pytest.raises(InvalidInput, match="NUL character"):
+        asyncio.run(guard.redact_openai(_version(["EMAIL_ADDRESS"]), None, raw))
+    assert asyncio.run(guard.redact_openai(_version(None), None, raw)) is raw
+
+
+# -- never on the event loop, never waiting for a build --------------------------------------------------------------
+
+
+class _RecordingRedactor:
+    def __init__(self) -> None:
+        self.threads: set[int] = set()
+
+    def redact(self, text: str, deadline: float | None = None) -> Any:
+        from modelmarket.privacy import Redacted
+
+        self.threads.add(threading.get_ident())
+        return Redacted(text)
+
+
+def test_many_short_texts_are_redacted_off_the_event_loop(redactors: RedactorCache) -> None:
+    guard = _guard(redactors)
+    recording = _RecordingRedactor()
+
+    async def run(texts: list[str]) -> set[int]:
+        recording.threads.clear()
+        guard._redactor = lambda entities: _ready(recording)  # type: ignore[method-assign]
+        await guard.redact_texts(frozenset({"EMAIL_ADDRESS"}), texts)
+        return recording.threads - {threading.get_ident()}
+
+    assert asyncio.run(run(["1"] * 1024)), "1,024 one-character elements were redacted on the event loop"
+    assert asyncio.run(run(["x" * 5000])), "a long text was redacted on the event loop"
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+def test_peek_and_other_sets_never_wait_for_a_redactor_being_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelmarket.privacy.redaction as redaction
+
+    release, started = threading.Event(), threading.Event()
+    built: list[frozenset[str]] = []
+
+    class SlowRedactor:
+        def __init__(self, entities: frozenset[str]) -> None:
+            built.append(entities)
+            if "URL" in entities:  # the first build of a set: importing Presidio takes seconds
+                started.set()
+                release.wait(30)
+
+    monkeypatch.setattr(redaction, "Redactor", SlowRedactor)
+    cache = RedactorCache()
+    builders = [threading.Thread(target=cache.get, args=(["URL"],)) for _ in range(3)]
+    for t in builders:
+        t.start()
+    try:
+        assert started.wait(10)
+        seen: list[Any] = []
+        other = threading.Thread(target=lambda: seen.extend([cache.peek(["URL"]), cache.get(["EMAIL_ADDRESS"])]))
+        other.start()
+        other.join(2)
+        assert not other.is_alive(), "peek or another set's get waited for a build"
+        assert seen[0] is None and isinstance(seen[1], SlowRedactor)
+    finally:
+        release.set()
+        for t in builders:
+            t.join(10)
+    assert isinstance(cache.peek(["URL"]), SlowRedactor)
+    assert built.count(frozenset({"URL"})) == 1  # callers of the set being built waited for that one build
+
+
+# -- capture storage and policy reloads ------------------------------------------------------------------------------
+
+
+class _CaptureRepo:
+    def __init__(self) -> None:
+        self.stored: list[Any] = []
+
+    def capture_accounts(self) -> list[str]:
+        return ["acc_in"]
+
+    def add_captured(self, calls: list[Any], keep_per_account: int) -> None:
+        for c in calls:  # as PostgreSQL does: a NUL in text fails the statement, and so the whole transaction
+            if "\x00" in c.input_text + c.output_text or c.id == "poison":
+                raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+        self.stored.extend(calls)
+
+
+class _CaptureUow:
+    def __init__(self, repo: _CaptureRepo) -> None:
+        self.repo = repo
+
+    @contextlib.contextmanager
+    def write(self, lock: Any = None, key: str = "") -> Iterator[Any]:
+        pending = _CaptureRepo()
+        yield SimpleNamespace(privacy=pending)
+        self.repo.stored.extend(pending.stored)  # committed only when the block ended normally
+
+    read = write
+
+
+def test_captured_text_with_nul_is_stored_and_one_bad_call_loses_no_other(redactors: RedactorCache) -> None:
+    from datetime import UTC, datetime
+
+    from modelmarket.privacy import CallToKeep, PrivacyService
+
+    repo = _CaptureRepo()
+    service = PrivacyService(
+        _CaptureUow(repo),  # type: ignore[arg-type]
+        lambda: datetime.now(UTC),
+        capture_max_chars=1000,
+        capture_max_calls=10,
+        redactors=redactors,
+    )
+    at = datetime.now(UTC).isoformat()
+    calls = [
+        CallToKeep("req_1", "acc_in", "m", "1", at, "text: " + "\x00".join(f"mail {EMAIL}"), "ok"),
+        CallToKeep("poison", "acc_in", "m", "1", at, "x", "y"),
+        CallToKeep("req_3", "acc_in", "m", "1", at, "hello", "ok"),
+    ]
+    assert service.keep(calls) == 2
+    assert [c.id for c in repo.stored] == ["req_1", "req_3"]
+    assert repo.stored[0].input_text == "text: mail <EMAIL_ADDRESS>"  # NULs dropped, then redacted
+
+
+def test_a_failing_policy_reload_keeps_the_policies_and_still_refreshes_the_keys(redactors: RedactorCache) -> None:
+    from modelmarket.accounts import KeyIndex
+    from modelmarket.gateway.state import GatewayState
+    from modelmarket.registry import Catalogue
+
+    guard = _guard(redactors)
+    guard.loaded = False
+    store = guard.store
+    assert isinstance(store, _Store)
+    loads = iter(range(1, 100))
+    state = GatewayState(
+        lambda: KeyIndex(by_hash={}, key_ids={"load": str(next(loads))}),
+        lambda: Catalogue(models={}),
+        refresh_s=60,
+        privacy=guard,
+    )
+
+    def broken() -> PrivacyPolicies:
+        raise RuntimeError("the database went away")
+
+    async def scenario() -> None:
+        store.policies = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):  # never loaded: no call may be served with policies unknown
+            await state.keys.reload()
+        del store.policies
+        await state.keys.reload()
+        assert guard.policies.for_key("key_1") == {"PHONE_NUMBER"}
+        store.policies = broken  # type: ignore[method-assign]
+        await state.keys.reload()  # a revoked key must stop working even so
+        assert state.keys.value.key_ids == {"load": "3"}
+        assert guard.policies.for_key("key_1") == {"PHONE_NUMBER"}  # the previous policies stay in force
+
+    asyncio.run(scenario())

@@ -381,11 +381,14 @@ class DataPlane:
         decoded = oip.decode_request(request.body, header_len)
         oip.validate_inputs(decoded.inputs, version.inputs, version.model_name)
         oip.validate_requested_outputs(decoded, version.output_names, version.model_name)
-        if self.privacy is not None:  # the pipeline's redact: and the key's apply to what its steps receive
+        if self.privacy is not None:  # the pipeline's redact: and the key's; each step applies its model's too
             redacted = await self.privacy.redact_oip(version, key_id, decoded)
             decoded = decoded if redacted is None else redacted.decoded
         result = await run_pipeline(DataPlaneSteps(self), account, key_id, version, decoded.inputs, decoded.parameters)
         payload, header_length = oip.encode_response(version.model_name, version.version, decoded, result.outputs)
+        if self.privacy is not None:  # kept as one call (the pipeline's input and answer) if the account opted in
+            kept_length = None if header_length is None else str(header_length).encode()
+            self.privacy.capture_oip(account.id, version, result.call_id, decoded, payload, kept_length)
         headers = [
             (b"x-request-id", result.call_id.encode()),
             (b"x-modelmarket-route", version.ref.encode()),

@@ -1,6 +1,7 @@
 """The data plane's side of a pipeline call (``gateway/pipeline.py``'s ``StepCaller``).
 
-Each step is a real call of a published model: its inputs checked against the step model's contract, admitted by
+Each step is a real call of a published model: its inputs checked against the step model's contract, redacted as
+a direct call's are (the step model's ``redact:`` and the caller's key policy, ``gateway/privacy.py``), admitted by
 the limiter, forwarded to its runner (or provider), its usage event built with the pipeline call's id, but not
 appended. Only when every step has succeeded are all the events (and the pipeline's own fee, if it charges one)
 appended in one commit; a failing step releases everything and bills nothing.
@@ -99,6 +100,10 @@ class DataPlaneSteps:
             raise InvalidInput(f"step model {version.ref} is a pipeline: pipelines do not nest")
         body, header_length = encode_request(inputs)
         prepared = _prepare(version, body, int(header_length), dp.input_limits(version.manifest.runtime))
+        if dp.privacy is not None:  # the step model's redact: and the key's, as for a direct call of it
+            redacted = await dp.privacy.redact_oip(version, key_id, prepared.decoded)
+            if redacted is not None:  # counted as the step received it, sent redacted
+                body, header_length = redacted.body, redacted.header_length
         ticket, priced = dp.admit(account, key_id, version, prepared.units)
         try:
             request = InferRequest(body, b"application/octet-stream", header_length)

@@ -1,14 +1,18 @@
 """The gateway's side of privacy: personal data replaced in a call's text before its model (a runner, or an
 upstream provider) sees it, and the calls of accounts that opted in kept, redacted of every entity.
 
-What is redacted: the entities of the version's manifest (``redact:``) and of the caller's key policy, together.
-Where: each UTF-8 element of an OIP ``BYTES`` input (an element that is not UTF-8 text, a WAV or an image, is
-passed on as it is); the OpenAI requests' chat message contents (strings and text parts), a completion's prompt,
-and embedding inputs given as strings (token ids cannot be read, and pass unchanged). When something was replaced,
-the OIP request is re-encoded (binary tensor extension) and sent instead of the caller's bytes.
+What is redacted: the entities of the version's manifest (``redact:``) and of the caller's key policy, together
+(for a pipeline's step, the step model's and the key's: ``pipeline_steps.py`` calls ``redact_oip`` as a direct
+call does). Where: each element of an OIP ``BYTES`` input, which must then be UTF-8 text without NUL characters
+or a recognised audio or image file (``MEDIA_SIGNATURES``, passed on as it is); anything else is refused, naming
+the input and element, since text in another encoding could not be read for what it holds. The OpenAI requests'
+chat message contents (strings and text parts), a completion's prompt, and embedding inputs given as strings
+(token ids cannot be read, and pass unchanged), which must hold no NUL character. When something was replaced, the
+OIP request is re-encoded (binary tensor extension) and sent instead of the caller's bytes.
 
 Bounds: at most ``max_chars`` characters of text per call (more: 413) and ``timeout_s`` of work (more: 400, the
-call never reaches the model); text over ``OFFLOAD_CHARS`` is redacted in a worker thread. IU are counted on the
+call never reaches the model); text over ``OFFLOAD_CHARS`` in all, or in more than ``INLINE_TEXTS_MAX`` elements
+or strings, is redacted in a worker thread. IU are counted on the
 request as the caller sent it, before redaction (the limiter admits it on that count), except where the model
 reports its own token counts (OpenAI-compatible backends, token-priced runners): those count what it saw.
 
@@ -32,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from modelmarket.core.errors import InvalidInput
 from modelmarket.core.pii import PII_ENTITIES
 from modelmarket.core.tensors import Tensor
 from modelmarket.privacy import CallToKeep, PrivacyPolicies, Redacted, Redactor, RedactorCache
@@ -44,6 +49,24 @@ log = logging.getLogger(__name__)
 
 OFFLOAD_CHARS = 1024
 """Text longer than this (in one call) is redacted in a worker thread, never on the event loop."""
+INLINE_TEXTS_MAX = 4
+"""A call with more texts than this (elements, messages) is redacted in a worker thread, however short they are:
+each costs a pass of the analyzer."""
+MEDIA_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n"),
+    (0, b"\xff\xd8\xff"),  # JPEG
+    (0, b"GIF87a"),
+    (0, b"GIF89a"),
+    (0, b"II*\x00"),  # TIFF
+    (0, b"MM\x00*"),
+    (0, b"fLaC"),
+    (0, b"OggS"),
+    (0, b"ID3"),  # MP3 with a tag
+    (0, b"\x1a\x45\xdf\xa3"),  # WebM, Matroska
+    (4, b"ftyp"),  # MP4, M4A, HEIC, AVIF
+)
+"""(offset, bytes) a recognised audio or image file holds; with ``_riff_media`` (WAV, WebP) and BMP. Such a
+``BYTES`` element is passed on as it is when a policy applies (no text of it is read)."""
 CAPTURE_QUEUE_MAX = 1024
 """Captured calls waiting to be stored; beyond it a captured call is dropped (the call itself is served)."""
 CAPTURE_BATCH_MAX = 64
@@ -81,6 +104,8 @@ class PrivacyGuard:
         self.timeout_s = timeout_s
         self.now = now
         self.policies = PrivacyPolicies()
+        self.loaded = False
+        """Whether ``load`` has succeeded once (until then no call may be served: policies unknown)."""
         self.dropped = 0
         """Captured calls dropped because the queue was full."""
         self._queue: asyncio.Queue[CallToKeep] | None = None
@@ -89,8 +114,10 @@ class PrivacyGuard:
     # -- policies ---------------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the key policies and capture opt-ins (blocking: called with the key snapshot, in a thread)."""
+        """Read the key policies and capture opt-ins (blocking: called with the key snapshot, in a thread). On
+        failure the policies in force stay as they were."""
         self.policies = self.store.policies()
+        self.loaded = True
 
     def entities(self, version: VersionRecord, key_id: str | None) -> frozenset[str]:
         """What a call of ``version`` with key ``key_id`` has redacted: the model's ``redact:`` and the key's."""
@@ -120,7 +147,9 @@ class PrivacyGuard:
         def run() -> list[Redacted]:
             return [redactor.redact(t, deadline) for t in texts]
 
-        return await asyncio.to_thread(run) if total > OFFLOAD_CHARS else run()
+        if total > OFFLOAD_CHARS or len(texts) > INLINE_TEXTS_MAX:
+            return await asyncio.to_thread(run)
+        return run()
 
     # -- OIP ------------------------------------------------------------------------------------------------------
 
@@ -131,7 +160,7 @@ class PrivacyGuard:
         entities = self.entities(version, key_id)
         if not entities or decoded is None:
             return None
-        places, texts = _bytes_texts(decoded.inputs)
+        places, texts = _bytes_texts(decoded.inputs, version)
         if not texts:
             return None
         done = await self.redact_texts(entities, texts)
@@ -158,6 +187,11 @@ class PrivacyGuard:
         texts = _openai_texts(raw)
         if not texts:
             return raw
+        if any("\x00" in t for t in texts):
+            raise InvalidInput(
+                f"the request's text holds a NUL character (U+0000): model {version.model_name!r} has personal "
+                "data redacted from its text, which must be free of NUL characters"
+            )
         done = await self.redact_texts(entities, texts)
         if not any(d.changed for d in done):
             return raw
@@ -256,21 +290,47 @@ class PrivacyGuard:
 # -- OIP requests -------------------------------------------------------------------------------------------------
 
 
-def _bytes_texts(inputs: Sequence[Tensor]) -> tuple[list[tuple[int, int]], list[str]]:
-    """(input index, element index) and text of every UTF-8 element of every BYTES input."""
+def _bytes_texts(inputs: Sequence[Tensor], version: VersionRecord) -> tuple[list[tuple[int, int]], list[str]]:
+    """(input index, element index) and text of every text element of every BYTES input: each element must be
+    UTF-8 text without NUL characters, or an audio or image file (``is_media``, left out); anything else is
+    refused, naming it."""
     places: list[tuple[int, int]] = []
     texts: list[str] = []
     for i, tensor in enumerate(inputs):
         if tensor.datatype != "BYTES":
             continue
         for j, item in enumerate(tensor.data.reshape(-1)):
-            try:
-                text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-            except UnicodeDecodeError:  # not text (audio, an image): nothing a pattern could find
-                continue
+            text = _text_of(item)
+            if text is None and isinstance(item, bytes) and is_media(item):
+                continue  # a WAV, an image: no text of it is read, and it is sent as it is
+            if text is None or "\x00" in text:
+                model = version.model_name
+                raise InvalidInput(
+                    f"input {tensor.name!r} element {j}: model {model!r} has personal data redacted from its text "
+                    "inputs, so each element must be UTF-8 text without NUL characters (or a WAV, FLAC, OGG, MP3, "
+                    "MP4, WebM, PNG, JPEG, GIF, WebP, BMP or TIFF file); re-encode the text as UTF-8"
+                )
             places.append((i, j))
             texts.append(text)
     return places, texts
+
+
+def _text_of(item: Any) -> str | None:
+    if not isinstance(item, bytes):
+        return str(item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def is_media(item: bytes) -> bool:
+    """Whether ``item`` starts as an audio or image file does (``MEDIA_SIGNATURES``, RIFF WAVE or WEBP, BMP)."""
+    if item[:4] == b"RIFF" and item[8:12] in (b"WAVE", b"WEBP"):
+        return True
+    if item[:2] == b"BM" and item[6:10] == b"\x00\x00\x00\x00" and len(item) >= 26:  # BMP: reserved words zero
+        return True
+    return any(item[at : at + len(magic)] == magic for at, magic in MEDIA_SIGNATURES)
 
 
 def _replaced(inputs: Sequence[Tensor], places: list[tuple[int, int]], done: list[Redacted]) -> list[Tensor]:
@@ -317,13 +377,14 @@ def encode_request(request: oip.InferRequest) -> tuple[bytes, int]:
 
 
 def describe_inputs(inputs: Sequence[Tensor]) -> str:
-    """A call's inputs as text for capture: each BYTES input's text elements, other inputs by type and shape."""
+    """A call's inputs as text for capture: each BYTES input's text elements (an element that is not UTF-8, a WAV
+    or an image, by its size), other inputs by type and shape."""
     lines = []
     for tensor in inputs:
         if tensor.datatype == "BYTES":
             for item in tensor.data.reshape(-1):
-                text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-                lines.append(f"{tensor.name}: {text}")
+                text = _text_of(item)
+                lines.append(f"{tensor.name}: {f'<{len(item)} bytes>' if text is None else text}")
         else:
             lines.append(f"{tensor.name}: <{tensor.datatype} {list(tensor.shape)}>")
     return "\n".join(lines)

@@ -93,10 +93,17 @@ class GatewayState:
         self.privacy = privacy
 
         def load_keys_and_policies() -> KeyIndex:
-            """Keys, then the key policies (read after them: a key's policy is never older than the key)."""
+            """Keys, then the key policies (read after them: a key's policy is never older than the key). Policies
+            that fail to load keep the previous ones in force without holding back the keys (a revoked key stops
+            working); only the first load must succeed, as no call may be served with policies never read."""
             index = load_keys()
             if privacy is not None:
-                privacy.load()
+                try:
+                    privacy.load()
+                except Exception:
+                    if not privacy.loaded:
+                        raise
+                    log.exception("reloading the key privacy policies failed; the previous ones stay in force")
             return index
 
         self.keys = Snapshot("key", load_keys_and_policies, KeyIndex(by_hash={}), refresh_s, min_reload_s)

@@ -2,10 +2,12 @@
 
 A ``Redactor`` serves one set of entities (``core.pii.PII_ENTITIES`` names). It runs Presidio's analyzer with
 pattern recognizers only, over a no-op NLP engine: no spaCy pipeline is loaded and nothing is downloaded, ever.
-Phone numbers are found by Presidio's ``PhoneRecognizer`` (python-phonenumbers); e-mail addresses by Presidio's
-pattern, its domain checked against the public suffix list snapshot bundled with ``tldextract`` (never fetched).
-Presidio's anonymizer then replaces every finding; overlapping findings are merged first, so every character any
-recognizer flagged is replaced.
+The recognizers are Presidio's (``privacy/recognizers.py`` says where they differ: the e-mail domain checked
+offline, phone numbers parsed once, card numbers however their digits are separated). Text is analysed folded
+(``privacy/folding.py``: full-width forms, Unicode digits, spaces and dashes made plain, zero-width characters
+dropped) and each finding mapped back to the characters it came from, so the text sent is the original with only
+the findings replaced. Presidio's anonymizer replaces every finding; overlapping findings are merged first, so
+every character any recognizer flagged is replaced.
 
 Cost and bounds (``docs/privacy.md``): text is analysed in windows of ``WINDOW_CHARS`` (neighbours overlap by
 ``OVERLAP_CHARS``, so an entity up to that long is never cut), and the deadline is checked between windows: a call
@@ -14,7 +16,7 @@ a message with an e-mail address, a phone and a card number about 4 ms (three en
 made of nothing but numbers about 10 ms. Windows without a digit skip the number recognizers, windows without an
 ``@`` the e-mail one; phone numbers, the costly part, are looked for last with every other finding blanked out.
 
-Thread-safe: construction (which compiles every pattern by running it once) happens under a lock in
+Thread-safe: construction (which compiles every pattern by running it once) happens under a per-set lock in
 ``RedactorCache``; analysing and anonymizing keep no state between calls.
 """
 
@@ -25,10 +27,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.pii import PII_ENTITIES
+from modelmarket.privacy import folding
+from modelmarket.privacy.recognizers import recognizer
 
 __all__ = [
     "OVERLAP_CHARS",
@@ -91,74 +94,6 @@ def check_entities(names: Iterable[str], where: str = "redact") -> tuple[str, ..
     return tuple(sorted(seen))
 
 
-def _email_recognizer() -> Any:
-    import tldextract
-    from presidio_analyzer.predefined_recognizers import EmailRecognizer
-
-    # The bundled snapshot of the public suffix list: no cache directory, no URL, so it is never fetched.
-    extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
-
-    class OfflineEmailRecognizer(EmailRecognizer):
-        def validate_result(self, pattern_text: str) -> bool:
-            return bool(extract(pattern_text).fqdn)
-
-    return OfflineEmailRecognizer()
-
-
-def _phone_recognizer() -> Any:
-    import phonenumbers
-    from presidio_analyzer import EntityRecognizer
-    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
-
-    class MaskingPhoneRecognizer(PhoneRecognizer):
-        """Presidio's phone recognizer (same regions, leniency, score), with each number found in one region
-        blanked out before the next region's pass: a number in international form is parsed once, not once per
-        region (and the second parse Presidio makes of each match, for its explanation, is skipped)."""
-
-        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-            results: list[Any] = []
-            masked = text
-            leniency = 1 if self.leniency is None else int(self.leniency)
-            for region in self.supported_regions:
-                found = [
-                    self._get_recognizer_result(match, masked, region, nlp_artifacts)  # type: ignore[no-untyped-call]
-                    for match in phonenumbers.PhoneNumberMatcher(masked, region, leniency=leniency)
-                ]
-                for r in found:
-                    masked = masked[: r.start] + "x" * (r.end - r.start) + masked[r.end :]
-                results += found
-            return list(EntityRecognizer.remove_duplicates(results))
-
-    return MaskingPhoneRecognizer()
-
-
-def _recognizer(entity: str) -> Any:
-    from presidio_analyzer import predefined_recognizers as pr
-
-    if entity == "EMAIL_ADDRESS":
-        return _email_recognizer()
-    if entity == "PHONE_NUMBER":
-        return _phone_recognizer()
-    classes: dict[str, Any] = {
-        "CREDIT_CARD": pr.CreditCardRecognizer,
-        "IBAN_CODE": pr.IbanRecognizer,
-        "US_SSN": pr.UsSsnRecognizer,
-        "IP_ADDRESS": pr.IpRecognizer,
-        "CRYPTO": pr.CryptoRecognizer,
-        "URL": pr.UrlRecognizer,
-        "US_BANK_NUMBER": pr.UsBankRecognizer,
-        "US_ITIN": pr.UsItinRecognizer,
-        "US_PASSPORT": pr.UsPassportRecognizer,
-        "US_DRIVER_LICENSE": pr.UsLicenseRecognizer,
-        "UK_NHS": pr.NhsRecognizer,
-        "MEDICAL_LICENSE": pr.MedicalLicenseRecognizer,
-    }
-    recognizer = classes[entity]()
-    if list(recognizer.supported_entities) != [entity]:  # a Presidio upgrade renamed an entity: fail loudly
-        raise RuntimeError(f"Presidio's recognizer for {entity} now reports {recognizer.supported_entities}")
-    return recognizer
-
-
 class Redactor:
     """Finds and replaces ``entities`` in text. Build through ``RedactorCache`` (construction costs milliseconds and
     compiles patterns; a call costs what the module docstring says)."""
@@ -172,7 +107,8 @@ class Redactor:
         self.entities = check_entities(entities)
         if not self.entities:
             raise InvalidInput("redact: name at least one entity")
-        recognizers = [_recognizer(e) for e in self.entities]
+        folding.warm()
+        recognizers = [recognizer(e) for e in self.entities]
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[LANGUAGE])
         nlp = NoOpNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": "none"}])
         self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=[LANGUAGE])
@@ -188,20 +124,24 @@ class Redactor:
         return names
 
     def find(self, text: str, deadline: float | None = None) -> list[tuple[int, int, str, float]]:
-        """(start, end, entity, score) of every finding, overlaps merged (sorted, disjoint)."""
+        """(start, end, entity, score) of every finding in ``text`` as written, overlaps merged (sorted, disjoint).
+        The text is analysed folded (``privacy/folding.py``: full-width forms, Unicode digits, spaces and dashes
+        made plain, zero-width characters dropped); each finding is mapped back to the characters it came from."""
+        folded = folding.fold(text)
+        analysed = folded.text
         found: list[tuple[int, int, str, float]] = []
         start = 0
-        while start < len(text):
+        while start < len(analysed):
             if deadline is not None and time.monotonic() > deadline:
                 raise RedactionTimedOut(
-                    f"redacting this text took longer than allowed (stopped after {start:,} of {len(text):,} "
+                    f"redacting this text took longer than allowed (stopped after {start:,} of {len(analysed):,} "
                     "characters); send shorter text"
                 )
-            window = text[start : start + WINDOW_CHARS + OVERLAP_CHARS]
-            last = start + WINDOW_CHARS >= len(text)
+            window = analysed[start : start + WINDOW_CHARS + OVERLAP_CHARS]
+            last = start + WINDOW_CHARS >= len(analysed)
             for s, e, entity, score in self._window(window):
                 if last or s < WINDOW_CHARS:
-                    found.append((start + s, start + e, entity, score))
+                    found.append((*folded.original_span(start + s, start + e), entity, score))
             start += WINDOW_CHARS
         return _merge(found)
 
@@ -270,28 +210,43 @@ def _merge(found: list[tuple[int, int, str, float]]) -> list[tuple[int, int, str
 
 
 class RedactorCache:
-    """One ``Redactor`` per set of entities, built once (under a lock) and kept (at most
-    ``MAX_CACHED_REDACTORS``, least recently used dropped)."""
+    """One ``Redactor`` per set of entities, built once and kept (at most ``MAX_CACHED_REDACTORS``, least recently
+    used dropped). ``peek`` never waits; building one set (seconds, the first time: it imports Presidio) holds only
+    that set's lock, so a caller of another set, or of ``peek``, never waits for it."""
 
     def __init__(self, max_size: int = MAX_CACHED_REDACTORS) -> None:
         self.max_size = max_size
         self._redactors: OrderedDict[frozenset[str], Redactor] = OrderedDict()
         self._lock = threading.Lock()
+        """Guards ``_redactors``' order and ``_building``; held for dictionary operations only."""
+        self._building: dict[frozenset[str], threading.Lock] = {}
 
     def peek(self, entities: Iterable[str]) -> Redactor | None:
-        """The redactor for ``entities`` if it is built already (never builds: safe on the event loop)."""
-        with self._lock:
-            return self._redactors.get(frozenset(entities))
+        """The redactor for ``entities`` if it is built already: one dictionary read, no lock (safe on the event
+        loop, even while another set is being built)."""
+        return self._redactors.get(frozenset(entities))
 
     def get(self, entities: Iterable[str]) -> Redactor:
+        """The redactor for ``entities``, built now if need be (blocking: call it off the event loop)."""
         key = frozenset(entities)
-        with self._lock:
-            found = self._redactors.get(key)
-            if found is None:
-                found = Redactor(key)
-                self._redactors[key] = found
-                while len(self._redactors) > self.max_size:
-                    self._redactors.popitem(last=False)
-            else:
-                self._redactors.move_to_end(key)
+        found = self._redactors.get(key)
+        if found is not None:
+            with self._lock:
+                if key in self._redactors:
+                    self._redactors.move_to_end(key)
             return found
+        with self._lock:
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # one build per set; callers of the same set wait for it, nobody else does
+            try:
+                found = self._redactors.get(key)
+                if found is None:
+                    found = Redactor(key)
+                    with self._lock:
+                        self._redactors[key] = found
+                        while len(self._redactors) > self.max_size:
+                            self._redactors.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
+        return found

@@ -7,6 +7,7 @@ change takes effect within ``MODELMARKET_CACHE_REFRESH_S``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from modelmarket.core.pii import PII_ENTITIES
 from modelmarket.core.uow import UnitOfWorkFactory
 from modelmarket.privacy.ports import CapturedCall, KeyPolicy, PrivacyUnitOfWork
 from modelmarket.privacy.redaction import Redacted, RedactionTimedOut, RedactorCache, check_entities
+
+log = logging.getLogger(__name__)
 
 CAPTURED_LIST_MAX = 1000
 """Most captured calls one ``captured`` call returns."""
@@ -196,6 +199,19 @@ class PrivacyService:
             )
             for c in calls
         ]
+        try:
+            return self._store(kept)
+        except Exception as exc:  # one bad call must not lose the others' (of every account): one at a time
+            log.warning("storing %d captured calls at once failed (%s); storing them one by one", len(kept), _kind(exc))
+        stored = 0
+        for call in kept:
+            try:
+                stored += self._store([call])
+            except Exception as exc:  # never the error's text: a database error quotes the values it was given
+                log.error("a captured call of account %s was not kept (%s)", call.account_id, _kind(exc))
+        return stored
+
+    def _store(self, kept: list[CapturedCall]) -> int:
         with self.uow.write() as uow:
             capturing = set(uow.privacy.capture_accounts())  # opted out since the call: not kept
             kept = [c for c in kept if c.account_id in capturing]
@@ -204,11 +220,12 @@ class PrivacyService:
 
     def scrub(self, text: str) -> str:
         """``text`` redacted of every entity, at most about ``capture_max_chars`` of it (an entity that starts
-        before the cut is replaced whole)."""
+        before the cut is replaced whole). NUL characters are dropped first: a database may refuse them (PostgreSQL
+        does), and text spelled with NULs between its letters (UTF-16) is read for what it says."""
         redactor = self.redactors.get(PII_ENTITIES)
         try:
             done: Redacted = redactor.redact_prefix(
-                text, self.capture_max_chars, time.monotonic() + CAPTURE_REDACT_TIMEOUT_S
+                text.replace("\x00", ""), self.capture_max_chars, time.monotonic() + CAPTURE_REDACT_TIMEOUT_S
             )
         except RedactionTimedOut:
             return NOT_KEPT
@@ -220,3 +237,7 @@ class PrivacyService:
             by_key = {p.key_id: frozenset(p.entities) for p in uow.privacy.key_policies()}
             capture = frozenset(uow.privacy.capture_accounts())
         return PrivacyPolicies(by_key, capture)
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
