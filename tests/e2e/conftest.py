@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 MM = [sys.executable, "-m", "modelmarket.cli.main"]
+GATE_POLICY = Path(__file__).resolve().parent.parent / "gate_policy.yaml"
 
 
 @dataclass
@@ -32,7 +33,9 @@ class Cli:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
         env["MODELMARKET_HOME"] = str(self.home)
         # These suites exercise serving: what they publish is approved by the gate's auto review once every other
-        # stage passed. The review itself is tested with it manual (tests/e2e/test_publish_gate_cli.py).
+        # stage passed, with a short benchmark (tests/gate_policy.yaml). The review itself is tested with it manual
+        # (tests/e2e/test_publish_gate_cli.py), the benchmark's figures in tests/integration/test_publish_gate.py.
+        env["MODELMARKET_GATE_POLICY"] = str(GATE_POLICY)
         env["MODELMARKET_GATE_REVIEW"] = "auto"
         if self.database_url:
             env["MODELMARKET_DATABASE_URL"] = self.database_url

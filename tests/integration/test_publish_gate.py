@@ -370,3 +370,23 @@ def test_a_gate_run_is_bounded_in_time(platform: Platform, tmp_path: Path) -> No
     assert sub.status == "failed"
     failed = next(s for s in sub.stages if s.status == "failed")
     assert "longer than its limit of 0.5s" in failed.summary
+
+
+def test_the_bias_stage_passes_the_fair_credit_model_and_blocks_the_biased_one_with_its_figures(
+    platform: Platform, tmp_path: Path
+) -> None:
+    from modelmarket.demo._credit import build_credit_approval, build_credit_approval_biased
+
+    platform.accounts.create("demo-provider", "provider")
+    fair = build_credit_approval(tmp_path / "credit-approval", lambda _: None)
+    biased = build_credit_approval_biased(tmp_path / "credit-approval-biased", lambda _: None)
+    passed = platform.gate.run(platform.gate.submit(fair, actor="cli").id)
+    assert passed.status == "pending_review" and _stages(passed)["bias"] == "passed"
+    blocked = platform.gate.run(platform.gate.submit(biased, actor="cli").id)
+    assert blocked.status == "failed" and _stages(blocked)["bias"] == "failed"
+    bias = blocked.stage("bias")
+    assert bias is not None and bias.summary.startswith("blocked: demographic_parity_difference for sex is ")
+    sex = bias.report["figures"]["sensitive_features"]["sex"]
+    assert sex["demographic_parity_difference"] > 0.1 and sex["equalized_odds_difference"] > 0.1
+    assert any("equalized_odds_difference for sex" in failure for failure in bias.report["failures"])
+    assert _published(platform) == []  # neither is published: one waits for review, one is blocked
