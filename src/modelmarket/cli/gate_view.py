@@ -34,7 +34,7 @@ def outcome_line(sub: dict[str, Any]) -> str:
     ref, status = printable(sub["ref"], 200), printable(sub["status"], 20)
     if status == "published":
         model, version = printable(sub["model"], 100), printable(sub["version"], 40)
-        return f"published: {model} {version}  digest {printable(sub['digest'], 16)}  submission {sub['id']}"
+        return f"published: {model} {version}  digest {printable(sub['digest'])[:16]}  submission {sub['id']}"
     if status == "pending_review":
         return (
             f"pending review: {ref} (submission {sub['id']}); an operator decides with "

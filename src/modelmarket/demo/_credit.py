@@ -43,10 +43,10 @@ import numpy as np
 import numpy.typing as npt
 
 from modelmarket.demo._files import decimal4, manifest, spec_for, tensor, write_bytes, write_manifest
+from modelmarket.demo._onnx import logistic_onnx, onnx_labels
 from modelmarket.governance.bias import BiasReport, evaluate_bias, read_evaluation_set
 from modelmarket.governance.policy import BiasPolicy
 from modelmarket.registry.declarations import EvaluationDecl
-from modelmarket.runtime.base import ModelSpec, Tensor
 
 CREDIT_SEED = 2024
 CREDIT_ROWS = 6_000
@@ -143,40 +143,7 @@ def eval_csv(data: CreditData) -> bytes:
 def train_onnx(x_train: FloatArray, y_train: IntArray, name: str) -> bytes:
     """Fit scaler + logistic regression and return the ONNX model bytes (stable across runs): input ``features``
     FP32 ``[-1, k]``, outputs ``label`` INT64 and ``probabilities`` FP32 ``[-1, 2]`` (no ZipMap)."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    classifier = LogisticRegression(max_iter=1000)
-    pipeline = Pipeline([("scale", StandardScaler()), ("classify", classifier)])
-    pipeline.fit(x_train, y_train)
-    model = convert_sklearn(
-        pipeline,
-        name=name,
-        initial_types=[("features", FloatTensorType([None, x_train.shape[1]]))],
-        final_types=[("label", Int64TensorType([None])), ("probabilities", FloatTensorType([None, 2]))],
-        options={id(classifier): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-    # skl2onnx lists opset imports in set order, which changes with the hash seed; sort them for stable bytes.
-    opsets = sorted((entry.domain, entry.version) for entry in model.opset_import)
-    del model.opset_import[:]
-    for domain, version in opsets:
-        model.opset_import.add(domain=domain, version=version)
-    return bytes(model.SerializeToString())
-
-
-def onnx_labels(spec: ModelSpec, x: FloatArray) -> IntArray:
-    """Labels predicted by the packaged ONNX model, run through the onnx runtime plug-in."""
-    from modelmarket.runtime.runtimes.onnx import OnnxRuntime
-
-    runtime = OnnxRuntime(spec)
-    runtime.load()
-    rows = x.astype(np.float32)
-    outputs = runtime.predict([Tensor("features", "FP32", list(rows.shape), rows)], {})
-    return np.asarray(next(t.data for t in outputs if t.name == "label"), dtype=np.int64)
+    return logistic_onnx(x_train, y_train, name=name, input_name="features", max_iter=1000)
 
 
 def build_credit_approval(package_dir: Path, progress: Callable[[str], None]) -> Path:
@@ -223,7 +190,7 @@ def _build(package_dir: Path, progress: Callable[[str], None], *, biased: bool) 
     eval_set = read_evaluation_set(
         package_dir / EVAL_FILE, EvaluationDecl.model_validate(evaluation), len(held_out.sex)
     )
-    predicted = onnx_labels(spec_for(package_dir, doc), eval_set.features)
+    predicted = onnx_labels(spec_for(package_dir, doc), "features", eval_set.features)
     report = evaluate_bias(eval_set.labels, [str(p) for p in predicted], eval_set.groups, "1", BiasPolicy())
     progress(f"{name}: on {EVAL_FILE} against the default bias policy, {report.summary()}")
     doc["card"] = _card(report, biased=biased, n_train=TRAIN_ROWS, n_eval=len(held_out.sex))

@@ -18,7 +18,7 @@ from modelmarket.demo._files import (
     write_json,
     write_manifest,
 )
-from modelmarket.runtime.base import ModelSpec, Tensor
+from modelmarket.demo._onnx import logistic_onnx, onnx_labels
 
 DIGITS_SEED = 42
 DIGITS_TEST_SIZE = 0.25
@@ -52,40 +52,7 @@ def digits_split() -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
 
 def train_onnx(x_train: FloatArray, y_train: IntArray) -> bytes:
     """Fit scaler + logistic regression and return the ONNX model bytes (stable across runs)."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    classifier = LogisticRegression(max_iter=2000)
-    pipeline = Pipeline([("scale", StandardScaler()), ("classify", classifier)])
-    pipeline.fit(x_train, y_train)
-    model = convert_sklearn(
-        pipeline,
-        name="digits",
-        initial_types=[("pixels", FloatTensorType([None, 64]))],
-        final_types=[("label", Int64TensorType([None])), ("probabilities", FloatTensorType([None, 10]))],
-        options={id(classifier): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-    # skl2onnx lists opset imports in set order, which changes with the hash seed; sort them for stable bytes.
-    opsets = sorted((entry.domain, entry.version) for entry in model.opset_import)
-    del model.opset_import[:]
-    for domain, version in opsets:
-        model.opset_import.add(domain=domain, version=version)
-    return bytes(model.SerializeToString())
-
-
-def onnx_labels(spec: ModelSpec, x: FloatArray) -> IntArray:
-    """Digits predicted by the packaged ONNX model, run through the onnx runtime plug-in."""
-    from modelmarket.runtime.runtimes.onnx import OnnxRuntime
-
-    runtime = OnnxRuntime(spec)
-    runtime.load()
-    pixels = x.astype(np.float32)
-    outputs = runtime.predict([Tensor("pixels", "FP32", list(pixels.shape), pixels)], {})
-    return np.asarray(next(t.data for t in outputs if t.name == "label"), dtype=np.int64)
+    return logistic_onnx(x_train, y_train, name="digits", input_name="pixels", max_iter=2000)
 
 
 def build_digits(package_dir: Path, examples_dir: Path, progress: Callable[[str], None]) -> Path:
@@ -106,7 +73,7 @@ def build_digits(package_dir: Path, examples_dir: Path, progress: Callable[[str]
         unit="image",
         price_per_iu="0.0010",
     )
-    predicted = onnx_labels(spec_for(package_dir, doc), x_test)
+    predicted = onnx_labels(spec_for(package_dir, doc), "pixels", x_test)
     correct = predicted == y_test
     accuracy = float(np.mean(correct))
     progress(f"digits: held-out accuracy of the exported ONNX model {accuracy:.4f}")

@@ -416,20 +416,11 @@ class GateService:
         review = StageRecord(
             "review", decision, now.isoformat(), 0, f"{decision} by {decided_by}: {reason}", {"by": decided_by}
         )
-        active = ("running", "pending_review")
+        decided = _Decision(current, review, actor, decided_by, reason, now)
         if decision == "rejected":
             with self.uow.write(Lock.PUBLISH, current.model_name) as uow:
-                if not uow.gate.update(
-                    submission_id,
-                    status="rejected",
-                    updated_at=now.isoformat(),
-                    decided_by=decided_by,
-                    decision_reason=reason,
-                    expected=active,
-                ):
+                if not self._store_decision(uow, decided, "rejected"):
                     raise Conflict(f"submission {submission_id} was decided meanwhile")
-                uow.gate.add_stage(submission_id, review)
-                self._audit_decision(uow, current, decision, actor, decided_by, reason, now)
             tell("review", review)
             return self._get(submission_id)
         tell("publish", None)
@@ -437,17 +428,8 @@ class GateService:
         t0 = time.monotonic()
         try:
             with self.uow.write(Lock.PUBLISH, current.model_name) as uow:
-                if not uow.gate.update(
-                    submission_id,
-                    status="published",
-                    updated_at=now.isoformat(),
-                    decided_by=decided_by,
-                    decision_reason=reason,
-                    expected=active,
-                ):
+                if not self._store_decision(uow, decided, "published"):
                     raise Conflict(f"submission {submission_id} was decided meanwhile")
-                uow.gate.add_stage(submission_id, review)
-                self._audit_decision(uow, current, decision, actor, decided_by, reason, now)
                 result = self.registry.record(
                     parse_manifest(json.loads(current.manifest_json), f"submission {submission_id}"),
                     _artifacts(current),
@@ -469,32 +451,35 @@ class GateService:
                 raise
             record = self._record("publish", now, t0, _Outcome(False, f"failed: {bounded(exc.message)}", {}))
             with self.uow.write(Lock.PUBLISH, current.model_name) as uow:
-                if uow.gate.update(submission_id, status="failed", updated_at=now.isoformat(), expected=active):
-                    uow.gate.add_stage(submission_id, review)
-                    self._audit_decision(uow, current, decision, actor, decided_by, reason, now)
+                if self._store_decision(uow, decided, "failed"):
                     uow.gate.add_stage(submission_id, record)
         tell("review", review)  # told once the decision is committed (with the publish, or its failure)
         tell("publish", record)
         return self._get(submission_id)
 
-    def _audit_decision(
-        self,
-        uow: GateUnitOfWork,
-        submission: Submission,
-        decision: str,
-        actor: str,
-        decided_by: str,
-        reason: str,
-        now: datetime,
-    ) -> None:
+    def _store_decision(self, uow: GateUnitOfWork, decided: _Decision, status: str) -> bool:
+        """Move the submission from running or pending review to ``status`` with the review stage and the audit
+        record of the decision; False (nothing written) when it was decided meanwhile."""
+        sub = decided.submission
+        if not uow.gate.update(
+            sub.id,
+            status=status,
+            updated_at=decided.now.isoformat(),
+            decided_by=decided.decided_by,
+            decision_reason=decided.reason,
+            expected=("running", "pending_review"),
+        ):
+            return False
+        uow.gate.add_stage(sub.id, decided.review)
         audit.append(
             uow.audit,
-            actor=actor,
-            action=f"submission.{decision}",
-            subject=submission.ref,
-            payload={"submission": submission.id, "by": decided_by, "reason": reason},
-            now=now,
+            actor=decided.actor,
+            action=f"submission.{decided.review.status}",
+            subject=sub.ref,
+            payload={"submission": sub.id, "by": decided.decided_by, "reason": decided.reason},
+            now=decided.now,
         )
+        return True
 
     def _evaluation_of(self, submission: Submission) -> dict[str, Any]:
         """What the version keeps of the gate: the benchmark and bias figures, the smoke test's summary."""
@@ -601,6 +586,16 @@ class GateService:
                     now=now,
                 )
         return not failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    submission: Submission
+    review: StageRecord
+    actor: str
+    decided_by: str
+    reason: str
+    now: datetime
 
 
 class _Bounded:
