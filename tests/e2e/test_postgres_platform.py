@@ -53,6 +53,7 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
     assert rows == (3,)
     assert [m[0] for m in models] == [
         "all-minilm-l6-v2",
+        "credit-approval",  # credit-approval-biased was blocked by the publish gate: no model row
         "digits",
         "sentiment",
         "smollm2-135m-instruct",

@@ -110,11 +110,14 @@ def _platform(
     *,
     wait_ready: bool = True,
     preload: bool = True,
+    publish_env: dict[str, str] | None = None,
 ) -> Platform:
+    """``env`` for the publishes and the gateway; ``publish_env``, when given, for the publishes instead."""
     cli = SandboxCli(tmp / "home", extra_env={"MODELMARKET_SANDBOX_MINIMUM": "process", **(env or {})})
-    cli.run("accounts", "create", PROVIDER, "--role", "provider")
+    publisher = cli if publish_env is None else SandboxCli(cli.home, extra_env={**cli.extra_env, **publish_env})
+    publisher.run("accounts", "create", PROVIDER, "--role", "provider")
     for package in packages:
-        cli.run("publish", str(package))
+        publisher.run("publish", str(package))
     key = cli.new_consumer("load")
     gw = start_gateway(cli, models=(MODEL,) if wait_ready else (), extra_args=() if preload else ("--no-preload",))
     platform = Platform(cli, gw, key)
@@ -509,7 +512,9 @@ def test_a_cold_version_is_not_ready_until_loaded_and_calls_wait_only_up_to_the_
     loads, and a call that would wait longer than the bound is answered 503 with Retry-After (never billed)."""
     slow = write_package(tmp_path / "slow", MODEL, _SLOW_LOAD.replace("LOAD_S", "6"), "Loads slowly.", sandbox=PROCESS)
     env = {"MODELMARKET_RUNNER_START_TIMEOUT_S": "2"}
-    platform = _platform(tmp_path, platforms, [slow], env, wait_ready=False, preload=False)
+    # the gate starts it as well (its smoke test): there the start may take its 6 s
+    started = {"MODELMARKET_RUNNER_START_TIMEOUT_S": "30"}
+    platform = _platform(tmp_path, platforms, [slow], env, wait_ready=False, preload=False, publish_env=started)
     with platform.client() as http:
         assert http.get(f"/v2/models/{MODEL}/ready").status_code != 200
         t0 = time.monotonic()
