@@ -124,7 +124,11 @@ class GateService:
             "store",
             started,
             t0,
-            _Outcome(True, f"{len(prepared.artifacts)} artifact(s) stored by sha256", {"sha256": _hashes(prepared)}),
+            _Outcome(
+                True,
+                f"{len(prepared.artifacts)} artifact(s) stored by sha256",
+                {"sha256": {a.path: a.sha256 for a in prepared.artifacts}},
+            ),
         )
         now = self.clock().isoformat()
         submission = Submission(
@@ -624,10 +628,6 @@ def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 def _artifacts(submission: Submission) -> tuple[ArtifactRecord, ...]:
     return tuple(ArtifactRecord(p, s, n) for p, s, n in json.loads(submission.artifacts_json))
-
-
-def _hashes(prepared: Any) -> dict[str, str]:
-    return {a.path: a.sha256 for a in prepared.artifacts}
 
 
 def _quiet(stage: str, record: StageRecord | None) -> None:
