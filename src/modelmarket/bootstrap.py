@@ -20,6 +20,7 @@ from modelmarket.billing.subscriptions import PlanService
 from modelmarket.core.clock import Clock, utc_now
 from modelmarket.governance.gate import GateService
 from modelmarket.governance.policy import load_policy
+from modelmarket.governance.ports import TrialRunner
 from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
 from modelmarket.metering.usage_tree import UsageTree
@@ -124,7 +125,7 @@ def bootstrap(
     )
 
 
-def _trial_runner(settings: Settings, blobs: BlobStore) -> Any:
+def _trial_runner(settings: Settings, blobs: BlobStore) -> TrialRunner:
     """The gate's sandbox for trials: the gateway's sandbox rules, its own folder (``MODELMARKET_HOME/gate``)."""
     from modelmarket.runtime.sandbox import policy_from_settings
     from modelmarket.runtime.trial import SandboxTrialRunner
