@@ -27,7 +27,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP)
+# The dashboard's one third-party script, htmx, comes from its npm package (never a CDN) and is served from the
+# package's static folder; the file is not committed.
+HTMX := src/modelmarket/dashboard/static/vendor/htmx.min.js
+$(HTMX):
+	@command -v npm >/dev/null 2>&1 || { echo "npm is needed once to fetch htmx for the dashboard"; exit 1; }
+	npm install -s --prefix $(VENV)/npm --no-save --no-package-lock --no-audit --no-fund 'htmx.org@>=2.0.4 <3'
+	mkdir -p $(dir $(HTMX))
+	cp $(VENV)/npm/node_modules/htmx.org/dist/htmx.min.js $(HTMX)
+
+install: $(STAMP) $(HTMX)
 
 # espeak-ng makes the demo's example WAV; installed from Debian when missing.
 sysdeps:
@@ -44,6 +53,9 @@ sysdeps-test: sysdeps
 	@{ command -v bwrap >/dev/null 2>&1 && command -v runsc >/dev/null 2>&1; } || { \
 	  echo "installing bubblewrap and runsc (Debian)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap runsc >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || { \
+	  echo "installing chromium and prometheus (Debian) for the dashboard's browser tests and the metrics scrape"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus >/dev/null; }
 
 demo: install sysdeps
 	$(BIN)/modelmarket demo

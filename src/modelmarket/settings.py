@@ -197,6 +197,44 @@ class Settings(BaseSettings):
         description="Captured calls kept per account that opted in; older ones are deleted.",
     )
 
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Serve Prometheus metrics at GET /metrics and record them (gateway, runners, metering).",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Answer GET /metrics without a key. Off: an operator's API key (Bearer) is required; "
+        "turn on only where the listener is reachable by the scraper alone.",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="Make OpenTelemetry spans for every request, from the gateway into the runners (W3C "
+        "traceparent); an incoming traceparent is honoured either way.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint spans are exported to (e.g. http://127.0.0.1:4318/v1/traces); "
+        "unset: spans are made (with MODELMARKET_TRACING) but not exported.",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces sampled (an incoming traceparent's sampled flag is followed).",
+    )
+    log_stderr: bool = Field(default=False, description="Also write the JSON request log lines to stderr.")
+    log_max_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Size at which HOME/logs/requests.log is rotated."
+    )
+    log_backups: int = Field(default=5, ge=0, description="Rotated request logs kept (requests.log.1 ...).")
+    dashboard_enabled: bool = Field(default=True, description="Serve the web dashboard at /.")
+    session_ttl_s: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        description="How long a dashboard sign-in lasts; signing out, or revoking the key it was made with, "
+        "ends it sooner.",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'modelmarket.db').resolve()}"
@@ -217,6 +255,16 @@ class Settings(BaseSettings):
     def keys_dir(self) -> Path:
         """Signing keys (the audit checkpoints' Ed25519 key), private to the platform's user."""
         return self.home / "keys"
+
+    @property
+    def logs_dir(self) -> Path:
+        """The JSON request log (``requests.log``, rotated by size)."""
+        return self.home / "logs"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus-client's multiprocess files of this home's gateway and its children (wiped at start)."""
+        return self.home / "run" / "metrics"
 
     @property
     def uploads_dir(self) -> Path:

@@ -24,6 +24,7 @@ from modelmarket.gateway.errors import extra_fields_for, headers_for, message_fo
 from modelmarket.gateway.openapi import document_json
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
+from modelmarket.observability import Observability, note, note_answer_headers
 from modelmarket.registry.catalogue import VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond
@@ -63,6 +64,12 @@ class GatewayParts:
     backends: Any = None
     publish_queue: Any = None
     """The gate runs of packages uploaded over HTTP (``gateway/api_packages.PublishQueue``)."""
+    observability: Observability | None = None
+    """Metrics, spans and the request log of every request (``observability/``); None: none of them."""
+    metrics: Any = None
+    """The ASGI endpoint answering ``GET /metrics`` (``observability/metrics.py``); None: 404."""
+    dashboard: Any = None
+    """The web dashboard (``dashboard/``), an ASGI app answering every path no other part claims; None: 404."""
 
 
 class GatewayApp:
@@ -149,6 +156,24 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
+        obs = self.parts.observability
+        if obs is None:
+            await self._route(scope, receive, send)
+            return
+        info, token = obs.begin(scope)
+
+        async def observed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                info.status = message["status"]
+                note_answer_headers(info, message.get("headers", ()))
+            await send(message)
+
+        try:
+            await self._route(scope, receive, observed)
+        finally:
+            obs.finish(info, token)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         try:
             if path.startswith("/v2/models/"):
@@ -162,14 +187,21 @@ class GatewayApp:
                 await self.parts.api(scope, receive, send)
             elif path == "/openapi.json" and scope["method"] == "GET":  # public: gateway/openapi.py
                 await respond(send, 200, document_json())
+            elif path == "/metrics" and self.parts.metrics is not None:
+                await self.parts.metrics(scope, receive, send)
+            elif self.parts.dashboard is not None and not path.startswith(("/v1/", "/v2")):
+                await self.parts.dashboard(scope, receive, send)
             else:
                 await respond(send, 404, oip.error_body(f"no route {scope['method']} {path}"))
         except _EXPECTED as exc:
+            note(error_type=type(exc).__name__)
             body = orjson.dumps({"error": message_for(exc), **extra_fields_for(exc)})
             await respond(send, status_for(exc) or 500, body, extra_headers=headers_for(exc))
         except HTTPException as exc:
+            note(error_type="HTTPException")
             await respond(send, exc.status_code, oip.error_body(f"{exc.detail}: {scope['method']} {path}"))
         except Exception as exc:  # a bug: log it with its traceback, answer a JSON 500, never serve half a call
+            note(error_type=type(exc).__name__)
             log.exception("unhandled error on %s %s", scope["method"], path)
             await respond(send, 500, oip.error_body(f"internal error ({type(exc).__name__}); see the gateway log"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelmarket.accounts import Account
 from modelmarket.core.errors import Unauthenticated
 from modelmarket.gateway.state import GatewayState
+from modelmarket.observability import note
 from modelmarket.runtime.asgi import Scope, header
 
 MAX_AUTHORIZATION_BYTES = 512
@@ -28,4 +29,5 @@ async def authenticate_key(state: GatewayState, scope: Scope) -> tuple[Account, 
     found = await state.authenticate_key(token.strip())
     if found is None:
         raise Unauthenticated("invalid API key")
+    note(account_id=found[0].id, key_id=found[1])
     return found

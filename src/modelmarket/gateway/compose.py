@@ -29,6 +29,7 @@ from modelmarket.gateway.openai_api import OpenAIEdge
 from modelmarket.gateway.openai_plane import OpenAIPlane
 from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.gateway.state import GatewayState
+from modelmarket.observability.setup import gateway_observability
 from modelmarket.registry import CatalogueLoader
 from modelmarket.routing import Provider, Router, RouteTable
 from modelmarket.runtime.sandbox import policy_from_settings
@@ -142,7 +143,8 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         ),
         authenticate_request,
     )
-    return GatewayParts(
+    observability, metrics_app = gateway_observability(s, supervisor)
+    parts = GatewayParts(
         dataplane,
         state,
         api,
@@ -155,7 +157,11 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         openai=openai_edge,
         backends=backends,
         publish_queue=uploads,
+        observability=observability,
+        metrics=metrics_app,
     )
+    # -- dashboard (dashboard/app.py) --
+    return parts
 
 
 def _read(platform: Platform, fn: Callable[[Any], T]) -> T:
@@ -181,5 +187,3 @@ def _metering_problem(metering: MeteringProcess) -> str | None:
 
 def build_gateway(platform: Platform, preload: bool = True, on_ready: Callable[[], None] | None = None) -> GatewayApp:
     return GatewayApp(bootstrap_gateway(platform, preload), on_ready)
-
-
