@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ class GatewayApp:
             return
         info, token = obs.begin(scope)
 
-        async def observed(message: dict[str, Any]) -> None:
+        async def observed(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 info.status = message["status"]
                 note_answer_headers(info, message.get("headers", ()))

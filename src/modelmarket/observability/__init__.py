@@ -8,6 +8,7 @@ answer is sent. Each part is optional (off by settings) and none of them may rai
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from contextvars import Token
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 class RequestObserver(Protocol):
     """A part that sees every request: ``start`` before it is served (a span opens), ``finish`` after."""
 
-    def start(self, info: CallInfo, scope: dict[str, Any]) -> None: ...
+    def start(self, info: CallInfo, scope: MutableMapping[str, Any]) -> None: ...
 
     def finish(self, info: CallInfo) -> None: ...
 
@@ -30,7 +31,7 @@ class RequestObserver(Protocol):
 class Observability:
     observers: tuple[RequestObserver, ...] = ()
 
-    def begin(self, scope: dict[str, Any]) -> tuple[CallInfo, Token[CallInfo | None]]:
+    def begin(self, scope: MutableMapping[str, Any]) -> tuple[CallInfo, Token[CallInfo | None]]:
         info, token = begin(scope["method"], scope["path"])
         for observer in self.observers:
             try:
