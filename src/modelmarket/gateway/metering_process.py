@@ -16,13 +16,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from modelmarket.bootstrap import bootstrap
+from modelmarket.bootstrap import Platform, bootstrap
 from modelmarket.core import lifetime
 from modelmarket.core.errors import MeteringHalted
 from modelmarket.core.process import ChildProcess, ChildState, RestartPolicy
+from modelmarket.metering.consumer import CONSUMER_NAME
+from modelmarket.observability.metrics_metering import SAMPLE_S, LagReading, event_time, start_lag_sampler
 
 EXIT_METERING_HALTED = 3
 """Exit status of a consumer that met a record breaking an invariant: an operator must look; no restart."""
@@ -106,14 +108,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.parent_pid is not None:
         lifetime.exit_with_parent(args.parent_pid)
     platform = bootstrap()
+    sampler = start_lag_sampler(lambda: _lag_reader(platform), stop)  # its metrics, when the gateway wants them
     try:
         platform.metering.follow(stop)
     except MeteringHalted as exc:
         print(f"metering halted: {exc.reason}", file=sys.stderr, flush=True)
         return EXIT_METERING_HALTED
     finally:
+        stop.set()
+        if sampler is not None:
+            sampler.join(timeout=SAMPLE_S + 5)
         platform.close()
     return 0
+
+
+def _lag_reader(platform: Platform) -> tuple[Callable[[], LagReading], Callable[[], None]]:
+    """(read the metering lag, close): the log's last offset, the applied one, the oldest waiting event's time."""
+    event_log = platform.metering.open_log()
+
+    def read() -> LagReading:
+        last = event_log.last_offset()
+        with platform.store.read() as uow:
+            applied = uow.usage.offset(CONSUMER_NAME)
+        oldest = None
+        if last > applied:
+            waiting = event_log.read(applied, 1)
+            oldest = event_time(waiting[0].payload) if waiting else None
+        return LagReading(last, applied, oldest)
+
+    return read, event_log.close
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from modelmarket.gateway.errors import headers_for, message_for, status_for
 from modelmarket.gateway.openai_plane import TRANSCRIPTION_TASK, Answer, OpenAIPlane, Stream
 from modelmarket.gateway.state import GatewayState
 from modelmarket.metering.ports import EventLogFull
+from modelmarket.observability import note
 from modelmarket.runtime import openai as oa
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond
 
@@ -95,11 +96,13 @@ class OpenAIEdge:
             else:
                 raise NotFound(f"no route {method} {path}")
         except (DomainError, BodyTooLarge, EventLogFull) as exc:
+            note(error_type=type(exc).__name__)
             status, body, headers = error_answer(exc)
             if isinstance(exc, Unauthenticated):
                 headers = [*headers, (b"www-authenticate", b"Bearer")]
             await respond(send, status, body, extra_headers=headers)
         except Exception as exc:
+            note(error_type=type(exc).__name__)
             log.exception("unhandled error on %s %s", method, path)
             status, body, headers = error_answer(exc)
             await respond(send, status, body, extra_headers=headers)

@@ -116,9 +116,14 @@ class UsageService:
 
     def summary(self, account_id: str, since: str | None = None, until: str | None = None) -> UsageSummary:
         first, last = parse_day(since, "since"), parse_day(until, "until")
+        return summarize(account_id, self.daily(account_id, first, last), first, last)
+
+    def daily(self, account_id: str, since: str | None = None, until: str | None = None) -> list[DailyUsage]:
+        """The account's exact per-day rows from ``since`` to ``until`` (both included, ``YYYY-MM-DD``): one per
+        day, model, unit kind and currency with any usage, by day then model (the dashboard's charts per day)."""
+        first, last = parse_day(since, "since"), parse_day(until, "until")
         if first and last and first > last:
             raise InvalidInput(f"since {first} is after until {last}")
         self.metering.catch_up(CATCH_UP_MAX_RECORDS)
         with self.uow.read() as uow:
-            days = uow.usage.daily_usage(account_id, first, last)
-        return summarize(account_id, days, first, last)
+            return uow.usage.daily_usage(account_id, first, last)
