@@ -73,6 +73,8 @@ bench: install sysdeps-test
 	$(BIN)/python benchmarks/audit_proofs.py
 	$(BIN)/python benchmarks/redaction.py
 	$(BIN)/python benchmarks/publish_gate.py
+	$(BIN)/python benchmarks/observability_overhead.py
+	$(BIN)/python benchmarks/dashboard_pages.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -145,6 +145,8 @@ def demo(port: int | None, build_only: bool) -> None:
     def ready(url: str) -> None:
         click.echo(f"URL: {url}")
         click.echo(f"API key: {key}")
+        if p.settings.dashboard_enabled:
+            click.echo(f"Dashboard: {url}/ (sign in with the API key; the operator's: modelmarket keys create operator)")
         click.echo("Try:")
         for line in _examples(url, key, demo_dir):
             click.echo(f"  {line}")

@@ -29,6 +29,7 @@ from modelmarket.gateway.openai_api import OpenAIEdge
 from modelmarket.gateway.openai_plane import OpenAIPlane
 from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.gateway.state import GatewayState
+from modelmarket.observability.metrics import set_child_metrics_env
 from modelmarket.observability.setup import gateway_observability
 from modelmarket.registry import CatalogueLoader
 from modelmarket.routing import Provider, Router, RouteTable
@@ -50,6 +51,7 @@ def child_env(settings: Settings, store_url: str) -> dict[str, str]:
     env["MODELMARKET_PROVIDER_SHARE"] = str(settings.provider_share)  # the child rates events: same share
     env["MODELMARKET_PRICING_INTERVAL_S"] = str(settings.pricing_interval_s)
     env["MODELMARKET_INVOICE_GRACE_S"] = str(settings.invoice_grace_s)
+    set_child_metrics_env(env, settings)  # PROMETHEUS_MULTIPROC_DIR: the child's metrics, merged into /metrics
     return env
 
 
@@ -143,7 +145,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         ),
         authenticate_request,
     )
-    observability, metrics_app = gateway_observability(s, supervisor)
+    observability, metrics_app = gateway_observability(s, supervisor, state)
     parts = GatewayParts(
         dataplane,
         state,

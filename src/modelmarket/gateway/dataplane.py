@@ -36,6 +36,8 @@ from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
+from modelmarket.observability import current
+from modelmarket.observability.tracing import TRACEPARENT, client_call
 from modelmarket.registry.catalogue import Catalogue, VersionRecord
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge
@@ -51,6 +53,7 @@ OFFLOAD_DECODE_BYTES = 256 * 1024
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 """W3C Trace Context ``traceparent``, version 00: exactly 55 characters."""
 _MS = Decimal("0.001")
+_INFER_ROUTE = "/v2/models/{model}/versions/{version}/infer"
 
 
 IDEMPOTENCY_KEY_MAX_CHARS = 200
@@ -139,13 +142,19 @@ class CatalogueSource(Protocol):
 
 
 def trace_id(traceparent: bytes | None) -> str | None:
-    """The trace id of a valid W3C ``traceparent``; anything else is ignored (never copied into an event)."""
+    """The trace id of a valid W3C ``traceparent``; anything else is ignored (never copied into an event). Without
+    a valid one, the trace the gateway's tracing started for the request being served, if it started one."""
     if traceparent is None or len(traceparent) != 55:
-        return None
+        return _own_trace_id()
     match = TRACEPARENT_RE.match(traceparent.decode("latin-1"))
     if match is None or match.group(1) == "0" * 32 or match.group(2) == "0" * 16:
-        return None
+        return _own_trace_id()
     return match.group(1)
+
+
+def _own_trace_id() -> str | None:
+    info = current()
+    return None if info is None else info.trace_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,10 +494,20 @@ class DataPlane:
         else:
             pool = await self.runners.pool_for(version)
             path = f"/v2/models/{version.model_name}/versions/{version.version}/infer"
-        if decoded is not None and getattr(pool, "takes_decoded", False):
-            answer = await pool.request("POST", path, request.body, headers, decoded=decoded)
-        else:
-            answer = await pool.request("POST", path, request.body, headers)
+        call = client_call(version.model_name, version.version, _INFER_ROUTE, backend.upstream if upstream else None)
+        if call is not None and call.propagate:  # the runner's span becomes this one's child
+            headers.append((TRACEPARENT, call.traceparent))
+        try:
+            if decoded is not None and getattr(pool, "takes_decoded", False):
+                answer = await pool.request("POST", path, request.body, headers, decoded=decoded)
+            else:
+                answer = await pool.request("POST", path, request.body, headers)
+        except BaseException as exc:
+            if call is not None:
+                call.end(None, error=type(exc).__name__)
+            raise
+        if call is not None:
+            call.end(answer.status, answer.headers)
         if answer.status != 200:  # an upstream may quote the key it was sent: it is never passed on
             raise _runner_error(answer, backend.redact if upstream else None)
         out = 0

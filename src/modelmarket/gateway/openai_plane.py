@@ -32,6 +32,8 @@ from modelmarket.gateway.backends import UPSTREAM_OPENAI, Backend, Backends
 from modelmarket.gateway.dataplane import DataPlane, trace_id
 from modelmarket.gateway.economy import Priced, call_figures
 from modelmarket.metering.units import UnitKind
+from modelmarket.observability import note
+from modelmarket.observability.tracing import TRACEPARENT, client_call
 from modelmarket.registry.catalogue import VersionRecord
 from modelmarket.runtime import openai as oa
 from modelmarket.runtime.base import Embedder, TextGenerator
@@ -51,6 +53,8 @@ _PATHS = {
     TRANSCRIPTION: "/audio/transcriptions",
 }
 _JSON = (b"content-type", b"application/json")
+_OPERATIONS = {oa.CHAT: "chat", oa.COMPLETION: "text_completion", oa.EMBEDDING: "embeddings"}
+"""The GenAI semantic conventions' ``gen_ai.operation.name`` of each kind of call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +227,16 @@ class OpenAIPlane:
         await asyncio.shield(self.dp.writer.append(event.id, event.encode()))
         self.dp.settle(ticket, units)
         iu, cost = call_figures(version, units, out, priced)
+        note(
+            model=version.model_name,
+            version=version.version,
+            iu=iu,
+            cost=cost,
+            currency=pricing.currency,
+            tokens_in=usage.prompt,
+            tokens_out=usage.completion,
+            request_id=event_id,
+        )
         return Billed(event_id, attempt.route, iu, cost, pricing.currency)
 
     async def generate(
@@ -234,6 +248,7 @@ class OpenAIPlane:
     ) -> Answer | Stream:
         max_tokens = req.params.max_tokens or DEFAULT_MAX_TOKENS
         estimate = prompt_bound(req.text()) + max_tokens
+        note(operation=_OPERATIONS[req.kind])
 
         async def once(attempt: _Attempt) -> Answer | Stream:
             units = estimate if attempt.version.manifest.pricing.unit is UnitKind.TOKENS_1K else 1
@@ -248,9 +263,7 @@ class OpenAIPlane:
                         account, key_id, req, attempt, backend, body, ticket, priced, started, traceparent
                     )
                 async with attempt.backend_bound():
-                    answer = await backend.pool.request(
-                        "POST", backend.prefix + _PATHS[req.kind], body, _headers(backend)
-                    )
+                    answer = await _call(backend, attempt.version, _PATHS[req.kind], body)
                 if answer.status != 200:
                     raise _backend_error(answer.status, answer.body, answer.headers, attempt.version, backend)
                 doc = _json_answer(answer.body, backend)
@@ -282,7 +295,7 @@ class OpenAIPlane:
         traceparent: bytes | None,
     ) -> Stream:
         async with attempt.backend_bound():
-            answer = await backend.pool.stream("POST", backend.prefix + _PATHS[req.kind], body, _headers(backend))
+            answer = await _call(backend, attempt.version, _PATHS[req.kind], body, stream=True)
         if answer.status != 200:
             try:
                 async with attempt.backend_bound():
@@ -377,6 +390,7 @@ class OpenAIPlane:
         self, account: Account, key_id: str | None, req: oa.EmbeddingRequest, traceparent: bytes | None = None
     ) -> Answer:
         estimate = sum(len(i) if isinstance(i, tuple) else max(1, oa.count_text_tokens([i])) for i in req.inputs)
+        note(operation=_OPERATIONS[oa.EMBEDDING])
 
         async def once(attempt: _Attempt) -> Answer:
             units = estimate if attempt.version.manifest.pricing.unit is UnitKind.TOKENS_1K else 1
@@ -386,7 +400,7 @@ class OpenAIPlane:
                 backend = await self.backends.backend(attempt.version)
                 body = _backend_body(await self._redacted(attempt, key_id, req.raw), backend, False)
                 async with attempt.backend_bound():
-                    answer = await backend.pool.request("POST", backend.prefix + "/embeddings", body, _headers(backend))
+                    answer = await _call(backend, attempt.version, "/embeddings", body)
                 if answer.status != 200:
                     raise _backend_error(answer.status, answer.body, answer.headers, attempt.version, backend)
                 doc = _json_answer(answer.body, backend)
@@ -425,6 +439,25 @@ def _count(value: Any) -> bool:
 
 def _headers(backend: Backend) -> list[tuple[bytes, bytes]]:
     return [_JSON, *backend.headers]
+
+
+async def _call(backend: Backend, version: VersionRecord, path: str, body: bytes, stream: bool = False) -> Any:
+    """POST ``body`` to the backend's ``path`` (answered whole, or its head when ``stream``), inside the call's
+    CLIENT span when the request is traced (``observability/tracing.py``; a stream's span ends at its head)."""
+    headers = _headers(backend)
+    call = client_call(version.model_name, version.version, "/v1" + path, backend.upstream)
+    if call is not None and call.propagate:
+        headers.append((TRACEPARENT, call.traceparent))
+    send = backend.pool.stream if stream else backend.pool.request
+    try:
+        answer = await send("POST", backend.prefix + path, body, headers)
+    except BaseException as exc:
+        if call is not None:
+            call.end(None, error=type(exc).__name__)
+        raise
+    if call is not None:
+        call.end(answer.status, answer.headers)
+    return answer
 
 
 FORWARDED = frozenset(

@@ -19,16 +19,18 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from modelmarket import __version__
 from modelmarket.core import lifetime
 from modelmarket.core.errors import InvalidInput
+from modelmarket.observability.runner_spans import SPAN_HEADER, TRACEPARENT, RunnerSpans
 from modelmarket.registry.serving import BatchingDecl
 from modelmarket.runtime import oip
 from modelmarket.runtime.asgi import BodyTooLarge, Receive, Scope, Send, header, read_body, respond, serve_asgi
@@ -66,6 +68,8 @@ class RunnerApp:
         self._metadata = orjson.dumps(runtime.metadata())
         base = f"/v2/models/{self.spec.name}"
         self._model_paths = {base, f"{base}/versions/{self.spec.version}"}
+        self.spans = RunnerSpans(self.spec.name, self.spec.version, self.spec.runtime, self.spec.sandbox)
+        """This runner's side of a traced call (``observability/runner_spans.py``): its span goes back in a header."""
         self._openai = OpenAIRoutes(runtime, max_request_bytes)
         self._serialized = isinstance(runtime, TextGenerator | Embedder)
         self.batcher = None
@@ -84,9 +88,13 @@ class RunnerApp:
         method: str = scope["method"]
         if path.endswith("/infer") and method == "POST":
             if path.removesuffix("/infer") in self._model_paths:
+                if (traceparent := header(scope, TRACEPARENT)) is not None:
+                    send = self._traced(traceparent, method, _route(path), send)
                 await self._infer(scope, receive, send)
                 return
         elif method == "POST" and path in OPENAI_PATHS:
+            if (traceparent := header(scope, TRACEPARENT)) is not None:
+                send = self._traced(traceparent, method, path, send)
             await self._openai.handle(OPENAI_PATHS[path], scope, receive, send)
             return
         elif method == "GET":
@@ -108,6 +116,22 @@ class RunnerApp:
                 await respond(send, 200, _OK)
                 return
         await respond(send, 404, oip.error_body(f"no route {method} {path} on this runner"))
+
+    def _traced(self, traceparent: bytes, method: str, route: str, send: Send) -> Send:
+        """``send`` that ends this call's span when the answer's head goes out and adds it as ``SPAN_HEADER`` (a
+        stream's span so ends at its head); ``send`` itself when the call gets no span."""
+        spans = self.spans
+        span = spans.start(traceparent, method, route)
+        if span is None:
+            return send
+
+        async def traced(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                value = spans.finish(span, message["status"])
+                message = {**message, "headers": [*message.get("headers", ()), (SPAN_HEADER, value)]}
+            await send(message)
+
+        return traced
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -165,6 +189,10 @@ class RunnerApp:
             extra.append((IHCL, str(header_len_out).encode()))
             extra.append((b"content-type", b"application/octet-stream"))
         return 200, extra, payload
+
+
+def _route(path: str) -> str:
+    return "/v2/models/{model}/versions/{version}/infer" if "/versions/" in path else "/v2/models/{model}/infer"
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
