@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelmarket.bootstrap import bootstrap
@@ -27,7 +29,12 @@ from modelmarket.demo._digits import build_digits
 from modelmarket.gateway.app import GatewayApp
 from modelmarket.gateway.compose import bootstrap_gateway, child_env
 from modelmarket.observability.metrics import MetricsObserver, child_metrics_dir
-from modelmarket.observability.metrics_metering import ChildFilesCollector
+from modelmarket.observability.metrics_metering import (
+    COUNTED_FILE,
+    MAX_CHILD_FILES,
+    ChildFilesCollector,
+    read_counted,
+)
 from modelmarket.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -205,8 +212,7 @@ async def test_billed_calls_runner_facts_and_the_metering_lag(
     home = make_home(tmp_path / "home", digits)
     calls, iu, cost = 3, Decimal(0), Decimal(0)
     async with serving(home, metering_child=True) as (app, client):
-        # the child's first reading is its baseline: the calls below are all applied after it
-        await wait_for(client, home, lambda f: value(f, "modelmarket_event_log_lag_events") is not None)
+        # whether the child applies them before or after its first sample, the calls are counted
         for _ in range(calls):
             answer = await client.post(
                 "/v2/models/digits/infer", json=home.request, headers=home.auth(home.consumer_key)
@@ -281,3 +287,109 @@ def test_a_dead_childs_gauges_are_dropped_and_its_counters_kept(tmp_path: Path) 
     dead = {s.name: s.value for f in ChildFilesCollector(folder).collect() for s in f.samples}
     assert "modelmarket_event_log_lag_events" not in dead
     assert dead["modelmarket_metering_applied_events_total"] == 5
+
+
+def child_figures(folder: Path) -> dict[str, float]:
+    return {s.name: s.value for f in ChildFilesCollector(folder).collect() for s in f.samples}
+
+
+def write_child_file(path: Path, name: str, value: float) -> None:
+    """A multiprocess file as a metering child writes it (one value, no labels)."""
+    values = MmapedDict(str(path))
+    values.write_value(mmap_key(name.removesuffix("_total"), name, [], [], "help"), value, time.time())
+    values.close()
+
+
+def test_the_live_childs_lag_outlasts_any_number_of_dead_ones(tmp_path: Path) -> None:
+    """A child restarted over and over leaves one counter and one gauge file per process: the gone ones are folded
+    and deleted, and the live child's gauges are served however many there were."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have these pids
+    restarts = MAX_CHILD_FILES * 5
+    for pid in range(gone, gone + restarts):
+        write_child_file(folder / f"counter_{pid}.db", "modelmarket_metering_applied_events_total", 2)
+        write_child_file(folder / f"gauge_mostrecent_{pid}.db", "modelmarket_event_log_lag_events", 99)
+    live = os.getpid()  # this process stands for the running child
+    write_child_file(folder / f"counter_{live}.db", "modelmarket_metering_applied_events_total", 5)
+    write_child_file(folder / f"gauge_mostrecent_{live}.db", "modelmarket_event_log_lag_events", 7)
+    collector = ChildFilesCollector(folder)
+    for _ in range(2):  # the second collection reads the folded counts, not the files again
+        found = {s.name: s.value for f in collector.collect() for s in f.samples}
+        assert found["modelmarket_event_log_lag_events"] == 7
+        assert found["modelmarket_metering_applied_events_total"] == restarts * 2 + 5
+    assert sorted(p.name for p in folder.iterdir()) == [f"counter_{live}.db", f"gauge_mostrecent_{live}.db"]
+    (folder / f"gauge_mostrecent_{live}.db").unlink()  # the live child stops, and another, gone too, counted 4
+    write_child_file(folder / f"counter_{gone}.db", "modelmarket_metering_applied_events_total", 4)
+    found = {s.name: s.value for f in collector.collect() for s in f.samples}
+    assert "modelmarket_event_log_lag_events" not in found
+    assert found["modelmarket_metering_applied_events_total"] == restarts * 2 + 5 + 4
+
+
+SAMPLING_CHILD = """
+import sys, threading
+from pathlib import Path
+from modelmarket.observability.metrics_metering import LagReading, start_lag_sampler
+applied = Path(sys.argv[1])
+
+def open_reader():
+    def read():
+        offset = int(applied.read_text())
+        return LagReading(offset, offset, None)
+    return read, lambda: None
+
+start_lag_sampler(open_reader, threading.Event())
+print("started", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_childs_last_records_are_counted_by_the_next_one(tmp_path: Path) -> None:
+    """Two metering children in turn, the first killed at any moment after applying records it may not have
+    sampled yet: together they count every offset applied, once."""
+    folder, applied = tmp_path / "metrics", tmp_path / "applied"
+    folder.mkdir()
+
+    def apply_up_to(offset: int) -> None:
+        scratch = tmp_path / "applied.new"
+        scratch.write_text(str(offset))
+        os.replace(scratch, applied)
+
+    def start() -> subprocess.Popen[str]:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+        command = [sys.executable, "-c", SAMPLING_CHILD, str(applied)]
+        child = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline() == "started\n"
+        return child
+
+    def end(child: subprocess.Popen[str], kill: bool) -> None:
+        if kill:
+            child.send_signal(signal.SIGKILL)
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()  # the child's end, when not killed
+        child.wait(timeout=30)
+        child.stdout.close()
+
+    def counted_up_to(offset: int) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while read_counted(folder) != offset:
+            assert time.monotonic() < deadline, f"the child never counted up to {offset}"
+            time.sleep(0.1)
+
+    apply_up_to(4)  # applied before the gateway's first child started: not counted
+    first = start()
+    try:
+        apply_up_to(10)
+        counted_up_to(10)
+        apply_up_to(15)  # and killed before or after it samples that: the next child counts what it did not
+    finally:
+        end(first, kill=True)
+    second = start()
+    try:
+        apply_up_to(18)
+        counted_up_to(18)
+    finally:
+        end(second, kill=False)
+    found = child_figures(folder)
+    assert found["modelmarket_metering_applied_events_total"] == 18 - 4
+    assert sorted(p.name for p in folder.iterdir()) == [COUNTED_FILE]  # both gone: folded and deleted

@@ -4,7 +4,10 @@ restarts that never go down, and the metering lag."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,9 +23,20 @@ from modelmarket.observability.metrics import (
     GatewayMetrics,
     _amount,
     child_metrics_dir,
+    prepare_child_metrics_dir,
     set_child_metrics_env,
 )
-from modelmarket.observability.metrics_metering import LagReading, LagSampler, lag_figures
+from modelmarket.observability.metrics_metering import (
+    COUNTED_FILE,
+    LagReading,
+    LagSampler,
+    child_file,
+    counted_from,
+    lag_figures,
+    newest_per_kind,
+    read_counted,
+    write_counted,
+)
 from modelmarket.observability.metrics_runners import RestartCount, RunnerCollector
 from modelmarket.settings import Settings
 
@@ -43,8 +57,10 @@ class Supervisor:
         return {"runners": [version] if self.processes else []}
 
 
-def process(replica: int, state: str = "running", restarts: int = 0, rss: int | None = 50_000_000) -> dict[str, Any]:
-    return {"replica": replica, "state": state, "outstanding": 1, "rss_bytes": rss, "restarts": restarts}
+def process(
+    replica: int, state: str = "running", restarts: int = 0, rss: int | None = 50_000_000, pid: int | None = None
+) -> dict[str, Any]:
+    return {"replica": replica, "pid": pid, "state": state, "outstanding": 1, "rss_bytes": rss, "restarts": restarts}
 
 
 def call(path: str = "/v2/models/digits/infer", status: int = 200, **fields: Any) -> CallInfo:
@@ -210,14 +226,65 @@ def test_runner_facts_and_restarts_that_never_go_down() -> None:
 
 def test_restart_count_keeps_what_a_replica_counted() -> None:
     count = RestartCount()
-    assert count.update({("m", "1", "0"): 3, ("m", "1", "1"): 1}) == {("m", "1"): 4}
-    assert count.update({("m", "1", "0"): 4}) == {("m", "1"): 5}
-    assert count.update({("m", "1", "0"): 0, ("m", "1", "1"): 0}) == {("m", "1"): 5}
+    zero, one = ("m", "1", "0"), ("m", "1", "1")
+    assert count.update({zero: (100, 3), one: (101, 1)}) == {("m", "1"): 4}
+    assert count.update({zero: (102, 4)}) == {("m", "1"): 5}  # 0 restarted; 1 scaled down
+    assert count.update({zero: (103, 0), one: (104, 0)}) == {("m", "1"): 5}  # 0 replaced; 1 back
+
+
+def test_a_replaced_replica_that_reached_the_old_count_keeps_the_old_count() -> None:
+    count = RestartCount()
+    key = ("m", "1", "0")
+    assert count.update({key: (100, 2)}) == {("m", "1"): 2}
+    # replaced between two scrapes, and the new process restarted twice as well: a new pid, the same count
+    assert count.update({key: (300, 2)}) == {("m", "1"): 4}
+    assert count.update({key: (300, 2)}) == {("m", "1"): 4}
+    assert count.update({}) == {("m", "1"): 4}
+
+
+def test_a_restart_is_counted_once_whether_seen_down_or_not() -> None:
+    count = RestartCount()
+    key = ("m", "1", "0")
+    assert count.update({key: (None, 0)}) == {("m", "1"): 0}  # not started yet
+    assert count.update({key: (100, 0)}) == {("m", "1"): 0}
+    assert count.update({key: (None, 0)}) == {("m", "1"): 0}  # died, waiting for its restart
+    assert count.update({key: (101, 1)}) == {("m", "1"): 1}
+    assert count.update({key: (105, 3)}) == {("m", "1"): 3}  # two more restarts between scrapes
+    assert count.update({key: (None, 3)}) == {("m", "1"): 3}
+    assert count.update({key: (None, 0)}) == {("m", "1"): 3}  # replaced: the new one not started yet
+    assert count.update({key: (200, 0)}) == {("m", "1"): 3}
+
+
+def test_a_replacement_through_the_supervisors_snapshot() -> None:
+    supervisor = Supervisor([process(0, restarts=1, pid=100)])
+    collector = RunnerCollector(supervisor)
+    collector.refresh()
+    supervisor.processes = [process(0, restarts=1, pid=200)]  # another process under replica 0, same count
+    collector.refresh()
+    assert collector.facts.restarts == {("digits", "1.0.0"): 2}
 
 
 def test_a_supervisor_without_a_snapshot_gives_no_runner_series() -> None:
     metrics = GatewayMetrics(lambda: None, object())
     assert "modelmarket_runner_up{" not in exposition(metrics)
+
+
+def test_scrapes_render_the_tables_as_the_latest_refresh_copied_them() -> None:
+    metrics = GatewayMetrics(lambda: CATALOGUE)
+    key = frozenset({("protocol", "oip"), ("model", "digits"), ("version", "1.0.0")})
+    metrics.record(call(model="digits", version="1.0.0", iu="1", cost="0.5", currency="USD"))
+    metrics.refresh()
+    histo = metrics.tables.requests[("oip", "digits", "1.0.0", 200, "")]
+    metrics.record(call(model="digits", version="1.0.0", iu="1", cost="0.5", currency="USD"))
+    histo.counts[0] += 1000  # anything the loop writes after the copy is not rendered, half-updated or not
+    found = samples(metrics.render(None)[0].decode())
+    assert found[("modelmarket_request_duration_seconds_count", key)] == 1
+    usd = frozenset({("model", "digits"), ("version", "1.0.0"), ("currency", "USD")})
+    assert found[("modelmarket_revenue_total", usd)] == 0.5
+    histo.counts[0] -= 1000
+    found = samples(exposition(metrics))  # refreshes
+    assert found[("modelmarket_request_duration_seconds_count", key)] == 2
+    assert found[("modelmarket_revenue_total", usd)] == 1.0
 
 
 def test_the_metering_lag() -> None:
@@ -227,11 +294,80 @@ def test_the_metering_lag() -> None:
     assert lag_figures(LagReading(10, 12, 70.0), now=100.0) == (0, 0.0)
 
 
+def applied_counter(sampler: LagSampler) -> float:
+    return next(s.value for m in sampler.applied.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def test_a_child_counts_from_where_the_child_before_it_stopped_counting(tmp_path: Path) -> None:
+    assert counted_from(None, 40) == 40  # the gateway's first child: from the offset applied at its start
+    assert counted_from(35, 40) == 35  # the child before counted up to 35, then applied five more and died
+    assert counted_from(50, 40) == 40  # a count past the store's offset (a restored store): from the start
+    assert counted_from(35, None) == 35 and counted_from(None, None) is None
+    readings = iter([LagReading(50, 42, None), LagReading(50, 42, None), LagReading(50, 47, None)])
+    sampler = LagSampler(lambda: next(readings), counted_from=35, directory=tmp_path)
+    sampler.sample()
+    assert applied_counter(sampler) == 7 and read_counted(tmp_path) == 42
+    sampler.sample()
+    sampler.sample()
+    assert applied_counter(sampler) == 12 and read_counted(tmp_path) == 47
+
+
+def test_child_files_are_read_newest_first_and_capped_per_kind() -> None:
+    assert child_file(Path("counter_12.db"), 1.0) is not None
+    for name in (
+        "counter_x.db",
+        "counter_12.txt",
+        "12.db",
+        "_12.db",
+        "counter_12345678901.db",
+        "metering_counted_offset",
+    ):
+        assert child_file(Path(name), 1.0) is None, name
+    files = [
+        found
+        for pid in range(10)
+        for name in (f"counter_{pid}.db", f"gauge_mostrecent_{pid}.db")
+        if (found := child_file(Path(name), float(pid if name.startswith("counter") else -pid))) is not None
+    ]
+    kept = newest_per_kind(files, 2)
+    assert [f.path.name for f in kept] == [
+        "counter_9.db",
+        "counter_8.db",
+        "gauge_mostrecent_0.db",
+        "gauge_mostrecent_1.db",
+    ]
+
+
+def test_the_counted_offset_file_is_read_only_when_it_holds_an_offset(tmp_path: Path) -> None:
+    assert read_counted(tmp_path) is None
+    write_counted(tmp_path, 12)
+    assert read_counted(tmp_path) == 12 and sorted(p.name for p in tmp_path.iterdir()) == [COUNTED_FILE]
+    for text in ("", "-3", "1.5", "12abc", "9" * 40):
+        (tmp_path / COUNTED_FILE).write_text(text)
+        assert read_counted(tmp_path) is None, text
+
+
 def test_the_childrens_folder_stays_under_the_metrics_dir(tmp_path: Path) -> None:
     for gateway_id in ("gateway-1", "../../etc", "a/b", ".hidden", ""):
         settings = Settings(home=tmp_path, gateway_id=gateway_id)
         folder = child_metrics_dir(settings)
         assert folder.parent == settings.metrics_dir and folder.name not in ("", ".", "..")
+        assert folder.name.endswith(f".{os.getpid()}")  # its gateway's: two on one home never share one
+
+
+def test_a_starting_gateway_removes_the_folders_of_gateways_that_are_gone(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead_pid = int(gone.stdout)
+    dead = settings.metrics_dir / f"gateway-1.{dead_pid}"
+    running = settings.metrics_dir / f"gateway-1.{os.getppid()}"  # another gateway on this home, still running
+    unnamed = settings.metrics_dir / "notes"
+    for folder in (dead, running, unnamed):
+        folder.mkdir(parents=True)
+        (folder / "counter_1.db").write_bytes(b"x")
+    own = prepare_child_metrics_dir(settings)
+    assert sorted(p.name for p in settings.metrics_dir.iterdir()) == sorted([own.name, running.name, unnamed.name])
+    assert (running / "counter_1.db").exists() and list(own.iterdir()) == []
 
 
 def test_the_child_gets_the_folder_only_when_metrics_are_on(tmp_path: Path) -> None:

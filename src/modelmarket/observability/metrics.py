@@ -11,6 +11,9 @@ Three sources, one exposition (every metric is listed in ``docs/metrics.md``):
 * the metering child, which writes prometheus-client's multiprocess files into :func:`child_metrics_dir`
   (``metrics_metering.py``); the gateway merges them into its answer.
 
+A scrape takes its figures on the event loop (:meth:`GatewayMetrics.refresh`: a copy of the request tables, the
+supervisor's snapshot) and renders them on a worker thread.
+
 Label values come from bounded sets only: ``model`` and ``version`` from the catalogue (a name that is not
 published is recorded as ``""``, so made-up names in refused calls grow nothing), status codes, the protocols,
 and error types, GenAI operations and currencies through a capped set.
@@ -19,7 +22,10 @@ and error types, GenAI operations and currencies through a capped set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
+import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -32,7 +38,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 
 from modelmarket.core.errors import PermissionDenied
 from modelmarket.observability.context import CallInfo
-from modelmarket.observability.metrics_metering import MULTIPROC_ENV, ChildFilesCollector
+from modelmarket.observability.metrics_metering import MULTIPROC_ENV, ChildFilesCollector, process_alive
 from modelmarket.observability.metrics_requests import (
     GENAI_DURATION_BUCKETS_S,
     GENAI_TOKEN_BUCKETS,
@@ -113,7 +119,8 @@ class GatewayMetrics:
         self.catalogue = catalogue
         self.tables = RequestTables()
         self.registry = CollectorRegistry()
-        self.registry.register(RequestCollector(self.tables))
+        self.requests = RequestCollector(self.tables)
+        self.registry.register(self.requests)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.runners = RunnerCollector(runners) if runners is not None else None
@@ -189,7 +196,9 @@ class GatewayMetrics:
 
     # -- a scrape ------------------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Read what is measured at scrape time and must be read in the event loop (the runners)."""
+        """Take what must be read on the event loop: a copy of the request tables, the runners. :meth:`render`
+        then renders what the latest refresh took, on any thread."""
+        self.requests.refresh()
         if self.runners is not None:
             self.runners.refresh()
 
@@ -262,20 +271,41 @@ class MetricsEndpoint:
 
 # -- the metering child's files ------------------------------------------------------------------------------
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_OWNED = re.compile(r".+\.([0-9]{1,10})")
+"""A children's folder name: ``<gateway id>.<pid of the gateway that owns it>``."""
+MAX_METRICS_FOLDERS = 1024
+"""Most folders of ``metrics_dir`` looked at for a gateway that is gone, at a gateway's start."""
 
 
 def child_metrics_dir(settings: Settings) -> Path:
-    """Where this gateway's children write their multiprocess files: ``metrics_dir/<gateway id>``."""
+    """Where this gateway's children write their multiprocess files: ``metrics_dir/<gateway id>.<pid>``, the
+    gateway process's own (two gateways on one home never share one, even with the same gateway id)."""
     name = _UNSAFE.sub("_", settings.gateway_id).lstrip(".") or "gateway"
-    return settings.metrics_dir / name
+    return settings.metrics_dir / f"{name}.{os.getpid()}"
 
 
 def prepare_child_metrics_dir(settings: Settings) -> Path:
-    """Empty the children's folder (a gateway starts from zero; files of an earlier run would add to it)."""
+    """Empty this gateway's children's folder (a gateway starts from zero: files of an earlier run with the same
+    pid would add to it), and remove the folders of gateways that are no longer running."""
     directory = child_metrics_dir(settings)
+    remove_folders_of_dead_gateways(settings.metrics_dir)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, mode=0o700, exist_ok=True)
     return directory
+
+
+def remove_folders_of_dead_gateways(metrics_dir: Path) -> list[Path]:
+    """Delete the children's folders whose gateway process is gone (a pid now of another process keeps its
+    folder: a few files, never read). Returns what it removed."""
+    removed: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(metrics_dir) as entries:
+        for entry in itertools.islice(entries, MAX_METRICS_FOLDERS):
+            owner = _OWNED.fullmatch(entry.name)
+            if owner is None or not entry.is_dir(follow_symlinks=False) or process_alive(int(owner[1])):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def set_child_metrics_env(env: dict[str, str], settings: Settings) -> None:

@@ -3,14 +3,15 @@
 prometheus-client's labelled counters and histograms take a lock and run checks on every increment; measured,
 recording one billed call through them cost about ten times more than the few additions below. So a request adds
 to one :class:`Histo` (its count, its duration's bucket and sum) and, when billed, to one :class:`Billed`; they are
-touched only on the gateway's event loop. :class:`RequestCollector` turns them into the exposition's families
-when a scrape asks (on any thread: it copies each table in one step before reading it).
+touched only on the gateway's event loop. A scrape copies them there (:meth:`RequestCollector.refresh`, on the
+loop), and :class:`RequestCollector` turns the copy into the exposition's families on a worker thread.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -29,6 +30,8 @@ LIMIT_STATUSES = frozenset({402, 429})
 RequestKey = tuple[str, str, str, int, str]
 """(protocol, model, version, status, error type): one kind of finished request."""
 Key3 = tuple[str, str, str]
+HistoFigures = tuple[tuple[int, ...], float]
+"""A histogram's copied figures: its count per bucket, and the sum of its observations."""
 
 
 class Histo:
@@ -55,6 +58,17 @@ class Billed:
         self.revenue = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class TablesCopy:
+    """The request tables' figures at one moment, for a scrape to render on another thread."""
+
+    requests: dict[RequestKey, HistoFigures] = field(default_factory=dict)
+    billed: dict[Key3, tuple[float, float]] = field(default_factory=dict)
+    """(IU, revenue) per (model, version, currency)."""
+    genai_durations: dict[Key3, HistoFigures] = field(default_factory=dict)
+    genai_tokens: dict[Key3, HistoFigures] = field(default_factory=dict)
+
+
 class RequestTables:
     """What the requests added up to, by label set. Written on the event loop only."""
 
@@ -64,24 +78,37 @@ class RequestTables:
         self.genai_durations: dict[Key3, Histo] = {}
         self.genai_tokens: dict[Key3, Histo] = {}
 
+    def copy(self) -> TablesCopy:
+        """Every figure as it stands (call on the event loop: no request is half recorded there)."""
+        return TablesCopy(
+            _copied(self.requests),
+            {key: (b.iu, b.revenue) for key, b in self.billed.items()},
+            _copied(self.genai_durations),
+            _copied(self.genai_tokens),
+        )
 
-def _add(into: dict[Any, tuple[list[int], list[float]]], key: Any, histo: Histo) -> None:
+
+def _copied(table: dict[Any, Histo]) -> dict[Any, HistoFigures]:
+    return {key: (tuple(h.counts), h.total) for key, h in table.items()}
+
+
+def _add(into: dict[Any, tuple[list[int], list[float]]], key: Any, figures: HistoFigures) -> None:
+    counts, total = figures
     found = into.get(key)
     if found is None:
-        into[key] = (list(histo.counts), [histo.total])
+        into[key] = (list(counts), [total])
         return
-    counts, total = found
-    for i, n in enumerate(histo.counts):
-        counts[i] += n
-    total[0] += histo.total
+    for i, n in enumerate(counts):
+        found[0][i] += n
+    found[1][0] += total
 
 
 def _histogram(
-    name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...], rows: Iterable[tuple[Any, Histo]]
+    name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...], rows: Iterable[tuple[Any, HistoFigures]]
 ) -> HistogramMetricFamily:
     merged: dict[Any, tuple[list[int], list[float]]] = {}
-    for key, histo in rows:
-        _add(merged, key, histo)
+    for key, figures in rows:
+        _add(merged, key, figures)
     family = HistogramMetricFamily(name, doc, labels=list(labels))
     edges = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
     for key, (counts, total) in merged.items():
@@ -104,23 +131,28 @@ def _counter(name: str, doc: str, labels: tuple[str, ...], rows: Iterable[tuple[
 
 
 class RequestCollector(Collector):
+    """Renders the copy of the tables the latest :meth:`refresh` took (none before the first: no figures)."""
+
     def __init__(self, tables: RequestTables) -> None:
         self.tables = tables
+        self.taken = TablesCopy()
+
+    def refresh(self) -> None:
+        """Copy the tables (call on the event loop, where they are written)."""
+        self.taken = self.tables.copy()
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
-        t = self.tables
-        requests = list(t.requests.items())  # one step each under the interpreter lock: safe beside the loop
-        billed = list(t.billed.items())
-        genai_durations = list(t.genai_durations.items())
-        genai_tokens = list(t.genai_tokens.items())
+        taken = self.taken
+        requests = list(taken.requests.items())
+        billed = list(taken.billed.items())
         yield _counter(
             "modelmarket_requests",
             "HTTP requests answered, by protocol, model, version and status code.",
             ("protocol", "model", "version", "code"),
-            (((p, m, v, str(s)), float(sum(h.counts))) for (p, m, v, s, _), h in requests),
+            (((p, m, v, str(s)), float(sum(counts))) for (p, m, v, s, _), (counts, _) in requests),
         )
         yield _histogram(
             "modelmarket_request_duration_seconds",
@@ -129,7 +161,7 @@ class RequestCollector(Collector):
             REQUEST_BUCKETS_S,
             (((p, m, v), h) for (p, m, v, _, _), h in requests),
         )
-        errors = [((p, m, e, str(s)), float(sum(h.counts))) for (p, m, _, s, e), h in requests if e]
+        errors = [((p, m, e, str(s)), float(sum(counts))) for (p, m, _, s, e), (counts, _) in requests if e]
         yield _counter(
             "modelmarket_errors",
             "Requests that ended in an error (status 400 or more), by protocol, model, error type and status.",
@@ -146,25 +178,25 @@ class RequestCollector(Collector):
             "modelmarket_inference_units",
             "Inference Units of billed calls, by model and version.",
             ("model", "version"),
-            (((m, v), b.iu) for (m, v, _), b in billed),
+            (((m, v), iu) for (m, v, _), (iu, _) in billed),
         )
         yield _counter(
             "modelmarket_revenue",
-            "What billed calls cost at the list price in force when served (before plans), by model and currency.",
+            "Billed calls' cost at the list price in force when served (before plans), by model, version and currency.",
             ("model", "version", "currency"),
-            (((m, v, c), b.revenue) for (m, v, c), b in billed if c),
+            (((m, v, c), revenue) for (m, v, c), (_, revenue) in billed if c),
         )
         yield _histogram(
             "gen_ai_server_request_duration_seconds",
             "OpenAI-compatible calls (/v1): time to the answer's last byte, by GenAI operation, model, error type.",
             ("gen_ai_operation_name", "gen_ai_request_model", "error_type"),
             GENAI_DURATION_BUCKETS_S,
-            genai_durations,
+            taken.genai_durations.items(),
         )
         yield _histogram(
             "gen_ai_client_token_usage",
             "Tokens of billed OpenAI-compatible calls as the model's backend counted them, input and output.",
             ("gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"),
             GENAI_TOKEN_BUCKETS,
-            genai_tokens,
+            taken.genai_tokens.items(),
         )

@@ -21,15 +21,17 @@ UP_STATES = frozenset({"running", "in the gateway"})
 gateway itself, for a runtime loaded in-process)."""
 _VERSION = ("model", "version")
 _REPLICA = ("model", "version", "replica")
+ReplicaKey = tuple[str, str, str]
+"""(model, version, replica index)."""
 
 
 @dataclass
 class RunnerFacts:
     """One scrape's reading of the runners."""
 
-    up: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
-    in_flight: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
-    rss_bytes: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
+    up: list[tuple[ReplicaKey, float]] = field(default_factory=list)
+    in_flight: list[tuple[ReplicaKey, float]] = field(default_factory=list)
+    rss_bytes: list[tuple[ReplicaKey, float]] = field(default_factory=list)
     queue_depth: list[tuple[tuple[str, str], float]] = field(default_factory=list)
     restarts: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -37,24 +39,38 @@ class RunnerFacts:
 class RestartCount:
     """Restarts per version that never go down while the gateway runs.
 
-    The snapshot counts restarts per replica, and a replica that is scaled down or replaced takes its count with
-    it: what a replica had counted when it was last seen is kept aside, so the version's total stays monotonic
-    (a counter, as Prometheus expects)."""
+    The snapshot counts restarts per replica process (``restarts``, with its ``pid``), and a replica that is
+    scaled down or replaced takes its count with it; replica indexes are reused. So each replica's (pid,
+    count) is kept from one scrape to the next, and a count that ended is kept aside in the version's total (a
+    counter, as Prometheus expects). A replica's count ended when the replica is gone, when its count went down,
+    or when another process holds its index with a count no higher: a restart gives a new pid one restart more
+    (and, while the process is down between the two, no pid and the same count); a replaced replica starts
+    again from 0. Seen across one scrape interval, a replacement whose new process then restarted more times
+    than the old one had is read as restarts of the old one: the total is short by the old count, never over."""
 
     def __init__(self) -> None:
-        self.last: dict[tuple[str, str, str], int] = {}
+        self.last: dict[ReplicaKey, tuple[int | None, int]] = {}
         self.retired: dict[tuple[str, str], int] = {}
 
-    def update(self, current: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], int]:
-        for key, before in self.last.items():
+    def update(self, current: dict[ReplicaKey, tuple[int | None, int]]) -> dict[tuple[str, str], int]:
+        """``current``: (pid or None, restarts) per replica in this scrape's snapshot -> restarts per version."""
+        for key, (pid_before, before) in self.last.items():
             now = current.get(key)
-            if now is None or now < before:  # gone, or a new process under the same index
+            if now is None or _ended(pid_before, before, *now):
                 self.retired[key[:2]] = self.retired.get(key[:2], 0) + before
         self.last = dict(current)
         totals = dict(self.retired)
-        for (model, version, _), count in current.items():
+        for (model, version, _), (_, count) in current.items():
             totals[(model, version)] = totals.get((model, version), 0) + count
         return totals
+
+
+def _ended(pid_before: int | None, before: int, pid: int | None, count: int) -> bool:
+    """Whether the replica process seen as (``pid_before``, ``before``) is not the one now seen as (``pid``,
+    ``count``) nor an earlier run of it."""
+    if count < before:
+        return True
+    return pid is not None and pid != pid_before and count == before
 
 
 class RunnerCollector(Collector):
@@ -69,7 +85,7 @@ class RunnerCollector(Collector):
         if snapshot is None:  # a stand-in supervisor without runners of its own
             return
         facts = RunnerFacts()
-        restarts: dict[tuple[str, str, str], int] = {}
+        restarts: dict[ReplicaKey, tuple[int | None, int]] = {}
         for version in snapshot().get("runners", ()):
             model, name = str(version["model"]), str(version["version"])
             facts.queue_depth.append(((model, name), float(version.get("queue_depth") or 0)))
@@ -80,7 +96,8 @@ class RunnerCollector(Collector):
                 rss = process.get("rss_bytes")
                 if rss is not None:
                     facts.rss_bytes.append((key, float(rss)))
-                restarts[key] = int(process.get("restarts") or 0)
+                pid = process.get("pid")
+                restarts[key] = (int(pid) if pid is not None else None, int(process.get("restarts") or 0))
         facts.restarts = self._restarts.update(restarts)
         self.facts = facts
 
