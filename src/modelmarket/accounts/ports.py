@@ -66,7 +66,49 @@ class AccountRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A dashboard sign-in as stored: the SHA-256 of the cookie's secret (never the secret, never the API key)."""
+
+    id: str
+    account_id: str
+    key_id: str
+    """The API key it was signed in with: revoking that key ends the session."""
+    csrf_token: str
+    created_at: str
+    expires_at: str
+
+
+class SessionRepository(Protocol):
+    def add(self, session: StoredSession) -> None: ...
+
+    def get(self, session_id: str) -> StoredSession | None: ...
+
+    def delete(self, session_id: str) -> bool:
+        """Delete it; False when there was none."""
+        ...
+
+    def delete_expired(self, now: str) -> int:
+        """Delete every session that expired at or before ``now``; how many."""
+        ...
+
+    def of_account(self, account_id: str) -> list[StoredSession]:
+        """The account's sessions, oldest first."""
+        ...
+
+
 class AccountsUnitOfWork(Protocol):
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+
+class SessionsUnitOfWork(Protocol):
+    @property
+    def sessions(self) -> SessionRepository: ...
+
     @property
     def accounts(self) -> AccountRepository: ...
 

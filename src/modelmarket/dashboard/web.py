@@ -7,8 +7,11 @@ cookie), CSRF and the static files; page modules only declare :class:`Page` list
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -57,6 +60,13 @@ class View:
     def account(self) -> Account | None:
         return None if self.session is None else self.session.account
 
+    @property
+    def is_htmx(self) -> bool:
+        """Whether htmx asked (``HX-Request``): answer with the partial it swaps in, not the whole page (a restore
+        of the browser's history asks for the whole page)."""
+        headers = self.request.headers
+        return headers.get("hx-request") == "true" and headers.get("hx-history-restore-request") != "true"
+
     def render(self, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
         body = TEMPLATES.get_template(template).render(
             view=self,
@@ -83,6 +93,8 @@ class Page:
     """Who may open it once signed in; None: public (no sign-in needed)."""
     methods: tuple[str, ...] = ("GET",)
     """A POST is CSRF-checked by ``dashboard/app.py`` before its handler runs."""
+    max_body_bytes: int = 64 * 1024
+    """Largest request body a POST to it may send (its form, read by ``dashboard/app.py``); more: 413."""
 
 
 SECURITY_HEADERS: Mapping[str, str] = {
@@ -95,6 +107,19 @@ SECURITY_HEADERS: Mapping[str, str] = {
 }
 """Every dashboard page: no inline script or style, no framing, nothing cached (pages show account data)."""
 
+STATIC_PACKAGE = ("modelmarket.dashboard", "static")
+"""Where the dashboard's assets are: ``static/`` of this package (htmx under ``static/vendor/``)."""
+
+
+@functools.cache
+def static_url(name: str) -> str:
+    """The URL of asset ``name`` (``dashboard.css``), with a digest of its bytes so it may be cached for long."""
+    source = resources.files(STATIC_PACKAGE[0]).joinpath(STATIC_PACKAGE[1], *name.split("/"))
+    if not source.is_file():
+        return f"/static/{name}"
+    return f"/static/{name}?v={hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
+
+
 TEMPLATES = Environment(
     loader=PackageLoader("modelmarket.dashboard", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -102,3 +127,4 @@ TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+TEMPLATES.globals["static_url"] = static_url

@@ -163,6 +163,11 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         metrics=metrics_app,
     )
     # -- dashboard (dashboard/app.py) --
+    if s.dashboard_enabled:
+        from modelmarket.dashboard.app import build_dashboard  # jinja2 and the pages only when served
+        from modelmarket.dashboard.web import DashboardContext
+
+        parts.dashboard = build_dashboard(DashboardContext(platform, parts))
     return parts
 
 

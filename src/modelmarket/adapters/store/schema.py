@@ -501,3 +501,21 @@ captured_calls = Table(
     Column("output_text", Text, nullable=False),
     Index("ix_captured_calls_account", "account_id", "created_at"),
 )
+
+
+# -- dashboard sessions (m0008) ---------------------------------------------------------------------------------
+
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    # The SHA-256 (hex) of the secret in the browser's cookie; never the secret, never the API key.
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    # Fixed-width UTC times (accounts.sessions.stamp): compared as text.
+    Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40), nullable=False),
+    Index("ix_dashboard_sessions_account", "account_id", "created_at"),
+    Index("ix_dashboard_sessions_expires", "expires_at"),
+)

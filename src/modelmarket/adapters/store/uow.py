@@ -20,6 +20,7 @@ from modelmarket.adapters.store.repos.privacy import SqlPrivacyRepository
 from modelmarket.adapters.store.repos.proofs import SqlProofRepository
 from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
 from modelmarket.adapters.store.repos.routing import SqlRoutingRepository
+from modelmarket.adapters.store.repos.sessions import SqlSessionRepository
 from modelmarket.adapters.store.repos.usage import SqlUsageRepository
 from modelmarket.audit.ports import CheckpointSigner
 from modelmarket.core.uow import Lock
@@ -87,6 +88,10 @@ class SqlUnitOfWork:
     @property
     def privacy(self) -> SqlPrivacyRepository:
         return SqlPrivacyRepository(self.conn)
+
+    @property
+    def sessions(self) -> SqlSessionRepository:
+        return SqlSessionRepository(self.conn)
 
 
 class SqlStore:

@@ -1,0 +1,227 @@
+"""The catalogue (``/``) and a model's page (``/models/{name}``): public, like ``GET /api/models``.
+
+The catalogue is searched by the same code as the API (``registry/search.py``: ``parse_search``, ``listings``,
+``search``) over the gateway's catalogue snapshot, with the prices in force from the gateway's price book and the
+measured figures (latency, calls) read at most once per ``MODELMARKET_CACHE_REFRESH_S``; each card is the one
+list shape (``registry.views.model_summary``). An htmx request (live search) gets only the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.responses import Response
+
+from modelmarket.billing.pricing import PriceBook, price_now_json
+from modelmarket.core.errors import InvalidInput, NotFound
+from modelmarket.dashboard.web import DashboardContext, Page, View
+from modelmarket.gateway.api import MeasuredCache
+from modelmarket.metering.units import UnitKind
+from modelmarket.registry.card_export import card_sections
+from modelmarket.registry.card_figures import benchmark_lines, bias_lines, gate_group, smoke_test_line
+from modelmarket.registry.catalogue import Catalogue, ModelEntry, VersionRecord
+from modelmarket.registry.protocols import PROTOCOLS
+from modelmarket.registry.search import (
+    FILTERS,
+    MODALITIES,
+    SORTS,
+    Measured,
+    SearchTexts,
+    encode_cursor,
+    listings,
+    measured_json,
+    parse_search,
+    read_measured,
+    search,
+)
+from modelmarket.registry.views import model_summary
+
+PRICE_HISTORY_ROWS_MAX = 50
+"""Price records shown on a model's page, newest first."""
+VERSION_REF_MAX_CHARS = 100
+IU_WORDS = {
+    UnitKind.IMAGE.value: "image",
+    UnitKind.TOKENS_1K.value: "1,000 tokens",
+    UnitKind.AUDIO_MINUTE.value: "audio minute",
+    UnitKind.REQUEST.value: "request",
+}
+"""What one Inference Unit is, in words, per unit kind."""
+FORM_FIELDS = ("q", *FILTERS, "max_price", "sort", "order")
+
+
+class Options:
+    """The filter choices the catalogue offers (tasks, runtimes, licenses in use), kept per catalogue snapshot."""
+
+    def __init__(self) -> None:
+        self._catalogue: Catalogue | None = None
+        self.value: dict[str, list[str]] = {}
+
+    def of(self, catalogue: Catalogue) -> dict[str, list[str]]:
+        if catalogue is not self._catalogue:
+            latest = [catalogue.get(name).resolve(None).manifest for name in catalogue.names()]
+            self.value = {
+                "task": sorted({m.task for m in latest}),
+                "runtime": sorted({m.runtime for m in latest}),
+                "license": sorted({m.license for m in latest}),
+                "modality": list(MODALITIES),
+                "protocol": list(PROTOCOLS),
+                "sort": list(SORTS),
+            }
+            self._catalogue = catalogue
+        return self.value
+
+
+def price_book(ctx: DashboardContext) -> PriceBook | None:
+    economy = ctx.parts.state.economy
+    return None if economy is None else economy.prices
+
+
+def price_now(book: PriceBook | None, entry: ModelEntry, at: datetime) -> dict[str, Any] | None:
+    """The price in force as the API shows it (``price_now``), or None without a price book."""
+    if book is None:
+        return None
+    return price_now_json(book.in_force(entry.name, at), entry.resolve(None).manifest.pricing.price_per_iu)
+
+
+def prices_in_force(book: PriceBook | None, catalogue: Catalogue, at: datetime) -> dict[str, Decimal] | None:
+    if book is None:
+        return None
+    return {
+        name: book.in_force(name, at).unit_price(catalogue.get(name).resolve(None).manifest.pricing.price_per_iu)
+        for name in catalogue.names()
+    }
+
+
+def catalogue_pages(ctx: DashboardContext) -> list[Page]:
+    usage = ctx.platform.usage
+
+    def load_measured(catalogue: Catalogue, now: datetime) -> Mapping[str, Measured]:
+        with usage.uow.read() as uow:
+            return read_measured(uow.usage, catalogue.names(), now)
+
+    measured = MeasuredCache(load_measured, ctx.platform.settings.cache_refresh_s)
+    texts = SearchTexts()
+    options = Options()
+
+    async def catalogue(view: View) -> Response:
+        params = view.request.query_params
+        form = {name: params.get(name, "")[:200] for name in FORM_FIELDS}
+        error = None
+        try:
+            query = parse_search(params)
+        except InvalidInput as exc:
+            error, query = exc.message, parse_search({})
+        cat, now = ctx.parts.state.catalogue, ctx.platform.clock()
+        book = price_book(ctx)
+        figures = await measured.get(cat, now)
+        found = search(listings(cat, prices_in_force(book, cat, now), figures), query, texts)
+        cards = [
+            model_summary(x.entry, price_now(book, x.entry, now), measured_json(x.measured)) for x in found.listings
+        ]
+        next_url = None
+        if found.next_offset is not None and error is None:
+            kept = {k: v for k, v in form.items() if v}
+            next_url = "/?" + urlencode({**kept, "cursor": encode_cursor(found.next_offset, query)})
+        return view.render(
+            "_results.html" if view.is_htmx else "catalogue.html",
+            status_code=400 if error else 200,
+            form=form,
+            options=options.of(cat),
+            cards=cards,
+            total=found.total,
+            next_url=next_url,
+            error=error,
+            iu_words=IU_WORDS,
+        )
+
+    async def model(view: View) -> Response:
+        entry = ctx.parts.state.catalogue.get(view.request.path_params["name"])
+        ref = view.request.query_params.get("version") or None
+        if ref is not None and len(ref) > VERSION_REF_MAX_CHARS:
+            raise InvalidInput(f"version: longer than {VERSION_REF_MAX_CHARS} characters")
+        version = entry.resolve(ref)
+        now = ctx.platform.clock()
+        book = price_book(ctx)
+        submission = await _gate_stages(ctx, version)
+        return view.render(
+            "model.html",
+            summary=model_summary(entry, price_now(book, entry, now)),
+            version=version,
+            manifest=version.manifest,
+            sections=_sections(version),
+            versions=_versions(entry),
+            history=_history(book, entry),
+            gate={
+                "smoke_test": smoke_test_line(version.evaluation),
+                "benchmark": benchmark_lines(gate_group(version.evaluation, "benchmark")),
+                "bias": bias_lines(gate_group(version.evaluation, "bias")),
+            },
+            submission=submission,
+            iu_words=IU_WORDS,
+        )
+
+    return [
+        Page("/", catalogue, label="Catalogue", roles=None),
+        Page("/models/{name}", model, roles=None),
+    ]
+
+
+def _sections(version: VersionRecord) -> list[tuple[str, list[tuple[str, str | list[str]]]]]:
+    """The model card's sections with only their filled entries (an empty section: an empty list)."""
+    out = []
+    for title, entries in card_sections(version, version.evaluation):
+        filled = [(label, value) for label, value in entries if (value.strip() if isinstance(value, str) else value)]
+        out.append((title, filled))
+    return out
+
+
+def _versions(entry: ModelEntry) -> list[dict[str, Any]]:
+    """Newest first, each with the aliases that point at it."""
+    aliases: dict[str, list[str]] = {}
+    for alias, target in sorted(entry.aliases.items()):
+        aliases.setdefault(target, []).append(alias)
+    return [
+        {
+            "version": v.version,
+            "created_at": v.created_at,
+            "digest": v.digest,
+            "aliases": aliases.get(v.version, []),
+            "gated": v.evaluation is not None,
+        }
+        for v in reversed(entry.sorted_versions())
+    ]
+
+
+def _history(book: PriceBook | None, entry: ModelEntry) -> list[dict[str, Any]]:
+    """The model's price records, newest first, each with the price per IU in force from it on."""
+    if book is None:
+        return []
+    manifest_price = entry.resolve(None).manifest.pricing.price_per_iu
+    rows = [
+        {
+            "effective_at": record.effective_at,
+            "source": record.source,
+            "list_price": None if record.list_price is None else format(record.list_price, "f"),
+            "factor": format(record.factor, "f"),
+            "price_per_iu": format(state.unit_price(manifest_price), "f"),
+            "reason": record.reason,
+        }
+        for record, state in book.timeline(entry.name)
+    ]
+    return rows[::-1][:PRICE_HISTORY_ROWS_MAX]
+
+
+async def _gate_stages(ctx: DashboardContext, version: VersionRecord) -> Any:
+    """The publish gate's submission of ``version`` with its stages, when it went through the gate."""
+    submission_id = (version.evaluation or {}).get("submission")
+    if not isinstance(submission_id, str) or not submission_id:
+        return None
+    try:
+        return await asyncio.to_thread(ctx.platform.gate.show, submission_id)
+    except NotFound:
+        return None
