@@ -8,8 +8,12 @@ not found, and the operator pages refused to a consumer.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import html
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from economy_helpers import OTHER_PROVIDER, PROVIDER, Economy, make_economy
 from markupsafe import escape
 from sqlalchemy import update
@@ -28,10 +33,13 @@ from tests.e2e.conftest import Cli, Gateway, start_gateway, stop_gateway
 from modelmarket.accounts import Account
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.adapters.store.schema import audit_log
+from modelmarket.audit.checkpoints import Checkpoint, checkpoint_body, key_id_of
+from modelmarket.audit.service import checkpoint_facts
 from modelmarket.billing.period import Period
+from modelmarket.billing.ports import Payout
 from modelmarket.bootstrap import PluginRuntimes, bootstrap
 from modelmarket.core.errors import NotFound
-from modelmarket.core.money import decimal_text
+from modelmarket.core.money import decimal_text, sum_exact
 from modelmarket.dashboard import pages_account, pages_operator
 from modelmarket.dashboard.web import DashboardContext, Session, View
 from modelmarket.gateway.app import GatewayParts
@@ -58,10 +66,10 @@ class Rig:
     def account(self, name: str) -> Account:
         return self.economy.platform.accounts.get(name)
 
-    def view(self, name: str, path: str, query: str = "", **path_params: str) -> View:
+    def view(self, name: str, path: str, query: str = "", method: str = "GET", **path_params: str) -> View:
         scope: dict[str, Any] = {
             "type": "http",
-            "method": "GET",
+            "method": method,
             "path": path,
             "raw_path": path.encode(),
             "query_string": query.encode(),
@@ -75,20 +83,29 @@ class Rig:
         return View(Request(scope), DashboardContext(self.economy.platform, self.parts), session)
 
 
-@pytest.fixture()
-def rig(tmp_path: Path, demo_dir: Path) -> Iterator[Rig]:
-    store: SqlStore = open_store(f"sqlite:///{tmp_path / 'modelmarket.db'}")
-    economy = make_economy(store, tmp_path / "home", demo_dir, ["digits-o", "digits-eur"], now="2026-03-01T00:00:00")
+def make_rig(store: SqlStore, home: Path, demo_dir: Path) -> Rig:
+    economy = make_economy(store, home, demo_dir, ["digits-o", "digits-eur"], now="2026-03-01T00:00:00")
     platform = economy.platform
     economy.consumer("alice")
     economy.consumer("bob")
     platform.accounts.create("ops", "operator")
     economy.clock.set("2026-03-14T18:00:00")
-    parts = bootstrap_gateway(platform, preload=False, metering_child=False)
+    return Rig(economy, bootstrap_gateway(platform, preload=False, metering_child=False))
+
+
+@pytest.fixture()
+def rig(tmp_path: Path, demo_dir: Path) -> Iterator[Rig]:
+    store: SqlStore = open_store(f"sqlite:///{tmp_path / 'modelmarket.db'}")
     try:
-        yield Rig(economy, parts)
+        yield make_rig(store, tmp_path / "home", demo_dir)
     finally:
         store.dispose()
+
+
+@pytest.fixture()
+def any_rig(store: SqlStore, tmp_path: Path, demo_dir: Path) -> Rig:
+    """The rig on SQLite and on PostgreSQL (``store``): for the pages' own reads (sums, newest first, limits)."""
+    return make_rig(store, tmp_path / "home", demo_dir)
 
 
 def body(response: HTMLResponse) -> str:
@@ -117,6 +134,7 @@ def bill_alice(rig: Rig) -> None:
             e.event("bob", "digits", 40, "2026-03-03"),
         ]
     )
+    e.platform.metering.catch_up()  # what the gateway's metering child does: a page view applies nothing itself
 
 
 async def test_usage_shows_charts_and_the_table_per_model_with_the_exact_figures_of_the_usage_api(rig: Rig) -> None:
@@ -159,15 +177,22 @@ async def test_usage_period_selector_and_its_refusals(rig: Rig) -> None:
         assert str(escape(words)) in body(response)
 
 
+def stored_invoices(rig: Rig, name: str) -> list[str]:
+    with rig.economy.platform.store.read() as uow:
+        return [i.id for i in uow.ledger.invoices(rig.account(name).id)]
+
+
 async def test_invoices_list_and_lines_and_another_accounts_invoice_is_not_found(rig: Rig) -> None:
     bill_alice(rig)
     page = body(await pages_account.invoices_page(rig.view("alice", "/invoices")))
+    assert stored_invoices(rig, "alice") == []  # a page view recomputes this month's drafts, and stores nothing
     docs = rig.economy.platform.invoices.invoices(rig.account("alice").id)
     march_usd = next(d for d in docs if d.period == "2026-03" and d.currency == "USD")
     row = cells(page, f'data-invoice="{march_usd.id}"')
     assert row == [march_usd.id, "2026-03", "draft", str(march_usd.events), decimal_text(march_usd.total), "USD"]
     assert march_usd.events == 3  # alice's March calls in USD (two of digits, one of digits-o)
-    assert page.index('data-invoice="' + march_usd.id) < page.index("2026-02")  # newest first
+    # February has a billed call but no stored invoice: offered as a link to its month, after this month's rows.
+    assert page.index('data-invoice="' + march_usd.id) < page.index('<a href="/invoices?period=2026-02">2026-02</a>')
 
     view = rig.view("alice", f"/invoices/{march_usd.id}", invoice_id=march_usd.id)
     page = body(await pages_account.invoice_page(view))
@@ -177,7 +202,12 @@ async def test_invoices_list_and_lines_and_another_accounts_invoice_is_not_found
     assert f'<td class="num invoice-total">{decimal_text(march_usd.total)}</td>' in page
     printable = await pages_account.invoice_print_page(view)
     policy = printable.headers["content-security-policy"]
-    assert "style-src 'sha256-" in policy and "script-src 'self'" in policy and "unsafe-inline" not in policy
+    document = bytes(printable.body).decode()
+    style = document[document.index("<style>") + len("<style>") : document.index("</style>")]
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if d.strip())
+    assert directives["style-src"] == f"'sha256-{digest}'"  # the hash of this very stylesheet, and nothing else
+    assert directives["script-src"] == "'self'" and "unsafe-inline" not in policy
 
     bob = rig.view("bob", f"/invoices/{march_usd.id}", invoice_id=march_usd.id)
     with pytest.raises(NotFound):
@@ -188,9 +218,43 @@ async def test_invoices_list_and_lines_and_another_accounts_invoice_is_not_found
         await pages_account.invoice_page(rig.view("alice", "/invoices/x", invoice_id="../../etc"))
 
 
-async def test_statements_show_a_providers_own_share_and_an_operator_picks_one_or_all(rig: Rig) -> None:
+async def test_invoices_of_a_past_month_are_drafted_on_view_but_never_stored(any_rig: Rig) -> None:
+    rig = any_rig
+    bill_alice(rig)
+    alice = rig.account("alice").id
+    page = body(await pages_account.invoices_page(rig.view("alice", "/invoices", "period=2026-02")))
+    (february,) = rig.economy.platform.invoices.preview(alice, Period(2026, 2))
+    assert cells(page, f'data-invoice="{february.id}"')[1:4] == ["2026-02", "draft", "1"]
+    assert f'href="/invoices/{february.id}?period=2026-02"' in page
+    assert stored_invoices(rig, "alice") == []
+    # Not stored: found by its page in the month its link names, not in this month; never another account's.
+    view = rig.view("alice", f"/invoices/{february.id}", "period=2026-02", invoice_id=february.id)
+    assert "<dt>Period</dt><dd>2026-02</dd>" in body(await pages_account.invoice_page(view))
+    with pytest.raises(NotFound):
+        await pages_account.invoice_page(rig.view("alice", f"/invoices/{february.id}", invoice_id=february.id))
+    with pytest.raises(NotFound):
+        await pages_account.invoice_page(
+            rig.view("bob", f"/invoices/{february.id}", "period=2026-02", invoice_id=february.id)
+        )
+    assert stored_invoices(rig, "alice") == []
+
+    # Once stored (the CLI refreshes drafts), other months show as stored, a draft with the time it was refreshed.
+    rig.economy.platform.invoices.invoices(alice)
+    page = body(await pages_account.invoices_page(rig.view("alice", "/invoices")))
+    assert cells(page, f'data-invoice="{february.id}"')[2].startswith("draft as of ")
+    assert "?period=2026-02" not in page.split(f'data-invoice="{february.id}"')[1].split("</a>")[0]
+    refused = await pages_account.invoices_page(rig.view("alice", "/invoices", "period=2026-04"))
+    assert refused.status_code == 400 and "period: 2026-04 has not started" in body(refused)
+
+
+async def test_statements_show_a_providers_own_share_and_an_operator_picks_one_or_all(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bill_alice(rig)
     provider, other = rig.account(PROVIDER), rig.account(OTHER_PROVIDER)
+    listed: list[int] = []
+    accounts_list = rig.economy.platform.accounts.list
+    monkeypatch.setattr(rig.economy.platform.accounts, "list", lambda: listed.append(1) or accounts_list())
     page = body(await pages_operator.statements_page(rig.view(PROVIDER, "/statements", "period=2026-03")))
     statements = rig.economy.platform.ledger.statements(Period(2026, 3), provider.id)
     assert len(statements) == 2  # USD and EUR
@@ -199,6 +263,7 @@ async def test_statements_show_a_providers_own_share_and_an_operator_picks_one_o
             assert f'<td class="num">{line["provider_amount"]}</td>' in page
     assert "digits-o" not in page  # the other provider's model
     assert '<select name="account">' not in page  # a provider picks no one else
+    assert listed == []  # and its page names only itself: the accounts are not listed for it
 
     ops = rig.view("ops", "/statements", f"period=2026-03&account={other.id}")
     page = body(await pages_operator.statements_page(ops))
@@ -216,6 +281,33 @@ async def test_statements_show_a_providers_own_share_and_an_operator_picks_one_o
     assert refused.status_code == 400 and "month 13 is not between 01 and 12" in body(refused)
 
 
+async def test_statements_from_sums_per_price_equal_the_statements_from_every_event(any_rig: Rig) -> None:
+    """The page's statements (summed in the store per model, unit and amount, no catch-up) are the ledger's."""
+    rig = any_rig
+    bill_alice(rig)
+    e = rig.economy
+    e.append(
+        [
+            e.event("bob", "digits", q, "2026-03-0" + str(1 + q % 9), price=price)
+            for q, price in [(1, "0.0010"), (2, "0.0010"), (2, "0.0010"), (7, "0.0030"), (3, "0.0007")]
+        ]
+        + [e.event("bob", "digits-eur", 5, "2026-03-04", price="0.0020", currency="EUR")]
+    )
+    e.platform.metering.catch_up()
+    ledger = e.platform.ledger
+    for provider_id in (None, rig.account(PROVIDER).id, rig.account(OTHER_PROVIDER).id):
+        for period in (Period(2026, 3), Period(2026, 2), Period(2026, 1)):
+            assert ledger.applied_statements(period, provider_id) == ledger.statements(period, provider_id)
+    assert any(st.events > 3 for st in ledger.applied_statements(Period(2026, 3)))
+    e.append([e.event("bob", "digits", 1, "2026-03-10")])  # in the log, not applied yet: not on the page
+    before = ledger.applied_statements(Period(2026, 3), rig.account(PROVIDER).id)
+    page = body(await pages_operator.statements_page(rig.view(PROVIDER, "/statements", "period=2026-03")))
+    assert ledger.applied_statements(Period(2026, 3), rig.account(PROVIDER).id) == before
+    assert [
+        int(n) for n in re.findall(r'<span class="stat-label">Calls</span><span class="stat-value">(\d+)<', page)
+    ] == [st.events for st in before]
+
+
 async def test_payouts_list_a_providers_own_and_an_operator_sees_every_one(rig: Rig) -> None:
     bill_alice(rig)
     platform = rig.economy.platform
@@ -231,33 +323,173 @@ async def test_payouts_list_a_providers_own_and_an_operator_sees_every_one(rig: 
     assert "No payouts yet." in page
 
 
-async def test_audit_shows_the_chain_verified_then_where_it_breaks_newest_records_first(rig: Rig) -> None:
+async def test_payouts_totals_say_they_are_of_the_rows_shown_when_more_exist(
+    any_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = any_rig
+    bill_alice(rig)
+    made = rig.economy.platform.ledger.run_payouts(Period(2026, 3))
+    newest = sorted(made, key=lambda p: (p.created_at, p.id), reverse=True)
+    assert len(newest) == 2  # each provider's USD (the EUR share rounds to nothing)
+
+    def paid(payouts: list[Payout]) -> dict[str, str]:
+        currencies = sorted({p.currency for p in payouts})
+        return {c: decimal_text(sum_exact(p.amount for p in payouts if p.currency == c)) for c in currencies}
+
+    page = body(await pages_operator.payouts_page(rig.view("ops", "/payouts")))
+    assert dict(re.findall(r'data-paid-currency="(\w+)">([^<]+)<', page)) == paid(newest)
+    assert "newest payouts shown" not in page and "older ones" not in page
+    monkeypatch.setattr(pages_operator, "PAYOUTS_SHOWN_MAX", 1)
+    page = body(await pages_operator.payouts_page(rig.view("ops", "/payouts")))
+    assert dict(re.findall(r'data-paid-currency="(\w+)">([^<]+)<', page)) == paid(newest[:1])
+    assert paid(newest[:1]) != paid(newest)  # so the figure shown is the one of the row shown
+    assert "Paid (USD), the 1 newest payouts shown" in page and "not counting 1 older ones" in page
+    assert newest[0].id in page and newest[1].id not in page
+    assert "1 older payouts are not listed" in page
+    # A provider's own are filtered in the store: the newest of its own, not of everyone's.
+    (other,) = [p for p in made if p.provider_account_id == rig.account(OTHER_PROVIDER).id]
+    page = body(await pages_operator.payouts_page(rig.view(OTHER_PROVIDER, "/payouts")))
+    assert other.id in page and "older ones" not in page and "newest payouts shown" not in page
+
+
+@dataclass
+class Walks:
+    """Counts of the whole-log walks (``AuditService.verify`` and ``verify_trees``) a page asked for."""
+
+    chain: int = 0
+    trees: int = 0
+
+
+@pytest.fixture()
+def walks(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> Walks:
+    audit, counted = rig.economy.platform.audit, Walks()
+    verify, verify_trees = audit.verify, audit.verify_trees
+
+    def chain() -> Any:
+        counted.chain += 1
+        return verify()
+
+    def trees() -> Any:
+        counted.trees += 1
+        return verify_trees()
+
+    monkeypatch.setattr(audit, "verify", chain)
+    monkeypatch.setattr(audit, "verify_trees", trees)
+    return counted
+
+
+async def press_verify(rig: Rig) -> None:
+    """The page's button (the CSRF token is checked by ``dashboard/app.py`` before the handler)."""
+    answer = await pages_operator.audit_page(rig.view("ops", "/audit", method="POST"))
+    assert answer.status_code == 303 and answer.headers["location"] == "/audit"
+
+
+async def test_audit_views_walk_nothing_and_the_button_verifies_everything(rig: Rig, walks: Walks) -> None:
     platform = rig.economy.platform
     head = platform.audit.head()
     assert head is not None and head.seq > 5
     page = body(await pages_operator.audit_page(rig.view("ops", "/audit", "size=3")))
-    assert f"<strong>Chain verified</strong>: {head.seq} records" in page
-    seqs = [int(s) for s in re.findall(r'id="seq-(\d+)"', page)]
-    assert seqs == [head.seq, head.seq - 1, head.seq - 2]
+    assert (walks.chain, walks.trees) == (0, 0)  # a view reads a few rows: no walk of the chain or of a tree
+    assert "No full verification has run since this gateway started." in page
+    assert '<input type="hidden" name="csrf_token" value="csrf">' in page and "modelmarket audit verify" in page
+    assert [int(s) for s in re.findall(r'id="seq-(\d+)"', page)] == [head.seq, head.seq - 1, head.seq - 2]
     assert 'href="/audit?page=2&amp;size=3"' in page and "Newer" not in page
-    assert '<th scope="row">audit</th>' in page and 'badge-ok">verified' in page
+    # The signed checkpoints, checked cheaply: signature valid, the copy kept under keys/ the same.
+    facts = {f.tree: f for f in platform.audit.checkpoint_facts()}
+    assert facts["audit"].checkpoint is not None and facts["audit"].checkpoint.size == head.seq
+    for tree in ("audit", "usage"):
+        row = cells(page, f'data-tree="{tree}"')
+        assert row[0] == tree and row[2] == str(facts[tree].leaves)
+    audit_row = cells(page, 'data-tree="audit"')
+    assert audit_row[1] == "consistent" and audit_row[3] == str(head.seq)
+    assert audit_row[-2:] == ["valid", f"matchessize {head.seq}"]
 
-    page = body(await pages_operator.audit_page(rig.view("ops", "/audit", "size=3&page=2")))
-    assert [int(s) for s in re.findall(r'id="seq-(\d+)"', page)] == [head.seq - 3, head.seq - 4, head.seq - 5]
+    await press_verify(rig)
+    assert (walks.chain, walks.trees) == (1, 1)
+    page = body(await pages_operator.audit_page(rig.view("ops", "/audit", "size=3")))
+    assert (walks.chain, walks.trees) == (1, 1)  # the result is kept, not recomputed
+    assert f"<strong>Chain verified</strong>: {head.seq} records" in page
+    assert f"it covered {head.seq} records" in page and "Nothing was added since." in page
+    assert '<li data-tree="audit"><span class="badge badge-ok">verified</span>' in page
 
+    platform.accounts.create("carol", "consumer")  # one more record: the result says what it does not cover
+    page = body(await pages_operator.audit_page(rig.view("ops", "/audit")))
+    assert "Added since, not covered: 1 record, 1 audit tree leaf." in page
+
+    page_of_2 = "size=200"  # every record on one page
+    assert head.seq + 1 <= 200
     with platform.store.engine.begin() as conn:
         conn.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="operator:mallory"))
-    page = body(await pages_operator.audit_page(rig.view("ops", "/audit", f"size=3&page={(head.seq - 2) // 3 + 1}")))
+    page = body(await pages_operator.audit_page(rig.view("ops", "/audit", page_of_2)))
+    assert "<strong>Chain verified</strong>" in page  # the last run's result, with its time: not rerun by a view
+    await press_verify(rig)
+    page = body(await pages_operator.audit_page(rig.view("ops", "/audit", page_of_2)))
+    assert (walks.chain, walks.trees) == (2, 2)
     assert "<strong>Chain broken at record 2</strong>" in page
     assert '<tr class="row-broken" id="seq-2">' in page
+    assert '<li data-tree="audit"><span class="badge badge-bad">broken</span>' in page
     with platform.store.engine.begin() as conn:  # a payload edited into something that is not JSON
         conn.execute(update(audit_log).where(audit_log.c.seq == 3).values(payload_json="not json"))
-    response = await pages_operator.audit_page(rig.view("ops", "/audit", f"size=3&page={(head.seq - 2) // 3 + 1}"))
+    response = await pages_operator.audit_page(rig.view("ops", "/audit", page_of_2))
     assert response.status_code == 200
-    assert "<strong>Chain broken at record 2</strong>" in body(response)
     assert "the records of this page cannot be read" in body(response)
     refused = await pages_operator.audit_page(rig.view("ops", "/audit", "size=100000"))
     assert refused.status_code == 400 and "size: a whole number from 1 to 200" in body(refused)
+    assert (walks.chain, walks.trees) == (2, 2)
+
+
+async def test_audit_runs_one_full_verification_at_a_time_and_says_it_runs(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = rig.economy.platform.audit
+    entered, release = threading.Event(), threading.Event()
+    verify, calls = audit.verify, []
+
+    def slow_verify() -> Any:
+        calls.append(threading.current_thread().name)
+        entered.set()
+        assert release.wait(60), "the test never released the verification"
+        return verify()
+
+    monkeypatch.setattr(audit, "verify", slow_verify)
+    first = asyncio.create_task(press_verify(rig))
+    assert await asyncio.to_thread(entered.wait, 60)
+    page = body(await pages_operator.audit_page(rig.view("ops", "/audit")))
+    assert "<strong>Full verification running</strong> since 2026-03-14T18:00:00" in page
+    assert '<meta http-equiv="refresh" content="5">' in page and "disabled>Verify everything now" in page
+    await press_verify(rig)  # a second press while one runs starts nothing
+    assert calls == ["audit-verify-all"]  # in a thread of its own, not the pool the gateway's calls use
+    release.set()
+    await first
+    page = body(await pages_operator.audit_page(rig.view("ops", "/audit")))
+    assert "<strong>Chain verified</strong>" in page and "running" not in page and "http-equiv" not in page
+    assert len(calls) == 1
+
+
+def test_checkpoint_facts_without_a_walk_name_a_cut_tail_a_forged_signature_and_another_root() -> None:
+    key = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate()
+
+    def signed(size: int, root: bytes, by: Ed25519PrivateKey = key) -> Checkpoint:
+        at = "2026-03-14T18:00:00.000000+00:00"
+        body = checkpoint_body("usage", size, root, at)
+        return Checkpoint("usage", size, root, at, key_id_of(by.public_key()), by.sign(body))
+
+    public = key.public_key()
+    same = checkpoint_facts("usage", 10, signed(10, b"a" * 32), signed(10, b"a" * 32), None, public)
+    assert same.ok and (same.signature, same.kept_state) == ("valid", "matches")
+    ahead = checkpoint_facts("usage", 12, signed(12, b"b" * 32), signed(10, b"a" * 32), None, public)
+    assert ahead.ok and ahead.kept_state == "store ahead"
+    cut = checkpoint_facts("usage", 8, signed(8, b"c" * 32), signed(10, b"a" * 32), None, public)
+    assert cut.kept_state == "store behind" and "a tail was cut off" in cut.problems[0]
+    rewritten = checkpoint_facts("usage", 10, signed(10, b"d" * 32), signed(10, b"a" * 32), None, public)
+    assert rewritten.kept_state == "other root" and not rewritten.ok
+    forged = checkpoint_facts("usage", 10, signed(10, b"a" * 32, other), None, None, public)
+    assert forged.signature == "invalid" and "not signed by this home's key" in forged.problems[0]
+    removed = checkpoint_facts("usage", 10, None, None, "the kept copy cannot be read", public)
+    assert removed.kept_state == "unreadable" and len(removed.problems) == 2
+    beyond = checkpoint_facts("usage", 4, signed(10, b"a" * 32), None, None, public)
+    assert "covers more than the 4 leaves stored" in beyond.problems[0]
 
 
 async def test_runners_show_readiness_and_each_versions_health(rig: Rig) -> None:
@@ -383,6 +615,9 @@ def test_over_http_usage_after_billed_calls_equals_the_usage_api_and_invoices_st
         invoice = alice.get(f"/invoices/{invoice_id[1]}")
         assert invoice.status_code == 200 and "digits" in invoice.text
         assert alice.get("/audit").status_code == 403
+        token = re.search(r'name="csrf_token" value="([^"]+)"', alice.get("/usage").text)
+        assert token  # her own, valid token: the role still refuses the button
+        assert alice.post("/audit", data={"csrf_token": token[1]}).status_code == 403
         assert alice.get("/statements").status_code == 403
 
     with signed_in(served, "bob") as bob:
@@ -406,7 +641,14 @@ def test_over_http_operator_pages_show_the_runner_and_the_verified_chain(served:
         assert '<tr data-runner="digits@' in runners.text
         assert re.search(r"replica 0, pid \d+", runners.text)
         audit = ops.get("/audit")
-        assert audit.status_code == 200 and "<strong>Chain verified</strong>" in audit.text
+        assert audit.status_code == 200 and "No full verification has run" in audit.text
+        assert ops.post("/audit", data={}).status_code == 403  # the form's CSRF token is required
+        token = re.search(r'name="csrf_token" value="([^"]+)"', audit.text)
+        assert token
+        pressed = ops.post("/audit", data={"csrf_token": token[1]})
+        assert pressed.status_code == 303 and pressed.headers["location"] == "/audit"
+        audit = ops.get("/audit")
+        assert "<strong>Chain verified</strong>" in audit.text and 'badge-ok">verified' in audit.text
         assert ops.get("/statements").status_code == 200
     with signed_in(served, "demo-provider") as provider:
         statements = provider.get("/statements")

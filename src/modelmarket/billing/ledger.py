@@ -19,7 +19,7 @@ from typing import Any
 
 from modelmarket.audit import chain as audit
 from modelmarket.billing.period import Period
-from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, Payout, RatedEvent
+from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, Payout, RatedEvent, StatementSum
 from modelmarket.billing.rating import PLATFORM_CASH, payable, receivable, txn_id_for
 from modelmarket.core.clock import Clock
 from modelmarket.core.errors import ensure
@@ -137,6 +137,25 @@ def build_statements(rows: Iterable[RatedEvent]) -> list[ProviderStatement]:
         line[1] += r.quantity_base
         line[2] += r.amount
         line[3] += r.provider_amount
+    return _statements(groups)
+
+
+def statements_from_sums(period: str, sums: Iterable[StatementSum]) -> list[ProviderStatement]:
+    """``build_statements`` of a period's rated events from their sums per amount (``statement_sums``): the
+    same statements, the events not read one by one."""
+    groups: dict[tuple[str, str, str], dict[tuple[str, str], list[Any]]] = defaultdict(dict)
+    for s in sums:
+        line = groups[(s.provider_account_id, period, s.currency)].setdefault(
+            (s.model_name, s.unit_kind.value), [0, 0, Fraction(0), Fraction(0)]
+        )
+        line[0] += s.events
+        line[1] += s.quantity_base
+        line[2] += s.amount * s.events
+        line[3] += s.provider_amount * s.events
+    return _statements(groups)
+
+
+def _statements(groups: dict[tuple[str, str, str], dict[tuple[str, str], list[Any]]]) -> list[ProviderStatement]:
     out = []
     for (provider, period, currency), lines in sorted(groups.items()):
         docs = []
@@ -262,6 +281,12 @@ class LedgerService:
         with self.uow.read() as uow:
             return build_statements(uow.ledger.rated(period=period.label, provider_account_id=provider_account_id))
 
+    def applied_statements(self, period: Period, provider_account_id: str | None = None) -> list[ProviderStatement]:
+        """``statements`` as of the events metering has applied so far (no catch-up), summed in the store per
+        model, unit and amount rather than read one by one: what a page view reads."""
+        with self.uow.read() as uow:
+            return statements_from_sums(period.label, uow.ledger.statement_sums(period.label, provider_account_id))
+
     def run_payouts(self, period: Period, actor: str = "cli") -> list[Payout]:
         """A payout per provider and currency for the period (its statement's provider amount); idempotent."""
         statements = self.statements(period)
@@ -333,6 +358,16 @@ class LedgerService:
     def payouts(self, period: Period | None = None) -> list[Payout]:
         with self.uow.read() as uow:
             return uow.ledger.payouts(None if period is None else period.label)
+
+    def recent_payouts(
+        self, provider_account_id: str | None, period: Period | None, limit: int
+    ) -> tuple[list[Payout], int]:
+        """The newest ``limit`` payouts of one provider (or every one) and one period (or all), and how many there
+        are in all."""
+        label = None if period is None else period.label
+        with self.uow.read() as uow:
+            found = uow.ledger.recent_payouts(provider_account_id, label, limit)
+            return found, uow.ledger.count_payouts(provider_account_id, label)
 
     # -- rebuild -------------------------------------------------------------------------------------------------
 

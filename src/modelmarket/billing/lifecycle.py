@@ -480,6 +480,53 @@ class InvoiceService:
                         out.append(_doc(s))
             return sorted(out, key=lambda d: (d.period, d.currency))
 
+    # -- read-only views (a page view: no catch-up, no write, nothing stored) --------------------------------------
+
+    def stored_invoices(self, account_id: str, limit: int) -> list[InvoiceDoc]:
+        """The account's stored invoices as stored (a draft as it was last refreshed), newest first, at most
+        ``limit``."""
+        with self.uow.read() as uow:
+            return [_doc(s) for s in uow.ledger.recent_invoices(account_id, limit)]
+
+    def billed_periods(self, account_id: str) -> list[str]:
+        """The periods the account's rated events land on, in order."""
+        with self.uow.read() as uow:
+            return uow.ledger.billed_periods(account_id)
+
+    def preview(self, account_id: str, period: Period) -> list[InvoiceDoc]:
+        """The account's invoices of ``period`` as ``invoices`` would make them from the events metering has
+        applied so far, read only: drafts recomputed but not stored, finalized and void ones as stored."""
+        with self.uow.read() as uow:
+            return self._preview(uow, account_id, period)
+
+    def read_invoice(self, invoice_id_: str, account_id: str, periods: Iterable[Period] = ()) -> InvoiceDoc:
+        """One of ``account_id``'s invoices, read only: a finalized or void one as stored, a draft recomputed from
+        the events applied so far (not stored); one not stored yet is looked for among the drafts of ``periods``.
+        Another account's, like an unknown one, is not found."""
+        with self.uow.read() as uow:
+            stored = uow.ledger.invoice(invoice_id_)
+            if stored is not None and stored.account_id != account_id:
+                stored = None
+            if stored is not None and stored.status != "draft":
+                return _doc(stored)
+            wanted = [parse_period(stored.period)] if stored is not None else list(periods)
+            for period in wanted:
+                for doc in self._preview(uow, account_id, period):
+                    if doc.id == invoice_id_:
+                        return doc
+        if stored is None:
+            raise NotFound(f"no invoice {invoice_id_[:40]!r}")
+        return _doc(stored)
+
+    def _preview(self, uow: EconomyUnitOfWork, account_id: str, period: Period) -> list[InvoiceDoc]:
+        stored = {s.id: s for s in uow.ledger.invoices(account_id, period.label)}
+        out = []
+        for draft in self._drafts(uow, account_id, period):
+            current = stored.pop(draft.id, None)
+            out.append(draft if current is None or current.status == "draft" else _doc(current))
+        out.extend(_doc(s) for s in stored.values() if s.status != "draft")  # no activity left in its currency
+        return sorted(out, key=lambda d: (d.period, d.currency))
+
     def invoice(self, invoice_id_: str, account_id: str | None = None) -> InvoiceDoc:
         """One invoice by id; ``account_id`` restricts it to that account's own (another's is not found)."""
         with self.uow.read() as uow:

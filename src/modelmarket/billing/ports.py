@@ -170,6 +170,21 @@ class Payout:
     """1 for the period's first payout; later ones pay what the period earned since."""
 
 
+class StatementSum(NamedTuple):
+    """A period's rated events summed in the store per provider, currency, model, unit kind and amounts: ``events``
+    events of ``quantity_base`` base units in all, each billed ``amount`` of which ``provider_amount`` is the
+    provider's (events of one model and unit are spread over as many rows as they have distinct amounts)."""
+
+    provider_account_id: str
+    currency: str
+    model_name: str
+    unit_kind: UnitKind
+    amount: Fraction
+    provider_amount: Fraction
+    events: int
+    quantity_base: int
+
+
 class LedgerRepository(Protocol):
     def counters(self, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], int]:
         """Rating counters (account, period, scope, unit kind) -> base units so far; absent keys are 0."""
@@ -244,6 +259,22 @@ class LedgerRepository(Protocol):
     def put_setting(self, name: str, value: str) -> None: ...
 
     def payouts(self, period: str | None = None) -> list[Payout]: ...
+
+    def recent_payouts(self, provider_account_id: str | None, period: str | None, limit: int) -> list[Payout]:
+        """Of one provider (or every one) and one period (or all), newest first (by time, then id), at most
+        ``limit``."""
+        ...
+
+    def count_payouts(self, provider_account_id: str | None, period: str | None) -> int: ...
+
+    def statement_sums(self, period: str, provider_account_id: str | None = None) -> Iterator[StatementSum]:
+        """The period's rated events (of one provider, or every one) summed per provider, currency, model, unit
+        kind and amounts; streamed."""
+        ...
+
+    def recent_invoices(self, account_id: str, limit: int) -> list[StoredInvoice]:
+        """The account's stored invoices, newest period first (then by currency), at most ``limit``."""
+        ...
 
     def add_payout(self, payout: Payout) -> None: ...
 

@@ -2,7 +2,9 @@
 invoices. Every read is of the viewer's account only: an id of another account's invoice is not found.
 
 The figures are the platform's own: usage is ``UsageService``'s exact per-day rows (summed per model exactly as
-``GET /api/usage`` sums them), invoices are ``InvoiceService``'s documents with their rounded lines.
+``GET /api/usage`` sums them), invoices are ``InvoiceService``'s documents with their rounded lines. A page view
+only reads: one month's drafts are recomputed from the usage metered so far (never stored, no lock taken), the
+other months' invoices are shown as stored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from starlette.responses import HTMLResponse
 from modelmarket.accounts import Account
 from modelmarket.billing.html import render_invoice_html
 from modelmarket.billing.lifecycle import InvoiceDoc
+from modelmarket.billing.period import Period, parse_period
 from modelmarket.billing.render import approx_text, token_line_text
 from modelmarket.core.errors import InvalidInput, NotFound, Unauthenticated, ensure
 from modelmarket.core.money import decimal_text, exact_text
@@ -232,14 +235,70 @@ def invoice_lines(doc: InvoiceDoc) -> list[LineRow]:
     return out
 
 
-def newest_first(docs: Iterable[InvoiceDoc]) -> list[InvoiceDoc]:
-    return sorted(docs, key=lambda d: (d.period, d.currency), reverse=True)[:INVOICES_SHOWN_MAX]
+@dataclass(frozen=True, slots=True)
+class InvoiceRow:
+    doc: InvoiceDoc
+    live: bool
+    """A draft recomputed for this view (not stored); else the invoice as stored (a draft as last refreshed)."""
+    href: str
+
+
+def invoice_rows(
+    live: Iterable[InvoiceDoc], stored: Iterable[InvoiceDoc], period: Period, current: Period
+) -> list[InvoiceRow]:
+    """``period``'s invoices as just recomputed, and the stored ones of every other period: newest first. A draft
+    of a past month that is not stored is found by its page in the month its link names."""
+    rows = []
+    for doc in live:
+        live_draft = doc.status == "draft"
+        rows.append(
+            InvoiceRow(doc, live_draft, _href(doc.id, doc.period if live_draft and period != current else None))
+        )
+    rows.extend(InvoiceRow(d, False, _href(d.id, None)) for d in stored if d.period != period.label)
+    rows.sort(key=lambda r: (r.doc.period, r.doc.currency), reverse=True)
+    return rows[:INVOICES_SHOWN_MAX]
+
+
+def _href(invoice_id: str, period: str | None) -> str:
+    return f"/invoices/{invoice_id}" + ("" if period is None else f"?period={period}")
+
+
+def _invoices_read(view: View, account_id: str, period: Period) -> dict[str, Any]:
+    """What the invoices page shows, read only (no draft is stored, no lock taken): ``period``'s invoices made
+    from the usage metered so far, the stored invoices of the other periods, and the months with usage whose
+    invoices were never stored (offered as links)."""
+    service = view.ctx.platform.invoices
+    live = service.preview(account_id, period)
+    stored = service.stored_invoices(account_id, INVOICES_SHOWN_MAX)
+    known = {d.period for d in stored} | {period.label}
+    unstored = [p for p in reversed(service.billed_periods(account_id)) if p not in known]
+    return {"live": live, "stored": stored, "unstored": unstored[:INVOICES_SHOWN_MAX]}
+
+
+def _invoice_period(view: View, now: date) -> Period | None:
+    """The ``period`` asked for (YYYY-MM), not after this month; None when absent."""
+    raw = query(view, "period")
+    if raw is None:
+        return None
+    period, current = parse_period(raw), Period.of(now)
+    if period > current:
+        raise InvalidInput(f"period: {period.label} has not started (it is {current.label} now)")
+    return period
 
 
 async def invoices_page(view: View) -> HTMLResponse:
     account = signed_in(view)
-    docs = await asyncio.to_thread(view.ctx.platform.invoices.invoices, account.id)
-    return view.render("invoices.html", invoices=newest_first(docs), decimal_text=decimal_text)
+    now = today(view)
+    current = Period.of(now)
+    values: dict[str, Any] = {"decimal_text": decimal_text, "current": current, "rows": [], "unstored": []}
+    try:
+        period = _invoice_period(view, now) or current
+    except InvalidInput as exc:
+        return view.render("invoices.html", status_code=400, error=exc.message, period=None, **values)
+    read = await asyncio.to_thread(_invoices_read, view, account.id, period)
+    rows = invoice_rows(read["live"], read["stored"], period, current)
+    values.update(rows=rows, unstored=read["unstored"])
+    return view.render("invoices.html", error=None, period=period, **values)
 
 
 def _wanted_invoice(view: View) -> str:
@@ -249,10 +308,21 @@ def _wanted_invoice(view: View) -> str:
     return wanted
 
 
+async def _read_invoice(view: View, account: Account) -> InvoiceDoc:
+    """One of the viewer's invoices, read only: a draft recomputed from the usage metered so far; one not stored
+    yet is looked for in the month ``?period=`` names (by default this month). Another's: NotFound."""
+    wanted = _wanted_invoice(view)
+    now = today(view)
+    try:
+        period = _invoice_period(view, now) or Period.of(now)
+    except InvalidInput:
+        raise NotFound(f"no invoice {wanted[:40]!r}") from None
+    return await asyncio.to_thread(view.ctx.platform.invoices.read_invoice, wanted, account.id, [period])
+
+
 async def invoice_page(view: View) -> HTMLResponse:
     account = signed_in(view)
-    wanted = _wanted_invoice(view)
-    doc = await asyncio.to_thread(view.ctx.platform.invoices.invoice, wanted, account.id)  # another's: NotFound
+    doc = await _read_invoice(view, account)  # another's: NotFound
     return view.render(
         "invoice.html",
         invoice=doc,
@@ -274,8 +344,7 @@ def printable_csp(document: str) -> str:
 async def invoice_print_page(view: View) -> HTMLResponse:
     """The printable invoice (``billing/html.py``): a whole document with its own stylesheet, no script."""
     account = signed_in(view)
-    wanted = _wanted_invoice(view)
-    doc = await asyncio.to_thread(view.ctx.platform.invoices.invoice, wanted, account.id)
+    doc = await _read_invoice(view, account)
     document = render_invoice_html(doc, account.name)
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": printable_csp(document)}
     return HTMLResponse(document, headers=headers)

@@ -1,16 +1,16 @@
 """The pages a consumer does not see: a provider's statements and payouts (an operator sees every provider's,
-one or all at a time), and for operators the audit log with its verification and the runners' health.
+one or all at a time), and for operators the audit log (``pages_audit.py``) and the runners' health.
 
-Figures are the platform's documents as they are: statements are ``LedgerService.statements`` (each line rounded
-once, provider share plus platform fee equal to gross), payouts ``LedgerService.payouts``, the audit chain's
-verification ``AuditService.verify`` and ``verify_trees`` (what ``modelmarket audit verify`` prints), the runners
-the gateway's supervisor snapshot (what ``modelmarket runners`` prints) and the data plane's readiness.
+Figures are the platform's documents as they are: statements are ``LedgerService.applied_statements`` (the
+statements of ``modelmarket statements``, as of the calls metered so far, each line rounded once, provider share
+plus platform fee equal to gross), payouts ``LedgerService.recent_payouts``, the runners the gateway's
+supervisor snapshot (what ``modelmarket runners`` prints) and the data plane's readiness. A page view reads a
+bounded amount: sums per model and price, the newest payouts, a provider's own account.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,23 +19,18 @@ from starlette.responses import HTMLResponse
 
 from modelmarket.accounts import Account
 from modelmarket.accounts.ports import Role
-from modelmarket.audit.chain import LIST_LIMIT_MAX
-from modelmarket.audit.records import AuditRecord
 from modelmarket.billing.ledger import ProviderStatement
 from modelmarket.billing.period import Period, parse_period
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import decimal_text, exact_text, sum_exact
 from modelmarket.dashboard import charts
 from modelmarket.dashboard.pages_account import QUERY_VALUE_MAX_CHARS, query, signed_in, today
+from modelmarket.dashboard.pages_audit import audit_page
 from modelmarket.dashboard.web import Page, View
 from modelmarket.metering.units import UnitKind
 
 PAYOUTS_SHOWN_MAX = 500
-"""Newest payouts listed."""
-AUDIT_PAGE_SIZE = 50
-AUDIT_PAGE_SIZE_MAX = 200
-PAYLOAD_SHOWN_MAX_CHARS = 160
-"""Characters of an audit record's payload shown in the table (the CLI's ``audit list --json`` has it whole)."""
+"""Newest payouts listed (and totalled: the totals say so when there are more)."""
 PROVIDERS_LISTED_MAX = 1000
 """Provider accounts offered in an operator's selector."""
 MIB = 1024 * 1024
@@ -56,6 +51,13 @@ class Scope:
     """Account id -> name, of the providers the page may name."""
     choices: list[Account]
     """The providers an operator may pick (empty for a provider)."""
+
+
+async def _accounts(view: View) -> list[Account]:
+    """The accounts an operator's selector and names need; none for a provider (its page names only itself)."""
+    if signed_in(view).role != "operator":
+        return []
+    return await asyncio.to_thread(view.ctx.platform.accounts.list)
 
 
 def _scope(view: View, accounts: list[Account]) -> Scope:
@@ -138,7 +140,7 @@ def statement_view(st: ProviderStatement, provider: str, n: int) -> StatementVie
 
 async def statements_page(view: View) -> HTMLResponse:
     platform = view.ctx.platform
-    accounts = await asyncio.to_thread(platform.accounts.list)
+    accounts = await _accounts(view)
     values: dict[str, Any] = {"error": None, "statements": [], "decimal_text": decimal_text}
     current = Period.of(today(view))
     values.update(period_value=echoed(view, "period") or current.label, account_value=echoed(view, "account") or "all")
@@ -146,7 +148,7 @@ async def statements_page(view: View) -> HTMLResponse:
         scope, period = _scope(view, accounts), _period(view) or current
     except InvalidInput as exc:
         return _refused(view, "statements.html", accounts, values, exc)
-    found = await asyncio.to_thread(platform.ledger.statements, period, scope.provider_id)
+    found = await asyncio.to_thread(platform.ledger.applied_statements, period, scope.provider_id)
     values.update(
         period=period,
         choices=scope.choices,
@@ -174,17 +176,14 @@ class PayoutRow:
 
 async def payouts_page(view: View) -> HTMLResponse:
     platform = view.ctx.platform
-    accounts = await asyncio.to_thread(platform.accounts.list)
+    accounts = await _accounts(view)
     values: dict[str, Any] = {"error": None, "payouts": [], "totals": [], "more": 0}
     values.update(period_value=echoed(view, "period"), account_value=echoed(view, "account") or "all")
     try:
         scope, period = _scope(view, accounts), _period(view)
     except InvalidInput as exc:
         return _refused(view, "payouts.html", accounts, values, exc)
-    found = await asyncio.to_thread(platform.ledger.payouts, period)
-    mine = [p for p in found if scope.provider_id is None or p.provider_account_id == scope.provider_id]
-    mine.sort(key=lambda p: (p.created_at, p.id), reverse=True)
-    shown = mine[:PAYOUTS_SHOWN_MAX]
+    shown, count = await asyncio.to_thread(platform.ledger.recent_payouts, scope.provider_id, period, PAYOUTS_SHOWN_MAX)
     totals = [
         (currency, decimal_text(sum_exact(p.amount for p in shown if p.currency == currency)))
         for currency in sorted({p.currency for p in shown})
@@ -201,69 +200,8 @@ async def payouts_page(view: View) -> HTMLResponse:
         )
         for p in shown
     ]
-    values.update(choices=scope.choices, period=period, payouts=rows, totals=totals, more=len(mine) - len(shown))
+    values.update(choices=scope.choices, period=period, payouts=rows, totals=totals, more=count - len(shown))
     return view.render("payouts.html", **values)
-
-
-# -- audit -----------------------------------------------------------------------------------------------------------
-
-
-def _positive(view: View, name: str, default: int, most: int) -> int:
-    raw = query(view, name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise InvalidInput(f"{name}: a whole number from 1 to {most}, got {raw!r}")
-    return int(raw)
-
-
-def audit_window(head_seq: int, page: int, size: int) -> tuple[int, int]:
-    """(after_seq, limit) of the ``page``-th page of ``size`` records, newest first: page 1 ends at the head."""
-    newest = head_seq - (page - 1) * size
-    after = max(0, newest - size)
-    return after, max(0, newest - after)
-
-
-def payload_text(record: AuditRecord) -> str:
-    text = json.dumps(record.payload, sort_keys=True, separators=(", ", ": "), ensure_ascii=False, default=str)
-    return text if len(text) <= PAYLOAD_SHOWN_MAX_CHARS else text[: PAYLOAD_SHOWN_MAX_CHARS - 1] + "\u2026"
-
-
-def _audit_read(view: View, page: int, size: int) -> dict[str, Any]:
-    """Everything the audit page shows, read in a worker thread: the chain's and the trees' verification, the
-    head and one page of records (newest first)."""
-    audit = view.ctx.platform.audit
-    chain = audit.verify()
-    trees = audit.verify_trees()
-    head = audit.head()
-    head_seq = 0 if head is None else head.seq
-    after, limit = audit_window(head_seq, page, size)
-    records: list[AuditRecord] = []
-    unreadable = None
-    if limit > 0:
-        try:
-            records = list(reversed(audit.list(min(limit, LIST_LIMIT_MAX), after)))
-        except ValueError as exc:  # a payload edited into something that is not JSON
-            unreadable = f"the records of this page cannot be read ({exc}); the chain check above names the first"
-    return {
-        "chain": chain,
-        "trees": trees,
-        "head_seq": head_seq,
-        "records": records,
-        "unreadable": unreadable,
-        "newer": page - 1 if page > 1 else None,
-        "older": page + 1 if after > 0 else None,
-    }
-
-
-async def audit_page(view: View) -> HTMLResponse:
-    try:
-        page = _positive(view, "page", 1, 1_000_000)
-        size = _positive(view, "size", AUDIT_PAGE_SIZE, AUDIT_PAGE_SIZE_MAX)
-    except InvalidInput as exc:
-        return view.render("audit.html", status_code=400, error=exc.message)
-    values = await asyncio.to_thread(_audit_read, view, page, size)
-    return view.render("audit.html", error=None, page=page, size=size, payload_text=payload_text, **values)
 
 
 # -- runners ---------------------------------------------------------------------------------------------------------
@@ -366,6 +304,6 @@ async def runners_page(view: View) -> HTMLResponse:
 PAGES: list[Page] = [
     Page("/statements", statements_page, label="Statements", roles=PROVIDER_AND_OPERATOR),
     Page("/payouts", payouts_page, label="Payouts", roles=PROVIDER_AND_OPERATOR),
-    Page("/audit", audit_page, label="Audit log", roles=OPERATOR),
+    Page("/audit", audit_page, label="Audit log", roles=OPERATOR, methods=("GET", "POST"), max_body_bytes=4096),
     Page("/runners", runners_page, label="Runners", roles=OPERATOR),
 ]

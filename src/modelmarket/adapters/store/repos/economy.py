@@ -22,6 +22,7 @@ from modelmarket.billing.ports import (
     Payout,
     PriceRecord,
     RatedEvent,
+    StatementSum,
     StoredInvoice,
     StoredLimits,
 )
@@ -486,6 +487,46 @@ class SqlLedgerRepository:
             for r in self.conn.execute(q)
         ]
 
+    def recent_payouts(self, provider_account_id: str | None, period: str | None, limit: int) -> list[Payout]:
+        c = t.payouts.c
+        q = _payouts_of(select(t.payouts), provider_account_id, period)
+        q = q.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        return [
+            Payout(r.id, r.provider_account_id, r.period, r.currency, r.amount, r.txn_id, r.created_at, int(r.seq))
+            for r in self.conn.execute(q)
+        ]
+
+    def count_payouts(self, provider_account_id: str | None, period: str | None) -> int:
+        q = _payouts_of(select(func.count()).select_from(t.payouts), provider_account_id, period)
+        return int(self.conn.execute(q).scalar() or 0)
+
+    def statement_sums(self, period: str, provider_account_id: str | None = None) -> Iterator[StatementSum]:
+        group = (_R.provider_account_id, _R.currency, _R.model_name, _R.unit_kind, _R.amount, _R.provider_amount)
+        q = (
+            select(*group, func.count().label("events"), func.sum(_R.quantity_base).label("quantity_base"))
+            .where(_R.txn_id.is_not(None), _R.period == period)
+            .group_by(*group)
+            .order_by(*group)
+        )
+        if provider_account_id is not None:
+            q = q.where(_R.provider_account_id == provider_account_id)
+        with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
+            for r in result:
+                yield StatementSum(
+                    r.provider_account_id,
+                    r.currency,
+                    r.model_name,
+                    UnitKind(r.unit_kind),
+                    r.amount,
+                    r.provider_amount,
+                    int(r.events),
+                    int(r.quantity_base),
+                )
+
+    def recent_invoices(self, account_id: str, limit: int) -> list[StoredInvoice]:
+        q = select(t.invoices).where(_I.account_id == account_id).order_by(_I.period.desc(), _I.currency).limit(limit)
+        return [_invoice(r) for r in self.conn.execute(q)]
+
     def add_payout(self, payout: Payout) -> None:
         self.conn.execute(
             insert(t.payouts).values(
@@ -518,6 +559,13 @@ class SqlLedgerRepository:
         with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
             for row in result:
                 yield BilledCall(_rated(row), row.occurred_at, row.latency_ms)
+
+
+def _payouts_of(q: Any, provider_account_id: str | None, period: str | None) -> Any:
+    c = t.payouts.c
+    if provider_account_id is not None:
+        q = q.where(c.provider_account_id == provider_account_id)
+    return q if period is None else q.where(c.period == period)
 
 
 def _with_entries(txn: LedgerTxn, entries: list[LedgerEntry]) -> LedgerTxn:
