@@ -4,11 +4,13 @@ A model card that carries ``<script>`` is shown as text, and every page forbids 
 the session's CSRF token, or with another session's, is refused and calls nothing; one account cannot open another's
 invoice or see its usage; ``next=`` never sends the browser to another site; static paths cannot leave the package's
 ``static/`` folder; a huge sign-in body or upload is refused without being read; the session cookie is HttpOnly and
-SameSite=Strict, and a cookie replayed after sign-out opens nothing.
+SameSite=Strict, and a cookie replayed after sign-out opens nothing; hundreds of wrong keys sent at once get no
+more than the failure budget's worth checked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import time
@@ -24,7 +26,7 @@ from tests.hostile.support import RawAnswer, digits_body, raw_request, silent_wa
 
 from modelmarket.billing.period import parse_period
 from modelmarket.dashboard.pages_playground import UPLOAD_MAX_BYTES
-from modelmarket.dashboard.sessions import SESSION_COOKIE, SIGNIN_MAX_BODY_BYTES
+from modelmarket.dashboard.sessions import SESSION_COOKIE, SIGNIN_FAILURES_MAX, SIGNIN_MAX_BODY_BYTES
 
 SCRIPT = "<script>alert('card')</script><img src=x onerror=alert(1)>"
 TOKEN_RE = re.compile(r'id="signin-form"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"')
@@ -228,6 +230,42 @@ def test_the_session_cookie_is_strict_and_replaying_it_after_sign_out_opens_noth
         )
         assert posted.status_code == 303
     assert market.events(who) == 0
+
+
+def test_parallel_wrong_sign_ins_over_the_wire_stop_at_the_budget(market: Market) -> None:
+    """Wrong keys sent at once on many connections: only the budget's worth is checked (401); the rest are refused
+    (429) before their key is looked up. This spends the loopback address's budget for five minutes, so the gateway
+    is restarted afterwards (the budget is in its memory) for the tests that follow."""
+    who = market.consumer("dash-budget")
+    attempts = 300
+    try:
+        statuses, refusal = asyncio.run(_wrong_sign_ins_at_once(market.url, attempts))
+        assert statuses.count(401) == SIGNIN_FAILURES_MAX, sorted(set(statuses))
+        assert statuses.count(429) == attempts - SIGNIN_FAILURES_MAX
+        assert "Too many failed sign-ins from your address" in refusal
+        with browser(market) as client:
+            held = sign_in(client, who.key)  # the right key, from the address that spent its budget
+            assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1
+    finally:
+        market.kill_and_restart()
+    with browser(market) as client:
+        assert sign_in(client, who.key).status_code == 303
+
+
+async def _wrong_sign_ins_at_once(url: str, attempts: int) -> tuple[list[int], str]:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        form = await client.get("/signin")
+        token = TOKEN_RE.search(form.text)
+        assert token is not None
+        answers = await asyncio.gather(
+            *(
+                client.post("/signin", data={"key": f"mm_wrong-{i:04d}", "csrf_token": token.group(1)})
+                for i in range(attempts)
+            )
+        )
+    refusal = next((a.text for a in answers if a.status_code == 429), "")
+    return [a.status_code for a in answers], refusal
 
 
 def _chunked(data: bytes, size: int = 64 * 1024) -> bytes:

@@ -1,11 +1,14 @@
 """The web dashboard on the gateway as ``bootstrap_gateway`` composes it (SQLite store, the demo's ``digits`` and
 ``sentiment`` served in-process), over httpx.ASGITransport: sessions, CSRF refusals, roles, the sign-in redirect,
-a revoked key or an expired session ending a sign-in, the catalogue's search, and a playground call billed once."""
+the failed sign-in budget under parallel attempts and per IPv6 /64, a revoked key or an expired session ending a
+sign-in, the catalogue's search, who sees a model's publish-gate submission, and a playground call billed once."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import text
 
 from modelmarket.bootstrap import Platform, bootstrap
@@ -59,9 +63,10 @@ class Rig:
     keys: dict[str, str]
     key_ids: dict[str, str]
 
-    def browser(self) -> httpx.AsyncClient:
-        """A client with a cookie jar of its own (one browser)."""
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://dash.test")
+    def browser(self, address: str = "127.0.0.1") -> httpx.AsyncClient:
+        """A client with a cookie jar of its own (one browser), calling from ``address``."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 50_000))
+        return httpx.AsyncClient(transport=transport, base_url="http://dash.test")
 
     def sessions(self) -> list[tuple[str, ...]]:
         with self.platform.store.read() as uow:
@@ -150,6 +155,53 @@ async def test_a_wrong_key_is_named_on_the_form_and_failures_are_bounded(rig: Ri
         held = await sign_in(client, rig.keys["alice"])  # the right key, but this client used up its failures
         assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1
         assert SESSION_COOKIE not in client.cookies and rig.sessions() == []
+
+
+async def test_parallel_wrong_sign_ins_cannot_pass_the_failure_budget(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    authenticate_key = rig.app.state.authenticate_key
+
+    async def counting(secret: str) -> object:
+        checked.append(secret)
+        return await authenticate_key(secret)  # a wrong key waits for a (throttled) reload of the key snapshot
+
+    monkeypatch.setattr(rig.app.state, "authenticate_key", counting)
+    attempts = 200
+    async with rig.browser() as client:
+        form = await client.get("/signin")
+        token = TOKEN_RE.search(form.text)
+        assert token is not None
+        answers = await asyncio.gather(
+            *(
+                client.post("/signin", data={"key": f"mm_wrong-{i}", "csrf_token": token.group(1)})
+                for i in range(attempts)
+            )
+        )
+        statuses = [a.status_code for a in answers]
+        assert len(checked) == SIGNIN_FAILURES_MAX  # only the budget's worth reached the key check
+        assert statuses.count(401) == SIGNIN_FAILURES_MAX and statuses.count(429) == attempts - SIGNIN_FAILURES_MAX
+        refused = next(a for a in answers if a.status_code == 429)
+        assert "Too many failed sign-ins from your address" in refused.text and int(refused.headers["retry-after"]) >= 1
+        held = await sign_in(client, rig.keys["alice"])  # the budget is spent: even the right key waits
+        assert held.status_code == 429 and len(checked) == SIGNIN_FAILURES_MAX
+    assert rig.sessions() == []
+
+
+async def test_a_right_key_gives_its_attempt_back_and_ipv6_clients_share_their_64(rig: Rig) -> None:
+    async with rig.browser("2001:db8:1:2::10") as first:
+        for _ in range(SIGNIN_FAILURES_MAX - 1):
+            assert (await sign_in(first, "mm_not-a-key")).status_code == 401
+        for _ in range(3):  # successes do not count against the budget
+            assert (await sign_in(first, rig.keys["alice"])).status_code == 303
+        assert (await sign_in(first, "mm_not-a-key")).status_code == 401  # the tenth failure
+        assert (await sign_in(first, "mm_not-a-key")).status_code == 429
+    async with rig.browser("2001:db8:1:2:ffff:ffff:ffff:ffff") as same_64:
+        assert (await sign_in(same_64, rig.keys["bob"])).status_code == 429  # another address of the same /64
+    async with rig.browser("2001:db8:1:3::10") as other_64, rig.browser("127.0.0.1") as ipv4:
+        assert (await sign_in(other_64, "mm_not-a-key")).status_code == 401
+        assert (await sign_in(ipv4, rig.keys["bob"])).status_code == 303
 
 
 async def test_every_sign_in_makes_a_new_session_and_drops_the_previous_one(rig: Rig) -> None:
@@ -255,6 +307,43 @@ async def test_the_catalogue_searches_filters_and_pages_as_the_api_does(rig: Rig
         assert model.status_code == 200 and "0.001" in model.text and "Model card" in model.text
         missing = await client.get("/models/no-such-model")
         assert missing.status_code == 404 and "no-such-model" in missing.text and "<html" in missing.text
+
+
+async def test_a_models_gate_submission_shows_only_to_its_provider_and_operators(
+    rig: Rig, packages: Path, tmp_path: Path
+) -> None:
+    package = tmp_path / "digits-gated"
+    shutil.copytree(packages / "digits", package)
+    manifest = package / "modelmarket.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    manifest.write_text(yaml.safe_dump({**doc, "name": "digits-gated"}, sort_keys=False))
+    gate = rig.platform.gate
+    sub = await asyncio.to_thread(gate.submit, package, actor="tests")
+    ran = await asyncio.to_thread(gate.run, sub.id)
+    assert ran.status == "pending_review", [(s.stage, s.status, s.summary) for s in ran.stages]
+    done = await asyncio.to_thread(gate.approve, sub.id, actor="tests", reason="checked")
+    assert done.status == "published"
+    await rig.app.state.models.reload()
+    provider_key = rig.platform.accounts.issue_key("demo-provider").secret
+    rig.platform.accounts.create("another-provider", "provider")
+    another_key = rig.platform.accounts.issue_key("another-provider").secret
+    await rig.app.state.keys.reload()
+    async with rig.browser() as anonymous, rig.browser() as consumer, rig.browser() as another:
+        await sign_in(consumer, rig.keys["alice"])
+        await sign_in(another, another_key)  # a provider, but not this model's
+        for client in (anonymous, consumer, another):
+            page = await client.get("/models/digits-gated")
+            assert page.status_code == 200
+            assert sub.id not in page.text and "stage-name" not in page.text  # neither the id nor the stages
+            assert "latency p50" in page.text  # the benchmark's figures are public, as in GET /api/models
+            assert "passed the publish gate" in page.text
+    async with rig.browser() as provider, rig.browser() as operator:
+        await sign_in(provider, provider_key)
+        await sign_in(operator, rig.keys["root"])
+        for client in (provider, operator):
+            page = await client.get("/models/digits-gated")
+            assert page.status_code == 200
+            assert sub.id in page.text and 'stage-name">benchmark<' in page.text and "latency p50" in page.text
 
 
 async def test_a_playground_call_is_billed_once_and_a_bad_input_not_at_all(rig: Rig) -> None:

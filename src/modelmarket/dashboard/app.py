@@ -43,6 +43,7 @@ from modelmarket.dashboard.sessions import (
     safe_next,
     set_session_cookie,
     set_signin_cookie,
+    signin_client,
     signin_token,
     tokens_match,
 )
@@ -279,27 +280,34 @@ class Dashboard:
 
     async def _signin_post(self, view: View) -> Response:
         request = view.request
-        client = request.client.host if request.client is not None else "unknown"
         why = cross_site(request)
         if why is not None:
             return self.error(view, 403, "Refused", f"This sign-in was sent from another site ({why}).")
+        client = signin_client(request.client.host if request.client is not None else None)
         wait_s = self.budget.wait_s(client)
         if wait_s > 0:
-            message = f"Too many failed sign-ins from your address: try again in {int(wait_s) + 1} seconds."
-            return self.error(view, 429, "Too many attempts", message, {"Retry-After": str(int(wait_s) + 1)})
-        if declared_too_large(request, SIGNIN_MAX_BODY_BYTES):
-            raise BodyTooLarge(f"request body is larger than the limit of {SIGNIN_MAX_BODY_BYTES:,} bytes")
-        body = await read_body(request.receive, SIGNIN_MAX_BODY_BYTES)
-        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
-        next_path = safe_next(_first(fields, "next"))
-        if not tokens_match(request.cookies.get(SIGNIN_COOKIE, ""), _first(fields, CSRF_FIELD)):
-            return self.signin_form(view, 403, "The sign-in form expired: send it again.", next_path)
-        key = (_first(fields, "key") or "").strip()
+            retry_s = int(wait_s) + 1
+            message = (
+                f"Too many failed sign-ins from your address (at most {self.budget.failures_max} in "
+                f"{int(self.budget.window_s) // 60} minutes, counting those still being checked): "
+                f"try again in {retry_s} seconds."
+            )
+            return self.error(view, 429, "Too many attempts", message, {"Retry-After": str(retry_s)})
+        stamp = self.budget.reserve(client)  # counted as failed before anything is awaited (parallel attempts)
+        try:
+            form = await self._signin_fields(view)
+        except BaseException:
+            self.budget.give_back(client, stamp)  # no key was looked at
+            raise
+        if isinstance(form, Response):
+            self.budget.give_back(client, stamp)
+            return form
+        next_path, key = form
         found = await self.ctx.parts.state.authenticate_key(key) if 0 < len(key) <= SIGNIN_KEY_MAX_CHARS else None
         account, key_id = found or (None, None)
-        if account is None or key_id is None:
-            self.budget.failed(client)
+        if account is None or key_id is None:  # the attempt stays counted
             return self.signin_form(view, 401, "That API key is not valid (or it was revoked).", next_path)
+        self.budget.give_back(client, stamp)
         made = await asyncio.to_thread(
             self.sessions.service.sign_in, account, key_id, request.cookies.get(SESSION_COOKIE)
         )
@@ -309,6 +317,19 @@ class Dashboard:
         set_session_cookie(response, request, made.secret, self.ttl_s)
         response.delete_cookie(SIGNIN_COOKIE, path="/signin", httponly=True, samesite="strict")
         return response
+
+    async def _signin_fields(self, view: View) -> tuple[str, str] | Response:
+        """The sign-in form's ``next`` and key, read within bounds; or the refusal of a form whose token is not
+        the one in this browser's sign-in cookie (no key is looked at then)."""
+        request = view.request
+        if declared_too_large(request, SIGNIN_MAX_BODY_BYTES):
+            raise BodyTooLarge(f"request body is larger than the limit of {SIGNIN_MAX_BODY_BYTES:,} bytes")
+        body = await read_body(request.receive, SIGNIN_MAX_BODY_BYTES)
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+        next_path = safe_next(_first(fields, "next"))
+        if not tokens_match(request.cookies.get(SIGNIN_COOKIE, ""), _first(fields, CSRF_FIELD)):
+            return self.signin_form(view, 403, "The sign-in form expired: send it again.", next_path)
+        return next_path, (_first(fields, "key") or "").strip()
 
     async def _signout(self, view: View) -> Response:
         session = view.session

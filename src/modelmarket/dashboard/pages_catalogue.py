@@ -4,6 +4,11 @@ The catalogue is searched by the same code as the API (``registry/search.py``: `
 ``search``) over the gateway's catalogue snapshot, with the prices in force from the gateway's price book and the
 measured figures (latency, calls) read at most once per ``MODELMARKET_CACHE_REFRESH_S``; each card is the one
 list shape (``registry.views.model_summary``). An htmx request (live search) gets only the results.
+
+A model's page shows everyone what is public anyway: the card, the versions, the prices and the publish gate's
+figures kept on the version (``VersionRecord.evaluation``: the smoke test, benchmark and bias figures, as
+``GET /api/models`` and the model card show them). The gate's submission itself (its id and every stage's
+summary) is shown only to the model's provider and to operators, as the API shows a submission only to its owner.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from urllib.parse import urlencode
 
 from starlette.responses import Response
 
+from modelmarket.accounts import Account
 from modelmarket.billing.pricing import PriceBook, price_now_json
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.dashboard.web import DashboardContext, Page, View
 from modelmarket.gateway.api import MeasuredCache
+from modelmarket.governance.model import Submission
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.card_export import card_sections
 from modelmarket.registry.card_figures import benchmark_lines, bias_lines, gate_group, smoke_test_line
@@ -147,7 +154,7 @@ def catalogue_pages(ctx: DashboardContext) -> list[Page]:
         version = entry.resolve(ref)
         now = ctx.platform.clock()
         book = price_book(ctx)
-        submission = await _gate_stages(ctx, version)
+        submission = await _gate_stages(ctx, version, view.account)
         return view.render(
             "model.html",
             summary=model_summary(entry, price_now(book, entry, now)),
@@ -216,12 +223,26 @@ def _history(book: PriceBook | None, entry: ModelEntry) -> list[dict[str, Any]]:
     return rows[::-1][:PRICE_HISTORY_ROWS_MAX]
 
 
-async def _gate_stages(ctx: DashboardContext, version: VersionRecord) -> Any:
-    """The publish gate's submission of ``version`` with its stages, when it went through the gate."""
+def _submission_reader(version: VersionRecord, viewer: Account | None) -> tuple[bool, str | None]:
+    """Whether ``viewer`` may see the gate's submission of ``version``, and as whom to read it (None: any
+    submission, for an operator; an account id: only that provider's own, as the API reads it)."""
+    if viewer is None:
+        return False, None
+    if viewer.role == "operator":
+        return True, None
+    if viewer.id == version.provider_account_id:
+        return True, viewer.id
+    return False, None
+
+
+async def _gate_stages(ctx: DashboardContext, version: VersionRecord, viewer: Account | None) -> Submission | None:
+    """The publish gate's submission of ``version`` with its stages, when it went through the gate and ``viewer``
+    is the model's provider or an operator; None for anyone else."""
+    allowed, owner_id = _submission_reader(version, viewer)
     submission_id = (version.evaluation or {}).get("submission")
-    if not isinstance(submission_id, str) or not submission_id:
+    if not allowed or not isinstance(submission_id, str) or not submission_id:
         return None
     try:
-        return await asyncio.to_thread(ctx.platform.gate.show, submission_id)
+        return await asyncio.to_thread(ctx.platform.gate.show, submission_id, owner_id)
     except NotFound:
         return None

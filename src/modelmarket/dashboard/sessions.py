@@ -7,12 +7,18 @@ ends there and then, whatever its expiry says. Every POST carries the session's 
 ``csrf_token`` or header ``X-CSRF-Token``, compared in constant time) and must not come from another site
 (``Origin``, ``Sec-Fetch-Site``). The sign-in form, which has no session yet, uses a double-submit token: the
 same random value in a cookie of its own and in the form.
+
+Failed sign-ins are budgeted per client (``SignInBudget``: an IPv4 address, or an IPv6 address's /64, which one
+host usually holds whole). An attempt is counted as a failure when it arrives, before anything is awaited, and is
+given back only when it signs in or no key was looked at (an expired form, a body over the bound): parallel
+attempts cannot all pass the check while the first ones are still waiting for their key to be looked up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -36,9 +42,12 @@ SIGNIN_MAX_BODY_BYTES = 4096
 """A sign-in form is a key and a token: a body larger than this is refused unread."""
 SIGNIN_FAILURES_MAX = 10
 SIGNIN_FAILURE_WINDOW_S = 300.0
-"""A client (by address) may fail ``SIGNIN_FAILURES_MAX`` sign-ins per window; then it waits."""
+"""A client (``signin_client``) may fail ``SIGNIN_FAILURES_MAX`` sign-ins per window; then it waits."""
 SIGNIN_CLIENTS_TRACKED_MAX = 10_000
 """Clients whose failures are remembered (the least recent are forgotten first): bounded memory."""
+SIGNIN_IPV6_PREFIX = 64
+"""IPv6 clients are budgeted by this prefix of their address: a host is usually given a whole /64."""
+CLIENT_MAX_CHARS = 100
 NEXT_MAX_CHARS = 2000
 _SAFE_FETCH_SITES = frozenset({"same-origin", "none"})
 
@@ -119,8 +128,30 @@ def set_signin_cookie(response: Response, request: Request, token: str) -> None:
     )
 
 
+def signin_client(host: str | None) -> str:
+    """Whose failure budget a sign-in from ``host`` spends: an IPv4 address as it is; an IPv6 address by its
+    /64 (``2001:db8:1:2::/64``), an IPv4-mapped one as its IPv4 address; anything else (a Unix socket's name, no
+    address) as given, bounded."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:CLIENT_MAX_CHARS]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, SIGNIN_IPV6_PREFIX), strict=False))
+    return str(address)
+
+
 class SignInBudget:
-    """Failed sign-ins per client address in a sliding window (in memory, bounded)."""
+    """Failed sign-ins per client in a sliding window (in memory, bounded).
+
+    A sign-in is counted when it arrives (``reserve``, called before the request awaits anything) and given back
+    when it succeeds or never reached the key check (``give_back``): attempts in flight count, so parallel attempts
+    cannot overrun the budget.
+    """
 
     def __init__(
         self,
@@ -145,12 +176,22 @@ class SignInBudget:
             return 0.0
         return times[0] + self.window_s - now
 
-    def failed(self, client: str) -> None:
+    def reserve(self, client: str) -> float:
+        """Count one attempt of ``client`` as failed, now; returns its stamp for ``give_back``. Call it only when
+        ``wait_s`` is 0, with no await between the two."""
         times = self._failures.pop(client, None) or deque(maxlen=self.failures_max)
-        times.append(time.monotonic())
+        stamp = time.monotonic()
+        times.append(stamp)
         self._failures[client] = times
         while len(self._failures) > self.clients_max:
             self._failures.popitem(last=False)
+        return stamp
+
+    def give_back(self, client: str, stamp: float) -> None:
+        """Uncount the attempt ``reserve`` stamped; nothing if it has left the window already."""
+        times = self._failures.get(client)
+        if times is not None and stamp in times:
+            times.remove(stamp)
 
 
 class KeyAccounts:
