@@ -28,7 +28,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route, Router
 
 from modelmarket.accounts.sessions import SessionService
-from modelmarket.core.errors import ensure
+from modelmarket.core.errors import InvalidInput, ensure
 from modelmarket.dashboard import pages_account, pages_catalogue, pages_operator, pages_playground
 from modelmarket.dashboard.sessions import (
     CSRF_FIELD,
@@ -325,7 +325,10 @@ class Dashboard:
         if declared_too_large(request, SIGNIN_MAX_BODY_BYTES):
             raise BodyTooLarge(f"request body is larger than the limit of {SIGNIN_MAX_BODY_BYTES:,} bytes")
         body = await read_body(request.receive, SIGNIN_MAX_BODY_BYTES)
-        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+        try:
+            fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+        except ValueError:  # more fields than the form has
+            raise InvalidInput("the sign-in form has at most 8 fields") from None
         next_path = safe_next(_first(fields, "next"))
         if not tokens_match(request.cookies.get(SIGNIN_COOKIE, ""), _first(fields, CSRF_FIELD)):
             return self.signin_form(view, 403, "The sign-in form expired: send it again.", next_path)

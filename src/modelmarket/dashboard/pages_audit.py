@@ -46,7 +46,7 @@ def _positive(view: View, name: str, default: int, most: int) -> int:
     raw = query(view, name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= most:
         raise InvalidInput(f"{name}: a whole number from 1 to {most}, got {raw!r}")
     return int(raw)
 

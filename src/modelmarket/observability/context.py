@@ -98,8 +98,8 @@ def note_answer_headers(info: CallInfo, headers: list[tuple[bytes, bytes]] | Any
         name = raw_name.lower() if isinstance(raw_name, bytes) else raw_name
         if name == b"x-request-id":
             info.request_id = raw_value.decode("latin-1")
-        elif name == b"x-modelmarket-route":
-            model, _, version = raw_value.decode("latin-1").partition("@")
+        elif name == b"x-modelmarket-route":  # "model@version", or "route->model@version" for a route's call
+            model, _, version = raw_value.decode("latin-1").rpartition("->")[2].partition("@")
             if info.model is None:
                 info.model = model
             if version and info.version is None:
