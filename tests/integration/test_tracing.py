@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from tests.e2e.conftest import Cli, EnvCli, start_gateway, stop_gateway
+from tests.e2e.conftest import Cli, EnvCli, Gateway, start_gateway, stop_gateway
 
 from modelmarket.bootstrap import bootstrap
 from modelmarket.demo._digits import build_digits
@@ -224,20 +225,29 @@ def _exported(received: list[ExportTraceServiceRequest], trace: str) -> dict[str
     return found
 
 
-def test_a_real_gateway_exports_the_trace_across_processes_over_otlp(published: Published) -> None:
+def _receiver() -> tuple[ThreadingHTTPServer, list[ExportTraceServiceRequest]]:
     received: list[ExportTraceServiceRequest] = []
     handler = type("Receiver", (_Receiver,), {"received": received})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, name="otlp receiver", daemon=True).start()
+    return server, received
+
+
+def _traced_gateway(published: Published, server: ThreadingHTTPServer, delay_ms: int) -> Gateway:
     cli = EnvCli(
         published.home,
         extra_env={
             "MODELMARKET_TRACING": "true",
             "MODELMARKET_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}/v1/traces",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",  # the SDK's batch delay, in ms: export soon
+            "OTEL_BSP_SCHEDULE_DELAY": str(delay_ms),  # the SDK's batch delay, in ms
         },
     )
-    gateway = start_gateway(cli, models=("digits",))
+    return start_gateway(cli, models=("digits",))
+
+
+def test_a_real_gateway_exports_the_trace_across_processes_over_otlp(published: Published) -> None:
+    server, received = _receiver()
+    gateway = _traced_gateway(published, server, delay_ms=100)  # export soon
     try:
         headers = {"Authorization": f"Bearer {published.key}", "Content-Type": "application/json"}
         headers["traceparent"] = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
@@ -260,3 +270,36 @@ def test_a_real_gateway_exports_the_trace_across_processes_over_otlp(published: 
     assert runner_span.parent_span_id.hex() == client_id  # made in the runner, exported by the gateway
     runner_pid = next(kv.value.int_value for kv in runner_span.attributes if kv.key == "process.pid")
     assert runner_pid not in (0, os.getpid(), gateway.proc.pid)
+
+
+def test_a_gateway_stopped_by_sigterm_writes_its_last_log_lines_and_sends_its_queued_spans(
+    published: Published,
+) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process ends without ``atexit``: the log's
+    queued lines and the exporter's queued spans are written out by the gateway's shutdown itself."""
+    server, received = _receiver()
+    gateway = _traced_gateway(published, server, delay_ms=600_000)  # no timed export: only the exit sends
+    try:
+        headers = {"Authorization": f"Bearer {published.key}", "Content-Type": "application/json"}
+        request_ids = []
+        with httpx.Client(base_url=gateway.url, timeout=60) as http:
+            for n in range(5):
+                headers["traceparent"] = f"00-{CALLER_TRACE[:-1]}{n}-{CALLER_SPAN}-01"
+                answer = http.post("/v2/models/digits/infer", content=published.body, headers=headers)
+                assert answer.status_code == 200, answer.text
+                request_ids.append(answer.headers["x-request-id"])
+        assert _exported(received, f"{CALLER_TRACE[:-1]}4") == {}  # nothing sent yet
+        gateway.proc.send_signal(signal.SIGTERM)
+        gateway.proc.wait(timeout=60)
+    finally:
+        if gateway.proc.poll() is None:
+            gateway.proc.kill()
+            gateway.proc.wait(timeout=10)
+        server.shutdown()
+        server.server_close()
+    assert gateway.proc.returncode == -signal.SIGTERM  # killed by the signal: no atexit ran
+    logged = {json.loads(line)["request_id"] for line in (published.home / "logs" / "requests.log").open()}
+    assert set(request_ids) <= logged
+    for n in range(5):
+        spans = _exported(received, f"{CALLER_TRACE[:-1]}{n}")
+        assert len(spans) == 3, n  # the gateway's server and client spans and the runner's

@@ -3,9 +3,13 @@ and the gateway's checks of it, sampling, the request log's lines, rotation and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ from modelmarket.observability.context import CallInfo, current
 from modelmarket.observability.logs import RequestLog, RotatingFile, log_line
 from modelmarket.observability.otlp import Encoder, OtlpExport, _any_value
 from modelmarket.observability.runner_spans import (
+    RUNNER_ATTRIBUTES,
+    SANDBOXES,
     SPAN_HEADER,
     SPAN_HEADER_MAX_BYTES,
     RunnerSpans,
@@ -84,13 +90,32 @@ def test_anything_else_is_no_trace_context(raw: bytes | None) -> None:
         ("/v2/models/digits/versions/1.0.0/infer", "oip", "/v2/models/{model}/versions/{version}/infer"),
         ("/v2/models/digits/ready", "oip", "/v2/models/{model}/ready"),
         ("/v1/chat/completions", "openai", "/v1/chat/completions"),
+        ("/v2/models/digits", "oip", "/v2/models/{model}"),
+        ("/v2/models/digits/versions/1.0.0", "oip", "/v2/models/{model}/versions/{version}"),
+        ("/v2/models/digits/versions/1.0.0/ready", "oip", "/v2/models/{model}/versions/{version}/ready"),
         ("/v1/whatever-a-caller-typed", "openai", None),
         ("/api/usage", "api", None),
         ("/v2/health/ready", "health", "/v2/health/ready"),
+        ("/metrics", "metrics", "/metrics"),
+        # Segments a caller chose are never copied into a route:
+        ("/v2/models/digits/my-secret-prompt", "oip", None),
+        ("/v2/models/digits/infer/my-secret-prompt", "oip", None),
+        ("/v2/models/digits/versions/1.0.0/my-secret-prompt", "oip", None),
+        ("/v2/models/digits/versions/1.0.0/infer/my-secret-prompt", "oip", None),
+        ("/v2/models/digits/versions", "oip", None),
+        ("/v2/health/my-secret-prompt", "health", None),
+        ("/metrics/my-secret-prompt", "metrics", None),
     ],
 )
 def test_routes_have_low_cardinality(path: str, protocol: str, route: str | None) -> None:
     assert route_of(path, protocol) == route
+
+
+def test_a_path_off_the_known_routes_names_no_route_in_its_span() -> None:
+    exporter = InMemorySpanExporter()
+    _observed(GatewayTracing(SimpleSpanProcessor(exporter), 1.0), _scope("/v2/models/digits/my-secret-prompt"))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "POST" and "http.route" not in (span.attributes or {})
 
 
 # -- the gateway's spans ------------------------------------------------------------------------------------------
@@ -202,9 +227,13 @@ def test_the_runners_span_travels_in_a_header_the_gateway_accepts() -> None:
     after = time.time_ns()
     assert len(raw) <= SPAN_HEADER_MAX_BYTES
     found = decode_runner_span(raw, TRACE, PARENT, (before, after))
-    assert found is not None
-    assert found.name == "POST /v2/models/{model}/infer" and found.status == "unset"
-    assert found.attributes["process.pid"] == os.getpid() and found.attributes["modelmarket.model"] == "digits"
+    assert found is not None and found.status == "unset"
+    assert found.attributes == {
+        "process.pid": os.getpid(),
+        "http.response.status_code": 200,
+        "modelmarket.runtime": "onnx",
+        "modelmarket.sandbox": "process",
+    }
     assert before <= found.start_ns <= found.end_ns <= after
 
 
@@ -236,7 +265,6 @@ def _doctored(**changes: Any) -> bytes:
         (_doctored(span="XYZ"), "a malformed span id"),
         (_doctored(start=1, end=2), "times outside the call"),
         (_doctored(end=1), "an end before its start"),
-        (_doctored(name="x" * 500), "an overlong name"),
         (_doctored(status="splendid"), "an unknown status"),
         (_doctored(start="now"), "a time that is not a number"),
         (b"{" + b" " * SPAN_HEADER_MAX_BYTES + b"}", "an oversized header"),
@@ -249,14 +277,61 @@ def test_the_gateway_never_trusts_a_runners_span_blindly(raw: bytes, why: str) -
     assert decode_runner_span(raw, TRACE, PARENT, (now - 10**9, now)) is None, why
 
 
-def test_unknown_or_oversized_runner_attributes_are_dropped() -> None:
-    doc = json.loads(_runner_header(VALID))
-    doc["attributes"].update({"user.prompt": "secret text", "modelmarket.runtime": "x" * 500})
+def test_the_sandboxes_a_runner_may_name_are_the_serving_profiles() -> None:
+    from typing import get_args
+
+    from modelmarket.registry.serving import Profile
+
+    assert set(get_args(Profile)) == SANDBOXES
+
+
+SMUGGLED = "the secret prompt"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("user.prompt", SMUGGLED),  # an unknown attribute
+        ("modelmarket.runtime", SMUGGLED),  # not an installed runtime
+        ("modelmarket.sandbox", SMUGGLED),  # not a sandbox profile
+        ("error.type", SMUGGLED),  # not a status code
+        ("http.response.status_code", 7_000_000),  # not a status code
+        ("process.pid", 2**40),  # not a pid
+        ("process.pid", True),  # not even an int
+    ],
+)
+def test_a_runner_attribute_outside_its_allowed_values_is_dropped(key: str, value: Any) -> None:
+    doc = json.loads(_runner_header(VALID, 500))
+    doc["attributes"][key] = value
     now = time.time_ns()
     found = decode_runner_span(orjson.dumps(doc), TRACE, PARENT, (now - 10**9, now))
-    assert found is not None
-    assert "user.prompt" not in found.attributes and "modelmarket.runtime" not in found.attributes
-    assert found.attributes["modelmarket.model"] == "digits"
+    assert found is not None and set(found.attributes) == RUNNER_ATTRIBUTES - {key}  # the others are kept
+
+
+def test_a_runner_cannot_put_text_of_its_own_in_the_trace() -> None:
+    """Name, method, route, model and version of the runner's span are the gateway's own, whatever it sent."""
+    exporter = InMemorySpanExporter()
+    tracing = GatewayTracing(SimpleSpanProcessor(exporter), 1.0)
+
+    def call() -> None:
+        made = client_call("digits", "1.0.0", "/v2/models/{model}/versions/{version}/infer")
+        assert made is not None
+        doc = json.loads(_runner_header(made.traceparent))
+        doc["name"] = f"POST {SMUGGLED}"
+        for key in ("http.route", "http.request.method", "modelmarket.model", "modelmarket.version"):
+            doc["attributes"][key] = SMUGGLED
+        made.end(200, {SPAN_HEADER: orjson.dumps(doc)})
+
+    _observed(tracing, _scope(), call)
+    client, runner, _server = exporter.get_finished_spans()
+    assert runner.resource.attributes["service.name"] == RUNNER_SERVICE
+    assert runner.name == client.name == "POST /v2/models/{model}/versions/{version}/infer"
+    attributes = dict(runner.attributes or {})
+    assert attributes["http.route"] == "/v2/models/{model}/versions/{version}/infer"
+    assert attributes["http.request.method"] == "POST"
+    assert (attributes["modelmarket.model"], attributes["modelmarket.version"]) == ("digits", "1.0.0")
+    assert attributes["modelmarket.runtime"] == "onnx" and attributes["http.response.status_code"] == 200
+    assert SMUGGLED not in repr(attributes)
 
 
 def test_a_checked_runner_span_is_exported_as_the_runners_service() -> None:
@@ -300,15 +375,75 @@ def test_a_log_line_holds_the_calls_figures() -> None:
     assert log_line(_info(status=500), "T")["level"] == "error"
 
 
-def test_the_log_is_written_once_outside_an_event_loop_with_private_modes(tmp_path: Path) -> None:
+def test_close_writes_what_is_queued_with_private_modes(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     log = RequestLog(RotatingFile(logs / "requests.log", 10_000, 2))
-    log.finish(_info(trace_id="a" * 32))
+    for n in range(3):
+        log.finish(_info(trace_id=f"{n:032x}"))
+    log.close()
     lines = (logs / "requests.log").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["trace_id"] == "a" * 32
+    assert [json.loads(line)["trace_id"] for line in lines] == [f"{n:032x}" for n in range(3)]
     assert stat.S_IMODE((logs / "requests.log").stat().st_mode) == 0o600
     assert stat.S_IMODE(logs.stat().st_mode) == 0o700
+    log.finish(_info())  # after close: dropped and counted, never written
+    assert log.dropped == 1 and len((logs / "requests.log").read_text().splitlines()) == 3
+
+
+class GatedFile(RotatingFile):
+    """A log file whose writes wait for ``gate``, and that records which thread wrote."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, 1_000_000, 1)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.writers: set[str] = set()
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        self.writers.add(threading.current_thread().name)
+        self.entered.set()
+        assert self.gate.wait(30)
+        super().write_lines(lines)
+
+
+def test_lines_are_written_by_the_writer_thread_and_a_full_queue_drops_instead_of_waiting(tmp_path: Path) -> None:
+    file = GatedFile(tmp_path / "requests.log")
+    log = RequestLog(file, max_pending=2)
+    log.finish(_info(request_id="r0"))
+    assert file.entered.wait(30)  # the writer took r0 and is stuck on the disk
+    for n in range(1, 5):
+        log.finish(_info(request_id=f"r{n}"))  # r1 and r2 fill the queue, r3 and r4 are dropped
+    assert log.dropped == 2
+    file.gate.set()
     log.close()
+    written = [json.loads(line)["request_id"] for line in file.path.read_text().splitlines()]
+    assert written == ["r0", "r1", "r2"]
+    assert file.writers == {"request log"}  # never the thread that finished the requests
+
+
+def test_a_stderr_nobody_reads_never_blocks_a_request_nor_the_exit(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # fill the pipe: the next write to it blocks
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)
+    stderr = os.fdopen(write_end, "wb")
+    log = RequestLog(None, stderr, max_pending=100)
+    try:
+        for n in range(1_000):
+            log.finish(_info(request_id=f"r{n}"))
+        assert log.dropped >= 800  # the writer holds one batch, the queue another: the rest is dropped
+        log.close(timeout_s=0.2)  # the writer is stuck on the pipe: close gives up instead of waiting
+        log.finish(_info())
+        assert log._thread is not None and log._thread.is_alive()
+    finally:
+        os.set_blocking(read_end, False)
+        while log._thread is not None and log._thread.is_alive():  # let the stuck writer finish
+            with contextlib.suppress(BlockingIOError):
+                os.read(read_end, 1 << 20)
+            log._thread.join(0.01)
+        os.close(read_end)
+        stderr.close()
 
 
 def test_rotation_keeps_whole_lines_and_the_last_backups(tmp_path: Path) -> None:
@@ -333,18 +468,92 @@ def test_no_backups_means_the_file_starts_over(tmp_path: Path) -> None:
     assert path.read_bytes() == b"b" * 30 + b"\n" and list(tmp_path.iterdir()) == [path]
 
 
+def _numbered(first: int, count: int, pad: int = 30) -> list[bytes]:
+    return [f'{{"n":{n},"pad":"{"x" * pad}"}}\n'.encode() for n in range(first, first + count)]
+
+
+def _numbers(*paths: Path) -> list[int]:
+    return [json.loads(line)["n"] for p in paths if p.exists() for line in p.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved"])
+def test_a_log_deleted_or_moved_away_is_opened_again_at_its_path(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "logs" / "requests.log"
+    rotating = RotatingFile(path, 10_000, 2)
+    rotating.write_lines(_numbered(0, 2))
+    if how == "deleted":
+        path.unlink()
+    else:  # as logrotate does (its "create" mode)
+        path.rename(path.with_name("requests.log-20260301"))
+    rotating.write_lines(_numbered(2, 2))
+    rotating.close()
+    assert _numbers(path) == [2, 3]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    if how == "moved":
+        assert _numbers(path.with_name("requests.log-20260301")) == [0, 1]
+
+
+def test_a_deleted_log_folder_is_made_again(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "requests.log"
+    rotating = RotatingFile(path, 10_000, 2)
+    shutil.rmtree(path.parent)
+    rotating.write_lines(_numbered(0, 1))
+    rotating.close()
+    assert _numbers(path) == [0] and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_rotation_that_fails_leaves_the_log_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "requests.log"
+    rotating = RotatingFile(path, 100, 2)
+    rotating.write_lines(_numbered(0, 2))  # 42 bytes each: the next line rotates
+
+    def refuse(source: Any, target: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(source))
+
+    with monkeypatch.context() as patched, caplog.at_level(logging.WARNING):
+        patched.setattr(os, "replace", refuse)
+        rotating.write_lines(_numbered(2, 1))
+    assert "could not be rotated" in caplog.text
+    assert _numbers(path) == [0, 1, 2]  # written on, unrotated
+    rotating.write_lines(_numbered(3, 1))  # the next rotation works
+    rotating.close()
+    assert _numbers(path.with_name("requests.log.1"), path) == [0, 1, 2, 3]
+    assert _numbers(path) == [3]
+
+
+def test_two_writers_sharing_one_file_rotate_it_in_turn_and_lose_nothing(tmp_path: Path) -> None:
+    """Two gateways on one home: each sees the other's lines in the size, and a writer that finds the file
+    rotated by the other writes on to the new one instead of rotating it again."""
+    path = tmp_path / "requests.log"
+    backups = 40
+    first, second = RotatingFile(path, 200, backups), RotatingFile(path, 200, backups)
+    for n in range(0, 60, 2):
+        first.write_lines(_numbered(n, 1))
+        second.write_lines(_numbered(n + 1, 1))
+    first.close()
+    second.close()
+    files = [path.with_name(f"requests.log.{i}") for i in range(backups, 0, -1)] + [path]
+    assert _numbers(*files) == list(range(60))  # every line once, in order, across the files
+    kept = [p for p in files if p.exists()]
+    assert all(p.stat().st_size <= 200 for p in kept)
+    assert len(kept) == 15  # 4 lines of ~42 bytes a file: each rotation made once, none of a file just rotated
+
+
 # -- OTLP encoding ------------------------------------------------------------------------------------------------
 
 
 class ListSink:
     def __init__(self) -> None:
         self.records: list[SpanRecord] = []
+        self.shut_down_within: float | None = None
 
     def add(self, record: SpanRecord) -> None:
         self.records.append(record)
 
-    def shutdown(self) -> None:
-        pass
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        self.shut_down_within = timeout_s
 
 
 def _records_of_a_traced_call() -> list[SpanRecord]:
@@ -475,3 +684,97 @@ def test_a_full_queue_drops_spans_instead_of_waiting() -> None:
 def test_an_endpoint_that_is_not_an_http_url_is_refused() -> None:
     with pytest.raises(ValueError, match="MODELMARKET_OTLP_ENDPOINT"):
         OtlpExport("127.0.0.1:4318")
+
+
+def test_an_encoder_error_drops_its_batch_and_the_export_thread_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    receiver = _Receiver()
+    good = _records_of_a_traced_call()[0]
+    bad = good._replace(attributes={"modelmarket.model": object()})  # a value the encoder cannot write
+    try:
+        export = OtlpExport(receiver.url, timeout_s=5)
+        export.batch = 1  # each span its own batch, sent at once
+        with caplog.at_level(logging.WARNING):
+            export.add(bad)
+            export.add(good)
+            export.shutdown()
+    finally:
+        receiver.close()
+    assert len(receiver.bodies) == 1 and export.dropped == 1  # the good span still went out
+    assert "TypeError" in caplog.text
+
+
+def test_the_endpoint_is_logged_without_its_credentials_or_query(caplog: pytest.LogCaptureFixture) -> None:
+    receiver = _Receiver(status=503)
+    host, port = "127.0.0.1", receiver.server.server_address[1]
+    try:
+        export = OtlpExport(f"http://user:pa55word@{host}:{port}/v1/traces?token=t0ken#frag", timeout_s=5)
+        with caplog.at_level(logging.WARNING):
+            export.add(_records_of_a_traced_call()[0])
+            export.shutdown()
+    finally:
+        receiver.close()
+    assert export.dropped == 1 and receiver.paths == ["/v1/traces?token=t0ken"]  # the query is still sent
+    assert f"to http://{host}:{port}/v1/traces (HTTP 503)" in caplog.text
+    for secret in ("user", "pa55word", "t0ken", "frag"):
+        assert secret not in caplog.text
+
+
+def test_shutdown_waits_a_bounded_time_for_a_collector_that_never_answers() -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # connections are taken into the backlog, never answered
+    try:
+        export = OtlpExport(f"http://127.0.0.1:{silent.getsockname()[1]}/v1/traces", timeout_s=60)
+        export.add(_records_of_a_traced_call()[0])
+        export.shutdown(timeout_s=0.2)  # returns although the export thread is still waiting for an answer
+        assert export._thread is not None and export._thread.is_alive()
+    finally:
+        silent.close()
+    if export._thread is not None:
+        export._thread.join(60)
+
+
+def test_closing_observability_writes_the_log_and_shuts_the_tracer_down(tmp_path: Path) -> None:
+    sink = ListSink()
+    tracing = GatewayTracing(sink, 1.0)
+    log = RequestLog(RotatingFile(tmp_path / "requests.log", 10_000, 1))
+    obs = Observability((tracing, IncomingTrace(), log))  # IncomingTrace has nothing to close
+    _observed(tracing, _scope())
+    log.finish(_info(request_id="last"))
+    obs.close(timeout_s=3)
+    assert [json.loads(line)["request_id"] for line in (tmp_path / "requests.log").read_text().splitlines()] == ["last"]
+    assert sink.shut_down_within is not None and 0 < sink.shut_down_within <= 3
+
+
+class _Receiver:
+    """An OTLP/HTTP receiver answering ``status`` to every POST, keeping the bodies and paths it got."""
+
+    def __init__(self, status: int = 200) -> None:
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        self.bodies: list[bytes] = []
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.paths.append(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

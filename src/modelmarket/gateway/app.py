@@ -119,6 +119,8 @@ class GatewayApp:
         self.parts.writer.stop()
         if self.parts.metering is not None:
             await self.parts.metering.stop()
+        if self.parts.observability is not None:  # the log's last lines and queued spans (bounded wait)
+            await asyncio.to_thread(self.parts.observability.close)
 
     def _background_task(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

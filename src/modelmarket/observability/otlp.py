@@ -13,7 +13,9 @@ The batching follows the SDK's settings: ``OTEL_BSP_MAX_QUEUE_SIZE`` (2048 spans
 never waited for), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512 a request; a full batch is sent at once) and
 ``OTEL_BSP_SCHEDULE_DELAY`` (ms between sends otherwise; 1000 here). One POST at a time
 (``application/x-protobuf``) on a kept-alive connection, bounded by ``timeout_s``; a batch the collector does not
-take is dropped and said so in the gateway's log at most once a minute. What is queued is sent at shutdown.
+take is dropped and said so in the gateway's log at most once a minute (the endpoint shown without its user,
+password or query string), as is a batch the encoder fails on (the thread goes on). What is queued is sent when
+the gateway shuts down (``shutdown``: 5 s at most, then the rest is dropped).
 """
 
 from __future__ import annotations
@@ -160,14 +162,31 @@ class Encoder:
         return b"".join(out)
 
 
+def shown_endpoint(endpoint: str) -> str:
+    """``endpoint`` without what may be a secret (user and password, query string, fragment)."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # not a port number
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 class OtlpHttpClient:
     """POSTs request bodies to an OTLP/HTTP traces endpoint (``http(s)://host:port/v1/traces``)."""
 
     def __init__(self, endpoint: str, timeout_s: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"MODELMARKET_OTLP_ENDPOINT: {endpoint!r} is not an http(s) URL with a host")
+            raise ValueError(
+                "MODELMARKET_OTLP_ENDPOINT is not an http(s) URL with a host (e.g. http://127.0.0.1:4318/v1/traces)"
+            )
         self.endpoint = endpoint
+        self.shown = shown_endpoint(endpoint)
+        """The endpoint as the gateway's log may show it: no user, password or query string."""
         self.timeout_s = timeout_s
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
@@ -250,12 +269,16 @@ class OtlpExport:
             self._wake.wait(self.delay_s)
             self._wake.clear()
             self._drain()
+        self._drain()  # what was queued before the stop
 
     def _drain(self) -> None:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
-            why = self.client.post(self.encoder.request(batch))
+            try:
+                why = self.client.post(self.encoder.request(batch))
+            except Exception as exc:  # a span the encoder cannot write must not end the export thread
+                why = f"{type(exc).__name__} while encoding or sending"
             if why is not None:
                 self._failed(len(batch), why)
 
@@ -264,16 +287,27 @@ class OtlpExport:
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY_S:
             self._warned_at = now
-            log.warning("%d spans were not exported to %s (%s); they are dropped", count, self.client.endpoint, why)
+            log.warning("%d spans were not exported to %s (%s); they are dropped", count, self.client.shown, why)
 
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Send what is queued (within ``timeout_s``) and stop."""
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued and stop, waiting ``timeout_s`` at most: the export thread sends the last batches
+        (a collector that does not answer in time cannot hold the gateway's exit; those spans are dropped)."""
         if self._stopping:
             return
         self._stopping = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        if self._thread is None or not self._thread.is_alive():
-            self._drain()
-        self.client.close()
+        thread = self._thread
+        if thread is None:  # nothing was ever queued
+            return
+        thread.join(timeout_s)
+        if thread.is_alive():
+            left = len(self._queue)
+            self.dropped += left
+            log.warning(
+                "the span export to %s did not end within %g s; %d queued spans are dropped",
+                self.client.shown,
+                timeout_s,
+                left,
+            )
+        else:
+            self.client.close()

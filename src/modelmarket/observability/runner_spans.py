@@ -7,6 +7,7 @@ before exporting it. The runner imports this module only: no OpenTelemetry packa
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -24,22 +25,19 @@ SPAN_HEADER_MAX_BYTES = 2048
 CLOCK_SLACK_NS = 5_000_000_000
 """How far outside the gateway's own client span a runner's span may start or end (clocks of one machine; a
 gVisor sandbox reads the host's clock through its own layer) before it is dropped as implausible."""
+SANDBOXES = frozenset({"inprocess", "process", "bwrap", "gvisor"})
+"""The values of ``modelmarket.sandbox`` a runner's span may carry (``registry/serving.Profile``)."""
 RUNNER_ATTRIBUTES = frozenset(
-    {
-        "http.request.method",
-        "http.route",
-        "http.response.status_code",
-        "error.type",
-        "process.pid",
-        "modelmarket.model",
-        "modelmarket.version",
-        "modelmarket.runtime",
-        "modelmarket.sandbox",
-    }
+    {"http.response.status_code", "error.type", "process.pid", "modelmarket.runtime", "modelmarket.sandbox"}
 )
-"""The only attributes of a runner's span the gateway passes on (anything else a runner sends is dropped); a
-string value longer than 128 characters is dropped too."""
-_SPAN_NAME_MAX_CHARS = 100
+"""The only attributes of a runner's span the gateway takes from it, each checked against the values it may have
+(a status code, a pid, an installed runtime, a sandbox profile); anything else a runner sends is dropped. The
+span's name, ``http.request.method``, ``http.route``, ``modelmarket.model`` and ``modelmarket.version`` are the
+gateway's own, from the client span that made the call (``tracing.ClientCall``): nothing a runner writes there
+reaches a trace."""
+_PID_MAX = 1 << 22
+"""Linux's largest ``pid_max``."""
+_ERROR_TYPE_RE = re.compile(r"[1-5][0-9]{2}")
 _TRACEPARENT_RE = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _HEX16_RE = re.compile(r"[0-9a-f]{16}")
 _STATUSES = ("unset", "ok", "error")
@@ -65,18 +63,20 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool = True) -> byt
 
 @dataclass(frozen=True, slots=True)
 class RunnerSpan:
+    """What the gateway takes from a runner's span header: ids, times, status and the checked attributes."""
+
     span_id: int
-    name: str
     start_ns: int
     end_ns: int
     status: str
-    attributes: dict[str, str | int | bool]
+    attributes: dict[str, str | int]
 
 
 def decode_runner_span(raw: bytes, trace_id: int, parent_id: int, window_ns: tuple[int, int]) -> RunnerSpan | None:
     """The runner's span of header ``raw`` if it is well-formed and belongs where it claims: trace ``trace_id``,
     parent ``parent_id`` (the client span that called it), times within ``window_ns`` (+- ``CLOCK_SLACK_NS``).
-    Attributes outside ``RUNNER_ATTRIBUTES`` are dropped; a malformed header as a whole."""
+    Only ``RUNNER_ATTRIBUTES`` with a value they may have are kept (``runner_attributes``); the runner's span name
+    is not read. A malformed header is dropped as a whole."""
     if len(raw) > SPAN_HEADER_MAX_BYTES:
         return None
     try:
@@ -85,25 +85,50 @@ def decode_runner_span(raw: bytes, trace_id: int, parent_id: int, window_ns: tup
         return None
     if not isinstance(doc, dict):
         return None
-    span, name, start, end = doc.get("span"), doc.get("name"), doc.get("start"), doc.get("end")
+    span, start, end = doc.get("span"), doc.get("start"), doc.get("end")
     status = doc.get("status", "unset")
     if doc.get("trace") != f"{trace_id:032x}" or doc.get("parent") != f"{parent_id:016x}":
         return None
     if not isinstance(span, str) or not _HEX16_RE.fullmatch(span) or int(span, 16) in (0, parent_id):
         return None
-    if not isinstance(name, str) or not 0 < len(name) <= _SPAN_NAME_MAX_CHARS or status not in _STATUSES:
+    if status not in _STATUSES:
         return None
     if start.__class__ is not int or end.__class__ is not int:  # never a bool, a float or a string
         return None
     if not window_ns[0] - CLOCK_SLACK_NS <= start <= end <= window_ns[1] + CLOCK_SLACK_NS:
         return None
-    attributes: dict[str, str | int | bool] = {}
     given = doc.get("attributes")
-    for key, value in given.items() if given.__class__ is dict else ():
-        kind = value.__class__
-        if key in RUNNER_ATTRIBUTES and (kind is int or kind is bool or (kind is str and len(value) <= 128)):
-            attributes[key] = value
-    return RunnerSpan(int(span, 16), name, start, end, status, attributes)
+    attributes = runner_attributes(given) if given.__class__ is dict else {}
+    return RunnerSpan(int(span, 16), start, end, status, attributes)
+
+
+def runner_attributes(given: dict[str, Any]) -> dict[str, str | int]:
+    """The attributes of a runner's span the gateway keeps: a status code (100-599), a pid, ``error.type`` as a
+    status code, an installed runtime's name, a known sandbox profile. Any other key or value is dropped."""
+    kept: dict[str, str | int] = {}
+    status, pid = given.get("http.response.status_code"), given.get("process.pid")
+    if status.__class__ is int and 100 <= status <= 599:
+        kept["http.response.status_code"] = status
+    if pid.__class__ is int and 0 < pid <= _PID_MAX:
+        kept["process.pid"] = pid
+    error = given.get("error.type")
+    if error.__class__ is str and _ERROR_TYPE_RE.fullmatch(error):
+        kept["error.type"] = error
+    runtime, sandbox = given.get("modelmarket.runtime"), given.get("modelmarket.sandbox")
+    if runtime.__class__ is str and runtime in _installed_runtimes():
+        kept["modelmarket.runtime"] = runtime
+    if sandbox.__class__ is str and sandbox in SANDBOXES:
+        kept["modelmarket.sandbox"] = sandbox
+    return kept
+
+
+@functools.cache
+def _installed_runtimes() -> frozenset[str]:
+    """The runtimes installed here (the entry points a runner loads its runtime from), read once, on the gateway:
+    a runner imports nothing of the plug-in machinery for its spans."""
+    from modelmarket.runtime.plugins import available_runtimes
+
+    return frozenset(available_runtimes())
 
 
 @dataclass(slots=True)

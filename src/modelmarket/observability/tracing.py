@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from modelmarket import __version__
 from modelmarket.observability.context import CallInfo
@@ -79,19 +79,29 @@ def _incoming(scope: MutableMapping[str, Any]) -> bytes | None:
     return None
 
 
+_OIP_TAILS = {"": "", "ready": "/ready", "infer": "/infer"}
+"""What may follow ``/v2/models/{model}`` (or ``.../versions/{version}``) in a route; any other tail has none."""
+
+
 def route_of(path: str, protocol: str) -> str | None:
-    """The low-cardinality route of a path (``/v2/models/{model}/infer``), None where there is none to name."""
+    """The low-cardinality route of a path (``/v2/models/{model}/infer``), None where there is none to name.
+
+    Only fixed text reaches the route (and the span's name): the model and version become ``{model}`` and
+    ``{version}``, and a path whose other segments are not one of the gateway's own routes gets None, whatever a
+    caller typed in it."""
     if protocol == "oip":
         parts = path.split("/")  # '', 'v2', 'models', name, ...
         if len(parts) >= 6 and parts[4] == "versions":
-            return "/".join(["/v2/models/{model}/versions/{version}", *parts[6:]])
-        return "/".join(["/v2/models/{model}", *parts[4:]])
+            tail = _OIP_TAILS.get("/".join(parts[6:]))
+            return None if tail is None else "/v2/models/{model}/versions/{version}" + tail
+        tail = _OIP_TAILS.get("/".join(parts[4:]))
+        return None if tail is None else "/v2/models/{model}" + tail
     if protocol == "openai":
         return path if path in _OPENAI_ROUTES else None
     if protocol == "health":
         return path if path in _HEALTH_ROUTES else None
     if protocol == "metrics":
-        return path
+        return "/metrics" if path == "/metrics" else None
     return None
 
 
@@ -118,6 +128,8 @@ class SpanRecord(NamedTuple):
 
 
 SERVER, CLIENT = 2, 3
+CLOSE_TIMEOUT_S = 5.0
+"""How long the gateway's exit waits, at most, for its queued spans to be sent."""
 
 
 class SpanSink(Protocol):
@@ -125,7 +137,8 @@ class SpanSink(Protocol):
 
     def add(self, record: SpanRecord) -> None: ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, timeout_s: float = ...) -> None:
+        """Send what is queued, waiting ``timeout_s`` at most, and stop."""
 
 
 def resource_attributes(instance_id: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -175,7 +188,8 @@ class ProcessorSink:
         )
         self.processor.on_end(span)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        self.processor.force_flush(round(timeout_s * 1000))
         self.processor.shutdown()
 
 
@@ -210,7 +224,7 @@ class GatewayTracing:
     ) -> None:
         if sink is not None and not hasattr(sink, "add"):
             sink = ProcessorSink(sink, instance_id)
-        self.sink: SpanSink | None = sink
+        self.sink = cast("SpanSink | None", sink)
         self.sample_bound = round(min(max(sample_ratio, 0.0), 1.0) * (1 << 64))
         """A new trace is sampled when the low 64 bits of its id are below this (as ``TraceIdRatioBased``)."""
         self._randbits = randbits or random.getrandbits
@@ -262,33 +276,44 @@ class GatewayTracing:
             if value:
                 return value
 
-    def runner_span(self, raw: bytes, trace_id: int, parent_id: int, window_ns: tuple[int, int]) -> bool:
-        """Export the runner's span of header ``raw`` if it checks out: a child of our client span ``parent_id``
-        in our trace, times within ``window_ns`` (give or take ``CLOCK_SLACK_NS``), known attributes only."""
-        found = decode_runner_span(raw, trace_id, parent_id, window_ns)
+    def runner_span(self, raw: bytes, call: ClientCall, end_ns: int) -> bool:
+        """Export the runner's span of header ``raw`` if it checks out (``decode_runner_span``): a child of client
+        span ``call`` in its trace, times within the call (give or take ``CLOCK_SLACK_NS``). Its name, method,
+        route, model and version are the client span's own; of the runner's attributes only the checked ones."""
+        active = call.active
+        found = decode_runner_span(raw, active.trace_id, call.span_id, (call.start_ns, end_ns))
         if found is None or self.sink is None:
             return False
+        own = call.attributes
+        attributes: dict[str, Any] = {
+            "http.request.method": own["http.request.method"],
+            "http.route": own["url.template"],
+            "modelmarket.model": own["modelmarket.model"],
+            "modelmarket.version": own["modelmarket.version"],
+            **found.attributes,
+        }
         self.sink.add(
             SpanRecord(
                 True,
                 SERVER,
-                found.name,
-                trace_id,
+                call.name,
+                active.trace_id,
                 found.span_id,
-                parent_id,
+                call.span_id,
                 True,
                 found.start_ns,
                 found.end_ns,
-                found.attributes,
+                attributes,
                 found.status == "error",
             )
         )
         return True
 
-    def shutdown(self) -> None:
-        """Export what is queued and stop the exporter's thread (the gateway's exit)."""
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Export what is queued and stop the exporter's thread, waiting ``timeout_s`` at most (the gateway's
+        shutdown: ``Observability.close``); spans still queued then are dropped."""
         if self.sink is not None:
-            self.sink.shutdown()
+            self.sink.shutdown(timeout_s)
 
 
 def _server_attributes(info: CallInfo, route: str | None) -> dict[str, Any]:
@@ -378,7 +403,7 @@ class ClientCall:
         )
         raw = headers.get(SPAN_HEADER) if headers is not None and self.propagate else None
         if raw is not None:
-            active.tracing.runner_span(raw, active.trace_id, self.span_id, (self.start_ns, end_ns))
+            active.tracing.runner_span(raw, self, end_ns)
 
 
 def client_call(model: str, version: str, route: str, upstream: str | None = None) -> ClientCall | None:
@@ -432,5 +457,5 @@ def gateway_tracing(
     if sink is not None:
         import atexit
 
-        atexit.register(tracing.shutdown)
+        atexit.register(tracing.close)
     return tracing
