@@ -14,19 +14,16 @@ summary) is shown only to the model's provider and to operators, as the API show
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from starlette.responses import Response
 
 from modelmarket.accounts import Account
-from modelmarket.billing.pricing import PriceBook, price_now_json
+from modelmarket.billing.pricing import PriceBook
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.dashboard.web import DashboardContext, Page, View
-from modelmarket.gateway.api import MeasuredCache
+from modelmarket.gateway.api import MeasuredCache, measured_loader, price_now, prices_in_force
 from modelmarket.governance.model import Submission
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.card_export import card_sections
@@ -37,13 +34,11 @@ from modelmarket.registry.search import (
     FILTERS,
     MODALITIES,
     SORTS,
-    Measured,
     SearchTexts,
     encode_cursor,
     listings,
     measured_json,
     parse_search,
-    read_measured,
     search,
 )
 from modelmarket.registry.views import model_summary
@@ -88,30 +83,8 @@ def price_book(ctx: DashboardContext) -> PriceBook | None:
     return None if economy is None else economy.prices
 
 
-def price_now(book: PriceBook | None, entry: ModelEntry, at: datetime) -> dict[str, Any] | None:
-    """The price in force as the API shows it (``price_now``), or None without a price book."""
-    if book is None:
-        return None
-    return price_now_json(book.in_force(entry.name, at), entry.resolve(None).manifest.pricing.price_per_iu)
-
-
-def prices_in_force(book: PriceBook | None, catalogue: Catalogue, at: datetime) -> dict[str, Decimal] | None:
-    if book is None:
-        return None
-    return {
-        name: book.in_force(name, at).unit_price(catalogue.get(name).resolve(None).manifest.pricing.price_per_iu)
-        for name in catalogue.names()
-    }
-
-
 def catalogue_pages(ctx: DashboardContext) -> list[Page]:
-    usage = ctx.platform.usage
-
-    def load_measured(catalogue: Catalogue, now: datetime) -> Mapping[str, Measured]:
-        with usage.uow.read() as uow:
-            return read_measured(uow.usage, catalogue.names(), now)
-
-    measured = MeasuredCache(load_measured, ctx.platform.settings.cache_refresh_s)
+    measured = MeasuredCache(measured_loader(ctx.platform.usage), ctx.platform.settings.cache_refresh_s)
     texts = SearchTexts()
     options = Options()
 

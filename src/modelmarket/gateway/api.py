@@ -106,7 +106,7 @@ class MeasuredCache:
         return self.value
 
 
-def _measured_loader(usage: UsageService) -> Callable[[Catalogue, datetime], Mapping[str, Measured]]:
+def measured_loader(usage: UsageService) -> Callable[[Catalogue, datetime], Mapping[str, Measured]]:
     def load(catalogue: Catalogue, now: datetime) -> Mapping[str, Measured]:
         with usage.uow.read() as uow:
             return read_measured(uow.usage, catalogue.names(), now)
@@ -115,7 +115,7 @@ def _measured_loader(usage: UsageService) -> Callable[[Catalogue, datetime], Map
 
 
 def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
-    measured = MeasuredCache(_measured_loader(ctx.usage), ctx.cache_refresh_s)
+    measured = MeasuredCache(measured_loader(ctx.usage), ctx.cache_refresh_s)
     texts = SearchTexts()
 
     async def models(request: Request) -> JSON:
@@ -183,22 +183,33 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
     return Router(routes=routes)
 
 
-def _price_now(ctx: ApiContext, entry: ModelEntry, at: datetime | None = None) -> dict[str, Any] | None:
-    if ctx.prices is None or ctx.clock is None:
+def price_now(book: PriceBook | None, entry: ModelEntry, at: datetime) -> dict[str, Any] | None:
+    """The price in force as the catalogue shows it (``price_now``), or None without a price book."""
+    if book is None:
         return None
-    found = ctx.prices().in_force(entry.name, ctx.clock() if at is None else at)
-    return price_now_json(found, entry.resolve(None).manifest.pricing.price_per_iu)
+    return price_now_json(book.in_force(entry.name, at), entry.resolve(None).manifest.pricing.price_per_iu)
 
 
-def _prices_in_force(ctx: ApiContext, cat: Catalogue, at: datetime) -> dict[str, Decimal] | None:
+def prices_in_force(book: PriceBook | None, cat: Catalogue, at: datetime) -> dict[str, Decimal] | None:
     """The price per IU in force of every model (None without a price book: the manifests' prices)."""
-    if ctx.prices is None or ctx.clock is None:
+    if book is None:
         return None
-    book = ctx.prices()
     return {
         name: book.in_force(name, at).unit_price(cat.get(name).resolve(None).manifest.pricing.price_per_iu)
         for name in cat.names()
     }
+
+
+def _price_now(ctx: ApiContext, entry: ModelEntry, at: datetime | None = None) -> dict[str, Any] | None:
+    if ctx.prices is None or ctx.clock is None:
+        return None
+    return price_now(ctx.prices(), entry, ctx.clock() if at is None else at)
+
+
+def _prices_in_force(ctx: ApiContext, cat: Catalogue, at: datetime) -> dict[str, Decimal] | None:
+    if ctx.prices is None or ctx.clock is None:
+        return None
+    return prices_in_force(ctx.prices(), cat, at)
 
 
 def _authenticated(
