@@ -105,12 +105,13 @@ def _methods(part: ast.expr) -> tuple[bool, list[str]] | None:
     return None
 
 
-def dispatched(func: ast.FunctionDef | ast.AsyncFunctionDef, subject: str, prefixes: bool = True) -> set[Route]:
+def dispatched(
+    func: ast.FunctionDef | ast.AsyncFunctionDef, subject: str, prefixes: bool = True, default: str | None = None
+) -> set[Route]:
     """The (method, value) pairs an ``if``/``elif`` chain accepts: ``method == M and subject == V`` (and ``in``),
     or its negation ``method != M or subject not in (...)``. A lone ``method != M`` guard gives the method of
     conditions that test ``subject`` alone."""
     found: set[tuple[str | None, str]] = set()
-    default: str | None = None
     for node in ast.walk(func):
         if not isinstance(node, ast.If):
             continue
@@ -158,8 +159,9 @@ def _oip_routes() -> set[Route]:
 
 
 def _edge_routes() -> set[Route]:
-    """Routes ``GatewayApp.__call__`` answers itself (prefix dispatch to the edges above is left out)."""
-    return dispatched(_function(app, "GatewayApp.__call__"), "path", prefixes=False)
+    """Routes ``GatewayApp._route`` answers itself (prefix dispatch to the edges above and to the dashboard is left
+    out). A path dispatched without a method test is GET: ``/metrics``'s endpoint answers 405 to anything else."""
+    return dispatched(_function(app, "GatewayApp._route"), "path", prefixes=False, default="GET")
 
 
 def test_the_route_readers_see_the_routes() -> None:
@@ -168,7 +170,7 @@ def test_the_route_readers_see_the_routes() -> None:
     assert ("POST", "/v2/models/{}/versions/{}/infer") in _oip_routes()
     assert ("GET", "/v2/health/ready") in _oip_routes() and ("GET", "/v2") in _oip_routes()
     assert ("GET", "/api/invoices/{}") in _api_routes()
-    assert _edge_routes() == {("GET", "/openapi.json")}
+    assert _edge_routes() == {("GET", "/openapi.json"), ("GET", "/metrics")}
 
 
 def test_every_served_route_is_documented_and_nothing_else() -> None:

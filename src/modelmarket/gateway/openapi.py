@@ -535,7 +535,19 @@ def _package_paths() -> Doc:
 def _meta_paths() -> Doc:
     answer = _ok("This document.", _json({"type": "object"}))
     op = _operation("getOpenApiDocument", "This OpenAPI document", "Meta", {"200": answer}, public=True)
-    return {OPENAPI_PATH: {"get": op}}
+    exposition = _ok(
+        "Prometheus text exposition format (version 0.0.4); see docs/metrics.md.",
+        {"text/plain": {"schema": {"type": "string"}}},
+    )
+    metrics = _operation(
+        "getMetrics",
+        "Prometheus metrics",
+        "Meta",
+        {"200": exposition, **_errors("Error", (401,)), "403": {"description": "The key is not an operator's."}},
+        description="An operator's API key unless `MODELMARKET_METRICS_PUBLIC`; absent when "
+        "`MODELMARKET_METRICS_ENABLED` is off.",
+    )
+    return {OPENAPI_PATH: {"get": op}, "/metrics": {"get": metrics}}
 
 
 def _components() -> Doc:
