@@ -454,10 +454,11 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (someone else's counts: it is not ours to reuse)."""
+    """Whether process ``pid`` exists (someone else's counts: it is not ours to reuse). A number no pid can be,
+    as read from a folder's or a file's name, is no process."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

@@ -37,8 +37,9 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
 from modelmarket.core.errors import PermissionDenied
+from modelmarket.core.process import pid_alive
 from modelmarket.observability.context import CallInfo
-from modelmarket.observability.metrics_metering import MULTIPROC_ENV, ChildFilesCollector, process_alive
+from modelmarket.observability.metrics_metering import MULTIPROC_ENV, ChildFilesCollector
 from modelmarket.observability.metrics_requests import (
     GENAI_DURATION_BUCKETS_S,
     GENAI_TOKEN_BUCKETS,
@@ -301,7 +302,7 @@ def remove_folders_of_dead_gateways(metrics_dir: Path) -> list[Path]:
     with contextlib.suppress(OSError), os.scandir(metrics_dir) as entries:
         for entry in itertools.islice(entries, MAX_METRICS_FOLDERS):
             owner = _OWNED.fullmatch(entry.name)
-            if owner is None or not entry.is_dir(follow_symlinks=False) or process_alive(int(owner[1])):
+            if owner is None or not entry.is_dir(follow_symlinks=False) or pid_alive(int(owner[1])):
                 continue
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))

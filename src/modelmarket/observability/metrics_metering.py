@@ -34,6 +34,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from modelmarket.core.process import pid_alive
+
 log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SAMPLE_S = 1.0
@@ -233,19 +235,6 @@ def child_file(path: Path, mtime: float) -> ChildFile | None:
     return ChildFile(path, kind, int(pid), mtime)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
 def newest_per_kind(files: list[ChildFile], cap: int) -> list[ChildFile]:
     """At most ``cap`` files of each kind, the most recently written first."""
     kept: list[ChildFile] = []
@@ -295,7 +284,7 @@ class ChildFilesCollector(Collector):
                         files.append(found)
         left: list[ChildFile] = []
         for f in files:
-            if process_alive(f.pid):
+            if pid_alive(f.pid):
                 left.append(f)
             elif f.kind == "counter":
                 if not self._fold(f.path):
