@@ -61,7 +61,7 @@ demo: install sysdeps
 	$(BIN)/modelmarket demo
 
 test: install sysdeps-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile
 
 bench: install sysdeps-test
 	$(BIN)/python benchmarks/gateway_overhead.py

@@ -1,10 +1,19 @@
-"""Shared fixtures: a throwaway PostgreSQL server and a freshly migrated store on SQLite or PostgreSQL."""
+"""Shared fixtures: a throwaway PostgreSQL server, a freshly migrated store on SQLite or PostgreSQL, and the demo
+packages; plus `shared_builds`, which builds an expensive folder once per test run, however many xdist workers
+(`make test` runs the suite with `-n`) ask for it."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import stat
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -49,19 +58,145 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
+@dataclass(frozen=True)
+class SharedBuilds:
+    """Folders built once per test run and shared by every xdist worker (and, without xdist, by the session).
+
+    The first worker that asks for a folder builds it while holding a lock; the others wait on the lock and then
+    use what it built. A build that failed is not tried again: the others fail at once with its error. What is
+    built here is read-only for the tests: copy it (`SharedBuilds.copy_tree`) before changing it.
+    """
+
+    root: Path
+
+    def get(self, name: str, build: Callable[[Path], object]) -> Path:
+        built, failed = self.root / name, self.root / f"{name}.failed"
+        with open(self.root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, whatever happens
+            if failed.exists():
+                raise AssertionError(f"building the shared {name!r} failed in another worker:\n{failed.read_text()}")
+            if not built.is_dir():
+                work = self.root / f"{name}.building"
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir()
+                try:
+                    build(work)
+                except BaseException:
+                    failed.write_text(traceback.format_exc())
+                    raise
+                work.rename(built)
+        return built
+
+    @staticmethod
+    def copy_tree(src: Path, dest: Path) -> Path:
+        """A copy of ``src`` (regular files, links and folders; sockets and FIFOs left out) at ``dest``."""
+
+        def special_files(folder: str, names: list[str]) -> set[str]:
+            return {
+                n
+                for n in names
+                if not stat.S_ISDIR(m := os.lstat(os.path.join(folder, n)).st_mode)
+                and not stat.S_ISREG(m)
+                and not stat.S_ISLNK(m)
+            }
+
+        shutil.copytree(src, dest, symlinks=True, ignore=special_files, dirs_exist_ok=True)
+        return dest
+
+
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model packages, built once per session. Read-only: copy a package before changing it."""
-    out = tmp_path_factory.mktemp("demo")
-    packages = build_packages(out, progress=lambda _: None)
-    assert [p.name for p in packages] == [
-        "digits",
-        "sentiment",
-        "speech-to-text",
-        "smollm2-135m-instruct",
-        "all-minilm-l6-v2",
-        "credit-approval",
-        "credit-approval-biased",
-        "voice-sentiment",
-    ]
-    return out
+def shared_builds(tmp_path_factory: pytest.TempPathFactory) -> SharedBuilds:
+    """Under xdist each worker's temp root is a folder of the run's: the run's is shared by all of them."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    (root / "shared").mkdir(exist_ok=True)
+    return SharedBuilds(root / "shared")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(shared_builds: SharedBuilds) -> Path:
+    """The demo model packages, built once per test run. Read-only: copy a package before changing it."""
+
+    def build(out: Path) -> None:
+        packages = build_packages(out, progress=lambda _: None)
+        assert [p.name for p in packages] == [
+            "digits",
+            "sentiment",
+            "speech-to-text",
+            "smollm2-135m-instruct",
+            "all-minilm-l6-v2",
+            "credit-approval",
+            "credit-approval-biased",
+            "voice-sentiment",
+        ]
+
+    return shared_builds.get("demo-packages", build)
+
+
+MARKET_UNIT = "tests/hostile/"
+"""tests/hostile's files share one platform (the session's `market`) and were written to run one after another on
+it: they are one xdist work unit, except those of `OWN_PLATFORM`."""
+OWN_PLATFORM = frozenset(
+    f"tests/hostile/{name}.py"
+    for name in (
+        "test_c11_openai_and_pipelines",
+        "test_c12_sandboxes_and_runners",
+        "test_c13_privacy",
+        "test_c14_package_upload",
+        "test_c15_publish_gate",
+    )
+)
+"""Hostile files that build platforms of their own (module fixtures), not the `market`: a work unit each."""
+PER_TEST = frozenset(
+    f"tests/e2e/{name}.py" for name in ("test_sandboxes", "test_runner_operations", "test_supervisor_and_demo")
+)
+"""Long files whose tests each build their own platform: every test is a work unit of its own."""
+RUN_FIRST = (
+    "tests/hostile/test_c11_",
+    "tests/e2e/test_sandboxes.py",
+    MARKET_UNIT,  # and the other hostile files
+    "tests/e2e/test_runner_operations.py",
+    "tests/e2e/test_supervisor_and_demo.py",
+    "tests/e2e/",
+    "tests/integration/",
+)
+"""Work units handed out first, longest first (as measured); tests/unit after them all."""
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test (see `MARKET_UNIT`, `OWN_PLATFORM`, `PER_TEST`); else its file."""
+    file = nodeid.split("::", 1)[0]
+    if file in PER_TEST:
+        return nodeid
+    if file.startswith(MARKET_UNIT) and file not in OWN_PLATFORM:
+        return MARKET_UNIT
+    return file
+
+
+def _rank(nodeid: str) -> int:
+    return next((i for i, prefix in enumerate(RUN_FIRST) if nodeid.startswith(prefix)), len(RUN_FIRST))
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # an xdist hook: unknown where xdist is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (as `make test` runs the suite): one work unit per test file, so that a file's module
+    fixtures are built once (`work_unit` says where else); units are handed out in the order the workers
+    collected them (`pytest_collection_modifyitems`: the longest first, so that no long unit starts last). Any
+    other `--dist` is xdist's own."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SuiteScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # the order is ours: not by the number of tests in a unit
+    return SuiteScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker, the longest work units first (`RUN_FIRST`); a run without xdist keeps pytest's order. Every
+    worker sorts the same way, so their collections stay the same, as xdist requires."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: _rank(item.nodeid))  # stable: a unit's tests keep their order

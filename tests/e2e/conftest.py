@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -78,22 +77,36 @@ class Gateway:
         return self.url.removeprefix("http://")
 
 
-@pytest.fixture()
-def digits_cli(demo_cli: Cli, tmp_path: Path) -> Cli:
-    """A fresh MODELMARKET_HOME with only `digits` published (its package copied from the demo build)."""
-    cli = Cli(tmp_path / "home")
-    shutil.copytree(demo_cli.home / "demo", tmp_path / "packages")
-    cli.run("accounts", "create", "demo-provider", "--role", "provider")
-    cli.run("publish", str(tmp_path / "packages" / "digits"))
-    return cli
+@pytest.fixture(scope="session")
+def demo_home(shared_builds: Any) -> Path:
+    """A MODELMARKET_HOME with the demo catalogue built and published through the CLI, once per test run (every
+    xdist worker copies it). Read-only: `demo_cli` is a copy of it."""
+    return shared_builds.get("demo-home", lambda home: Cli(home).run("demo", "--build-only", timeout_s=300))
 
 
 @pytest.fixture(scope="session")
-def demo_cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+def digits_home(shared_builds: Any, demo_home: Path) -> Path:
+    """A MODELMARKET_HOME with only `digits` published (its package from the demo build), once per test run.
+    Read-only: `digits_cli` is a copy of it."""
+
+    def build(home: Path) -> None:
+        cli = Cli(home)
+        cli.run("accounts", "create", "demo-provider", "--role", "provider")
+        cli.run("publish", str(demo_home / "demo" / "digits"))
+
+    return shared_builds.get("digits-home", build)
+
+
+@pytest.fixture()
+def digits_cli(digits_home: Path, shared_builds: Any, tmp_path: Path) -> Cli:
+    """A fresh MODELMARKET_HOME with only `digits` published (its package from the demo build)."""
+    return Cli(shared_builds.copy_tree(digits_home, tmp_path / "home"))
+
+
+@pytest.fixture(scope="session")
+def demo_cli(demo_home: Path, shared_builds: Any, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     """A MODELMARKET_HOME with the demo catalogue built and published through the CLI."""
-    cli = Cli(tmp_path_factory.mktemp("mmhome"))
-    cli.run("demo", "--build-only", timeout_s=300)
-    return cli
+    return Cli(shared_builds.copy_tree(demo_home, tmp_path_factory.mktemp("mmhome")))
 
 
 def start_gateway(
