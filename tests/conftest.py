@@ -21,7 +21,7 @@ from psycopg import sql
 
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.demo import build_packages
-from pgserver import PostgresServer, PostgresUnavailable, find_pg_tools, running_postgres
+from modelmarket.cluster.postgres import PostgresServer, PostgresUnavailable, find_pg_tools, running_postgres
 
 
 @pytest.fixture(scope="session")

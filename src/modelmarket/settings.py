@@ -234,6 +234,40 @@ class Settings(BaseSettings):
         description="How long a dashboard sign-in lasts; signing out, or revoking the key it was made with, "
         "ends it sooner.",
     )
+    # -- scale-out: the bus, the blob store, replicas (docs/scale-out.md) --
+    bus_url: str | None = Field(
+        default=None,
+        description="The event bus. Default: the embedded log under HOME (events.db, and events-pN.db per further "
+        "partition). NATS JetStream: nats://host:port.",
+    )
+    bus_namespace: str = Field(
+        default="modelmarket",
+        pattern=r"^[A-Za-z0-9_-]{1,40}$",
+        description="Prefix of the JetStream streams and subjects this platform uses (one NATS server can carry "
+        "several platforms).",
+    )
+    bus_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Partitions of the usage-event log; an account's events all go to one (ordering per account), "
+        "each partition has its own metering consumer. Fixed once events exist.",
+    )
+    blob_url: str | None = Field(
+        default=None,
+        description="The artifact store. Default: content-addressed files under HOME/blobs. S3: s3://bucket[/prefix] "
+        "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; endpoint from MODELMARKET_S3_ENDPOINT).",
+    )
+    s3_endpoint: str | None = Field(
+        default=None, description="S3 endpoint URL (e.g. http://127.0.0.1:8333 for SeaweedFS); unset: AWS's own."
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region name sent with requests.")
+    invalidation_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a gateway checks for changes made by other processes (keys, catalogue, routes, "
+        "prices) when no bus message told it sooner.",
+    )
 
     @property
     def resolved_database_url(self) -> str:
