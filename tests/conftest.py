@@ -24,6 +24,9 @@ from modelmarket.demo import build_packages
 from modelmarket.cluster.postgres import PostgresServer, PostgresUnavailable, find_pg_tools, running_postgres
 
 
+pytest_plugins = ["fixtures_nats", "fixtures_s3"]
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server on a free loopback port in a temp dir, stopped at the end of the session."""
