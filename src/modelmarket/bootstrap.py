@@ -80,7 +80,9 @@ def bootstrap(
 ) -> Platform:
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    store = store or open_store(settings.resolved_database_url, lock_dir=settings.home)
+    store = store or open_store(
+        settings.resolved_database_url, lock_dir=settings.home, create=settings.database_per_home
+    )
     checkpoint_key = CheckpointKey(settings.keys_dir)
     # Audit appends sign the audit tree's checkpoints with the home's key, which also keeps the latest ones in the
     # keys folder, outside the store; AuditService gets the same key, so `audit verify` reads those copies.

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+HOME_ID = "{home_id}"
+"""Placeholder in `database_url`, `bus_namespace` and `blob_url`: replaced by `home_id(home)`, so one set of
+engines (a PostgreSQL server, a NATS server, an S3 bucket) carries several platforms, one per home."""
+
+
+def home_id(home: Path) -> str:
+    """A short, stable name of a home (its resolved path): `mm_` and 12 hex digits of its SHA-256."""
+    return "mm_" + hashlib.sha256(str(Path(home).expanduser().resolve()).encode()).hexdigest()[:12]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELMARKET_", extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_home(cls, data: Any) -> Any:
+        """Replace `{home_id}` in the engines' addresses by this home's id (`home_id`)."""
+        if not isinstance(data, dict):
+            return data
+        templated = [k for k in ("database_url", "bus_namespace", "blob_url") if HOME_ID in str(data.get(k) or "")]
+        if templated:
+            data = dict(data)
+            ident = home_id(Path(data.get("home") or ".modelmarket"))
+            for key in templated:
+                data[key] = str(data[key]).replace(HOME_ID, ident)
+            data["database_per_home"] = "database_url" in templated
+        return data
 
     home: Path = Field(
         default=Path(".modelmarket"),
@@ -262,6 +289,11 @@ class Settings(BaseSettings):
         default=None, description="S3 endpoint URL (e.g. http://127.0.0.1:8333 for SeaweedFS); unset: AWS's own."
     )
     s3_region: str = Field(default="us-east-1", description="S3 region name sent with requests.")
+    database_per_home: bool = Field(
+        default=False,
+        description="Set when MODELMARKET_DATABASE_URL names its database with {home_id}: the database is created "
+        "on first use (one PostgreSQL server, a database per home).",
+    )
     invalidation_poll_s: float = Field(
         default=1.0,
         gt=0,

@@ -12,7 +12,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from modelmarket.adapters.store.uow import MIGRATION_LOCK_ID, SqlStore
 from modelmarket.core.errors import InvalidInput
@@ -97,10 +99,35 @@ def _migration_lock(engine: Engine, lock_dir: Path | None) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_store(url: str, lock_dir: Path | None = None) -> SqlStore:
-    """Open (and migrate) the store at ``url``."""
+def open_store(url: str, lock_dir: Path | None = None, create: bool = False) -> SqlStore:
+    """Open (and migrate) the store at ``url``; with ``create``, a PostgreSQL database that does not exist yet is
+    created first (`MODELMARKET_DATABASE_URL` with `{home_id}`: a database per home on one server)."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif create:
+        _create_database(url)
     engine = create_store_engine(url)
     migrate(engine, lock_dir)
     return SqlStore(engine)
+
+
+def _create_database(url: str) -> None:
+    """CREATE DATABASE for ``url``'s database unless it exists, through the server's `postgres` database (two
+    processes creating it at once: the loser finds it made)."""
+    parsed = make_url(url)
+    name = parsed.database or ""
+    if not name.replace("_", "").isalnum():
+        raise InvalidInput(f"MODELMARKET_DATABASE_URL: cannot create database {name!r} (letters, digits and _ only)")
+    exists = text("SELECT 1 FROM pg_database WHERE datname = :n")
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            if conn.execute(exists, {"n": name}).first():
+                return
+            try:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            except DBAPIError:
+                if not conn.execute(exists, {"n": name}).first():
+                    raise
+    finally:
+        admin.dispose()
