@@ -19,12 +19,44 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import engines
+from engines import clone_home_store
 from modelmarket.adapters.store import SqlStore, open_store
-from modelmarket.demo import build_packages
 from modelmarket.cluster.postgres import PostgresServer, PostgresUnavailable, find_pg_tools, running_postgres
-
+from modelmarket.demo import build_packages
 
 pytest_plugins = ["fixtures_nats", "fixtures_s3"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """On the real engines (`MM_TEST_ENGINES=real`, see tests/engines.py), the servers for this session and the
+    MODELMARKET_ variables that point every platform of the session at them; otherwise nothing."""
+    if not engines.REAL:
+        yield {}
+        return
+    pg, nats, s3 = (request.getfixturevalue(name) for name in ("pg_server", "nats_server", "s3_server"))
+    env = {
+        "MODELMARKET_DATABASE_URL": pg.url("{home_id}"),
+        "MODELMARKET_BUS_URL": nats.url,
+        "MODELMARKET_BUS_NAMESPACE": "{home_id}",
+        "MODELMARKET_BUS_PARTITIONS": "2",
+        "MODELMARKET_BLOB_URL": "s3://modelmarket-tests",
+        "MODELMARKET_S3_ENDPOINT": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+    }
+    assert set(env) == engines.ENGINE_NAMES
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -106,12 +138,20 @@ class SharedBuilds:
         shutil.copytree(src, dest, symlinks=True, ignore=special_files, dirs_exist_ok=True)
         return dest
 
+    @classmethod
+    def copy_home(cls, src: Path, dest: Path) -> Path:
+        """A copy of the MODELMARKET_HOME ``src``, with its store (on the real engines, its database)."""
+        cls.copy_tree(src, dest)
+        clone_home_store(src, dest)
+        return dest
+
 
 @pytest.fixture(scope="session")
 def shared_builds(tmp_path_factory: pytest.TempPathFactory) -> SharedBuilds:
-    """Under xdist each worker's temp root is a folder of the run's: the run's is shared by all of them."""
+    """Under xdist each worker's temp root is a folder of the run's: the run's is shared by all of them. On the
+    real engines each worker builds its own (a home's database is on the worker's own PostgreSQL server)."""
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") and not engines.REAL else base
     (root / "shared").mkdir(exist_ok=True)
     return SharedBuilds(root / "shared")
 

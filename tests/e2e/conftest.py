@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from engines import clean_env
+
 MM = [sys.executable, "-m", "modelmarket.cli.main"]
 GATE_POLICY = Path(__file__).resolve().parent.parent / "gate_policy.yaml"
 
@@ -29,7 +30,7 @@ class Cli:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
+        env = clean_env()
         env["MODELMARKET_HOME"] = str(self.home)
         # These suites exercise serving: what they publish is approved by the gate's auto review once every other
         # stage passed, with a short benchmark (tests/gate_policy.yaml). The review itself is tested with it manual
@@ -100,13 +101,13 @@ def digits_home(shared_builds: Any, demo_home: Path) -> Path:
 @pytest.fixture()
 def digits_cli(digits_home: Path, shared_builds: Any, tmp_path: Path) -> Cli:
     """A fresh MODELMARKET_HOME with only `digits` published (its package from the demo build)."""
-    return Cli(shared_builds.copy_tree(digits_home, tmp_path / "home"))
+    return Cli(shared_builds.copy_home(digits_home, tmp_path / "home"))
 
 
 @pytest.fixture(scope="session")
 def demo_cli(demo_home: Path, shared_builds: Any, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     """A MODELMARKET_HOME with the demo catalogue built and published through the CLI."""
-    return Cli(shared_builds.copy_tree(demo_home, tmp_path_factory.mktemp("mmhome")))
+    return Cli(shared_builds.copy_home(demo_home, tmp_path_factory.mktemp("mmhome")))
 
 
 def start_gateway(

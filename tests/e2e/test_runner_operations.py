@@ -35,6 +35,7 @@ from click.testing import CliRunner
 from tests.e2e.conftest import EnvCli, Gateway, start_gateway, stop_gateway
 from tests.sandbox_packages import PROVIDER, slow_echo_package, write_package
 
+from engines import developer_setting
 from modelmarket.cli.main import cli as cli_main
 
 PROCESS = {"profile": "process"}
@@ -49,7 +50,7 @@ class SandboxCli(EnvCli):
     def run(self, *args: str, check: bool = True, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         """The real CLI, run in this process: starting a second interpreter costs seconds on a busy machine (the
         imports), and these tests call it often. Its environment is the gateway's, MODELMARKET_* from ours left out."""
-        env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MODELMARKET_")}
+        env: dict[str, str | None] = {k: None for k in os.environ if developer_setting(k)}
         env.update({k: v for k, v in self.env.items() if k.startswith("MODELMARKET_")})
         result = CliRunner().invoke(cli_main, list(args), env=env, catch_exceptions=False)
         if check and result.exit_code != 0:

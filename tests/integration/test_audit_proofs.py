@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import LargeBinary, bindparam, text
 
+from engines import developer_setting
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.adapters.store import SqlStore
 from modelmarket.audit import append
@@ -488,7 +489,7 @@ def test_a_checkpoint_signed_by_another_key_is_caught(chained: Platform, tmp_pat
 @pytest.fixture()
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
-        if name.startswith("MODELMARKET_"):
+        if developer_setting(name):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     monkeypatch.setenv("MODELMARKET_HOME", str(home))

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from engines import developer_setting
 from modelmarket.adapters.bus import SqliteEventLog
 from modelmarket.billing.period import Period
 from modelmarket.cli.main import cli
@@ -62,7 +63,7 @@ class Mm:
 @pytest.fixture()
 def mm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Mm:
     for name in list(os.environ):
-        if name.startswith("MODELMARKET_"):
+        if developer_setting(name):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MODELMARKET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MODELMARKET_GATE_REVIEW", "auto")  # the gate approves what passes its stages

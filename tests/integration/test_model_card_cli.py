@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
+from engines import developer_setting
 from modelmarket.bootstrap import bootstrap
 from modelmarket.cli.main import cli
 from modelmarket.demo._files import PROVIDER
@@ -51,7 +52,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture()
 def mm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packages: dict[str, Path]) -> Iterator[Cli]:
     for name in list(os.environ):
-        if name.startswith("MODELMARKET_"):
+        if developer_setting(name):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MODELMARKET_HOME", str(tmp_path / "home"))
     runner = Cli(CliRunner())

@@ -19,6 +19,7 @@ import yaml
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
+from engines import developer_setting
 from modelmarket.adapters.store import SqlStore
 from modelmarket.adapters.store import schema as t
 from modelmarket.audit import chain
@@ -273,7 +274,7 @@ class Mm:
 def mm(store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentiment_package: Path) -> Iterator[Mm]:
     """The CLI on the test's store (SQLite or PostgreSQL), with models sent-a and sent-b published."""
     for name in list(os.environ):
-        if name.startswith("MODELMARKET_"):
+        if developer_setting(name):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MODELMARKET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MODELMARKET_GATE_REVIEW", "auto")  # the gate approves what passes its stages

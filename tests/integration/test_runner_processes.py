@@ -22,6 +22,7 @@ import httpx
 import orjson
 import pytest
 
+from engines import clean_env
 from modelmarket.core.errors import NotReady
 from modelmarket.core.process import RestartPolicy
 from modelmarket.registry import VersionRecord
@@ -338,7 +339,7 @@ def test_the_runner_module_serves_tcp_when_started_by_hand(tmp_path: Path, plugi
 def test_the_metering_child_runs_from_its_module_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     from modelmarket.gateway.metering_process import MeteringProcess
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
+    env = clean_env()
     env["MODELMARKET_HOME"] = str(tmp_path / "home")
 
     async def scenario() -> None:
