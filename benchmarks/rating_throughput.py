@@ -17,8 +17,8 @@ Prints, measured in one run on this machine: events/s for each backend (targets:
 database under cProfile and prints the top functions by cumulative time (then by own time).
 
 It builds the demo packages (publishing only ``digits``) and its databases in a temporary folder; PostgreSQL is a
-throwaway server (initdb/pg_ctl, modelmarket.cluster.postgres) on a free loopback port, stopped at the end. Without the
-PostgreSQL binaries that half is skipped, with the reason.
+throwaway server (initdb/pg_ctl, modelmarket.cluster.postgres) on a free loopback port, stopped at the end.
+Without the PostgreSQL binaries that half is skipped, with the reason.
 
 Usage: python benchmarks/rating_throughput.py [--events N] [--pg-events N] [--profile] [--no-postgres]
 """
@@ -49,14 +49,12 @@ from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.adapters.store import schema as t
 from modelmarket.adapters.store.repos.usage import insert_rows
 from modelmarket.bootstrap import bootstrap
+from modelmarket.cluster.postgres import PostgresUnavailable, find_pg_tools, running_postgres
 from modelmarket.demo import build_packages
 from modelmarket.metering.consumer import BATCH_MAX_RECORDS
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
 from modelmarket.settings import Settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from modelmarket.cluster.postgres import PostgresUnavailable, find_pg_tools, running_postgres
 
 TARGET_SQLITE_EPS = 50_000
 TARGET_POSTGRES_EPS = 10_000
