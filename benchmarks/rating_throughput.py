@@ -30,7 +30,6 @@ import cProfile
 import io
 import pstats
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
