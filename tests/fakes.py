@@ -34,7 +34,7 @@ from modelmarket.billing.ports import (
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.ports import CallStats, DailyUsage, KeptAnswer, LogRecord, ModelActivity, Reject
+from modelmarket.metering.ports import CallStats, DailyUsage, KeptAnswer, KeyLookup, LogRecord, ModelActivity, Reject
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.ports import StoredAlias, StoredModel, StoredVersion
 from modelmarket.routing.ports import StoredRoute
@@ -462,6 +462,10 @@ class FakeUnitOfWork:
         self.plans = FakePlans(s)
         self.ledger = FakeLedger(s)
         self.routing = FakeRouting(s)
+        self.locks: list[tuple[Lock, str, bool]] = []
+
+    def lock(self, lock: Lock, key: str = "", *, shared: bool = False) -> None:
+        self.locks.append((lock, key, shared))  # one writer at a time already: nothing else to exclude
 
 
 class FakeStore:
@@ -506,6 +510,12 @@ class FakeEventLog:
 
     def last_offset(self) -> int:
         return self.records[-1].offset if self.records else 0
+
+    def ack(self, upto_offset: int) -> None:
+        """Nothing to forget: the reader's offset is in the store (as the embedded log)."""
+
+    def lookup(self, event_id: str) -> KeyLookup:
+        return KeyLookup(any(r.event_id == event_id for r in self.records), None)
 
     def close(self) -> None:
         self.closed += 1

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelmarket.accounts import AccountService
-from modelmarket.adapters.blobs import FsBlobStore
-from modelmarket.adapters.bus import SqliteEventLog
+from modelmarket.adapters.blobs import open_blobs
+from modelmarket.adapters.bus.changes import LocalChangeFeed, NatsChangeFeed, make_change_feed
+from modelmarket.adapters.bus.opening import LogConfig
 from modelmarket.adapters.store import SqlStore, open_store
 from modelmarket.audit import AuditService
 from modelmarket.audit.checkpoints import CheckpointKey
@@ -66,8 +67,11 @@ class Platform:
     routing: RoutingService
     gate: GateService
     privacy: PrivacyService
+    changes: LocalChangeFeed | NatsChangeFeed = field(default_factory=LocalChangeFeed)
+    """Announces audited commits to the gateway replicas (``gateway/invalidation.py``)."""
 
     def close(self) -> None:
+        self.changes.close()  # announcements under way are sent first (bounded)
         self.store.dispose()
 
 
@@ -87,16 +91,29 @@ def bootstrap(
     # Audit appends sign the audit tree's checkpoints with the home's key, which also keeps the latest ones in the
     # keys folder, outside the store; AuditService gets the same key, so `audit verify` reads those copies.
     store.signer = checkpoint_key
-    blobs = blobs or FsBlobStore(settings.blobs_dir)
+    changes = make_change_feed(settings.bus_url, settings.bus_namespace)
+    store.on_audited_commit = changes.publish  # every audited commit of this process tells the replicas to look
+    blobs = blobs or open_blobs(settings)
     clock = clock or utc_now
     runtimes = runtimes or PluginRuntimes()
 
-    def open_log() -> EventLog:
-        return SqliteEventLog(settings.event_log_path, settings.event_log_sync, answer_ttl_s=settings.idempotency_ttl_s)
+    log_config = LogConfig(
+        settings.bus_url,
+        settings.bus_namespace,
+        settings.bus_partitions,
+        settings.event_log_path,
+        settings.event_log_sync,
+        settings.idempotency_ttl_s,
+    )
+    open_log: Callable[..., EventLog] = log_config.open_log  # (partition=0, consumer=the partition's metering one)
 
     rater = Rater(settings.provider_share, clock)
     usage_tree = UsageTree(checkpoint_key, clock, settings.usage_checkpoint_s)
-    metering = MeteringService(store, open_log, clock, settings.metering_poll_s, projectors=(rater, usage_tree))
+    projectors = (rater, usage_tree)
+    metering = MeteringService(
+        store, open_log, clock, settings.metering_poll_s, projectors=projectors, partitions=log_config.partitions
+    )
+    metering.log_config = log_config  # the gateway's writer is made from the same configuration
     registry = RegistryService(store, blobs, clock, runtimes)
     policy = load_policy(settings.gate_policy)
     if settings.gate_review is not None:
@@ -111,7 +128,7 @@ def bootstrap(
         registry=registry,
         metering=metering,
         usage=UsageService(store, metering),
-        audit=AuditService(store, checkpoint_key),
+        audit=AuditService(store, checkpoint_key, usage_partitions=log_config.partitions),
         plans=PlanService(store, clock),
         invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),
         ledger=LedgerService(store, metering, clock, open_log),
@@ -124,6 +141,7 @@ def bootstrap(
             capture_max_chars=settings.capture_max_chars,
             capture_max_calls=settings.capture_max_calls,
         ),
+        changes=changes,
     )
 
 

@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 HOME_ID = "{home_id}"
 """Placeholder in `database_url`, `bus_namespace` and `blob_url`: replaced by `home_id(home)`, so one set of
 engines (a PostgreSQL server, a NATS server, an S3 bucket) carries several platforms, one per home."""
@@ -297,8 +296,24 @@ class Settings(BaseSettings):
     invalidation_poll_s: float = Field(
         default=1.0,
         gt=0,
-        description="How often a gateway checks for changes made by other processes (keys, catalogue, routes, "
-        "prices) when no bus message told it sooner.",
+        description="How often a gateway checks the audit chain for changes made by other processes (keys, "
+        "catalogue, routes, prices, plans, limits) when no bus message told it sooner. Bound: a change is in force "
+        "on every replica within this (embedded bus), or within a NATS message's latency, plus one reload of the "
+        "snapshots it touches (docs/scale-out.md).",
+    )
+    limit_lease_fraction: Decimal | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Set when several gateways serve one store: each leases blocks of this fraction of a limit "
+        "(quota, grant, budget, rpm) from the store, so together they stay within it (docs/scale-out.md). "
+        "Unset: each gateway counts its own calls alone.",
+    )
+    limit_lease_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a leased block outlives its gateway: a gateway renews its leases every third of "
+        "this; a dead one's unused allowance comes back after it.",
     )
 
     @property

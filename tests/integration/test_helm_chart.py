@@ -183,6 +183,7 @@ def test_scale_out_shape_has_hpa_pdb_metering_and_the_engines_settings(scale_out
     data = settings_data(scale_out)
     assert data["MODELMARKET_BUS_URL"] == "nats://nats.messaging.svc.cluster.local:4222"
     assert data["MODELMARKET_BUS_PARTITIONS"] == "8"
+    assert data["MODELMARKET_LIMIT_LEASE_FRACTION"] == "0.1"  # limits hold across the replicas
     assert data["MODELMARKET_BLOB_URL"] == "s3://modelmarket-artifacts/prod"
     assert data["MODELMARKET_S3_ENDPOINT"] == "http://minio.storage.svc.cluster.local:9000"
     assert data["MODELMARKET_S3_REGION"] == "eu-west-1"

@@ -64,7 +64,7 @@ EXPECTED = {
     "modelmarket.gateway": {"DataPlane", "GatewayApp", "GatewayParts", "bootstrap_gateway", "build_gateway"},
     "modelmarket.adapters": set(),
     "modelmarket.adapters.store": {"SqlStore", "SqlUnitOfWork", "open_store"},
-    "modelmarket.adapters.blobs": {"FsBlobStore"},
+    "modelmarket.adapters.blobs": {"FsBlobStore", "S3BlobStore", "open_blobs"},
     "modelmarket.adapters.bus": {
         "EventLogFull",
         "GroupCommitWriter",

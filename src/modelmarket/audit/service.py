@@ -111,9 +111,13 @@ class FullVerification:
 
 
 class AuditService:
-    def __init__(self, uow: UnitOfWorkFactory[AuditProofsUnitOfWork], key: CheckpointKey | None = None) -> None:
+    def __init__(
+        self, uow: UnitOfWorkFactory[AuditProofsUnitOfWork], key: CheckpointKey | None = None, usage_partitions: int = 1
+    ) -> None:
         self.uow = uow
         self.key = key
+        self.usage_partitions = usage_partitions
+        """Partitions of the usage-event log: the usage tree's log offsets increase within each one."""
         self._full_lock = threading.Lock()
         self._full_since: str | None = None
         self._full_last: FullVerification | None = None
@@ -194,7 +198,7 @@ class AuditService:
     def _verify_once(self, tree: str, public_key: Ed25519PublicKey | None, batch_rows: int) -> tuple[TreeReport, bool]:
         kept, unreadable = self._kept(tree)
         with self.uow.read() as uow:
-            report = verify_tree(uow.proofs, tree, public_key, batch_rows, kept)
+            report = verify_tree(uow.proofs, tree, public_key, batch_rows, kept, self.usage_partitions)
         if unreadable:
             report = replace(report, problems=(unreadable, *report.problems))
         return report, kept is not None

@@ -29,6 +29,7 @@ from modelmarket.audit.merkle import Frontier, leaf_hash
 from modelmarket.audit.ports import MerkleRepository, StoredLeaf
 from modelmarket.audit.trees import STORED_LEVEL_STRIDE, stored_audit_leaf
 from modelmarket.core.errors import ensure
+from modelmarket.metering.partitions import partition_of
 
 VERIFY_BATCH_ROWS = 5000
 """Leaves (with their rows) read per round trip; the trees are streamed, never loaded whole."""
@@ -123,13 +124,16 @@ class _Walk:
         latest: Checkpoint | None,
         kept: Checkpoint | None,
         batch_rows: int,
+        partitions: int = 1,
     ) -> None:
         self.tree = tree
+        self.partitions = partitions
         self.noun = "audit record" if tree == AUDIT_TREE else "usage event"
         self.frontier = Frontier()
         self.intact = True
         self.seen = self.present = 0
-        self.last_offset: int | None = None
+        self.last_offset: dict[int, int] = {}
+        """The last log offset seen per log partition: offsets increase within one, not across them."""
         self.problems = _Problems()
 
         def checkpoints(after: int) -> list[tuple[int, Any]]:
@@ -143,7 +147,7 @@ class _Walk:
             for level in range(STORED_LEVEL_STRIDE, 64, STORED_LEVEL_STRIDE)
         }
 
-    def leaf(self, leaf: StoredLeaf, data: bytes | None, what: str, log_offset: int | None) -> None:
+    def leaf(self, leaf: StoredLeaf, data: bytes | None, what: str, position: tuple[int, int] | None) -> None:
         self.seen += 1
         if self.intact and leaf.leaf_index != self.frontier.size:
             self.problems.add(
@@ -157,27 +161,30 @@ class _Walk:
             self.present += 1
             if leaf_hash(data) != leaf.leaf_hash:
                 self.problems.add(f"{what} (leaf {leaf.leaf_index}) does not match its leaf: it was edited")
-        self._order(leaf, what, log_offset)
+        self._order(leaf, what, position)
         if self.intact:
             for level, index, head in self.frontier.append(leaf.leaf_hash, STORED_LEVEL_STRIDE):
                 self._node(level, index, head)
             self._roots()
 
-    def _order(self, leaf: StoredLeaf, what: str, log_offset: int | None) -> None:
+    def _order(self, leaf: StoredLeaf, what: str, position: tuple[int, int] | None) -> None:
         if self.tree == AUDIT_TREE:
             if leaf.ref != str(leaf.leaf_index + 1):
                 self.problems.add(
                     f"leaf {leaf.leaf_index} of the audit tree names seq {leaf.ref}: records were reordered"
                 )
             return
-        if log_offset is None:
+        if position is None:
             return
-        if self.last_offset is not None and log_offset <= self.last_offset:
+        partition, log_offset = position
+        last = self.last_offset.get(partition)
+        if last is not None and log_offset <= last:
+            where = f" of partition {partition}" if self.partitions > 1 else ""
             self.problems.add(
-                f"{what} (leaf {leaf.leaf_index}, log offset {log_offset}) comes after log offset {self.last_offset}: "
+                f"{what} (leaf {leaf.leaf_index}, log offset {log_offset}) comes after log offset {last}{where}: "
                 "usage events were reordered"
             )
-        self.last_offset = log_offset
+        self.last_offset[partition] = log_offset
 
     def _node(self, level: int, index: int, head: bytes) -> None:
         stored = dict(self.nodes[level].upto(index)).get(index)
@@ -210,6 +217,7 @@ def verify_tree(
     public_key: Ed25519PublicKey | None,
     batch_rows: int = VERIFY_BATCH_ROWS,
     kept: Checkpoint | None = None,
+    partitions: int = 1,
 ) -> TreeReport:
     """Check ``tree`` against its rows and checkpoints; the latest checkpoint's signature against ``public_key``
     (None: the home has no key, so no checkpoint can be trusted); and the store's latest checkpoint against
@@ -218,7 +226,7 @@ def verify_tree(
     head = repo.head(tree)
     candidates = [cp for cp in (None if head is None else head.checkpoint, repo.newest_checkpoint(tree)) if cp]
     latest = max(candidates, key=lambda cp: cp.size, default=None)
-    walk = _Walk(repo, tree, latest, kept, batch_rows)
+    walk = _Walk(repo, tree, latest, kept, batch_rows, partitions)
     _stream(repo, walk, batch_rows)
     _after_walk(repo, walk, head, latest, public_key)
     _against_kept(walk, latest, kept, public_key)
@@ -260,7 +268,7 @@ def _against_kept(
 def _stream(repo: MerkleRepository, walk: _Walk, batch_rows: int) -> None:
     after = -1
     while True:
-        rows: list[tuple[StoredLeaf, bytes | None, int | None]]
+        rows: list[tuple[StoredLeaf, bytes | None, tuple[int, int] | None]]
         if walk.tree == AUDIT_TREE:
             rows = [
                 (leaf, None if record is None else stored_audit_leaf(record), None)
@@ -268,14 +276,16 @@ def _stream(repo: MerkleRepository, walk: _Walk, batch_rows: int) -> None:
             ]
         else:
             rows = [
-                (leaf, None, None) if facts is None else (leaf, usage_leaf(facts), facts.log_offset)
+                (leaf, None, None)
+                if facts is None
+                else (leaf, usage_leaf(facts), (partition_of(facts.account_id, walk.partitions), facts.log_offset))
                 for leaf, facts in repo.usage_leaves(after, batch_rows)
             ]
         if not rows:
             return
-        for leaf, data, log_offset in rows:
+        for leaf, data, position in rows:
             what = f"audit record seq {leaf.leaf_index + 1}" if walk.tree == AUDIT_TREE else f"usage event {leaf.ref}"
-            walk.leaf(leaf, data, what, log_offset)
+            walk.leaf(leaf, data, what, position)
         after = rows[-1][0].leaf_index
 
 

@@ -40,6 +40,7 @@ from modelmarket.core.errors import Conflict, InvalidInput, NotFound, ensure
 from modelmarket.core.money import decimal_text, exact_text, minor_units, round_minor, sum_exact
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.consumer import CONSUMER_NAME, MeteringService
+from modelmarket.metering.partitions import consumer_name, partition_of
 from modelmarket.metering.units import UnitKind
 
 INVOICE_STATUSES = ("draft", "finalized", "void")
@@ -553,6 +554,7 @@ class InvoiceService:
             )
         self.metering.catch_up()
         now = self.clock()
+        partition = partition_of(current.account_id, self.metering.partitions)  # the cutoff: its partition's offset
         with self.uow.write(Lock.METERING) as uow:
             stored = uow.ledger.invoice(invoice_id_)
             if stored is None or stored.status != "draft":
@@ -566,7 +568,7 @@ class InvoiceService:
                     f"invoice {invoice_id_} ({stored.period}, {stored.currency}) has nothing left to bill: no usage "
                     f"and no plan in {stored.currency} for that month any more, so there is nothing to finalize"
                 )
-            offset = uow.usage.offset(CONSUMER_NAME)
+            offset = uow.usage.offset(consumer_name(CONSUMER_NAME, partition))
             final = InvoiceDoc(
                 draft.id,
                 draft.account_id,

@@ -11,6 +11,7 @@ from typing import NamedTuple, Protocol
 
 from modelmarket.audit.ports import AuditRepository
 from modelmarket.billing.plans import PlanVersion, Subscription
+from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import UsageRepository
 from modelmarket.metering.units import UnitKind
@@ -289,6 +290,10 @@ class EconomyUnitOfWork(Protocol):
     @property
     def usage(self) -> UsageRepository: ...
 
+    def lock(self, lock: Lock, key: str = "", *, shared: bool = False) -> None:
+        """Also hold ``lock`` keyed ``key`` until the transaction ends (``metering.ports.MeteringUnitOfWork``)."""
+        ...
+
     @property
     def audit(self) -> AuditRepository: ...
 
@@ -306,3 +311,49 @@ class BilledCall(NamedTuple):
     occurred_at: str
     """ISO 8601, as the gateway stamped it."""
     latency_ms: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLease:
+    """One replica's lease of one limit in one window (``docs/scale-out.md``, "Limits across replicas").
+
+    Amounts are in the limit's unit: base units for IU limits, the plan currency for a budget, requests for rpm.
+    The row of replica ``""`` is the window's baseline: the usage stored before any lease of the window.
+    """
+
+    scope: str
+    """``account:<id>`` or ``key:<id>``."""
+    limit: str
+    """``iu_per_day:<unit kind>``, ``grant:<unit kind>``, ``budget`` or ``rpm``."""
+    window: str
+    """The day (``2026-11-28``), the period (``2026-11``) or the minute (``m00000029400000``); sorts in time order."""
+    replica: str
+    granted: Fraction
+    """What the replica was given in this window in all (used or not), net of what it gave back."""
+    used: Fraction
+    """What the replica reported used (admitted, in flight included) at its last lease, renewal or give-back."""
+    expires_ms: int
+    """Unix time in ms after which an unrenewed lease counts only what it reported used (its holder is gone)."""
+
+
+class LeaseRepository(Protocol):
+    def leases(self, scope: str, limit: str, window: str) -> list[StoredLease]:
+        """Every row of a limit's window (the baseline row included)."""
+        ...
+
+    def put_lease(self, lease: StoredLease) -> None:
+        """Insert or replace the row of ``(scope, limit, window, replica)``."""
+        ...
+
+    def held(self, replica: str) -> list[StoredLease]:
+        """Every row of one replica (what it holds, or held, in every window)."""
+        ...
+
+    def drop_before(self, scope: str, limit: str, window: str) -> int:
+        """Delete the rows of the limit's earlier windows; returns how many went."""
+        ...
+
+
+class LeasesUnitOfWork(EconomyUnitOfWork, Protocol):
+    @property
+    def leases(self) -> LeaseRepository: ...

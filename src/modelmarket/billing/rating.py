@@ -53,7 +53,9 @@ from modelmarket.billing.period import Period
 from modelmarket.billing.plans import IMPLICIT_PLAN, PlanSpec, PlanVersion, Subscription, remaining_days
 from modelmarket.billing.ports import EconomyUnitOfWork, LedgerEntry, LedgerTxn, RatedEvent
 from modelmarket.core.errors import InvalidInput
+from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.partitions import SHARED_LOCK_KEY
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.manifest import parse_manifest
 
@@ -248,6 +250,9 @@ class Rater:
         """The share the store rates at: fixed by its first rating (``MODELMARKET_PROVIDER_SHARE`` then), so every
         process that rates (the metering child, a CLI catching up, a rebuild) gives the same amounts."""
         stored = uow.ledger.setting(SHARE_SETTING)
+        if stored is None:  # the first rating: metering partitions rating at once must not both record it
+            uow.lock(Lock.METERING, SHARED_LOCK_KEY)
+            stored = uow.ledger.setting(SHARE_SETTING)
         if stored is None:
             uow.ledger.put_setting(SHARE_SETTING, str(self.configured_share))
             stored = str(self.configured_share)

@@ -8,6 +8,7 @@ from modelmarket import __version__
 from modelmarket.cli.accounts import accounts, keys
 from modelmarket.cli.audit import audit
 from modelmarket.cli.cards import card_command
+from modelmarket.cli.cluster import cluster
 from modelmarket.cli.economy import (
     billing_group,
     invoice,
@@ -51,6 +52,7 @@ for command in (plans, subscribe, limits, invoices, ledger, payouts, billing_gro
 for command in (providers, routes, runners, reviews):
     cli.add_command(command)
 models.add_command(card_command)
+cli.add_command(cluster)
 
 
 def main() -> None:

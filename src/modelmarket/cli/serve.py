@@ -32,14 +32,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Callable[[str], None]) -> None:
-    from modelmarket.gateway import build_gateway
+def run_gateway(
+    p: Platform, host: str, port: int, preload: bool, on_ready: Callable[[str], None], metering: bool = True
+) -> None:
+    from modelmarket.gateway.app import GatewayApp
+    from modelmarket.gateway.compose import bootstrap_gateway
     from modelmarket.gateway.http_guard import gateway_http_options
     from modelmarket.runtime.asgi import serve_asgi
 
     sock = _bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    app = build_gateway(p, preload, on_ready=lambda: on_ready(url))
+    app = GatewayApp(bootstrap_gateway(p, preload, metering_child=metering), on_ready=lambda: on_ready(url))
     serve_asgi(app, [sock], **gateway_http_options(p.settings))
 
 
@@ -47,8 +50,13 @@ def run_gateway(p: Platform, host: str, port: int, preload: bool, on_ready: Call
 @click.option("--host", default=None, help="Bind address [default: MODELMARKET_HOST or 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [default: MODELMARKET_PORT or 8000; 0 = any free].")
 @click.option("--no-preload", is_flag=True, help="Start model runners on first call instead of at startup.")
+@click.option(
+    "--no-metering",
+    is_flag=True,
+    help="Run no metering consumer child: one `modelmarket meter` process serves every replica (`cluster up`).",
+)
 @domain_errors
-def serve(host: str | None, port: int | None, no_preload: bool) -> None:
+def serve(host: str | None, port: int | None, no_preload: bool, no_metering: bool) -> None:
     """Run the gateway: OIP v2 for every published model, the marketplace API and metering."""
     p = platform()
     h = host or p.settings.host
@@ -58,7 +66,7 @@ def serve(host: str | None, port: int | None, no_preload: bool) -> None:
         click.echo(f"URL: {url}", err=False)
         sys.stdout.flush()
 
-    run_gateway(p, h, prt, not no_preload, ready)
+    run_gateway(p, h, prt, not no_preload, ready, metering=not no_metering)
 
 
 def _ensure_account(p: Platform, name: str, role: str) -> None:
@@ -146,7 +154,9 @@ def demo(port: int | None, build_only: bool) -> None:
         click.echo(f"URL: {url}")
         click.echo(f"API key: {key}")
         if p.settings.dashboard_enabled:
-            click.echo(f"Dashboard: {url}/ (sign in with the API key; the operator's: modelmarket keys create operator)")
+            click.echo(
+                f"Dashboard: {url}/ (sign in with the API key; the operator's: modelmarket keys create operator)"
+            )
         click.echo("Try:")
         for line in _examples(url, key, demo_dir):
             click.echo(f"  {line}")

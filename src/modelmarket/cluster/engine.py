@@ -6,6 +6,7 @@ and hands them to ``ServerProcess``; the tests' fixtures and ``modelmarket clust
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -116,7 +117,5 @@ class ServerProcess:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -148,3 +148,96 @@ def _stop_pg(pg_ctl: list[str], data: Path) -> None:
         _run([*pg_ctl, "-m", "fast", "-w", "-t", str(PG_STOP_TIMEOUT_S), "stop"], PG_STOP_TIMEOUT_S + 10)
     except (RuntimeError, subprocess.TimeoutExpired):
         _run([*pg_ctl, "-m", "immediate", "-w", "-t", str(PG_STOP_TIMEOUT_S), "stop"], PG_STOP_TIMEOUT_S + 10)
+
+
+# -- a persistent server: `modelmarket cluster` keeps its PostgreSQL under HOME/cluster/postgres --
+
+PG_PID_FILE = "postmaster.pid"
+
+
+@dataclass(frozen=True)
+class PersistentPostgres:
+    """A PostgreSQL server whose data outlives it: ``base/data`` (initdb once), sockets in ``base/sock``, the
+    server's log at ``log``. Unlike ``running_postgres`` it keeps fsync on: a cluster's data is meant to last."""
+
+    tools: PostgresTools
+    base: Path
+    port: int
+    log: Path
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def server(self) -> PostgresServer:
+        return PostgresServer(host="127.0.0.1", port=self.port, user=PG_USER)
+
+    @property
+    def pg_ctl(self) -> list[str]:
+        return [*self.tools.prefix, str(self.tools.bindir / "pg_ctl"), "-D", str(self.data)]
+
+    def initialized(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def pid(self) -> int | None:
+        """The postmaster's pid from its pid file (None when it is not running or left no file)."""
+        try:
+            first = (self.data / PG_PID_FILE).read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return None
+        return int(first) if first.isdigit() else None
+
+    def start(self) -> PostgresServer:
+        """initdb on the first start, then ``pg_ctl start`` and wait until it accepts connections."""
+        self._prepare_dirs()
+        if not self.initialized():
+            initdb = [*self.tools.prefix, str(self.tools.bindir / "initdb"), "-D", str(self.data), "-A", "trust"]
+            _run([*initdb, "-U", PG_USER, "-E", "UTF8", "--no-locale"], timeout_s=PG_START_TIMEOUT_S)
+        options = f"-p {self.port} -k {self.base / 'sock'} -c listen_addresses=127.0.0.1"
+        start = [*self.pg_ctl, "-l", str(self.log), "-o", options, "-w", "-t", str(PG_START_TIMEOUT_S), "start"]
+        try:
+            _run(start, timeout_s=PG_START_TIMEOUT_S + 10)
+        except RuntimeError as exc:
+            server_log = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else "(no server log)"
+            raise RuntimeError(f"{exc}\nserver log ({self.log}):\n{server_log}") from None
+        _wait_ready(self.server, PG_START_TIMEOUT_S)
+        return self.server
+
+    def stop(self) -> None:
+        """``pg_ctl stop`` (fast, then immediate after PG_STOP_TIMEOUT_S); the data stays."""
+        _stop_pg(self.pg_ctl, self.data)
+
+    def _prepare_dirs(self) -> None:
+        sockets = self.base / "sock"
+        sockets.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        if not self.tools.prefix:
+            return
+        # as root the server runs as the postgres user: it owns its folder and log, and must reach them
+        for path in (self.base, sockets):
+            shutil.chown(path, user=PG_USER, group=PG_USER)
+        self.log.touch(exist_ok=True)
+        shutil.chown(self.log, user=PG_USER, group=PG_USER)
+        probe = subprocess.run([*self.tools.prefix, "test", "-w", str(self.base)], check=False, timeout=30)
+        if probe.returncode != 0:
+            raise PostgresUnavailable(
+                f"the {PG_USER} user cannot reach {self.base} (a folder above it is private to root): put "
+                "MODELMARKET_HOME where other users may traverse (e.g. under /srv or /tmp), or run as another user"
+            )
+
+
+def ensure_database(server: PostgresServer, dbname: str) -> bool:
+    """Create ``dbname`` unless it exists; True if it was created."""
+    with psycopg.connect(server.admin_conninfo, autocommit=True, connect_timeout=5) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if exists:
+            return False
+        admin.execute(f'CREATE DATABASE "{_identifier(dbname)}"')
+    return True
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"database name {name!r}: letters, digits and _ only")
+    return name

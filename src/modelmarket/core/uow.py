@@ -28,6 +28,8 @@ class Lock(StrEnum):
     """Reserved for plan and price changes."""
     ROUTING = "routing"
     """Route and provider changes (a route's revision is read, then written)."""
+    LEASES = "leases"
+    """Leases of a limit's allowance (keyed by scope): two replicas leasing at once never both pass the check."""
 
 
 class UnitOfWorkFactory(Protocol[U_co]):

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 
 from modelmarket.accounts import Account
-from modelmarket.adapters.bus import make_writer
 from modelmarket.billing import enforcement
+from modelmarket.billing.leases import LeaseService
 from modelmarket.bootstrap import Platform
 from modelmarket.core.errors import MeteringHalted, NotFound
 from modelmarket.core.ids import RequestIds
@@ -24,6 +26,7 @@ from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.backends import Backends
 from modelmarket.gateway.dataplane import DataPlane
 from modelmarket.gateway.economy import Economy
+from modelmarket.gateway.invalidation import Invalidator
 from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.openai_api import OpenAIEdge
 from modelmarket.gateway.openai_plane import OpenAIPlane
@@ -51,6 +54,12 @@ def child_env(settings: Settings, store_url: str) -> dict[str, str]:
     env["MODELMARKET_PROVIDER_SHARE"] = str(settings.provider_share)  # the child rates events: same share
     env["MODELMARKET_PRICING_INTERVAL_S"] = str(settings.pricing_interval_s)
     env["MODELMARKET_INVOICE_GRACE_S"] = str(settings.invoice_grace_s)
+    env["MODELMARKET_BUS_PARTITIONS"] = str(settings.bus_partitions)  # the child reads the same log
+    env["MODELMARKET_BUS_NAMESPACE"] = settings.bus_namespace
+    if settings.bus_url is not None:
+        env["MODELMARKET_BUS_URL"] = settings.bus_url
+    else:
+        env.pop("MODELMARKET_BUS_URL", None)
     set_child_metrics_env(env, settings)  # PROMETHEUS_MULTIPROC_DIR: the child's metrics, merged into /metrics
     return env
 
@@ -65,6 +74,9 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         platform.clock,
         s.cache_refresh_s,
     )
+    if s.limit_lease_fraction is not None:  # several gateways on one store: limits hold across them by leases
+        replica = f"{s.gateway_id}-{uuid.uuid4().hex[:12]}"
+        economy.use_leases(LeaseService(platform.store, s.limit_lease_ttl_s), replica, Fraction(s.limit_lease_fraction))
 
     def load_routing() -> tuple[dict[str, Provider], RouteTable]:
         return {p.name: p for p in platform.routing.providers()}, platform.routing.table()
@@ -89,7 +101,8 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         make_router=lambda table: Router(table, price_of=price_of),
         privacy=privacy,
     )
-    writer = make_writer(s.event_log_path, s.event_log_sync, s.event_batch_max, s.event_queue_max, s.idempotency_ttl_s)
+    state.invalidator = _invalidator(platform, state)
+    writer = platform.metering.log_config.writer(s.event_batch_max, s.event_queue_max)  # per partition
     metering = MeteringProcess(s.home / "metering.log", child_env(s, platform.store.url)) if metering_child else None
     supervisor = Supervisor(
         platform.blobs,
@@ -169,6 +182,20 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
 
         parts.dashboard = build_dashboard(DashboardContext(platform, parts))
     return parts
+
+
+def _invalidator(platform: Platform, state: GatewayState) -> Invalidator:
+    """Follows the audit chain (the change feed) and reloads the snapshots other processes changed."""
+
+    def read_changes(after_seq: int, limit: int) -> list[tuple[int, str]]:
+        return _read(platform, lambda uow: [(r.seq, r.action) for r in uow.audit.page(after_seq, limit)])
+
+    def read_head() -> int:
+        newest = _read(platform, lambda uow: uow.audit.newest())
+        return 0 if newest is None else int(newest.seq)
+
+    s = platform.settings
+    return Invalidator(read_changes, read_head, state.reloaders(), s.invalidation_poll_s, platform.changes)
 
 
 def _read(platform: Platform, fn: Callable[[Any], T]) -> T:

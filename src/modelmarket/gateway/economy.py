@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from modelmarket.billing.charges import ChargeModel, charge_model, token_amount
 from modelmarket.billing.enforcement import Limits, Policy, Used
+from modelmarket.billing.leases import LeaseService
 from modelmarket.billing.pricing import PriceBook
 from modelmarket.core.clock import Clock
 from modelmarket.core.money import EXACT, exact_text
+from modelmarket.gateway.leases import LeaseBook
 from modelmarket.gateway.limits import AccountPolicy, Limiter, LimitSet, SeedUsage, Ticket, Usage
 from modelmarket.metering.units import UnitKind
 from modelmarket.registry.catalogue import VersionRecord
@@ -86,6 +89,10 @@ class Economy:
         self._charges: dict[tuple[str, str], ChargeModel] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._leasing: LeaseService | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._lease_tasks: set[asyncio.Task[None]] = set()
+        """Prefetches in flight (awaited at stop, so none commits after the give-back)."""
 
     async def reload(self) -> None:
         async with self._lock:
@@ -103,6 +110,8 @@ class Economy:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever())
+        if self._leasing is not None:
+            self._heartbeat = asyncio.create_task(self._heartbeat_forever())
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -117,6 +126,7 @@ class Economy:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._stop_leasing()
 
     # -- the hot path ------------------------------------------------------------------------------------------
 
@@ -166,7 +176,76 @@ class Economy:
             day=day,
             period=period_of(day),
             count_rate=count_rate,
+            now_s=at.timestamp(),
         )
+
+    # -- leased limits (several gateways on one store: docs/scale-out.md, "Limits across replicas") -------------
+
+    def use_leases(self, service: LeaseService, replica: str, fraction: Fraction) -> LeaseBook:
+        """Count every limit against blocks leased from the store as ``replica`` (a name unique to this process:
+        a restarted gateway must not take over the leases of its past life)."""
+        book = LeaseBook(replica, service.grant, fraction, self._now_ms, self._spawn_lease)
+        self._leasing = service
+        self.limiter.leases = book
+        return book
+
+    def _now_ms(self) -> int:
+        return int(self.clock().timestamp() * 1000)
+
+    def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._lease_tasks.add(task)
+        task.add_done_callback(self._lease_tasks.discard)
+
+    def _spawn_lease(self, work: Callable[[], Fraction], done: Callable[[Fraction | None], None]) -> None:
+        async def run() -> None:
+            granted: Fraction | None = None
+            try:
+                granted = await asyncio.to_thread(work)
+            except Exception:  # the block stays as it was; a call that needs more asks again itself
+                log.exception("leasing a block of a limit failed")
+            finally:
+                done(granted)
+
+        self._spawn_task(run())
+
+    async def _heartbeat_forever(self) -> None:
+        while self._leasing is not None:
+            await asyncio.sleep(self._leasing.ttl_ms / 3000)
+            try:
+                await self.heartbeat()
+            except Exception:  # the leases expire if this keeps failing: their allowance comes back then
+                log.exception("renewing the gateway's leases failed")
+
+    async def heartbeat(self) -> None:
+        """Report every block's use and extend its lease; give back the blocks no call took from since the last."""
+        book, service = self.limiter.leases, self._leasing
+        if book is None or service is None:
+            return
+        idle = book.idle()
+        for held in idle:
+            book.forget(held)
+        if idle:
+            asks = [book.ask(held, Fraction(0))[1] for held in idle]
+            await asyncio.to_thread(service.give_back, book.replica, asks, self._now_ms())
+        for held in book.held():
+            sent, ask = book.ask(held, Fraction(0))
+            book.apply(held, sent, await asyncio.to_thread(service.renew, book.replica, ask, self._now_ms()))
+
+    async def _stop_leasing(self) -> None:
+        """Give every unused block back (a gateway that dies instead holds them until its leases expire)."""
+        book, service = self.limiter.leases, self._leasing
+        if book is None or service is None:
+            return
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await asyncio.gather(*self._lease_tasks, return_exceptions=True)
+        asks = [book.ask(held, Fraction(0))[1] for held in book.held()]
+        for held in book.held():
+            book.forget(held)
+        await asyncio.to_thread(service.give_back, book.replica, asks, self._now_ms())
 
     def _charge(self, version: VersionRecord) -> ChargeModel:
         key = (version.model_name, version.version)

@@ -11,8 +11,10 @@ Guarantees, stated exactly:
   calls in flight, so calls admitted concurrently can never together pass a limit on top of the usage counted
   (before a ``seed``, stored usage is not counted: see reloads). The rpm window is exact: call R+1 within any 60 s
   is refused, and a refused call takes no slot.
-- **Across replicas: not bounded here.** Each gateway process counts only the calls it admitted; N replicas can
-  together admit up to N times a limit until allowance is leased from the store (see docs/billing.md).
+- **Across replicas: with a ``LeaseBook``** (``gateway/leases.py``), every quota, grant, budget and rpm limit a
+  call counts against is also taken from this replica's leased block of the limit's window, so replicas
+  together stay within the limit; the bound is stated in ``docs/scale-out.md`` ("Limits across replicas").
+  Without one (one gateway, the default), each process counts alone: N replicas could admit N times a limit.
 - **After a restart:** rpm windows start empty; quotas, budgets and grants start from ``seed``, i.e. from what the
   caller read from the store. Usage still in the event log (not yet consumed) is only seen if the caller adds it.
 - **Across policy reloads:** ``set_policies`` and ``seed`` never reset a counter that is counting: the counters of
@@ -55,8 +57,10 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
+from modelmarket.billing.leases import BUDGET, RPM, grant_limit, minute_window, quota_limit
 from modelmarket.core.errors import InvariantViolated, QuotaExceeded, RateLimited, ensure
 from modelmarket.core.money import exact_text, minor_units, round_minor
+from modelmarket.gateway.leases import Held, LeaseBook, Need
 from modelmarket.metering.units import UnitKind
 
 __all__ = ["AccountPolicy", "LimitSet", "Limiter", "SeedUsage", "Ticket", "Usage"]
@@ -313,15 +317,24 @@ class _Account(_Counters):
 class Ticket:
     """An admitted call's reservation: ``settle`` it when the call was billed, ``cancel`` it when it failed."""
 
-    __slots__ = ("_open", "_scopes", "base", "cost", "unit_kind")
+    __slots__ = ("_leased", "_open", "_scopes", "base", "cost", "unit_kind")
 
-    def __init__(self, unit_kind: UnitKind, base: int, cost: Fraction, scopes: tuple[_Counters, ...]) -> None:
+    def __init__(
+        self,
+        unit_kind: UnitKind,
+        base: int,
+        cost: Fraction,
+        scopes: tuple[_Counters, ...],
+        leased: tuple[tuple[Held, Fraction], ...] = (),
+    ) -> None:
         self.unit_kind = unit_kind
         self.base = base
         """The call's size in base units (``unit_kind.iu(base)`` IU); 0 on the fast path (nothing counted)."""
         self.cost = cost
         """The estimated cost counted against budgets: 0 within free IU, at a price of 0, or on the fast path."""
         self._scopes = tuple((c.today, c.month) for c in scopes)
+        self._leased = leased
+        """What the call took from leased blocks (empty without a ``LeaseBook``)."""
         self._open = True
 
     @property
@@ -338,9 +351,11 @@ _UNCOUNTED = Ticket(UnitKind.REQUEST, 0, _ZERO, ())
 class Limiter:
     """Admits or refuses calls against in-memory counters; see the module docstring for what it guarantees."""
 
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic, leases: LeaseBook | None = None) -> None:
         self._monotonic = monotonic
         self._accounts: dict[str, _Account] = {}
+        self.leases = leases
+        """Replicas: the blocks of allowance this gateway leased from the store; None: it counts alone."""
 
     def set_policies(self, policies: Mapping[str, AccountPolicy]) -> frozenset[str]:
         """Replace every policy (a snapshot reload); counters and rpm windows of kept accounts and keys are kept.
@@ -397,6 +412,7 @@ class Limiter:
         period: str,
         cost_of: Callable[[Fraction], Fraction] | None = None,
         count_rate: bool = True,
+        now_s: float | None = None,
     ) -> Ticket:
         """Admit a call and reserve its IU and estimated cost, or raise ``RateLimited`` / ``QuotaExceeded``.
 
@@ -406,6 +422,7 @@ class Limiter:
         refused call uses no rpm slot and reserves nothing. Key limits are checked before account limits, rpm
         before quotas. ``count_rate`` False: a later attempt of a call already admitted (a route's retry or
         fallback) takes no second requests-per-minute slot; its IU and cost are checked as any call's.
+        ``now_s``: wall-clock Unix time, the minute an rpm lease counts in (needed with a ``LeaseBook`` only).
         """
         account = self._accounts.get(account_id)
         if account is None or account.unlimited:
@@ -430,6 +447,12 @@ class Limiter:
         if account.grant_cap_base is not None:
             _check_grant(account, account.grant_cap_base, unit_kind, base)
         _check_quotas(account, "account", unit_kind, base, cost, account.currency)
+        leased: tuple[tuple[Held, Fraction], ...] = ()
+        if self.leases is not None:
+            needs = _needs(account_id, account, key_id, key, unit_kind, base, cost, day, period, count_rate, now_s)
+            leased, short = self.leases.take(needs)
+            if short is not None:
+                raise _lease_refusal(short, account, unit_kind, now_s)
         for counters in scopes:
             if count_rate and counters.rpm is not None:
                 counters.window.append(now)
@@ -438,7 +461,7 @@ class Limiter:
             month[unit_kind] = month.get(unit_kind, 0) + base
             if cost:
                 counters.month.spend += cost
-        return Ticket(unit_kind, base, cost, scopes)
+        return Ticket(unit_kind, base, cost, scopes, leased)
 
     def settle(self, ticket: Ticket, base: int | None = None) -> None:
         """The call succeeded and was billed: its reservation stays counted as usage.
@@ -460,6 +483,9 @@ class Limiter:
             today.base[kind] = max(0, today.base.get(kind, 0) + delta)
             month.base[kind] = max(0, month.base.get(kind, 0) + delta)
             month.spend = max(_ZERO, month.spend + cost_delta)
+        for held, _ in ticket._leased:  # a call bigger than reserved uses more of its block, and reports it
+            if held.limit != RPM:
+                held.used = max(_ZERO, held.used + (cost_delta if held.limit == BUDGET else delta))
 
     def cancel(self, ticket: Ticket) -> None:
         """The call failed: release its IU and cost (its rpm slot stays used). Old days and months are gone."""
@@ -473,6 +499,9 @@ class Limiter:
             month.base[kind] -= base
             month.spend -= ticket.cost
             ensure(today.base[kind] >= 0 and month.base[kind] >= 0 and month.spend >= 0, "a cancel released more")
+        for held, amount in ticket._leased:  # its rpm slot stays taken, as in memory
+            if held.limit != RPM:
+                held.used -= amount
 
     def usage(self, account_id: str, key_id: str | None = None) -> Usage | None:
         """What an account (or one of its limited keys) has counted: settled plus in flight; None if not held."""
@@ -483,6 +512,85 @@ class Limiter:
     def held_accounts(self) -> frozenset[str]:
         """Ids of the accounts the limiter holds counters for (the memory bound: no other ids are kept)."""
         return frozenset(self._accounts)
+
+
+def _needs(
+    account_id: str,
+    account: _Account,
+    key_id: str | None,
+    key: _Counters | None,
+    kind: UnitKind,
+    base: int,
+    cost: Fraction,
+    day: date,
+    period: str,
+    count_rate: bool,
+    now_s: float | None,
+) -> list[Need]:
+    """What a call takes from leased blocks: per scope its rpm slot, its IU against a daily quota or a grant, and
+    its estimated cost against a budget."""
+    scopes: list[tuple[str, _Counters]] = [] if key is None else [(f"key:{key_id}", key)]
+    scopes.append((f"account:{account_id}", account))
+    needs: list[Need] = []
+    for scope, counters in scopes:
+        if count_rate and counters.rpm is not None:
+            ensure(now_s is not None, "a leased rpm limit needs the wall-clock time (now_s)")
+            needs.append(Need(scope, RPM, minute_window(now_s or 0), Fraction(counters.rpm), Fraction(1), True, day))
+        cap_base = counters.day_cap_base.get(kind)
+        if cap_base is not None and base:
+            needs.append(Need(scope, quota_limit(kind), day.isoformat(), Fraction(cap_base), Fraction(base), True, day))
+        if counters.budget is not None and cost:
+            needs.append(Need(scope, BUDGET, period, counters.budget, cost, False, day, account.currency))
+    if account.grant_cap_base is not None and base:
+        cap = Fraction(account.grant_cap_base.get(kind, 0))
+        needs.append(Need(scopes[-1][0], grant_limit(kind), period, cap, Fraction(base), True, day))
+    return needs
+
+
+def _lease_refusal(need: Need, account: _Account, kind: UnitKind, now_s: float | None) -> RateLimited | QuotaExceeded:
+    """The refusal of a call whose leased block could not cover it: the limit is used up across the replicas."""
+    scope: Scope = "key" if need.scope.startswith("key:") else "account"
+    across = "all of it is used or held by the gateways"
+    if need.limit == RPM:
+        wait_s = 60.0 - (now_s or 0) % 60
+        exc = RateLimited("rate limit reached", scope=scope, allowed=int(need.cap), retry_after_s=wait_s)
+        exc.message = (
+            f"rate limit reached: {_whose(scope)} allows {int(need.cap)} requests per minute (rpm); {across} this "
+            f"minute; retry in {exc.retry_after_whole_s} s"
+        )
+        exc.args = (exc.message,)
+        return exc
+    if need.limit == BUDGET:
+        allowed = exact_text(need.cap)
+        return QuotaExceeded(
+            f"monthly budget reached: {_whose(scope)} has a budget of {allowed} {account.currency} per month "
+            f"(budget); {across}; raise the budget or wait for the next month",
+            limit="budget",
+            scope=scope,
+            currency=account.currency,
+            allowed=allowed,
+            used=allowed,
+        )
+    allowed = exact_text(kind.iu(int(need.cap)))
+    if need.limit.startswith("grant:"):
+        return QuotaExceeded(
+            f"free plan limit reached: your plan grants {allowed} IU of {kind} per month (grant); {across}; "
+            "upgrade the plan or wait for the next month",
+            limit="grant",
+            scope="account",
+            unit_kind=str(kind),
+            allowed=allowed,
+            used=allowed,
+        )
+    return QuotaExceeded(
+        f"daily quota reached: {_whose(scope)} allows {allowed} IU of {kind} per day (iu_per_day); {across}; "
+        "the quota resets at 00:00 UTC",
+        limit="iu_per_day",
+        scope=scope,
+        unit_kind=str(kind),
+        allowed=allowed,
+        used=allowed,
+    )
 
 
 def _whose(scope: Scope) -> str:

@@ -24,6 +24,7 @@ from modelmarket.core import lifetime
 from modelmarket.core.errors import MeteringHalted
 from modelmarket.core.process import ChildProcess, ChildState, RestartPolicy
 from modelmarket.metering.consumer import CONSUMER_NAME
+from modelmarket.metering.partitions import consumer_name
 from modelmarket.observability.metrics_metering import SAMPLE_S, LagReading, event_time, start_lag_sampler
 
 EXIT_METERING_HALTED = 3
@@ -123,20 +124,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lag_reader(platform: Platform) -> tuple[Callable[[], LagReading], Callable[[], None]]:
-    """(read the metering lag, close): the log's last offset, the applied one, the oldest waiting event's time."""
-    event_log = platform.metering.open_log()
+    """(read the metering lag, close): the log's last offset, the applied one, the oldest waiting event's time,
+    summed over the partitions (the oldest: the oldest of any). Its logs read without a durable consumer
+    (``consumer=None``), so sampling never moves the metering consumers' position."""
+    metering = platform.metering
+    config = metering.log_config
+    logs = [config.open_log(p, None) if config is not None else metering.open_log() for p in range(metering.partitions)]
 
     def read() -> LagReading:
-        last = event_log.last_offset()
-        with platform.store.read() as uow:
-            applied = uow.usage.offset(CONSUMER_NAME)
+        last_total = applied_total = 0
         oldest = None
-        if last > applied:
-            waiting = event_log.read(applied, 1)
-            oldest = event_time(waiting[0].payload) if waiting else None
-        return LagReading(last, applied, oldest)
+        for p, event_log in enumerate(logs):
+            last = event_log.last_offset()
+            with platform.store.read() as uow:
+                applied = uow.usage.offset(consumer_name(CONSUMER_NAME, p))
+            last_total, applied_total = last_total + last, applied_total + applied
+            if last > applied:
+                waiting = event_log.read(applied, 1)
+                at = event_time(waiting[0].payload) if waiting else None
+                oldest = at if oldest is None or (at is not None and at < oldest) else oldest
+        return LagReading(last_total, applied_total, oldest)
 
-    return read, event_log.close
+    def close() -> None:
+        for event_log in logs:
+            event_log.close()
+
+    return read, close
 
 
 if __name__ == "__main__":

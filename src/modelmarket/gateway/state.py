@@ -5,7 +5,9 @@ unknown key or model) waits for a reload of that snapshot that began after the m
 one reload, and reloads start at most once per ``min_reload_s``, so a key or model created a moment ago works
 at once while a flood of bad keys cannot hammer the store (it is throttled instead). Keys and the catalogue
 reload separately: a burst of unknown keys never re-reads the catalogue, and a catalogue reload reads in full
-only the versions it has not seen (``registry.CatalogueLoader``).
+only the versions it has not seen (``registry.CatalogueLoader``). A change made elsewhere (another replica, the
+CLI) reaches the snapshots it touches through the ``Invalidator`` (``gateway/invalidation.py``), within
+``MODELMARKET_INVALIDATION_POLL_S`` or a bus message; the periodic reload every ``refresh_s`` is the last resort.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from modelmarket.accounts import Account, KeyIndex
 from modelmarket.gateway.economy import Economy
+from modelmarket.gateway.invalidation import CATALOGUE, ECONOMY, KEYS, ROUTING, Invalidator
 from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.registry import Catalogue
 
@@ -113,6 +116,19 @@ class GatewayState:
         self._make_router = make_router
         self._router: Any = None
         self._routes_seen: Any = None
+        self.invalidator: Invalidator | None = None
+        """Follows the audit chain and reloads what other processes changed (set by ``compose``)."""
+
+    def reloaders(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """Each snapshot's reload, by the names ``gateway.invalidation`` maps audit actions to."""
+        found: dict[str, Callable[[], Awaitable[None]]] = {
+            KEYS: self.keys.reload,
+            CATALOGUE: self.models.reload,
+            ROUTING: self.routing.reload,
+        }
+        if self.economy is not None:
+            found[ECONOMY] = self.economy.reload
+        return found
 
     def providers(self) -> Mapping[str, Any]:
         """Upstream providers by name (reloaded with the routes)."""
@@ -151,9 +167,13 @@ class GatewayState:
         return found
 
     async def reload(self) -> None:
+        """Every snapshot; the audit head is read first, so a change committed during the reload is seen again."""
+        head = None if self.invalidator is None else await self.invalidator.current_head()
         await asyncio.gather(self.keys.reload(), self.models.reload(), self.routing.reload())
         if self.economy is not None:
             await self.economy.reload()
+        if head is not None and self.invalidator is not None:
+            self.invalidator.seen(head)
 
     def start(self) -> None:
         self.keys.start()
@@ -163,8 +183,12 @@ class GatewayState:
             self.economy.start()
         if self.privacy is not None:
             self.privacy.start(self.catalogue)
+        if self.invalidator is not None:
+            self.invalidator.start()
 
     async def stop(self) -> None:
+        if self.invalidator is not None:
+            await self.invalidator.stop()
         await self.keys.stop()
         await self.models.stop()
         await self.routing.stop()

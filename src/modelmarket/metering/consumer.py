@@ -22,6 +22,7 @@ from modelmarket.core.errors import InvariantViolated, MeteringHalted, ensure
 from modelmarket.core.money import EXACT
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.events import UsageEvent
+from modelmarket.metering.partitions import SHARED_LOCK_KEY, consumer_name, lock_key
 from modelmarket.metering.ports import (
     DailyKey,
     DailyUsage,
@@ -149,9 +150,19 @@ class Projector(Protocol):
         """Forget everything derived, before a rebuild applies the log again from its start."""
         ...
 
+    # Optional: ``shared = True`` on a projector whose rows every partition writes (the usage tree, one sequence
+    # of leaves): with several partitions it is applied under ``Lock.METERING`` keyed ``SHARED_LOCK_KEY``, taken
+    # at that point of the batch and held to its commit. Projectors writing only rows keyed by account (rating)
+    # need none: an account's events are all in one partition.
+
 
 class MeteringService:
-    """Applies the event log to the usage tables. One consumer at a time (``Lock.METERING``)."""
+    """Applies the event log to the usage tables. One consumer per partition at a time (``Lock.METERING`` keyed
+    by partition), so partitions are applied in parallel; an account's events are all in one partition, and what
+    rating writes is keyed by account (counters, rated events, its transactions, per-day rows).
+
+    With one partition (the default) ``open_log()`` is called without arguments, as before partitions existed;
+    with more, ``open_log(partition)``. A halt is one for every partition (``CONSUMER_NAME``'s)."""
 
     def __init__(
         self,
@@ -161,6 +172,7 @@ class MeteringService:
         poll_s: float = 0.1,
         batch_max: int = BATCH_MAX_RECORDS,
         projectors: Sequence[Projector] = (),
+        partitions: int = 1,
     ) -> None:
         self.uow = uow
         self.projectors = tuple(projectors)
@@ -171,23 +183,52 @@ class MeteringService:
         self.clock = clock
         self.poll_s = poll_s
         self.batch_max = batch_max
+        self.partitions = partitions
+        self.log_config: Any = None
+        """What the log was opened from (``bootstrap`` sets it; the gateway makes its writer from it)."""
 
-    def consume_batch(self, event_log: EventLog, limit: int | None = None) -> int:
-        """Apply the next batch of events from the log. Returns how many log records were read."""
-        with self.uow.write(Lock.METERING) as uow:
+    @contextmanager
+    def _partition_write(self, partition: int) -> Iterator[Any]:
+        """A partition's write transaction. One partition: ``Lock.METERING``, as always. Several: that lock
+        shared (partitions run in parallel; a ``write(Lock.METERING)`` elsewhere, a plan change, an invoice's
+        finalization or a rebuild, still waits for them all and stops them all) and the partition's own key."""
+        if self.partitions == 1:
+            with self.uow.write(Lock.METERING) as uow:
+                yield uow
+            return
+        with self.uow.write() as uow:
+            uow.lock(Lock.METERING, shared=True)
+            uow.lock(Lock.METERING, lock_key(partition))
+            yield uow
+
+    def open_partition(self, partition: int) -> EventLog:
+        return self.open_log() if self.partitions == 1 else self.open_log(partition)  # type: ignore[call-arg]
+
+    def consume_batch(self, event_log: EventLog, limit: int | None = None, partition: int = 0) -> int:
+        """Apply the next batch of events from the log (partition ``partition`` of it). Returns how many log
+        records were read. Once the transaction committed, the log is told (``ack``)."""
+        with self._partition_write(partition) as uow:
             halted = uow.usage.halted(CONSUMER_NAME)
             if halted is not None:
                 raise MeteringHalted(halted)
-            return self._apply(uow, event_log, limit or self.batch_max)
+            n = self._apply(uow, event_log, limit or self.batch_max, partition=partition)
+            offset = uow.usage.offset(consumer_name(CONSUMER_NAME, partition)) if n else 0
+        if n:
+            event_log.ack(offset)
+        return n
 
-    def _apply(self, uow: Any, event_log: EventLog, limit: int, upto: int | None = None) -> int:
+    def _apply(self, uow: Any, event_log: EventLog, limit: int, upto: int | None = None, partition: int = 0) -> int:
         with _cyclic_gc_paused():
-            return self._apply_batch(uow, event_log, limit, upto)
+            return self._apply_batch(uow, event_log, limit, upto, partition)
 
-    def _apply_batch(self, uow: Any, event_log: EventLog, limit: int, upto: int | None = None) -> int:
-        """Apply the next records after the consumer's offset; with ``upto``, only those at or before it."""
+    def _apply_batch(
+        self, uow: Any, event_log: EventLog, limit: int, upto: int | None = None, partition: int = 0
+    ) -> int:
+        """Apply the next records after the partition consumer's offset; with ``upto``, only those at or before
+        it."""
         repo = uow.usage
-        offset = repo.offset(CONSUMER_NAME)
+        name = consumer_name(CONSUMER_NAME, partition)
+        offset = repo.offset(name)
         records = event_log.read(offset, limit)
         if upto is not None and records and records[-1].offset > upto:
             records = [r for r in records if r.offset <= upto]
@@ -210,9 +251,13 @@ class MeteringService:
             if not self._events_recorded_by_projector:
                 repo.add_events(fresh)
             _aggregate(repo, fresh)
+            shared_held = self.partitions == 1  # one consumer: its own lock excludes every other
             for projector in self.projectors:
+                if not shared_held and getattr(projector, "shared", False):
+                    uow.lock(Lock.METERING, SHARED_LOCK_KEY)
+                    shared_held = True
                 projector.apply(uow, fresh)
-        repo.save_offset(CONSUMER_NAME, records[-1].offset)
+        repo.save_offset(name, records[-1].offset)
         return len(records)
 
     def rebuild(
@@ -229,28 +274,31 @@ class MeteringService:
         only*, and ``after(uow, records)`` sees the result, still in the transaction. So ``before`` and
         ``after`` see the same events even when more are appended meanwhile: those are applied by the next
         batch, as usual. A halted consumer raises ``MeteringHalted``; a broken invariant halts it."""
-        event_log = self.open_log()
+        logs = [self.open_partition(p) for p in range(self.partitions)]
         try:
             try:
                 with self.uow.write(Lock.METERING) as uow:
                     halted = uow.usage.halted(CONSUMER_NAME)
                     if halted is not None:
                         raise MeteringHalted(halted)
-                    while self._apply(uow, event_log, self.batch_max) > 0:
-                        pass
-                    upto = uow.usage.offset(CONSUMER_NAME)
+                    upto = {}
+                    for p, event_log in enumerate(logs):
+                        while self._apply(uow, event_log, self.batch_max, partition=p) > 0:
+                            pass
+                        upto[p] = uow.usage.offset(consumer_name(CONSUMER_NAME, p))
                     if before is not None:
                         before(uow)
                     uow.usage.clear_derived(CONSUMER_NAME)
+                    for p in range(1, self.partitions):
+                        uow.usage.save_offset(consumer_name(CONSUMER_NAME, p), 0)
                     for projector in self.projectors:
                         projector.clear(uow)
                     total = 0
-                    while (n := self._apply(uow, event_log, self.batch_max, upto)) > 0:
-                        total += n
-                    ensure(
-                        uow.usage.offset(CONSUMER_NAME) == upto,
-                        f"a rebuild applied the log up to {uow.usage.offset(CONSUMER_NAME)}, not {upto}",
-                    )
+                    for p, event_log in enumerate(logs):
+                        while (n := self._apply(uow, event_log, self.batch_max, upto[p], p)) > 0:
+                            total += n
+                        applied = uow.usage.offset(consumer_name(CONSUMER_NAME, p))
+                        ensure(applied == upto[p], f"a rebuild applied partition {p} up to {applied}, not {upto[p]}")
                     if after is not None:
                         after(uow, total)
                     return total
@@ -258,22 +306,27 @@ class MeteringService:
                 self._halt(str(exc))
                 raise MeteringHalted(str(exc)) from exc
         finally:
-            event_log.close()
+            for event_log in logs:
+                event_log.close()
 
     def catch_up(self, max_records: int | None = None) -> int:
-        """Apply what is in the log now, up to ``max_records`` (None: all). Halts on a broken invariant."""
-        event_log = self.open_log()
+        """Apply what is in the log now, up to ``max_records`` (None: all) per partition. Halts on a broken
+        invariant."""
+        return sum(self._catch_up_partition(p, max_records) for p in range(self.partitions))
+
+    def _catch_up_partition(self, partition: int, max_records: int | None) -> int:
+        event_log = self.open_partition(partition)
         try:
             with self.uow.read() as uow:  # nothing new: answer without taking the write lock
                 if (
                     uow.usage.halted(CONSUMER_NAME) is None
-                    and uow.usage.offset(CONSUMER_NAME) == event_log.last_offset()
+                    and uow.usage.offset(consumer_name(CONSUMER_NAME, partition)) == event_log.last_offset()
                 ):
                     return 0
             total = 0
             while max_records is None or total < max_records:
                 limit = self.batch_max if max_records is None else min(self.batch_max, max_records - total)
-                n = self._guarded(event_log, limit)
+                n = self._guarded(event_log, limit, partition)
                 if n == 0:
                     break
                 total += n
@@ -281,9 +334,9 @@ class MeteringService:
         finally:
             event_log.close()
 
-    def _guarded(self, event_log: EventLog, limit: int) -> int:
+    def _guarded(self, event_log: EventLog, limit: int, partition: int = 0) -> int:
         try:
-            return self.consume_batch(event_log, limit)
+            return self.consume_batch(event_log, limit, partition)
         except InvariantViolated as exc:
             self._halt(str(exc))
             raise MeteringHalted(str(exc)) from exc
@@ -306,15 +359,42 @@ class MeteringService:
         """Keep usage current until ``stop`` is set; then apply what is left in the log and return.
 
         Sleeps ``poll_s`` after every batch that was not full, so under steady load the consumer works in
-        batches of about ``poll_s`` worth of events. A transient failure (the store is down) is retried with a
-        bounded backoff; a broken invariant raises ``MeteringHalted``.
+        batches of about ``poll_s`` worth of events. A transient failure (the store is down, the bus is
+        restarting) is retried with a bounded backoff; a broken invariant raises ``MeteringHalted``. With several
+        partitions, each is followed by its own thread (a halt in one stops them all).
         """
-        event_log = self.open_log()
+        if self.partitions == 1:
+            self._follow_partition(stop, 0)
+            return
+        halts: list[MeteringHalted] = []
+        inner = threading.Event()
+
+        def run(partition: int) -> None:
+            try:
+                self._follow_partition(inner, partition, final_catch_up=False)
+            except MeteringHalted as exc:
+                halts.append(exc)
+                inner.set()
+
+        threads = [threading.Thread(target=run, args=(p,), name=f"metering-p{p}") for p in range(self.partitions)]
+        for thread in threads:
+            thread.start()
+        while not inner.is_set() and not stop.wait(0.2):
+            pass
+        inner.set()
+        for thread in threads:
+            thread.join()
+        if halts:
+            raise halts[0]
+        self.catch_up()
+
+    def _follow_partition(self, stop: threading.Event, partition: int, final_catch_up: bool = True) -> None:
+        event_log = self.open_partition(partition)
         failures = 0
         try:
             while not stop.is_set():
                 try:
-                    n = self._guarded(event_log, self.batch_max)
+                    n = self._guarded(event_log, self.batch_max, partition)
                     failures = 0
                 except MeteringHalted:
                     raise
@@ -327,4 +407,5 @@ class MeteringService:
                     stop.wait(self.poll_s)
         finally:
             event_log.close()
-        self.catch_up()
+        if final_catch_up:
+            self.catch_up()

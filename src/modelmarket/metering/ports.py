@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
+from modelmarket.core.uow import Lock
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
 
 
 class EventLogFull(Exception):
     """The append queue is at its bound: the caller must answer 503 and must not serve the response."""
+
+
+class EventLogUnavailable(EventLogFull):
+    """The event bus could not be reached within the append's bounded wait (a NATS server restarting): like a
+    full log, the caller answers 503 with Retry-After and does not serve the response (hence the subclass)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,17 @@ class EventLog(Protocol):
         ...
 
     def read(self, after_offset: int, limit: int) -> list[LogRecord]:
-        """Up to ``limit`` records with offset greater than ``after_offset``, in offset order."""
+        """Up to ``limit`` records with offset greater than ``after_offset``, in offset order. The caller's stored
+        offset is the truth: a log that tracks a reader's position (a durable consumer) follows it."""
+        ...
+
+    def ack(self, upto_offset: int) -> None:
+        """The reader committed everything up to ``upto_offset`` (called after its transaction): a broker may
+        forget its delivery state up to there. The log itself is kept (rebuild replays it). Embedded: nothing."""
+        ...
+
+    def lookup(self, event_id: str) -> KeyLookup:
+        """Whether ``event_id`` is in the log, and its kept answer while it is kept."""
         ...
 
     def last_offset(self) -> int: ...
@@ -183,3 +199,8 @@ class UsageRepository(Protocol):
 class MeteringUnitOfWork(Protocol):
     @property
     def usage(self) -> UsageRepository: ...
+
+    def lock(self, lock: Lock, key: str = "", *, shared: bool = False) -> None:
+        """Also hold ``lock`` (keyed ``key``, or unkeyed and ``shared`` with other shared holders but not with
+        ``write(lock)``) until the transaction ends: how metering partitions run in parallel."""
+        ...

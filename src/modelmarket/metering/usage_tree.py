@@ -63,6 +63,8 @@ class UsageTree:
     """A ``metering.consumer.Projector`` that grows the usage tree (the store's ``proofs`` repository)."""
 
     records_events = False
+    shared = True
+    """Every partition's consumer grows the one tree: its growth is serialized (``SHARED_LOCK_KEY``)."""
 
     def __init__(self, signer: CheckpointSigner | None, clock: Clock, history_every_s: float) -> None:
         self.signer = signer

@@ -80,7 +80,7 @@ one platform. With any of them embedded, the state is files in one pod's home.
 {{- if has $name (list "MODELMARKET_DATABASE_URL" "MODELMARKET_BUS_URL") -}}
 {{- fail (printf "settings.%s: a URL with credentials belongs in the Secret (secrets.name), never in values" $name) -}}
 {{- end -}}
-{{- if has $name (list "MODELMARKET_HOME" "MODELMARKET_HOST" "MODELMARKET_PORT" "MODELMARKET_GATEWAY_ID" "MODELMARKET_BUS_NAMESPACE" "MODELMARKET_BUS_PARTITIONS" "MODELMARKET_BLOB_URL" "MODELMARKET_S3_ENDPOINT" "MODELMARKET_S3_REGION") -}}
+{{- if has $name (list "MODELMARKET_HOME" "MODELMARKET_HOST" "MODELMARKET_PORT" "MODELMARKET_GATEWAY_ID" "MODELMARKET_BUS_NAMESPACE" "MODELMARKET_BUS_PARTITIONS" "MODELMARKET_LIMIT_LEASE_FRACTION" "MODELMARKET_BLOB_URL" "MODELMARKET_S3_ENDPOINT" "MODELMARKET_S3_REGION") -}}
 {{- fail (printf "settings.%s is set by the chart: use its own value (home.path, gateway.port, bus.*, blobs.*)" $name) -}}
 {{- end -}}
 {{- end -}}

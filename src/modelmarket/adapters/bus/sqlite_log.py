@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modelmarket.metering.partitions import check_partition_count
 from modelmarket.metering.ports import AlreadyLogged, EventLogFull, KeptAnswer, KeyLookup, LogRecord
 
 _SCHEMA = """
@@ -38,7 +39,12 @@ CREATE TABLE IF NOT EXISTS kept_answers (
     kept_at_s      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_kept_answers_kept_at ON kept_answers (kept_at_s);
+CREATE TABLE IF NOT EXISTS log_meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# ``log_meta`` of partition 0 (events.db) records the partition count the log was created with.
 # An answer kept for an Idempotency-Key is written in the same transaction as its usage event: a committed event
 # always has its answer (when it was small enough to keep), so a retry after a crash gets the same bytes.
 
@@ -145,8 +151,32 @@ class SqliteEventLog:
         row = self._conn.execute("SELECT COALESCE(MAX(log_offset), 0) FROM events").fetchone()
         return int(row[0])
 
+    def ack(self, upto_offset: int) -> None:
+        """Nothing to do: the reader's offset in the store is the only position there is."""
+
+    def stored_partitions(self) -> int | None:
+        """The partition count recorded in this log (partition 0); a log written before partitions existed, with
+        events in it, was written with one; None: not recorded and empty."""
+        row = self._conn.execute("SELECT value FROM log_meta WHERE name = 'partitions'").fetchone()
+        return int(row[0]) if row is not None else (1 if self.last_offset() > 0 else None)
+
+    def claim_partitions(self, partitions: int, others_empty: bool) -> None:
+        """Record ``partitions``, or refuse it if another count is recorded and events exist (in this log, or
+        ``others_empty`` False: in the other partitions' files)."""
+        stored = self.stored_partitions()
+        if stored is not None and stored != partitions and self.last_offset() == 0 and others_empty:
+            stored = None  # recorded, but no event was ever appended: the count may still change
+        check_partition_count(stored, partitions, str(self.path))
+        self._conn.execute("INSERT OR REPLACE INTO log_meta VALUES ('partitions', ?)", (str(partitions),))
+
     def close(self) -> None:
         self._conn.close()
+
+
+def partition_path(first: Path, partition: int) -> Path:
+    """Partition 0 is ``events.db`` itself (nothing changes at one partition); partition i is ``events-p{i}.db``
+    beside it."""
+    return first if partition == 0 else first.with_name(f"{first.stem}-p{partition}{first.suffix}")
 
 
 _STOP = object()

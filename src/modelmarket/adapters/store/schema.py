@@ -519,3 +519,21 @@ dashboard_sessions = Table(
     Index("ix_dashboard_sessions_account", "account_id", "created_at"),
     Index("ix_dashboard_sessions_expires", "expires_at"),
 )
+
+
+# -- limit leases (m0009) ---------------------------------------------------------------------------------------
+
+limit_leases = Table(
+    "limit_leases",
+    metadata,
+    # One replica's block of one limit's allowance in one window (billing.ports.StoredLease); replica '' is the
+    # window's baseline (usage stored before its first lease).
+    Column("scope", String(60), primary_key=True),
+    Column("limit_name", String(60), primary_key=True),
+    Column("window", String(20), primary_key=True),
+    Column("replica", String(120), primary_key=True),
+    Column("granted", FractionText(), nullable=False),
+    Column("used", FractionText(), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_limit_leases_replica", "replica"),
+)

@@ -7,7 +7,7 @@ rollback; keyed locks (a model's publishes) use the two-integer form so keys of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, text
@@ -16,6 +16,7 @@ from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
 from modelmarket.adapters.store.repos.audit import SqlAuditRepository
 from modelmarket.adapters.store.repos.economy import SqlLedgerRepository, SqlPlanRepository
 from modelmarket.adapters.store.repos.gate import SqlGateRepository
+from modelmarket.adapters.store.repos.leases import SqlLeaseRepository
 from modelmarket.adapters.store.repos.privacy import SqlPrivacyRepository
 from modelmarket.adapters.store.repos.proofs import SqlProofRepository
 from modelmarket.adapters.store.repos.registry import SqlRegistryRepository
@@ -30,6 +31,7 @@ ADVISORY_LOCK_IDS: dict[Lock, int] = {
     Lock.METERING: 7042002,
     Lock.PLANS: 7042004,
     Lock.ROUTING: 7042005,
+    Lock.LEASES: 7042006,
 }
 """PostgreSQL advisory lock ids (the first key of the two-key form for keyed locks). Never reuse a number."""
 MIGRATION_LOCK_ID = 7042001
@@ -93,6 +95,27 @@ class SqlUnitOfWork:
     def sessions(self) -> SqlSessionRepository:
         return SqlSessionRepository(self.conn)
 
+    @property
+    def leases(self) -> SqlLeaseRepository:
+        return SqlLeaseRepository(self.conn)
+
+    def lock(self, lock: Lock, key: str = "", *, shared: bool = False) -> None:
+        """Also take ``lock`` until this transaction ends; ``shared`` (unkeyed only): with other shared holders,
+        but not with ``write(lock)``'s exclusive one. Metering partitions each hold ``Lock.METERING`` shared plus
+        their own key, so they run in parallel while every ``write(Lock.METERING)`` still excludes them all.
+        SQLite's writer already excludes every other writer: nothing to take."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        if shared and key:
+            raise ValueError("a shared lock is unkeyed")
+        lock_id = ADVISORY_LOCK_IDS[lock]
+        if shared:
+            self.conn.execute(text("SELECT pg_advisory_xact_lock_shared(:a)"), {"a": lock_id})
+        elif key:
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:a, hashtext(:k))"), {"a": lock_id, "k": key})
+        else:
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:a)"), {"a": lock_id})
+
 
 class SqlStore:
     """The store: opens units of work on SQLite or PostgreSQL (``UnitOfWorkFactory[SqlUnitOfWork]``)."""
@@ -101,6 +124,9 @@ class SqlStore:
         self.engine = engine
         self.signer: CheckpointSigner | None = None
         """Signs the audit tree's checkpoints as records are appended (set by ``bootstrap``; None: unsigned)."""
+        self.on_audited_commit: Callable[[], None] | None = None
+        """Called after a write transaction that appended an audit record has committed (set by ``bootstrap``: the
+        change feed, which tells the gateway replicas to look at the audit chain). Must not raise."""
 
     @property
     def url(self) -> str:
@@ -116,7 +142,10 @@ class SqlStore:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:a, hashtext(:k))"), {"a": lock_id, "k": key})
                 else:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:a)"), {"a": lock_id})
-            yield SqlUnitOfWork(conn, self.signer)
+            uow = SqlUnitOfWork(conn, self.signer)
+            yield uow
+        if uow.audit.appended and self.on_audited_commit is not None:
+            self.on_audited_commit()
 
     @contextmanager
     def read(self) -> Iterator[SqlUnitOfWork]:

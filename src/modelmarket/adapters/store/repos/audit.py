@@ -32,6 +32,8 @@ class SqlAuditRepository:
         self.conn = conn
         self.proofs = proofs if proofs is not None else SqlProofRepository(conn)
         self.signer = signer
+        self.appended = False
+        """Whether this transaction inserted a record (the store announces the change after it commits)."""
 
     def last(self) -> tuple[int, str] | None:
         if self.conn.dialect.name == "postgresql":
@@ -57,6 +59,7 @@ class SqlAuditRepository:
             )
         )
         record_appended(self.proofs, record, self.signer)
+        self.appended = True
 
     def scan(self, batch_rows: int) -> Iterator[StoredAuditRecord]:
         stmt = select(*_COLUMNS).order_by(audit_log.c.seq).execution_options(yield_per=batch_rows)
