@@ -68,13 +68,19 @@ sysdeps-test: sysdeps
 demo: install sysdeps
 	$(BIN)/modelmarket demo
 
+# The whole suite on the embedded engines, then the integration and end-to-end suites again on real ones
+# (PostgreSQL, NATS JetStream, SeaweedFS: tests/engines.py).
 test: install sysdeps-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile
+	MM_TEST_ENGINES=real $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/integration tests/e2e
 
 bench: install sysdeps-test
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/catalogue_reload.py
 	$(BIN)/python benchmarks/rating_throughput.py
+	$(BIN)/python benchmarks/partitions_rating.py
+	$(BIN)/python benchmarks/bus_publish.py
+	$(BIN)/python benchmarks/scaleout_envoy.py
 	$(BIN)/python benchmarks/usage_lag.py
 	$(BIN)/python benchmarks/openai_gateway.py
 	$(BIN)/python benchmarks/runner_hot_path.py

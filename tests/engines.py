@@ -11,8 +11,9 @@ are content-addressed, so homes share it). The session fixture `engines` (tests/
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 REAL = os.environ.get("MM_TEST_ENGINES", "") == "real"
 """Whether this run is on the real engines."""
@@ -65,3 +66,95 @@ def clone_home_store(src_home: Path, dest_home: Path) -> None:
 def developer_setting(name: str) -> bool:
     """A MODELMARKET_ variable of the developer's that a test removes; on the real engines, not the engines'."""
     return name.startswith("MODELMARKET_") and not (REAL and name in ENGINE_NAMES)
+
+
+def append_to_log(platform: Any, events: Sequence[tuple[str, bytes]]) -> None:
+    """Append (log id, encoded usage event) pairs to ``platform``'s own event log, as the gateway does: the embedded
+    log, or JetStream on the real engines, each event to its account's partition."""
+    from modelmarket.adapters.bus.partitioned import partition_of_payload
+
+    metering = platform.metering
+    by_partition: dict[int, list[tuple[str, bytes]]] = {}
+    for log_id, payload in events:
+        by_partition.setdefault(partition_of_payload(payload, metering.partitions), []).append((log_id, payload))
+    for partition, batch in by_partition.items():
+        log = metering.open_partition(partition)
+        try:
+            log.append_many(batch)
+        finally:
+            log.close()
+
+
+def store_rows(home: Path, query: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``query`` (SQL with ``:name`` parameters) on the home's store: its SQLite file, or on the real
+    engines its PostgreSQL database."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from modelmarket.settings import Settings
+
+    engine = create_engine(Settings(home=home).resolved_database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(query), params)]
+    finally:
+        engine.dispose()
+
+
+def store_execute(home: Path, statement: str, **params: Any) -> None:
+    """Run ``statement`` on the home's store and commit (a test tampering with the store behind the platform)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from modelmarket.settings import Settings
+
+    engine = create_engine(Settings(home=home).resolved_database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def store_dump(home: Path) -> str:
+    """Every row of every table of the home's store, as text (what someone with the database would see)."""
+    from sqlalchemy import MetaData, create_engine
+    from sqlalchemy.pool import NullPool
+
+    from modelmarket.settings import Settings
+
+    engine = create_engine(Settings(home=home).resolved_database_url, poolclass=NullPool)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            return "\n".join(repr(tuple(row)) for table in meta.sorted_tables for row in conn.execute(table.select()))
+    finally:
+        engine.dispose()
+
+
+def log_payloads(home: Path) -> list[bytes]:
+    """Every record's payload in the home's event log, all partitions (the embedded log or JetStream)."""
+    from modelmarket.bootstrap import bootstrap
+    from modelmarket.settings import Settings
+
+    platform = bootstrap(Settings(home=home))
+    try:
+        payloads: list[bytes] = []
+        for partition in range(platform.metering.partitions):
+            log = platform.metering.log_config.open_log(partition, consumer=None)
+            try:
+                offset = 0
+                while batch := log.read(offset, 1000):
+                    payloads += [r.payload for r in batch]
+                    offset = batch[-1].offset
+            finally:
+                log.close()
+        return payloads
+    finally:
+        platform.close()
+
+
+def blob_files(home: Path) -> list[str]:
+    """The names of the artifact files this home holds: its blob store, or on S3 its local cache by digest."""
+    return sorted(p.name for folder in ("blobs", "cache/blobs") for p in (home / folder).rglob("*") if p.is_file())

@@ -305,10 +305,18 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         le=1,
-        description="Set when several gateways serve one store: each leases blocks of this fraction of a limit "
+        description="With several gateways on one store: each leases blocks of this fraction of a limit "
         "(quota, grant, budget, rpm) from the store, so together they stay within it (docs/scale-out.md). "
-        "Unset: each gateway counts its own calls alone.",
+        "Unset: 0.1 when MODELMARKET_BUS_URL is set (a bus is shared by replicas), else each gateway counts its "
+        "own calls alone.",
     )
+
+    @property
+    def resolved_lease_fraction(self) -> Decimal | None:
+        """The lease fraction in force: the setting, or 0.1 on a shared bus (replicas), or none."""
+        if self.limit_lease_fraction is not None:
+            return self.limit_lease_fraction
+        return Decimal("0.1") if self.bus_url else None
     limit_lease_ttl_s: float = Field(
         default=30.0,
         gt=0,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.e2e.conftest import Cli
+
+from engines import blob_files, store_dump, store_execute, store_rows
 
 
 @pytest.fixture()
@@ -17,8 +18,7 @@ def fresh_cli(tmp_path: Path) -> Cli:
 
 
 def _audit_count(cli: Cli) -> int:
-    with sqlite3.connect(cli.home / "modelmarket.db") as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0])
+    return int(store_rows(cli.home, "SELECT COUNT(*) FROM audit_log")[0][0])
 
 
 def test_editing_one_audit_record_is_detected_and_named(fresh_cli: Cli) -> None:
@@ -31,8 +31,7 @@ def test_editing_one_audit_record_is_detected_and_named(fresh_cli: Cli) -> None:
     actions = [r["action"] for r in cli.json("audit", "list")]
     assert actions == ["account.created", "account.created", "key.created"]
 
-    with sqlite3.connect(cli.home / "modelmarket.db") as conn:
-        conn.execute("UPDATE audit_log SET subject = 'mallory' WHERE seq = 2")
+    store_execute(cli.home, "UPDATE audit_log SET subject = 'mallory' WHERE seq = 2")
     broken = cli.run("audit", "verify", check=False)
     assert broken.returncode == 1
     assert "seq 2" in broken.stderr and "mallory" in broken.stderr
@@ -45,8 +44,7 @@ def test_audit_never_records_key_secrets(fresh_cli: Cli) -> None:
     cli = fresh_cli
     cli.run("accounts", "create", "carol")
     secret = cli.json("keys", "create", "carol")["key"]
-    with sqlite3.connect(cli.home / "modelmarket.db") as conn:
-        dump = "\n".join(conn.iterdump())
+    dump = store_dump(cli.home)
     assert secret not in dump  # only the hash is stored, and the audit names the key by id and prefix
 
 
@@ -99,7 +97,7 @@ def test_bad_package_is_refused_naming_the_field_and_nothing_is_written(
     package = _package(cli, demo_dir, tmp_path, mutate)
     before_models = cli.json("models", "list")
     before_audit = _audit_count(cli)
-    blobs_before = sorted(p.name for p in (cli.home / "blobs").rglob("*") if p.is_file())
+    blobs_before = blob_files(cli.home)
     assert before_audit == 1  # the provider account
     result = cli.run("publish", str(package), check=False)
     assert result.returncode == 1
@@ -107,7 +105,7 @@ def test_bad_package_is_refused_naming_the_field_and_nothing_is_written(
     assert "Traceback" not in result.stderr
     assert cli.json("models", "list") == before_models
     assert _audit_count(cli) == before_audit
-    assert sorted(p.name for p in (cli.home / "blobs").rglob("*") if p.is_file()) == blobs_before
+    assert blob_files(cli.home) == blobs_before
 
 
 def test_republishing_a_version_with_different_bytes_is_refused(fresh_cli: Cli, demo_dir: Path, tmp_path: Path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 
 import httpx
 from tests.e2e.conftest import Cli, start_gateway
+
+from engines import log_payloads
 
 
 def test_every_answered_call_has_its_event_after_a_kill(digits_cli: Cli) -> None:
@@ -44,8 +45,7 @@ def test_every_answered_call_has_its_event_after_a_kill(digits_cli: Cli) -> None
         thread.join(timeout=15)
 
     assert len(answered) >= 300
-    with sqlite3.connect(cli.home / "events.db") as conn:
-        logged = {json.loads(payload)["id"] for (payload,) in conn.execute("SELECT payload FROM events")}
+    logged = {json.loads(payload)["id"] for payload in log_payloads(cli.home)}
     missing = [request_id for request_id in answered if request_id not in logged]
     assert missing == [], f"{len(missing)} answered calls have no usage event"
     # The log may hold events whose answers were lost in the kill (the client sees an error and may retry);

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import httpx
 from tests.e2e.conftest import Gateway, billing_period_for_test
 
+from engines import log_payloads
+
 
 def _log_events_for(gateway: Gateway, account_id: str) -> int:
-    with sqlite3.connect(gateway.cli.home / "events.db") as conn:
-        rows = conn.execute("SELECT payload FROM events").fetchall()
-    return sum(1 for (payload,) in rows if json.loads(payload)["subject"] == account_id)
+    return sum(1 for payload in log_payloads(gateway.cli.home) if json.loads(payload)["subject"] == account_id)
 
 
 def test_only_successful_calls_are_metered_and_billed(gateway: Gateway) -> None:

@@ -5,7 +5,6 @@ the pipeline's fee; when a step fails, the call fails naming the step and no ste
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import struct
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import httpx
 import orjson
 import yaml
 from tests.e2e.conftest import Cli, Gateway, start_gateway, stop_gateway
+
+from engines import store_rows
 
 
 def _wav_request(wav: bytes) -> tuple[bytes, dict[str, str]]:
@@ -29,12 +30,12 @@ def _wav_request(wav: bytes) -> tuple[bytes, dict[str, str]]:
 
 def _events(cli: Cli, account: str) -> list[tuple[str, str, str | None, int]]:
     cli.run("meter", "--once")
-    with sqlite3.connect(cli.home / "modelmarket.db") as conn:
-        rows = conn.execute(
-            "SELECT e.event_id, e.model_name, e.pipeline_call_id, e.quantity_base FROM usage_events e "
-            "JOIN accounts a ON a.id = e.account_id WHERE a.name = ? ORDER BY e.model_name",
-            (account,),
-        ).fetchall()
+    rows = store_rows(
+        cli.home,
+        "SELECT e.event_id, e.model_name, e.pipeline_call_id, e.quantity_base FROM usage_events e "
+        "JOIN accounts a ON a.id = e.account_id WHERE a.name = :account ORDER BY e.model_name",
+        account=account,
+    )
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 

@@ -20,6 +20,8 @@ import pytest
 from tests.e2e.conftest import Cli, EnvCli, Gateway, start_gateway, stop_gateway
 from tests.sandbox_packages import ADVERSARIES, PROVIDER, echo_package
 
+import engines
+
 LIMITS = {"memory_mb": 256, "pids": 48, "timeout_s": 4}
 X = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
@@ -70,7 +72,9 @@ def _platform(tmp: Path, profile: str, listener: Listener) -> tuple[Platform, Cl
     cli = EnvCli(tmp / "home", extra_env={"MODELMARKET_SANDBOX_MINIMUM": "process"})
     cli.run("accounts", "create", PROVIDER, "--role", "provider")
     sandbox = {"profile": profile, **LIMITS}
-    database = (cli.home / "modelmarket.db").absolute()
+    # a private file of the platform the adversary tries to read: the store's file, or (on the real engines, whose
+    # store is on its server) the audit checkpoints' signing key
+    database = (cli.home / ("keys/audit-checkpoints.ed25519.pem" if engines.REAL else "modelmarket.db")).absolute()
     cli.run("publish", str(echo_package(tmp / "pkg-echo", sandbox=sandbox)))
     for kind, build in ADVERSARIES.items():
         target = listener.address if kind == "network" else str(database) if kind == "file-reader" else None

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from sqlalchemy import text
 
-from modelmarket.adapters.bus import SqliteEventLog
+from engines import append_to_log
 from modelmarket.adapters.store import SqlStore
 from modelmarket.billing.ledger import Balance
 from modelmarket.billing.lifecycle import InvoiceDoc
@@ -225,11 +225,7 @@ class Economy:
         events' ids: the log refuses an id twice, so a second delivery of one event needs another log id)."""
         events = list(events)
         ids = [e.id for e in events] if log_ids is None else list(log_ids)
-        log = SqliteEventLog(self.platform.settings.event_log_path, "normal")
-        try:
-            log.append_many([(i, e.encode()) for i, e in zip(ids, events, strict=True)])
-        finally:
-            log.close()
+        append_to_log(self.platform, [(i, e.encode()) for i, e in zip(ids, events, strict=True)])
 
     def invoice(self, consumer: str, period: str, currency: str = "USD") -> InvoiceDoc:
         docs = self.platform.invoices.invoices(self.accounts[consumer], _period(period))

@@ -19,8 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import LargeBinary, bindparam, text
 
-from engines import developer_setting
-from modelmarket.adapters.bus import SqliteEventLog
+from engines import append_to_log, developer_setting
 from modelmarket.adapters.store import SqlStore
 from modelmarket.audit import append
 from modelmarket.audit.checkpoints import CheckpointKey, load_public_key, public_key_pem
@@ -80,11 +79,7 @@ def usage(plat: Platform, account_id: str, n: int, apply: bool = True) -> list[s
         )
         for i in range(n)
     ]
-    log = SqliteEventLog(plat.settings.event_log_path, "normal")
-    try:
-        log.append_many([(e.id, e.encode()) for e in events])
-    finally:
-        log.close()
+    append_to_log(plat, [(e.id, e.encode()) for e in events])
     if apply:
         plat.metering.catch_up()
     return [e.id for e in events]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from modelmarket.adapters.bus import SqliteEventLog
+from engines import append_to_log
 from modelmarket.adapters.store import SqlStore
 from modelmarket.billing import (
     InvoiceDoc,
@@ -77,11 +77,7 @@ class Billing:
 
     def insert(self, *events: UsageEvent) -> None:
         """Append the events to the log, as the gateway does: the services apply the log before they read."""
-        log = SqliteEventLog(self.platform.settings.event_log_path, "normal")
-        try:
-            log.append_many([(e.id, e.encode()) for e in events])
-        finally:
-            log.close()
+        append_to_log(self.platform, [(e.id, e.encode()) for e in events])
 
     def invoices(self, account: str = "acct-consumer", period: Period = JAN) -> list[InvoiceDoc]:
         return self.platform.invoices.invoices(account, period)

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import event
 
-from modelmarket.adapters.bus import SqliteEventLog
+from engines import append_to_log
 from modelmarket.adapters.store import SqlStore
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
 from modelmarket.cli.main import cli
@@ -85,11 +85,7 @@ def serve(platform: Platform, model: str, latencies_ms: list[str], at: datetime)
         )
         for i, ms in enumerate(latencies_ms)
     ]
-    log = SqliteEventLog(platform.settings.event_log_path, "normal")
-    try:
-        log.append_many([(e.id, e.encode()) for e in events])
-    finally:
-        log.close()
+    append_to_log(platform, [(e.id, e.encode()) for e in events])
     platform.metering.catch_up()
 
 

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from engines import developer_setting
-from modelmarket.adapters.bus import SqliteEventLog
+from engines import append_to_log, developer_setting
 from modelmarket.billing.period import Period
+from modelmarket.bootstrap import bootstrap
 from modelmarket.cli.main import cli
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.units import UnitKind
+from modelmarket.settings import Settings
 
 PLANS = """\
 plans:
@@ -92,11 +93,11 @@ def _usage(mm: Mm, consumer: str, images: int, day: str) -> None:
         currency="USD",
         latency_ms=Decimal("3.5"),
     )
-    log = SqliteEventLog(mm.home / "events.db", "normal")
+    platform = bootstrap(Settings(home=mm.home))  # the CLI's own settings (the environment), its log
     try:
-        log.append_many([(event.id, event.encode())])
+        append_to_log(platform, [(event.id, event.encode())])
     finally:
-        log.close()
+        platform.close()
 
 
 # -- plans and subscriptions ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
-from modelmarket.adapters.bus import SqliteEventLog
+from engines import append_to_log
 from modelmarket.adapters.store import SqlStore
 from modelmarket.billing import parse_period
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
@@ -40,11 +40,7 @@ def _meter_seconds(store: SqlStore, tmp_path: Path, calls: int, price: str) -> P
     """A platform whose event log holds ``calls`` one-second calls at ``price`` per minute, metered and rated."""
     settings = Settings(home=tmp_path / "home")
     platform = bootstrap(settings, store=store, clock=lambda: DECEMBER_1ST, runtimes=PluginRuntimes())
-    log = SqliteEventLog(platform.settings.event_log_path)
-    try:
-        log.append_many([(e.id, e.encode()) for e in (_second(i, price) for i in range(calls))])
-    finally:
-        log.close()
+    append_to_log(platform, [(e.id, e.encode()) for e in (_second(i, price) for i in range(calls))])
     assert platform.metering.catch_up() == calls
     return platform
 

@@ -74,9 +74,9 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         platform.clock,
         s.cache_refresh_s,
     )
-    if s.limit_lease_fraction is not None:  # several gateways on one store: limits hold across them by leases
+    if (fraction := s.resolved_lease_fraction) is not None:  # replicas on one store: limits hold by leases
         replica = f"{s.gateway_id}-{uuid.uuid4().hex[:12]}"
-        economy.use_leases(LeaseService(platform.store, s.limit_lease_ttl_s), replica, Fraction(s.limit_lease_fraction))
+        economy.use_leases(LeaseService(platform.store, s.limit_lease_ttl_s), replica, Fraction(fraction))
 
     def load_routing() -> tuple[dict[str, Provider], RouteTable]:
         return {p.name: p for p in platform.routing.providers()}, platform.routing.table()

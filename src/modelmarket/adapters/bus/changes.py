@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ FLUSH_TIMEOUT_S = 2.0
 """How long a publish waits for the server's acknowledgement of the flush, and ``close`` for pending publishes."""
 RESUBSCRIBE_S = 2.0
 """Wait between attempts to subscribe while the NATS server cannot be reached (the poll covers the gap)."""
+ERROR_LOG_INTERVAL_S = 60.0
+"""Connection errors are logged at most this often (the client reports every failed reconnect)."""
 
 
 def changes_subject(namespace: str) -> str:
@@ -91,6 +94,7 @@ class NatsChangeFeed:
     def __init__(self, url: str, subject: str) -> None:
         self.url = url
         self.subject = subject
+        self._error_logged_at = -ERROR_LOG_INTERVAL_S
         self._subscribers = _Subscribers()
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,7 +199,11 @@ class NatsChangeFeed:
         self._subscribers.call()
 
     async def _error(self, exc: Exception) -> None:
-        log.warning("change feed connection to %s: %s", self.url, exc)
+        # the client calls this at every failed reconnect (several a second while the server is away): once a minute
+        now = time.monotonic()
+        if now - self._error_logged_at >= ERROR_LOG_INTERVAL_S:
+            self._error_logged_at = now
+            log.warning("change feed connection to %s: %s (retrying; polls carry changes meanwhile)", self.url, exc)
 
     async def _close(self) -> None:
         if self._subscribing is not None:
