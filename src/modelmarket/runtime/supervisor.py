@@ -696,6 +696,12 @@ class Supervisor:
             found = self._confinements[version.id] = self._confine(version)
         return found
 
+    async def _confinement_off_loop(self, version: VersionRecord) -> Confinement:
+        """``confinement``, worked out in a thread the first time: it imports the version's runtime class (for a
+        scikit-learn model, scipy and sklearn: seconds), which must not stall every other request on the loop."""
+        found = self._confinements.get(version.id)
+        return found if found is not None else await asyncio.to_thread(self.confinement, version)
+
     def _confine(self, version: VersionRecord) -> Confinement:
         try:
             provider_code = bool(load_runtime_class(version.manifest.runtime).provider_code)
@@ -782,7 +788,7 @@ class Supervisor:
         inproc = self.inprocess.get(version.id)
         if inproc is not None:
             return inproc
-        if self.confinement(version).profile == "inprocess":
+        if (await self._confinement_off_loop(version)).profile == "inprocess":
             return await self._load_inprocess(version)
         runners = self.runners.get(version.id) or self.register(version)
         if runners.failed is not None:
@@ -792,7 +798,7 @@ class Supervisor:
     async def ensure_started(self, version: VersionRecord) -> VersionRunners | InProcessRunner:
         """Start ``version``'s minimum of replicas (at least one) and wait until one serves; ``NotReady`` says
         why it does not within ``start_timeout_s``."""
-        if self.confinement(version).profile == "inprocess":
+        if (await self._confinement_off_loop(version)).profile == "inprocess":
             return await self._load_inprocess(version)
         runners = self.register(version)
         runners.draining = False  # asked to serve (preload, an alias moving to it): no longer on its way out
