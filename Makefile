@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test bench lint sysdeps sysdeps-test install clean
+.PHONY: demo test test-engines bench lint sysdeps sysdeps-test install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,10 +68,13 @@ sysdeps-test: sysdeps
 demo: install sysdeps
 	$(BIN)/modelmarket demo
 
-# The whole suite on the embedded engines, then the integration and end-to-end suites again on real ones
-# (PostgreSQL, NATS JetStream, SeaweedFS: tests/engines.py).
+# The whole suite on the embedded engines (the scale-out tests start their own PostgreSQL, NATS, SeaweedFS and
+# Envoy). `make test-engines` runs the integration and end-to-end suites on real engines (tests/engines.py): not
+# yet part of `make test`, see docs/scale-out.md.
 test: install sysdeps-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile
+
+test-engines: install sysdeps-test
 	MM_TEST_ENGINES=real $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/integration tests/e2e
 
 bench: install sysdeps-test

@@ -111,7 +111,9 @@ class SharedBuilds:
             if failed.exists():
                 raise AssertionError(f"building the shared {name!r} failed in another worker:\n{failed.read_text()}")
             if not built.is_dir():
-                work = self.root / f"{name}.building"
+                # On the real engines a home's database and namespace are named after its path: build it where it
+                # stays (a failed build leaves the `.failed` mark, checked above, so its remains are never used).
+                work = built if engines.REAL else self.root / f"{name}.building"
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir()
                 try:
@@ -119,7 +121,8 @@ class SharedBuilds:
                 except BaseException:
                     failed.write_text(traceback.format_exc())
                     raise
-                work.rename(built)
+                if work != built:
+                    work.rename(built)
         return built
 
     @staticmethod

@@ -39,7 +39,7 @@ def market(tmp_path: Path) -> Iterator[tuple[Gateway, str, str, dict[str, Any]]]
     """A gateway serving `digits` only: (gateway, operator key, consumer key, a digits request)."""
     home = tmp_path / "home"
     package = build_digits(tmp_path / "packages" / "digits", tmp_path / "examples", lambda _: None)
-    admin = bootstrap(Settings(home=home, database_url=None))
+    admin = bootstrap(Settings(home=home))
     try:
         admin.accounts.create("demo-provider", "provider", actor="tests")
         admin.registry.publish(package, actor="tests")

@@ -205,7 +205,7 @@ class Platform:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     base = tmp_path_factory.mktemp("privacy")
     cli = EnvCli(base / "home", extra_env={"MODELMARKET_CACHE_REFRESH_S": str(CACHE_REFRESH_S)})
-    admin = bootstrap(Settings(home=cli.home, database_url=None))
+    admin = bootstrap(Settings(home=cli.home))
     upstream = _EchoServer()
     threading.Thread(target=upstream.serve_forever, name="echo provider", daemon=True).start()
     gateway: Gateway | None = None

@@ -79,7 +79,7 @@ def market(demo_cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "MODELMARKET_TRACING": "true",
         },
     )
-    admin = bootstrap(Settings(home=cli.home, database_url=None))
+    admin = bootstrap(Settings(home=cli.home))
     try:
         admin.accounts.create("demo-provider", "provider", actor="log-tests")
         for model in MODELS:
