@@ -6,10 +6,25 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Any
 
 from modelmarket.core.errors import Conflict, NotFound
 
 _CHUNK = 1024 * 1024
+
+
+def copy_hashing(src: IO[bytes] | Any, out: IO[bytes]) -> tuple[str, int]:
+    """Copy ``src`` to ``out`` in bounded chunks, hashing; fsync, so a renamed file is whole after a crash.
+    Returns (sha256 hex, size)."""
+    h = hashlib.sha256()
+    size = 0
+    while chunk := src.read(_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+        out.write(chunk)
+    out.flush()
+    os.fsync(out.fileno())
+    return h.hexdigest(), size
 
 
 class FsBlobStore:
@@ -26,18 +41,10 @@ class FsBlobStore:
         """
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        size = 0
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
         try:
             with os.fdopen(fd, "wb") as out, os.fdopen(os.open(src, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    h.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            digest = h.hexdigest()
+                digest, size = copy_hashing(fh, out)
             if expected_sha256 is not None and digest != expected_sha256:
                 raise Conflict(f"{src} changed while it was being published; publish again")
             dest = self._location(digest)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from modelmarket.adapters.blobs.fs import copy_hashing
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound, NotReady
 
 CONNECT_TIMEOUT_S = 5.0
@@ -31,7 +31,6 @@ MAX_ATTEMPTS = 4
 SINGLE_PUT_MAX_BYTES = 5 * 1024**3
 """S3's limit for one PUT; a larger artifact is uploaded in parts of ``PART_BYTES``."""
 PART_BYTES = 64 * 1024 * 1024
-_CHUNK = 1024 * 1024
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 _MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
@@ -97,7 +96,7 @@ class S3BlobStore:
         tmp = self._temp_file()
         try:
             with open(tmp, "r+b") as out, os.fdopen(os.open(src, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
-                digest, size = _copy_hashing(fh, out)
+                digest, size = copy_hashing(fh, out)
             if expected_sha256 is not None and digest != expected_sha256:
                 raise Conflict(f"{src} changed while it was being published; publish again")
             self._ensure_bucket()
@@ -195,7 +194,7 @@ class S3BlobStore:
             with self._errors(digest):
                 answer = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))
                 with closing(answer["Body"]) as body, open(tmp, "r+b") as out:
-                    got, size = _copy_hashing(body, out)
+                    got, size = copy_hashing(body, out)
             if got != digest or size != answer["ContentLength"]:
                 raise BlobCorrupted(
                     f"blob sha256:{digest} in {self._where()} is damaged ({size} bytes hashing to sha256:{got}); "
@@ -271,16 +270,3 @@ def _checked(digest: str) -> str:
     if not _DIGEST.match(digest):
         raise InvalidInput(f"not a sha256 digest: {digest!r}")
     return digest
-
-
-def _copy_hashing(src: IO[bytes] | Any, out: IO[bytes]) -> tuple[str, int]:
-    """Copy ``src`` to ``out`` in bounded chunks, hashing; fsync, so a renamed file is whole after a crash."""
-    h = hashlib.sha256()
-    size = 0
-    while chunk := src.read(_CHUNK):
-        h.update(chunk)
-        size += len(chunk)
-        out.write(chunk)
-    out.flush()
-    os.fsync(out.fileno())
-    return h.hexdigest(), size
