@@ -279,7 +279,7 @@ def test_a_bucket_name_s3_would_refuse_names_the_setting(bucket: str, tmp_path: 
 
 
 def test_unset_blob_url_is_files_under_the_home(tmp_path: Path) -> None:
-    store = open_blobs(Settings(home=tmp_path))
+    store = open_blobs(Settings(home=tmp_path, blob_url=None))  # unset, whatever the environment says
     assert isinstance(store, FsBlobStore) and store.root == tmp_path / "blobs"
 
 

@@ -106,6 +106,7 @@ async def _cluster(
             database_url=database_url,
             bus_url=bus_url,
             bus_namespace=namespace,
+            blob_url=None,  # the blob store is the one below, whatever the environment says
             cache_refresh_s=3600,
             invalidation_poll_s=poll_s,
             inprocess_runtimes="onnx",
