@@ -80,7 +80,9 @@ def sha256_of(path: Path) -> str:
 
 
 def blob_files(platform: Platform) -> list[Path]:
-    root = platform.settings.blobs_dir / "sha256"
+    """The artifact files the platform holds: its blob store's, or with S3 its local cache's (the same layout)."""
+    base = platform.settings.home / "cache" / "blobs" if platform.settings.blob_url else platform.settings.blobs_dir
+    root = base / "sha256"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
