@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from tests.e2e.conftest import Cli, EnvCli, Gateway, start_gateway, stop_gateway
 
+from engines import log_payloads
 from modelmarket.bootstrap import bootstrap
 from modelmarket.demo._digits import build_digits
 from modelmarket.gateway.app import GatewayApp
@@ -123,9 +123,7 @@ def _parent(span: ReadableSpan) -> str | None:
 
 
 def _event_trace_ids(home: Path) -> list[str | None]:
-    with sqlite3.connect(home / "events.db") as db:
-        rows = db.execute("SELECT payload FROM events ORDER BY log_offset").fetchall()
-    return [json.loads(row[0])["data"]["trace_id"] for row in rows]
+    return [json.loads(payload)["data"]["trace_id"] for payload in log_payloads(home)]
 
 
 async def test_the_runners_span_made_in_its_own_process_is_a_child_of_the_gateways_call(rig: Rig) -> None:
