@@ -20,6 +20,9 @@ import pytest
 from engines import clean_env
 
 MM = [sys.executable, "-m", "modelmarket.cli.main"]
+# An HTTP client's timeout for calls that may start a model's runner: a sandboxed cold start imports its
+# framework, which takes several seconds when the parallel suite loads the machine (httpx waits 5 s by default).
+COLD_START_S = 60.0
 GATE_POLICY = Path(__file__).resolve().parent.parent / "gate_policy.yaml"
 
 

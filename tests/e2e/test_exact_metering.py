@@ -6,7 +6,7 @@ import json
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import httpx
-from tests.e2e.conftest import Gateway, billing_period_for_test
+from tests.e2e.conftest import COLD_START_S, Gateway, billing_period_for_test
 
 from engines import log_payloads
 
@@ -88,7 +88,7 @@ def test_only_successful_calls_are_metered_and_billed(gateway: Gateway) -> None:
         ("malformed header", "/v2/models/digits/infer", good, {"Authorization": key}, 401, "Bearer"),
     ]
     n_ok = 23
-    with httpx.Client(base_url=gateway.url) as http:
+    with httpx.Client(base_url=gateway.url, timeout=COLD_START_S) as http:
         for i in range(n_ok):
             r = http.post("/v2/models/digits/infer", json=good, headers=auth)
             assert r.status_code == 200, r.text

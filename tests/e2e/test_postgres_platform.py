@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from tests.conftest import PostgresServer
-from tests.e2e.conftest import Cli, billing_period_for_test, start_gateway, stop_gateway
+from tests.e2e.conftest import COLD_START_S, Cli, billing_period_for_test, start_gateway, stop_gateway
 
 from modelmarket.core.money import round_minor
 
@@ -38,7 +38,7 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
     gateway = start_gateway(pg_cli)
     try:
         body = (pg_cli.home / "demo" / "examples" / "sentiment.json").read_bytes()
-        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}, timeout=COLD_START_S) as http:
             for _ in range(3):
                 r = http.post("/v2/models/sentiment/infer", content=body)
                 assert r.status_code == 200, r.text

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from tests.e2e.conftest import MM, Cli, Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import COLD_START_S, MM, Cli, Gateway, start_gateway, stop_gateway
 
 from modelmarket.runtime.supervisor import socket_path_for
 
@@ -47,7 +47,7 @@ def test_dead_runner_is_restarted_and_failed_calls_are_not_metered(gateway: Gate
     ok = 0
     failed_statuses = set()
     deadline = time.monotonic() + 60
-    with httpx.Client(base_url=gateway.url, headers=auth) as http:
+    with httpx.Client(base_url=gateway.url, headers=auth, timeout=COLD_START_S) as http:
         while time.monotonic() < deadline and ok < 5:
             r = http.post("/v2/models/digits/infer", json=body)
             if r.status_code == 200:

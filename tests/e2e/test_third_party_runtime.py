@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from tests.e2e.conftest import Cli, start_gateway, stop_gateway
+from tests.e2e.conftest import COLD_START_S, Cli, start_gateway, stop_gateway
 
 RUNTIME_SOURCE = """
 from modelmarket.runtime.base import Runtime, bytes_tensor
@@ -80,7 +80,7 @@ def test_a_plugin_runtime_is_published_served_and_billed(tmp_path: Path) -> None
     gw = start_gateway(cli, models=("shouter",))
     try:
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["hello", "world"]}]}
-        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=COLD_START_S) as http:
             r = http.post("/v2/models/shouter/infer", json=body)
             assert r.status_code == 200, r.text
             assert r.json()["outputs"][0]["data"] == ["HELLO!", "WORLD!"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from tests.e2e.conftest import Gateway, billing_period_for_test
+from tests.e2e.conftest import COLD_START_S, Gateway, billing_period_for_test
 
 
 def _repackage(src: Path, dest: Path, **changes: object) -> Path:
@@ -43,7 +43,7 @@ def test_publish_call_meter_invoice(gateway: Gateway, tmp_path: Path) -> None:
     key = cli.new_consumer("walker")
     pixels = json.loads((cli.home / "demo" / "examples" / "digit.json").read_text())["inputs"][0]["data"]
     body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [2, 64], "data": [pixels, pixels]}]}
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as http:
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}, timeout=COLD_START_S) as http:
         for _ in range(5):
             r = http.post("/v2/models/acme-digits/infer", json=body)
             assert r.status_code == 200, r.text
