@@ -155,3 +155,30 @@ def test_partitions_lock_each_other_out_only_per_partition_and_metering_writes_w
     exclusive.join(timeout=10)
     assert entered["all"] >= held_until
     plat.close()
+
+
+def test_a_rebuild_regrows_the_usage_tree_in_the_order_partitions_were_interleaved(platform: Platform) -> None:
+    """Partition consumers apply small batches in turn, as parallel followers do: the usage tree's leaves then mix
+    the partitions. A rebuild must replay them in that order, or the regrown tree's root differs from its signed
+    checkpoints and metering halts."""
+    events = [_event(i) for i in range(200, 263)]
+    _append(platform, events)
+    logs = [platform.metering.open_partition(p) for p in range(PARTITIONS)]
+    try:
+        while sum(platform.metering.consume_batch(logs[p], limit=2, partition=p) for p in (2, 0, 1)):
+            pass
+    finally:
+        for log in logs:
+            log.close()
+    with platform.store.read() as uow:
+        order = [partition_of(facts.account_id, PARTITIONS) for _, facts in uow.proofs.usage_leaves(-1, 1000)]
+    assert len(order) == 63 and order[:6] == [2, 2, 0, 0, 1, 1]  # interleaved, not one partition after another
+    assert all(r.ok for r in platform.audit.verify_trees())
+    report = platform.ledger.rebuild()
+    assert report.identical and report.events == 63
+    assert platform.metering.halted() is None
+    assert _billed(platform) == (63, _expected(events))
+    assert all(r.ok for r in platform.audit.verify_trees()), [r.problems for r in platform.audit.verify_trees()]
+    with platform.store.read() as uow:
+        again = [partition_of(facts.account_id, PARTITIONS) for _, facts in uow.proofs.usage_leaves(-1, 1000)]
+    assert again == order

@@ -22,7 +22,7 @@ from modelmarket.core.errors import InvariantViolated, MeteringHalted, ensure
 from modelmarket.core.money import EXACT
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
 from modelmarket.metering.events import UsageEvent
-from modelmarket.metering.partitions import SHARED_LOCK_KEY, consumer_name, lock_key
+from modelmarket.metering.partitions import SHARED_LOCK_KEY, consumer_name, lock_key, partition_of
 from modelmarket.metering.ports import (
     DailyKey,
     DailyUsage,
@@ -288,12 +288,16 @@ class MeteringService:
                         upto[p] = uow.usage.offset(consumer_name(CONSUMER_NAME, p))
                     if before is not None:
                         before(uow)
+                    runs = self._replay_runs(uow)
                     uow.usage.clear_derived(CONSUMER_NAME)
                     for p in range(1, self.partitions):
                         uow.usage.save_offset(consumer_name(CONSUMER_NAME, p), 0)
                     for projector in self.projectors:
                         projector.clear(uow)
                     total = 0
+                    for p, run_end in runs:  # first the partitions' records in the order the shared rows had them
+                        while (n := self._apply(uow, logs[p], self.batch_max, min(run_end, upto[p]), p)) > 0:
+                            total += n
                     for p, event_log in enumerate(logs):
                         while (n := self._apply(uow, event_log, self.batch_max, upto[p], p)) > 0:
                             total += n
@@ -308,6 +312,25 @@ class MeteringService:
         finally:
             for event_log in logs:
                 event_log.close()
+
+    def _replay_runs(self, uow: Any) -> list[tuple[int, int]]:
+        """With several partitions, the order a rebuild applies them in: runs of (partition, last offset) in the
+        order a shared projector's rows (the usage tree's leaves) had them. Partitions were applied interleaved,
+        batch by batch, so replaying one partition after another would grow the tree's leaves in another order,
+        and its root would differ from its signed checkpoints. One partition, or no shared projector: none."""
+        if self.partitions == 1:
+            return []
+        order = next((p.replay_order for p in self.projectors if hasattr(p, "replay_order")), None)
+        if order is None:
+            return []
+        runs: list[tuple[int, int]] = []
+        for account_id, offset in order(uow):
+            p = partition_of(account_id, self.partitions)
+            if runs and runs[-1][0] == p:
+                runs[-1] = (p, max(runs[-1][1], offset))
+            else:
+                runs.append((p, offset))
+        return runs
 
     def catch_up(self, max_records: int | None = None) -> int:
         """Apply what is in the log now, up to ``max_records`` (None: all) per partition. Halts on a broken

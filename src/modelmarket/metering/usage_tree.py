@@ -8,7 +8,7 @@ leaf again from its row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from modelmarket.audit.leaves import USAGE_TREE, UsageFacts, usage_leaf
@@ -56,6 +56,8 @@ class FactTexts:
         self.numerators: dict[tuple[int, str], str] = {}
 
 
+REPLAY_PAGE = 10_000
+"""Leaves read per query when a rebuild reads the tree's order."""
 _UNITS = {unit: (unit.value, unit.divisor) for unit in UnitKind}
 
 
@@ -75,6 +77,16 @@ class UsageTree:
         texts = FactTexts()
         leaves = [(e.id, usage_leaf(usage_facts(offset, e, texts))) for offset, e in events]
         grow(uow.proofs, USAGE_TREE, leaves, self.signer, self.clock(), self.history_every_s)
+
+    def replay_order(self, uow: Any) -> Iterator[tuple[str, int]]:
+        """(account, log offset) of each leaf's event, in leaf order: the order a rebuild over several partitions
+        applies them in again, so the tree regrows the same leaves in the same order."""
+        after = -1
+        while page := uow.proofs.usage_leaves(after, REPLAY_PAGE):
+            for leaf, facts in page:
+                if facts is not None:  # a leaf without its row: the regrown tree will not match, and says so
+                    yield facts.account_id, facts.log_offset
+            after = page[-1][0].leaf_index
 
     def clear(self, uow: Any) -> None:
         """Before a rebuild applies the log again: the tree is grown again, to the same leaves (its checkpoints are

@@ -342,7 +342,7 @@ class SqlLedgerRepository:
         origin_period: str | None = None,
         txn_id: str | None = None,
     ) -> Iterator[RatedEvent]:
-        q = _RATED_SELECT.order_by(_R.log_offset)
+        q = _RATED_SELECT.order_by(_R.log_offset, _R.event_id)  # offsets repeat across partitions
         for column, value in (
             (_R.account_id, account_id),
             (_R.period, period),
