@@ -101,8 +101,9 @@ def store_rows(home: Path, query: str, **params: Any) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-def store_execute(home: Path, statement: str, **params: Any) -> None:
-    """Run ``statement`` on the home's store and commit (a test tampering with the store behind the platform)."""
+def store_execute(home: Path, statement: str, **params: Any) -> int:
+    """Run ``statement`` on the home's store and commit (a test tampering with the store behind the platform);
+    returns how many rows it changed."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
@@ -111,7 +112,7 @@ def store_execute(home: Path, statement: str, **params: Any) -> None:
     engine = create_engine(Settings(home=home).resolved_database_url, poolclass=NullPool)
     try:
         with engine.begin() as conn:
-            conn.execute(text(statement), params)
+            return int(conn.execute(text(statement), params).rowcount)
     finally:
         engine.dispose()
 

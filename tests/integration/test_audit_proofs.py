@@ -515,7 +515,8 @@ def test_a_proof_checks_offline_through_the_cli_with_the_database_gone(
     (tmp_path / "key.pem").write_text(pem)
     assert "OK: usage tree: 9 leaves" in run("audit", "verify").stdout
 
-    (env / "modelmarket.db").rename(tmp_path / "moved.db")  # no store at all, and one nowhere to be reached
+    if (env / "modelmarket.db").exists():  # the embedded store: moved away (on the real engines, PostgreSQL's
+        (env / "modelmarket.db").rename(tmp_path / "moved.db")  # database is the one made unreachable below)
     monkeypatch.setenv("MODELMARKET_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none")
     checked = run("audit", "check-proof", str(proof_file))
     assert checked.stdout.startswith(f"valid: usage event {ids[4]} (digits@1.0.0")

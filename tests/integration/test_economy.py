@@ -684,7 +684,9 @@ class _AppendsWhenReplayed:
         self.inner, self.eco, self.pending = inner, eco, pending
 
     def read(self, after_offset: int, limit: int) -> Any:
-        if after_offset == 0 and self.pending:
+        # A read from 0 of a partition that holds events is the replay's (catching up first reads an empty
+        # partition from 0 too, and a partition with events from its consumer's offset)
+        if after_offset == 0 and self.pending and self.inner.last_offset() > 0:
             events = list(self.pending)
             self.pending.clear()
             self.eco.append(events)
@@ -698,7 +700,7 @@ def _rebuild_while_appending(eco: Economy, events: list[UsageEvent]) -> Any:
     metering = eco.platform.metering
     open_log = metering.open_log
     pending = list(events)
-    metering.open_log = lambda: _AppendsWhenReplayed(open_log(), eco, pending)  # type: ignore[method-assign]
+    metering.open_log = lambda *partition: _AppendsWhenReplayed(open_log(*partition), eco, pending)  # type: ignore[method-assign]
     try:
         report = eco.platform.ledger.rebuild()
     finally:

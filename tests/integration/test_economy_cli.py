@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from engines import append_to_log, developer_setting
+from engines import append_to_log, developer_setting, store_execute
 from modelmarket.billing.period import Period
 from modelmarket.bootstrap import bootstrap
 from modelmarket.cli.main import cli
@@ -330,9 +329,8 @@ def test_ledger_show_verify_tamper_and_rebuild(billed: Mm) -> None:
     assert mm.json("billing", "rebuild")["identical"] is True
 
     txn = txns[0]["id"]
-    with sqlite3.connect(mm.home / "modelmarket.db") as conn:
-        changed = conn.execute("UPDATE ledger_entries SET amount = '999' WHERE txn_id = ? AND seq = 1", (txn,))
-        assert changed.rowcount == 1
+    changed = store_execute(mm.home, "UPDATE ledger_entries SET amount = '999' WHERE txn_id = :t AND seq = 1", t=txn)
+    assert changed == 1
     broken = mm.run("ledger", "verify", code=1)
     assert broken.stdout == "" and f"transaction {txn} does not balance in USD" in broken.stderr
     assert mm.json("ledger", "verify", code=1)["ok"] is False
