@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from engines import clean_env
+from engines import REAL, clean_env, store_rows
 from modelmarket.core.errors import NotReady
 from modelmarket.core.process import RestartPolicy
 from modelmarket.registry import VersionRecord
@@ -336,6 +336,16 @@ def test_the_runner_module_serves_tcp_when_started_by_hand(tmp_path: Path, plugi
         assert proc.wait(timeout=15) == -signal.SIGTERM  # uvicorn re-raises the signal after a graceful stop
 
 
+def _migrated(home: Path) -> bool:
+    """The home's store has its schema (its SQLite file, or on the real engines its PostgreSQL database)."""
+    if not (home / "modelmarket.db").exists() and not REAL:
+        return False
+    try:
+        return bool(store_rows(home, "SELECT COUNT(*) FROM accounts"))
+    except Exception:  # not created or not migrated yet
+        return False
+
+
 def test_the_metering_child_runs_from_its_module_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     from modelmarket.gateway.metering_process import MeteringProcess
 
@@ -348,7 +358,7 @@ def test_the_metering_child_runs_from_its_module_and_stops_cleanly_on_sigterm(tm
         assert metering.child is not None
         command = metering.child.command
         assert command[1:3] == ["-m", "modelmarket.gateway.metering_process"]
-        await until(lambda: (tmp_path / "home" / "modelmarket.db").exists(), 30)  # bootstrap() ran
+        await until(lambda: _migrated(tmp_path / "home"), 30)  # bootstrap() ran
         await asyncio.sleep(1.0)
         assert metering.child.pid is not None and metering.failure is None
         await metering.stop()
