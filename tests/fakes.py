@@ -54,7 +54,7 @@ class _State:
     halted: dict[str, str] = field(default_factory=dict)
     events: dict[str, tuple[int, UsageEvent]] = field(default_factory=dict)
     daily: dict[tuple[str, str, str, UnitKind, str], DailyUsage] = field(default_factory=dict)
-    rejects: dict[int, Reject] = field(default_factory=dict)
+    rejects: dict[tuple[int, int], Reject] = field(default_factory=dict)
     audit: list[tuple[AuditRecord, str]] = field(default_factory=list)
     plan_versions: dict[tuple[str, int], PlanVersion] = field(default_factory=dict)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
@@ -180,7 +180,7 @@ class FakeUsage:
 
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
         for r in rejects:
-            self.s.rejects.setdefault(r.log_offset, r)
+            self.s.rejects.setdefault((r.partition, r.log_offset), r)
 
     def daily_usage(self, account_id: str, since: str | None, until: str | None) -> list[DailyUsage]:
         return [

@@ -201,7 +201,7 @@ def test_metering_applies_each_event_once_and_sets_rejects_aside(
     log.append_many([("junk", b"{not json")])
     assert metering.catch_up() == 5
     assert set(store.state.events) == {"req_1", "req_2", "req_3"}
-    assert list(store.state.rejects) == [5]
+    assert list(store.state.rejects) == [(0, 5)]
     (day,) = store.state.daily.values()
     assert (day.events, day.quantity_base, day.amount_numerator) == (3, 21, Decimal("0.126"))
     assert all(lock == Lock.METERING for lock, _ in store.locks[-3:])

@@ -40,24 +40,48 @@ BATCH_MAX_RECORDS = 5000
 ID_LOOKUP_BATCH = 5000
 """Event ids checked per query for duplicates (bounded IN lists)."""
 REJECT_TEXT_MAX = 2000
+REJECT_PAYLOAD_MAX = 8192
+"""Bytes of a rejected record kept in ``metering_rejects``."""
 RETRY_BACKOFF_MAX_S = 5.0
 log = logging.getLogger(__name__)
 
 
-def _decode(records: Sequence[LogRecord], now: str) -> tuple[dict[str, tuple[int, UsageEvent]], list[Reject]]:
-    """Events by id (first occurrence wins), and rejects: records that are not valid usage events."""
+def _decode(
+    records: Sequence[LogRecord], now: str, partition: int = 0, partitions: int = 1
+) -> tuple[dict[str, tuple[int, UsageEvent]], list[Reject]]:
+    """Events by id (first occurrence wins), and rejects: records that are not valid usage events (kept with
+    their first ``REJECT_PAYLOAD_MAX`` characters: whoever can write to the log cannot fill the store), and, with
+    several partitions, events of an account that belongs to another partition (its events must be applied by
+    one consumer, in order)."""
     events: dict[str, tuple[int, UsageEvent]] = {}
     rejects: list[Reject] = []
+    home: dict[str, int] = {}
     for record in records:
         try:
             event = UsageEvent.decode(record.payload)
+            if partitions > 1:
+                owner = home.get(event.account_id)
+                if owner is None:
+                    owner = home[event.account_id] = partition_of(event.account_id, partitions)
+                if owner != partition:
+                    raise ValueError(f"account {event.account_id}'s events belong in partition {owner}")
         except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError) as exc:
             log.error("log record %d (%s) is not a usage event: %r", record.offset, record.event_id, exc)
-            payload = record.payload.decode("utf-8", "replace")
-            rejects.append(Reject(record.offset, record.event_id[:64], repr(exc)[:REJECT_TEXT_MAX], payload, now))
+            payload = _text(record.payload[:REJECT_PAYLOAD_MAX])
+            if len(record.payload) > REJECT_PAYLOAD_MAX:
+                payload += f"... [cut: {len(record.payload)} bytes]"
+            error = repr(exc)[:REJECT_TEXT_MAX]
+            event_id = _text(record.event_id.encode("utf-8", "surrogateescape"))[:64]
+            rejects.append(Reject(record.offset, event_id, error, payload, now, partition))
             continue
         events.setdefault(event.id, (record.offset, event))
     return events, rejects
+
+
+def _text(raw: bytes) -> str:
+    """Bytes of any kind as text every store keeps: undecodable bytes and NUL (which PostgreSQL's text refuses)
+    written as escapes."""
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
 def _new_events(repo: UsageRepository, events: dict[str, tuple[int, UsageEvent]]) -> list[tuple[int, UsageEvent]]:
@@ -243,7 +267,7 @@ class MeteringService:
             )
             return 0
         _check_log(records, offset)
-        events, rejects = _decode(records, self.clock().astimezone(UTC).isoformat())
+        events, rejects = _decode(records, self.clock().astimezone(UTC).isoformat(), partition, self.partitions)
         if rejects:
             repo.add_rejects(rejects)
         fresh = _new_events(repo, events)

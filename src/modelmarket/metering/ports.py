@@ -111,7 +111,9 @@ class Reject:
     event_id: str
     error: str
     payload: str
+    """The record as text, cut to ``consumer.REJECT_PAYLOAD_MAX`` characters (its size said when cut)."""
     rejected_at: str
+    partition: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The event log on NATS JetStream (``MODELMARKET_BUS_URL=nats://...``), with ``nats-py``.
 
 Streams, per partition i: ``{ns}_usage_p{i}`` (subjects ``{ns}.usage.p{i}.>``, file storage, limits retention:
-the log is kept for rebuild and replay; direct gets allowed). An event is published on
+the log is kept for rebuild and replay; direct gets allowed; messages up to ``EVENT_RECORD_MAX_BYTES``). An event is published on
 ``{ns}.usage.p{i}.{event_id}`` with ``Nats-Msg-Id: {event_id}`` and its PubAck awaited: offsets are the stream
 sequences. Answers kept for an Idempotency-Key go first to ``{ns}_kept`` (``{ns}.kept.{event_id}``, max age = the
 answer's time to live), so an event in the log always has its kept answer.
@@ -63,6 +63,9 @@ ACK_WAIT_S = 300.0
 MAX_ACK_PENDING = 100_000
 PUBLISH_PENDING_MAX = 20_000
 """Publishes awaiting their acks at once (the client's own bound)."""
+EVENT_RECORD_MAX_BYTES = 64 * 1024
+"""The largest message a usage stream accepts (the server refuses more). A usage event is a few hundred bytes;
+anyone else able to publish on the bus cannot put megabytes in the log the consumer reads and rejects."""
 PARTITIONS_KEY = "modelmarket_partitions"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -230,6 +233,7 @@ class JetStreamBus:
                     storage=StorageType.FILE,
                     duplicate_window=DEDUP_WINDOW_S,
                     allow_direct=True,
+                    max_msg_size=EVENT_RECORD_MAX_BYTES,
                     metadata={PARTITIONS_KEY: str(self.partitions)} if p == 0 else None,
                 )
             )
@@ -259,9 +263,13 @@ class JetStreamBus:
         js = self._jetstream()
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             await js.add_stream(config)
+            return
+        if config.max_msg_size is not None and info.config.max_msg_size != config.max_msg_size:
+            info.config.max_msg_size = config.max_msg_size  # a stream made before the bound existed gets it
+            await js.update_stream(info.config)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:

@@ -176,6 +176,8 @@ metering_rejects = Table(
     "metering_rejects",
     metadata,
     # A log record the consumer could not read as a usage event: kept, with why, instead of blocking the log.
+    # Keyed by partition and offset (offsets repeat across partitions).
+    Column("log_partition", Integer, primary_key=True, autoincrement=False),
     Column("log_offset", BigInteger, primary_key=True, autoincrement=False),
     Column("event_id", String(64), nullable=False),
     Column("error", Text, nullable=False),

@@ -216,10 +216,14 @@ class SqlUsageRepository:
 
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
         r = t.metering_rejects.c
-        offsets = [x.log_offset for x in rejects]
-        known = set(self.conn.execute(select(r.log_offset).where(r.log_offset.in_(offsets))).scalars())
+        known: set[tuple[int, int]] = set()
+        for partition in {x.partition for x in rejects}:
+            offsets = [x.log_offset for x in rejects if x.partition == partition]
+            query = select(r.log_offset).where(r.log_partition == partition, r.log_offset.in_(offsets))
+            known |= {(partition, offset) for offset in self.conn.execute(query).scalars()}
         fresh = [
             {
+                "log_partition": x.partition,
                 "log_offset": x.log_offset,
                 "event_id": x.event_id,
                 "error": x.error,
@@ -227,7 +231,7 @@ class SqlUsageRepository:
                 "rejected_at": x.rejected_at,
             }
             for x in rejects
-            if x.log_offset not in known
+            if (x.partition, x.log_offset) not in known
         ]
         if fresh:
             self.conn.execute(insert(t.metering_rejects), fresh)
