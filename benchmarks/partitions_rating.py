@@ -161,17 +161,7 @@ def _events(provider_id: str, by_partition: list[list[str]], n: int) -> list[Usa
 def _append(platform: Platform, events: list[UsageEvent]) -> list[int]:
     """Append each event to its account's partition of the log, as the gateway does. Returns the count per
     partition."""
-    metering = platform.metering
-    by_partition: dict[int, list[tuple[str, bytes]]] = {p: [] for p in range(metering.partitions)}
-    for e in events:
-        by_partition[partition_of(e.account_id, metering.partitions)].append((e.id, e.encode()))
-    for partition, batch in by_partition.items():
-        log = metering.open_partition(partition)
-        try:
-            log.append_many(batch)
-        finally:
-            log.close()
-    return [len(by_partition[p]) for p in range(metering.partitions)]
+    return platform.metering.append([(e.account_id, e.id, e.encode()) for e in events])
 
 
 def _warm_up(platform: Platform, provider_id: str, by_partition: list[list[str]]) -> None:

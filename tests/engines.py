@@ -71,18 +71,10 @@ def developer_setting(name: str) -> bool:
 def append_to_log(platform: Any, events: Sequence[tuple[str, bytes]]) -> None:
     """Append (log id, encoded usage event) pairs to ``platform``'s own event log, as the gateway does: the embedded
     log, or JetStream on the real engines, each event to its account's partition."""
-    from modelmarket.adapters.bus.partitioned import partition_of_payload
+    from modelmarket.adapters.bus.partitioned import account_of
 
     metering = platform.metering
-    by_partition: dict[int, list[tuple[str, bytes]]] = {}
-    for log_id, payload in events:
-        by_partition.setdefault(partition_of_payload(payload, metering.partitions), []).append((log_id, payload))
-    for partition, batch in by_partition.items():
-        log = metering.open_partition(partition)
-        try:
-            log.append_many(batch)
-        finally:
-            log.close()
+    metering.append([(account_of(payload) if metering.partitions > 1 else "", i, payload) for i, payload in events])
 
 
 def store_rows(home: Path, query: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -317,6 +317,7 @@ class Settings(BaseSettings):
         if self.limit_lease_fraction is not None:
             return self.limit_lease_fraction
         return Decimal("0.1") if self.bus_url else None
+
     limit_lease_ttl_s: float = Field(
         default=30.0,
         gt=0,

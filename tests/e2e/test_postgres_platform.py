@@ -38,7 +38,8 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
     gateway = start_gateway(pg_cli)
     try:
         body = (pg_cli.home / "demo" / "examples" / "sentiment.json").read_bytes()
-        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}, timeout=COLD_START_S) as http:
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=gateway.url, headers=auth, timeout=COLD_START_S) as http:
             for _ in range(3):
                 r = http.post("/v2/models/sentiment/infer", content=body)
                 assert r.status_code == 200, r.text

@@ -120,16 +120,7 @@ def test_forged_records_on_the_usage_subjects_bill_nothing_and_are_kept_small(
     )
     assert errors[:4] == ["", "", "", ""]
     assert "maximum" in errors[4].lower() or "size" in errors[4].lower(), errors[4]  # the server refused it
-    writer = platform.metering.log_config.writer(batch_max=8, queue_max=100)
-
-    async def append() -> None:
-        writer.start()
-        try:
-            await asyncio.gather(*(writer.append(e.id, e.encode()) for e in good))
-        finally:
-            writer.stop()
-
-    asyncio.run(append())
+    platform.metering.append([(e.account_id, e.id, e.encode()) for e in good])
     platform.metering.catch_up()
     assert platform.metering.halted() is None
     billed = _rows(platform, "SELECT event_id, quantity_base FROM usage_events ORDER BY event_id")

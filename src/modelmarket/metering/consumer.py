@@ -228,6 +228,22 @@ class MeteringService:
     def open_partition(self, partition: int) -> EventLog:
         return self.open_log() if self.partitions == 1 else self.open_log(partition)  # type: ignore[call-arg]
 
+    def append(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        """Append (account id, log id, encoded event) records, each to its account's partition, one ``append_many``
+        per partition (tools, tests and benchmarks; the gateway appends through its writer). Returns how many
+        records went to each partition."""
+        by_partition: list[list[tuple[str, bytes]]] = [[] for _ in range(self.partitions)]
+        for account_id, log_id, payload in records:
+            by_partition[partition_of(account_id, self.partitions)].append((log_id, payload))
+        for partition, batch in enumerate(by_partition):
+            if batch:
+                event_log = self.open_partition(partition)
+                try:
+                    event_log.append_many(batch)
+                finally:
+                    event_log.close()
+        return [len(batch) for batch in by_partition]
+
     def consume_batch(self, event_log: EventLog, limit: int | None = None, partition: int = 0) -> int:
         """Apply the next batch of events from the log (partition ``partition`` of it). Returns how many log
         records were read. Once the transaction committed, the log is told (``ack``)."""

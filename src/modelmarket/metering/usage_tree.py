@@ -83,7 +83,7 @@ class UsageTree:
         applies them in again, so the tree regrows the same leaves in the same order."""
         after = -1
         while page := uow.proofs.usage_leaves(after, REPLAY_PAGE):
-            for leaf, facts in page:
+            for _leaf, facts in page:
                 if facts is not None:  # a leaf without its row: the regrown tree will not match, and says so
                     yield facts.account_id, facts.log_offset
             after = page[-1][0].leaf_index

@@ -1,10 +1,11 @@
 """The event log on NATS JetStream (``MODELMARKET_BUS_URL=nats://...``), with ``nats-py``.
 
 Streams, per partition i: ``{ns}_usage_p{i}`` (subjects ``{ns}.usage.p{i}.>``, file storage, limits retention:
-the log is kept for rebuild and replay; direct gets allowed; messages up to ``EVENT_RECORD_MAX_BYTES``). An event is published on
-``{ns}.usage.p{i}.{event_id}`` with ``Nats-Msg-Id: {event_id}`` and its PubAck awaited: offsets are the stream
-sequences. Answers kept for an Idempotency-Key go first to ``{ns}_kept`` (``{ns}.kept.{event_id}``, max age = the
-answer's time to live), so an event in the log always has its kept answer.
+the log is kept for rebuild and replay; direct gets allowed; messages up to ``EVENT_RECORD_MAX_BYTES``). An
+event is published on ``{ns}.usage.p{i}.{event_id}`` with ``Nats-Msg-Id: {event_id}`` and its PubAck awaited:
+offsets are the stream sequences. Answers kept for an Idempotency-Key go first to ``{ns}_kept``
+(``{ns}.kept.{event_id}``, max age = the answer's time to live), so an event in the log always has its kept
+answer.
 
 Duplicates: the server drops a message id it saw within ``DEDUP_WINDOW_S``; beyond it, an event with a kept
 answer is looked up by subject before it is published, and the metering consumer's unique event ids guard the

@@ -20,7 +20,7 @@ _TS = sa.String(40)
 _COLUMNS = "log_offset, event_id, error, payload, rejected_at"
 
 
-def _table(name: str, *key: sa.Column) -> None:
+def _table(name: str, *key: sa.Column[int]) -> None:
     op.create_table(
         name,
         *key,
@@ -34,15 +34,15 @@ def _table(name: str, *key: sa.Column) -> None:
 
 def upgrade() -> None:
     _table("metering_rejects_p", sa.Column("log_partition", sa.Integer, primary_key=True, autoincrement=False))
-    op.execute(
-        f"INSERT INTO metering_rejects_p (log_partition, {_COLUMNS}) SELECT 0, {_COLUMNS} FROM metering_rejects"
-    )
+    op.execute(f"INSERT INTO metering_rejects_p (log_partition, {_COLUMNS}) SELECT 0, {_COLUMNS} FROM metering_rejects")
     op.drop_table("metering_rejects")
     op.rename_table("metering_rejects_p", "metering_rejects")
 
 
 def downgrade() -> None:
     _table("metering_rejects_o")
-    op.execute(f"INSERT INTO metering_rejects_o ({_COLUMNS}) SELECT {_COLUMNS} FROM metering_rejects WHERE log_partition = 0")
+    op.execute(
+        f"INSERT INTO metering_rejects_o ({_COLUMNS}) SELECT {_COLUMNS} FROM metering_rejects WHERE log_partition = 0"
+    )
     op.drop_table("metering_rejects")
     op.rename_table("metering_rejects_o", "metering_rejects")
