@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import stat
 import traceback
 import uuid
@@ -26,6 +27,27 @@ from modelmarket.cluster.postgres import PostgresServer, PostgresUnavailable, fi
 from modelmarket.demo import build_packages
 
 pytest_plugins = ["fixtures_nats", "fixtures_s3"]
+
+
+def _dump_asyncio_tasks(signum: int, frame: Any) -> None:
+    """``kill -USR1 <worker pid>``: write the pending asyncio tasks of the loop running in the main thread, with
+    their stacks, to ``/tmp/mm-tasks-<pid>.txt`` (a test stuck closing its event loop shows what it waits for)."""
+    import asyncio
+
+    with open(f"/tmp/mm-tasks-{os.getpid()}.txt", "a") as out:
+        try:
+            tasks = asyncio.all_tasks(asyncio.get_running_loop())
+        except RuntimeError:
+            out.write("no event loop running in the main thread\n")
+            traceback.print_stack(frame, file=out)
+            return
+        for task in tasks:
+            out.write(f"--- {task!r}\n")
+            task.print_stack(file=out)
+
+
+if hasattr(signal, "SIGUSR1"):
+    signal.signal(signal.SIGUSR1, _dump_asyncio_tasks)
 
 
 @pytest.fixture(scope="session", autouse=True)
