@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelmarket.core.aio import wait_event
 from modelmarket.core.errors import InvariantViolated, ensure
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,7 @@ class ChildProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changes.event.wait(), remaining)
+            await wait_event(self._changes.event, remaining)
         return True
 
     def recycle(self, reason: str) -> None:

@@ -20,6 +20,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from modelmarket.core.aio import wait_event
+
 log = logging.getLogger(__name__)
 
 KEYS, CATALOGUE, ROUTING, ECONOMY = "keys", "catalogue", "routing", "economy"
@@ -128,8 +130,7 @@ class Invalidator:
 
     async def _follow(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            await wait_event(self._wake, self.poll_s)
             self._wake.clear()
             try:
                 await self.check()

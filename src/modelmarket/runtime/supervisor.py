@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelmarket.core.aio import wait_event
 from modelmarket.core.errors import DomainError, NotReady
 from modelmarket.core.process import ChildProcess, ChildState, ProbeSettings, RestartPolicy, pid_alive
 from modelmarket.registry import VersionRecord
@@ -388,8 +389,7 @@ class VersionRunners:
                     self.waiting += 1
                     try:
                         self._changed.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._changed.wait(), QUEUE_RECHECK_S)
+                        await wait_event(self._changed, QUEUE_RECHECK_S)
                     finally:
                         self.waiting -= 1
                     continue
@@ -431,8 +431,7 @@ class VersionRunners:
                 states = "; ".join(r.child.describe() for r in self.replicas if r.child is not None) or "not started"
                 raise NotReady(f"runner for {self.name} is not ready: {states}")
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+            await wait_event(self._changed, min(remaining, 0.05))
 
     # -- scaling --------------------------------------------------------------------------------------
     async def scale_up(self, why: str) -> Replica | None:
