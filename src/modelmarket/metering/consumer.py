@@ -177,7 +177,9 @@ class Projector(Protocol):
     # Optional: ``shared = True`` on a projector whose rows every partition writes (the usage tree, one sequence
     # of leaves): with several partitions it is applied under ``Lock.METERING`` keyed ``SHARED_LOCK_KEY``, taken
     # at that point of the batch and held to its commit. Projectors writing only rows keyed by account (rating)
-    # need none: an account's events are all in one partition.
+    # need none: an account's events are all in one partition. Such a projector may also have
+    # ``replay_order(uow)``: (account, offset) of its rows in their order, which a rebuild over several partitions
+    # replays them in (``MeteringService._replay_runs``).
 
 
 class MeteringService:

@@ -111,7 +111,7 @@ class Reject:
     event_id: str
     error: str
     payload: str
-    """The record as text, cut to ``consumer.REJECT_PAYLOAD_MAX`` characters (its size said when cut)."""
+    """The record as text, cut to its first ``consumer.REJECT_PAYLOAD_MAX`` bytes (its size said when cut)."""
     rejected_at: str
     partition: int = 0
 
