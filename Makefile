@@ -68,12 +68,14 @@ sysdeps-test: sysdeps
 demo: install sysdeps
 	$(BIN)/modelmarket demo
 
-# The whole suite on the embedded engines (the scale-out tests start their own PostgreSQL, NATS, SeaweedFS and
-# Envoy). `make test-engines` runs the integration and end-to-end suites again on real engines (tests/engines.py:
-# PostgreSQL, NATS JetStream with two partitions, SeaweedFS's S3, started per worker); green, but not yet part of
-# `make test` for its length (about 25 more minutes on 2 cores), see docs/scale-out.md.
+# Two passes. First the whole suite on the embedded engines (the scale-out tests start their own PostgreSQL, NATS,
+# SeaweedFS and Envoy); then the integration and end-to-end suites again on real engines (tests/engines.py:
+# PostgreSQL, NATS JetStream with two partitions, SeaweedFS's S3, started per worker). `make test-engines` runs
+# the second pass alone.
 test: install sysdeps-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile
+	@echo "== the integration and end-to-end suites on the real engines (PostgreSQL, NATS JetStream, S3)"
+	MM_TEST_ENGINES=real $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/integration tests/e2e
 
 test-engines: install sysdeps-test
 	MM_TEST_ENGINES=real $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/integration tests/e2e

@@ -272,9 +272,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """In an xdist worker, the longest work units first (`RUN_FIRST`); a run without xdist keeps pytest's order. Every
     worker sorts the same way, so their collections stay the same, as xdist requires."""
     if engines.REAL:
-        # The real-engines run (`make test-engines`) runs each test on PostgreSQL, JetStream and S3. A test's
-        # `store[sqlite]` case would pair a SQLite store with them, a set nobody deploys; `make test` runs it on the
-        # embedded engines. Deselected here, counted in the summary.
+        # The real-engines pass (`make test`'s second) runs each test on PostgreSQL, JetStream and S3. A test's
+        # `store[sqlite]` case would pair a SQLite store with them, a set nobody deploys; it runs, on the embedded
+        # engines, in the first pass. Deselected here, named in the summary.
         kept = [item for item in items if _store_param(item) != "sqlite"]
         if len(kept) != len(items):
             config.hook.pytest_deselected(items=[item for item in items if _store_param(item) == "sqlite"])
