@@ -30,6 +30,7 @@ from modelmarket.billing.ports import (
     RatedEvent,
     StoredInvoice,
     StoredLimits,
+    StoredUsage,
 )
 from modelmarket.core.errors import InvalidInput, NotFound
 from modelmarket.core.uow import Lock
@@ -320,6 +321,13 @@ class FakeLedger:
         for row in sorted(self.s.rated.values(), key=lambda r: r.log_offset):
             if all(value is None or getattr(row, name) == value for name, value in wanted.items()):
                 yield row
+
+    def stored_usage(self, period: str) -> Iterator[StoredUsage]:
+        wanted = {period} | {r.origin_period for r in self.s.rated.values() if r.period == period}
+        for row in sorted(self.s.rated.values(), key=lambda r: (r.log_offset, r.event_id)):
+            if row.origin_period in wanted:
+                e = self.s.events[row.event_id][1]
+                yield StoredUsage(row, e.unit_price, e.time.isoformat(), e.latency_ms, e.price_factor)
 
     def txns(
         self,

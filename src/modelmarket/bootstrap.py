@@ -17,13 +17,16 @@ from modelmarket.billing.ledger import LedgerService
 from modelmarket.billing.lifecycle import InvoiceService
 from modelmarket.billing.pricing import PriceService
 from modelmarket.billing.rating import Rater
+from modelmarket.billing.replay import PriceReplayService
 from modelmarket.billing.subscriptions import PlanService
 from modelmarket.core.clock import Clock, utc_now
 from modelmarket.governance.gate import GateService
 from modelmarket.governance.policy import load_policy
 from modelmarket.governance.ports import TrialRunner
+from modelmarket.lab import FeedbackService
 from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
+from modelmarket.metering.usage import CATCH_UP_MAX_RECORDS
 from modelmarket.metering.usage_tree import UsageTree
 from modelmarket.privacy import PrivacyService
 from modelmarket.registry import RegistryService
@@ -67,6 +70,8 @@ class Platform:
     routing: RoutingService
     gate: GateService
     privacy: PrivacyService
+    replays: PriceReplayService
+    feedback: FeedbackService
     changes: LocalChangeFeed | NatsChangeFeed = field(default_factory=LocalChangeFeed)
     """Announces audited commits to the gateway replicas (``gateway/invalidation.py``)."""
 
@@ -141,6 +146,8 @@ def bootstrap(
             capture_max_chars=settings.capture_max_chars,
             capture_max_calls=settings.capture_max_calls,
         ),
+        replays=PriceReplayService(store, metering, clock, settings.provider_share, rater.charges),
+        feedback=FeedbackService(store, clock, lambda: metering.catch_up(CATCH_UP_MAX_RECORDS)),
         changes=changes,
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "modelmarket"
-CONTEXTS = ("accounts", "registry", "metering", "billing", "audit", "routing", "privacy")
+CONTEXTS = ("accounts", "registry", "metering", "billing", "audit", "routing", "privacy", "lab")
 FORBIDDEN_IN_CONTEXTS = ("modelmarket.adapters", "sqlalchemy", "alembic", "psycopg", "sqlite3")
 
 

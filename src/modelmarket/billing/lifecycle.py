@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -196,12 +196,22 @@ class _Acc:
     events: int = 0
     quantity: int = 0
     granted: int = 0
-    amount: Fraction = Fraction(0)
+    numerators: dict[int, int] = field(default_factory=dict)
+    """The exact amount as integer numerators per denominator (summing Fractions row by row was most of an
+    invoice's time over many events)."""
     plan_kind: str = "payg"
     tokens: TokenSplit | None = None
     """The input and output tokens of the rows billed at a version's input and output list prices."""
     untokened: bool = False
     """Whether some row was not (another pricing, a plan's rate, a grant): then the line has no token lines."""
+
+    def add(self, amount: Fraction) -> None:
+        d = amount.denominator
+        self.numerators[d] = self.numerators.get(d, 0) + amount.numerator
+
+    @property
+    def amount(self) -> Fraction:
+        return sum((Fraction(n, d) for d, n in self.numerators.items()), Fraction(0))
 
     def with_tokens(self, line: Line, unit: UnitKind, currency: str) -> Line:
         """``line`` with its token lines, when every row of it was billed at input and output token prices."""
@@ -253,7 +263,7 @@ def _group(
         acc.events += 1
         acc.quantity += r.quantity_base
         acc.granted += r.granted_base
-        acc.amount += r.amount
+        acc.add(r.amount)
         split = prices.get((r.model_name, r.version)) if prices else None
         # Billed at the version's list prices, as rating decides: no plan (or an unknown version of one: payg),
         # or a plan that is not free and has no rate of its own for the event.
@@ -384,6 +394,16 @@ def _fee_months(uow: EconomyUnitOfWork, last: Period) -> set[tuple[str, str]]:
     return out
 
 
+def token_prices_of(charges: ChargeSource, uow: Any, rows: Iterable[RatedEvent]) -> dict[tuple[str, str], TokenPrices]:
+    """(model, version) -> (input, output) price per IU of the rows' versions that price tokens apart."""
+    out: dict[tuple[str, str], TokenPrices] = {}
+    for model, version in {(r.model_name, r.version) for r in rows if r.unit_kind is UnitKind.TOKENS_1K}:
+        prices = token_prices(charges(uow, model, version))
+        if prices is not None:
+            out[(model, version)] = prices
+    return out
+
+
 class InvoiceService:
     """Invoices, statements, payouts, the ledger's views and checks."""
 
@@ -405,13 +425,7 @@ class InvoiceService:
         self.charges: ChargeSource = charges or (raters[0].charges if raters else RegistryCharges())
 
     def _token_prices(self, uow: EconomyUnitOfWork, rows: list[RatedEvent]) -> dict[tuple[str, str], TokenPrices]:
-        """(model, version) -> (input, output) price per IU of the rows' versions that price tokens apart."""
-        out: dict[tuple[str, str], TokenPrices] = {}
-        for model, version in {(r.model_name, r.version) for r in rows if r.unit_kind is UnitKind.TOKENS_1K}:
-            prices = token_prices(self.charges(uow, model, version))
-            if prices is not None:
-                out[(model, version)] = prices
-        return out
+        return token_prices_of(self.charges, uow, rows)
 
     # -- invoices ------------------------------------------------------------------------------------------------
 

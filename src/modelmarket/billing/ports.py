@@ -117,6 +117,18 @@ class RatedEvent(NamedTuple):
     event with its rating, one row per event); None on rows read back."""
 
 
+class StoredUsage(NamedTuple):
+    """A rated event as the store keeps it, with what re-rating it needs beyond ``RatedEvent`` (a price replay)."""
+
+    rated: RatedEvent
+    unit_price: Decimal
+    """The price per IU in force for the call (the list price times the factor), as stamped."""
+    occurred_at: str
+    latency_ms: Decimal
+    price_factor: Decimal | None
+    """The dynamic factor stamped on the event; None on a row recorded before the store kept it (m0011)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     txn_id: str
@@ -215,6 +227,11 @@ class LedgerRepository(Protocol):
         txn_id: str | None = None,
     ) -> Iterator[RatedEvent]:
         """Rated events matching every given filter, by log offset; streamed."""
+        ...
+
+    def stored_usage(self, period: str) -> Iterator[StoredUsage]:
+        """The rated events of the origin months of ``period``'s events (its own, and those of the adjustments
+        landing on it), by (log offset, event id); streamed."""
         ...
 
     def txns(

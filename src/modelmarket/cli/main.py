@@ -20,6 +20,7 @@ from modelmarket.cli.economy import (
     statement,
     subscribe,
 )
+from modelmarket.cli.lab import lab
 from modelmarket.cli.lineage import lineage
 from modelmarket.cli.meter import meter
 from modelmarket.cli.prices import prices
@@ -53,6 +54,7 @@ for command in (providers, routes, runners, reviews):
     cli.add_command(command)
 models.add_command(card_command)
 cli.add_command(cluster)
+cli.add_command(lab)
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ class Lock(StrEnum):
     """Route and provider changes (a route's revision is read, then written)."""
     LEASES = "leases"
     """Leases of a limit's allowance (keyed by scope): two replicas leasing at once never both pass the check."""
+    LAB = "lab"
+    """The lab's own rows (keyed by call or experiment): feedback on one call, an experiment's changes."""
 
 
 class UnitOfWorkFactory(Protocol[U_co]):

@@ -28,8 +28,10 @@ from modelmarket.billing.period import parse_period
 from modelmarket.billing.pricing import PriceBook, price_now_json
 from modelmarket.core.clock import utc_now
 from modelmarket.core.errors import NotFound
+from modelmarket.gateway.api_lab import lab_routes
 from modelmarket.gateway.api_packages import PackageUploads, package_routes
 from modelmarket.gateway.api_proofs import usage_event_proof
+from modelmarket.lab import FeedbackService
 from modelmarket.metering.usage import UsageService
 from modelmarket.registry import model_summary
 from modelmarket.registry.catalogue import Catalogue, ModelEntry
@@ -74,6 +76,8 @@ class ApiContext:
     """Serves the inclusion proofs of the caller's usage events (``gateway/api_proofs.py``)."""
     packages: PackageUploads | None = None
     """Package uploads and the gate's publish queue; None: ``/api/packages`` answers 404."""
+    feedback: FeedbackService | None = None
+    """Feedback on calls (``gateway/api_lab.py``); None: ``/api/feedback`` answers 404."""
 
 
 class MeasuredCache:
@@ -180,6 +184,7 @@ def build_router(ctx: ApiContext, authenticate: Authenticate) -> Router:
         for path, endpoint in endpoints
     ]
     routes.extend(package_routes(ctx.packages, authenticate))  # each authenticates itself
+    routes.extend(lab_routes(ctx.feedback, authenticate))  # each authenticates itself
     return Router(routes=routes)
 
 

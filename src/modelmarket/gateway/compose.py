@@ -155,6 +155,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
             cache_refresh_s=s.cache_refresh_s,
             packages=uploads,
             proofs=platform.audit,
+            feedback=platform.feedback,
         ),
         authenticate_request,
     )

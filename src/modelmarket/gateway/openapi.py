@@ -19,9 +19,11 @@ from modelmarket.audit.leaves import TREES
 from modelmarket.audit.merkle import MAX_PROOF_HASHES
 from modelmarket.audit.proofs import PROOF_FORMAT
 from modelmarket.gateway.api import PUBLIC_ROUTES
+from modelmarket.gateway.api_lab import FEEDBACK_BODY_MAX, MODEL_PARAM_MAX
 from modelmarket.gateway.api_packages import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, RETRY_AFTER_S, UPLOAD_PATH
 from modelmarket.gateway.openapi_schemas import ERROR, OPENAI_ERROR, component_schemas, ref, search_parameters
 from modelmarket.governance.model import STAGES, SUBMISSION_STATUSES, StageStatus
+from modelmarket.lab.feedback import LABEL_MAX_CHARS, REQUEST_ID_MAX_CHARS, SCORE_MAX, SCORE_MIN
 
 __all__ = ["OPENAPI_PATH", "build_document", "document_json"]
 
@@ -529,6 +531,87 @@ def _package_paths() -> Doc:
     return {UPLOAD_PATH: {"post": post, "get": get_list}, UPLOAD_PATH + "/{submission_id}": {"get": get_one}}
 
 
+# -- /api/feedback: the lab ------------------------------------------------------------------------------------
+
+
+def _lab_schemas() -> Doc:
+    when = {"type": "string", "format": "date-time"}
+    fields = {
+        "request_id": {"type": "string", "description": "The call's `x-request-id` (its usage event's id)."},
+        "model": {"type": "string"},
+        "version": {"type": "string"},
+        "score": {"type": "integer", "minimum": SCORE_MIN, "maximum": SCORE_MAX},
+        "label": {"type": ["string", "null"], "maxLength": LABEL_MAX_CHARS, "description": "The ground truth."},
+        "created_at": when,
+        "updated_at": when,
+    }
+    feedback = {"type": "object", "required": list(fields), "properties": fields}
+    scores = {str(i): {"type": "integer", "minimum": 0} for i in range(SCORE_MIN, SCORE_MAX + 1)}
+    counted = {
+        "model": {"type": "string"},
+        "version": {"type": "string"},
+        "calls": {"type": "integer", "minimum": 1, "description": "Calls with feedback."},
+        "mean_score": {"type": "string", "description": "The mean score, to 4 decimal places."},
+        "scores": {"type": "object", "properties": scores, "description": "Calls per score."},
+        "labelled": {"type": "integer", "minimum": 0, "description": "Calls whose feedback has a label."},
+    }
+    version = {"type": "object", "required": list(counted), "properties": counted}
+    listing = {
+        "type": "object",
+        "required": ["versions"],
+        "properties": {"versions": {"type": "array", "items": ref("VersionFeedback")}},
+    }
+    return {"Feedback": feedback, "VersionFeedback": version, "FeedbackByVersion": listing}
+
+
+def _lab_paths() -> Doc:
+    tag, shown = "Marketplace", _json(ref("Feedback"))
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["request_id", "score"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "request_id": {"type": "string", "minLength": 1, "maxLength": REQUEST_ID_MAX_CHARS},
+                        "score": {"type": "integer", "minimum": SCORE_MIN, "maximum": SCORE_MAX},
+                        "label": {"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS},
+                    },
+                }
+            }
+        },
+        "description": f"At most {FEEDBACK_BODY_MAX:,} bytes. `label`: the call's ground truth, optional.",
+    }
+    post = _operation(
+        "giveFeedback",
+        "Feedback on one of the caller's billed calls",
+        tag,
+        {"201": _ok("Stored.", shown), "200": _ok("Stored, replacing the call's earlier feedback.", shown)}
+        | _errors("Error", (400, 401, 404, 413, 500)),
+        body=body,
+        description="One feedback per call: a second one replaces the first. Another account's call is not found, "
+        "like an unknown one. Feedback is counted per version (`GET /api/feedback`) for the lab's experiments.",
+    )
+    counts = _operation(
+        "feedbackByVersion",
+        "Feedback counted per model version",
+        tag,
+        {"200": _ok("Per version, by model and version.", _json(ref("FeedbackByVersion")))}
+        | _errors("Error", (400, 401, 500)),
+        parameters=[_query("model", "Only this model's versions.", {"type": "string", "maxLength": MODEL_PARAM_MAX})],
+    )
+    one = _operation(
+        "getFeedback",
+        "The caller's feedback on one of its calls",
+        tag,
+        {"200": _ok("The feedback.", shown)} | _errors("Error", (401, 404, 500)),
+        parameters=[_path_param("request_id", "The call's `x-request-id`.")],
+    )
+    return {"/api/feedback": {"post": post, "get": counts}, "/api/feedback/{request_id}": {"get": one}}
+
+
 # -- the document -----------------------------------------------------------------------------------------------
 
 
@@ -592,7 +675,7 @@ def _components() -> Doc:
         "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key: `modelmarket keys create`."}
     }
     return {
-        "schemas": component_schemas() | _package_schemas(),
+        "schemas": component_schemas() | _package_schemas() | _lab_schemas(),
         "responses": responses,
         "parameters": parameters,
         "headers": headers,
@@ -618,7 +701,7 @@ def build_document() -> Doc:
             {"name": "Meta"},
         ],
         "security": _SECURED,
-        "paths": _openai_paths() | _api_paths() | _package_paths() | _oip_paths() | _meta_paths(),
+        "paths": _openai_paths() | _api_paths() | _package_paths() | _lab_paths() | _oip_paths() | _meta_paths(),
         "components": _components(),
     }
 

@@ -152,6 +152,10 @@ usage_events = Table(
     Column("quantity_out", BigInteger, nullable=False, server_default="0"),
     # The pipeline call a step's event belongs to (a Resonance Node call), else NULL.
     Column("pipeline_call_id", String(64), nullable=True),
+    # -- m0011 --
+    # The dynamic price factor stamped on the event (a price replay re-rates tiers and token prices with it);
+    # NULL on rows recorded before m0011, until a rebuild writes them again.
+    Column("price_factor", DecimalText, nullable=True),
     # Only what the frequent queries need (each index costs every insert of the hot path 1-2 us, measured): dedup
     # by event id (the primary key); dynamic pricing's calls per model and time; invoices and limits per account
     # and period (and the accounts billed per period). Provider statements (a payout run, monthly) scan.
@@ -538,4 +542,22 @@ limit_leases = Table(
     Column("used", FractionText(), nullable=False),
     Column("expires_ms", BigInteger, nullable=False),
     Index("ix_limit_leases_replica", "replica"),
+)
+
+
+# -- the lab (m0012) ----------------------------------------------------------------------------------------------
+
+call_feedback = Table(
+    "call_feedback",
+    metadata,
+    # A consumer's feedback on one of its billed calls (lab.feedback): one row per call, named by its usage event.
+    Column("event_id", String(64), primary_key=True),
+    Column("account_id", String(40), nullable=False),
+    Column("model_name", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("label", String(200), nullable=True),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Index("ix_call_feedback_model_version", "model_name", "version"),
 )

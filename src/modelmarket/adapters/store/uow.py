@@ -16,6 +16,7 @@ from modelmarket.adapters.store.repos.accounts import SqlAccountRepository
 from modelmarket.adapters.store.repos.audit import SqlAuditRepository
 from modelmarket.adapters.store.repos.economy import SqlLedgerRepository, SqlPlanRepository
 from modelmarket.adapters.store.repos.gate import SqlGateRepository
+from modelmarket.adapters.store.repos.lab import SqlLabRepository
 from modelmarket.adapters.store.repos.leases import SqlLeaseRepository
 from modelmarket.adapters.store.repos.privacy import SqlPrivacyRepository
 from modelmarket.adapters.store.repos.proofs import SqlProofRepository
@@ -32,6 +33,7 @@ ADVISORY_LOCK_IDS: dict[Lock, int] = {
     Lock.PLANS: 7042004,
     Lock.ROUTING: 7042005,
     Lock.LEASES: 7042006,
+    Lock.LAB: 7042007,
 }
 """PostgreSQL advisory lock ids (the first key of the two-key form for keyed locks). Never reuse a number."""
 MIGRATION_LOCK_ID = 7042001
@@ -98,6 +100,10 @@ class SqlUnitOfWork:
     @property
     def leases(self) -> SqlLeaseRepository:
         return SqlLeaseRepository(self.conn)
+
+    @property
+    def lab(self) -> SqlLabRepository:
+        return SqlLabRepository(self.conn)
 
     def lock(self, lock: Lock, key: str = "", *, shared: bool = False) -> None:
         """Also take ``lock`` until this transaction ends; ``shared`` (unkeyed only): with other shared holders,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, String, delete, func, insert, select, type_coerce, update
 
 from modelmarket.adapters.store import schema as t
 from modelmarket.adapters.store.repos.usage import USAGE_COLUMNS, Texts, insert_rows, usage_columns
@@ -25,6 +26,7 @@ from modelmarket.billing.ports import (
     StatementSum,
     StoredInvoice,
     StoredLimits,
+    StoredUsage,
 )
 from modelmarket.core.errors import InvariantViolated
 from modelmarket.metering.units import UnitKind
@@ -59,6 +61,12 @@ _RATED_SELECT = select(
     _R.quantity_out,
     _R.pipeline_call_id,
 ).where(_R.txn_id.is_not(None))
+_STORED_USAGE_PLAIN = (
+    "event_id", "log_offset", "account_id", "provider_account_id", "model_name", "unit_kind", "currency",
+    "quantity_base", "period", "origin_period", "kind", "plan_name", "plan_version", "granted_base", "txn_id",
+    "version", "quantity_out", "pipeline_call_id", "occurred_at",
+)  # fmt: skip
+_STORED_USAGE_EXACT = ("amount", "provider_amount", "unit_price", "latency_ms", "price_factor")
 _X = t.ledger_txns.c
 _E = t.ledger_entries.c
 _I = t.invoices.c
@@ -357,6 +365,40 @@ class SqlLedgerRepository:
         with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
             for row in result:
                 yield _rated(row)
+
+    def stored_usage(self, period: str) -> Iterator[StoredUsage]:
+        landing = select(_R.origin_period).where(_R.period == period).distinct()
+        origins = [period, *(o for o in self.conn.execute(landing).scalars() if o != period)]
+        # The exact columns as text, each distinct text parsed once: a month repeats a few amounts and prices, and
+        # parsing a Fraction or Decimal per row was most of a replay's read.
+        q = (
+            select(
+                *(_R[name] for name in _STORED_USAGE_PLAIN),
+                *(type_coerce(_R[name], String) for name in _STORED_USAGE_EXACT),
+            )
+            .where(_R.txn_id.is_not(None), _R.origin_period.in_(origins))
+            .order_by(_R.log_offset, _R.event_id)
+        )
+        fractions: dict[str, Fraction] = {}
+        decimals: dict[str | None, Decimal | None] = {None: None}
+        units = {u.value: u for u in UnitKind}
+        with self.conn.execute(q.execution_options(yield_per=STREAM_BATCH_ROWS)) as result:
+            for r in result:
+                (event_id, offset, account, provider, model, unit, currency, quantity, period_, origin, kind,
+                 plan, plan_version, granted, txn, version, out, pipeline, occurred_at,
+                 amount, provider_amount, unit_price, latency, factor) = r  # fmt: skip
+                for text_ in (amount, provider_amount):
+                    if text_ not in fractions:
+                        fractions[text_] = Fraction(text_)
+                for text_ in (unit_price, latency, factor):
+                    if text_ not in decimals:
+                        decimals[text_] = Decimal(text_)
+                rated = RatedEvent(
+                    event_id, int(offset), account, provider, model, units[unit], currency, period_, origin, kind,
+                    plan, int(plan_version), int(quantity), int(granted), fractions[amount],
+                    fractions[provider_amount], txn, version, int(out), pipeline,
+                )  # fmt: skip
+                yield StoredUsage(rated, decimals[unit_price], occurred_at, decimals[latency], decimals[factor])  # type: ignore[arg-type]
 
     def txns(
         self,

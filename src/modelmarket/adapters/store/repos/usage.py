@@ -38,6 +38,7 @@ USAGE_COLUMNS = (
     "log_offset",
     "quantity_out",
     "pipeline_call_id",
+    "price_factor",
 )
 """The columns of ``usage_events`` that metering writes, in the order of ``usage_columns``."""
 ID_LOOKUP_MAX = 5000
@@ -106,6 +107,7 @@ def usage_columns(offset: int, e: UsageEvent, texts: Texts) -> tuple[Any, ...]:
         offset,
         e.quantity_out,
         e.pipeline_call_id,
+        texts.by_identity(e.price_factor),
     )
 
 
