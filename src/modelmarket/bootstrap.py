@@ -24,6 +24,7 @@ from modelmarket.governance.gate import GateService
 from modelmarket.governance.policy import load_policy
 from modelmarket.governance.ports import TrialRunner
 from modelmarket.lab import FeedbackService
+from modelmarket.lab.experiments import ExperimentService
 from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
 from modelmarket.metering.usage import CATCH_UP_MAX_RECORDS
@@ -72,6 +73,7 @@ class Platform:
     privacy: PrivacyService
     replays: PriceReplayService
     feedback: FeedbackService
+    experiments: ExperimentService
     changes: LocalChangeFeed | NatsChangeFeed = field(default_factory=LocalChangeFeed)
     """Announces audited commits to the gateway replicas (``gateway/invalidation.py``)."""
 
@@ -148,6 +150,7 @@ def bootstrap(
         ),
         replays=PriceReplayService(store, metering, clock, settings.provider_share, rater.charges),
         feedback=FeedbackService(store, clock, lambda: metering.catch_up(CATCH_UP_MAX_RECORDS)),
+        experiments=ExperimentService(store, clock, registry.move_alias),
         changes=changes,
     )
 

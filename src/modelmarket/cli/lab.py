@@ -1,5 +1,6 @@
 """The Transmutation Lab from the command line: ``lab price-replay`` (what a month would have earned under other
-prices or plans, re-rated by billing's own code, nothing stored)."""
+prices or plans, re-rated by billing's own code, nothing stored) and ``lab experiment`` (versions sharing a model's
+traffic, with statistics)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from modelmarket.billing.replay import Change, Proposal, ReplayReport
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import decimal_text, round_minor
+from modelmarket.lab.experiments import Experiment, ExperimentReport, parse_variants
+from modelmarket.lab.stats import METRICS
 
 PROGRESS_EVERY = 100_000
 """Events between two progress lines on stderr (a long replay says how far it is)."""
@@ -144,3 +147,113 @@ def _render(report: ReplayReport, names: dict[str, str], top: int) -> str:
     else:
         out.append("  (no bill changes)")
     return "\n".join(out)
+
+
+# -- experiments ----------------------------------------------------------------------------------------------------
+
+
+@lab.group()
+def experiment() -> None:
+    """Versions of one model sharing its traffic (sticky per API key), compared with statistics."""
+
+
+@experiment.command("start")
+@click.argument("name")
+@click.option("--model", required=True, help="The published model whose traffic is shared.")
+@click.option("--variants", required=True, metavar="A=VER,B=VER", help="2 to 4 variants; the first is the control.")
+@click.option("--split", default=None, metavar="50/50", help="The variants' weights (default: even).")
+@click.option("--metric", required=True, type=click.Choice(METRICS), help="What decides which variant is better.")
+@json_option
+@domain_errors
+def experiment_start(name: str, model: str, variants: str, split: str | None, metric: str, as_json: bool) -> None:
+    """Start experiment NAME: calls of MODEL that name no version go to a variant picked by the caller's API key.
+
+    A key keeps its variant for the whole experiment. Calls naming a version or an alias are not part of it. The
+    gateways pick it up within their invalidation bound; the start is audited.
+    """
+    started = platform().experiments.start(name, model, parse_variants(variants, split), metric)
+    if as_json:
+        echo_json(started.to_json())
+        return
+    click.echo(f"experiment {started.name} started on {started.model}: {_split(started)}; metric {started.metric}")
+
+
+def _split(e: Experiment) -> str:
+    total = e.total_weight
+    return ", ".join(f"{v.name}={v.version} ({100 * v.weight / total:.0f}%)" for v in e.variants)
+
+
+@experiment.command("show")
+@click.argument("name")
+@json_option
+@domain_errors
+def experiment_show(name: str, as_json: bool) -> None:
+    """Per variant: calls, errors, the metric with its 95% interval, and against the control (the first variant)
+    the test, its p-value, significance at 0.05 and the calls per variant still needed for 80% power."""
+    found = platform().experiments.show(name)
+    if as_json:
+        echo_json(found.to_json())
+        return
+    click.echo(_render_experiment(found))
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def _render_experiment(r: ExperimentReport) -> str:
+    e = r.experiment
+    head = f"experiment {e.name} on {e.model} ({e.status}, since {e.started_at[:19]}): metric {e.metric}"
+    if e.promoted:
+        head += f"; promoted {e.promoted}"
+    rows = []
+    for v in r.variants:
+        est, cmp_ = v.estimate, v.comparison
+        rows.append(
+            [
+                v.variant.name,
+                v.variant.version,
+                str(v.calls),
+                str(v.errors),
+                _num(est.value),
+                f"[{_num(est.low)}, {_num(est.high)}]",
+                "control" if cmp_ is None else _num(cmp_.p_value, 3),
+                "" if cmp_ is None else ("yes" if cmp_.significant else "no"),
+                "" if cmp_ is None or cmp_.better is None else ("better" if cmp_.better else "worse"),
+                "" if cmp_ is None or cmp_.still_needed is None else str(cmp_.still_needed),
+            ]
+        )
+    headers = ["variant", "version", "calls", "errors", e.metric, "95% CI", "p-value", "significant", "vs control",
+               "still needed"]  # fmt: skip
+    return "\n".join([head, table(rows, headers)])
+
+
+@experiment.command("stop")
+@click.argument("name")
+@click.option("--promote", default=None, metavar="VARIANT", help="Move the model's `latest` alias to this variant.")
+@json_option
+@domain_errors
+def experiment_stop(name: str, promote: str | None, as_json: bool) -> None:
+    """Stop experiment NAME (its calls and report are kept); with --promote, move the model's `latest` alias to the
+    variant's version. Both are audited."""
+    final = platform().experiments.stop(name, promote)
+    if as_json:
+        echo_json(final.to_json())
+        return
+    click.echo(_render_experiment(final))
+    if promote is not None:
+        chosen = final.experiment.variant(promote)
+        click.echo(f"{final.experiment.model}@latest -> {chosen.version}")
+
+
+@experiment.command("list")
+@json_option
+@domain_errors
+def experiment_list(as_json: bool) -> None:
+    """Every experiment, running and stopped."""
+    found = platform().experiments.list()
+    if as_json:
+        echo_json([e.to_json() for e in found])
+        return
+    rows = [[e.name, e.model, e.status, e.metric, _split(e), e.started_at[:19], e.promoted or ""] for e in found]
+    click.echo(table(rows, ["name", "model", "status", "metric", "variants", "started", "promoted"]))

@@ -26,6 +26,7 @@ from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.backends import Backends
 from modelmarket.gateway.dataplane import DataPlane
 from modelmarket.gateway.economy import Economy
+from modelmarket.gateway.experiments import ExperimentRecorder
 from modelmarket.gateway.invalidation import Invalidator
 from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.openai_api import OpenAIEdge
@@ -100,6 +101,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
         load_routing=load_routing,
         make_router=lambda table: Router(table, price_of=price_of),
         privacy=privacy,
+        load_experiments=platform.experiments.running,
     )
     state.invalidator = _invalidator(platform, state)
     writer = platform.metering.log_config.writer(s.event_batch_max, s.event_queue_max)  # per partition
@@ -138,6 +140,8 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     dataplane.backends = backends
     dataplane.privacy = privacy
     dataplane.router = state.router
+    dataplane.experiments = lambda: state.experiments.value
+    dataplane.experiment_recorder = ExperimentRecorder(platform.experiments.record_calls, platform.clock)
     plane = OpenAIPlane(dataplane, backends, state.router)
     openai_edge = OpenAIEdge(plane, dataplane, state, s.max_request_bytes)
 

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
@@ -31,8 +31,10 @@ from modelmarket.core.ids import RequestIds
 from modelmarket.gateway.attempts import Attempt, ModelFailed, RouterLike, UpstreamBusy, is_route, run_attempts
 from modelmarket.gateway.backends import UPSTREAMS, Backends
 from modelmarket.gateway.economy import Economy, Priced, call_figures
+from modelmarket.gateway.experiments import ExperimentRecorder, serve_in_experiment
 from modelmarket.gateway.limits import Ticket
 from modelmarket.gateway.privacy import PrivacyGuard
+from modelmarket.lab.experiments import Experiment
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
@@ -197,6 +199,9 @@ class DataPlane:
         self.max_kept_answer_bytes = max_kept_answer_bytes
         self.privacy: PrivacyGuard | None = None
         """Redaction of the calls' text and capture of opted-in accounts' calls (``gateway/privacy.py``)."""
+        self.experiments: Callable[[], Mapping[str, Experiment]] | None = None
+        """Model -> its running experiment (``gateway/experiments.py``); None: no experiments here."""
+        self.experiment_recorder: ExperimentRecorder | None = None
         self._in_flight: dict[str, tuple[str, asyncio.Future[InferAnswer]]] = {}
 
     # -- health and metadata ------------------------------------------------------------------------------
@@ -301,6 +306,19 @@ class DataPlane:
         once: tuple[str, str] | None,
         key_id: str | None = None,
     ) -> InferAnswer:
+        if ref is None and self.experiments is not None:
+            experiment = self.experiments().get(name)
+            if experiment is not None:  # the variant the key is assigned, recorded for the lab
+
+                async def serve(version_ref: str) -> InferAnswer:
+                    return await self._infer_version(
+                        account, await self.resolve(name, version_ref), request, once, key_id
+                    )
+
+                answer: InferAnswer = await serve_in_experiment(
+                    experiment, key_id or account.id, account.id, serve, self.experiment_recorder
+                )
+                return answer
         router = self.router() if ref is None else None
         if router is not None and is_route(router, name):
 

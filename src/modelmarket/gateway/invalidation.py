@@ -24,7 +24,7 @@ from modelmarket.core.aio import wait_event
 
 log = logging.getLogger(__name__)
 
-KEYS, CATALOGUE, ROUTING, ECONOMY = "keys", "catalogue", "routing", "economy"
+KEYS, CATALOGUE, ROUTING, ECONOMY, EXPERIMENTS = "keys", "catalogue", "routing", "economy", "experiments"
 SNAPSHOT_OF_ACTION: tuple[tuple[str, str], ...] = (
     ("account.", KEYS),
     ("key.", KEYS),
@@ -37,6 +37,7 @@ SNAPSHOT_OF_ACTION: tuple[tuple[str, str], ...] = (
     ("plan.", ECONOMY),
     ("subscription.", ECONOMY),
     ("limits.", ECONOMY),
+    ("experiment.", EXPERIMENTS),
 )
 """Audit action prefixes and the snapshot each touches; other actions (invoices, payouts, sessions, the gate's
 submissions until the publish itself) touch none."""

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from modelmarket.accounts import Account, KeyIndex
 from modelmarket.gateway.economy import Economy
-from modelmarket.gateway.invalidation import CATALOGUE, ECONOMY, KEYS, ROUTING, Invalidator
+from modelmarket.gateway.invalidation import CATALOGUE, ECONOMY, EXPERIMENTS, KEYS, ROUTING, Invalidator
 from modelmarket.gateway.privacy import PrivacyGuard
 from modelmarket.registry import Catalogue
 
@@ -91,6 +91,7 @@ class GatewayState:
         load_routing: Callable[[], tuple[Mapping[str, Any], Any]] | None = None,
         make_router: Callable[[Any], Any] | None = None,
         privacy: PrivacyGuard | None = None,
+        load_experiments: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.economy = economy
         self.privacy = privacy
@@ -114,6 +115,11 @@ class GatewayState:
         empty: tuple[Mapping[str, Any], Any] = ({}, None)
         self.routing = Snapshot("routing", load_routing or (lambda: empty), empty, refresh_s, min_reload_s)
         self._make_router = make_router
+        no_experiments: Mapping[str, Any] = {}
+        self.experiments = Snapshot(
+            "experiments", load_experiments or (lambda: no_experiments), no_experiments, refresh_s, min_reload_s
+        )
+        """Model -> its running experiment (``lab.experiments``), reloaded when one starts or stops."""
         self._router: Any = None
         self._routes_seen: Any = None
         self.invalidator: Invalidator | None = None
@@ -125,6 +131,7 @@ class GatewayState:
             KEYS: self.keys.reload,
             CATALOGUE: self.models.reload,
             ROUTING: self.routing.reload,
+            EXPERIMENTS: self.experiments.reload,
         }
         if self.economy is not None:
             found[ECONOMY] = self.economy.reload
@@ -169,7 +176,7 @@ class GatewayState:
     async def reload(self) -> None:
         """Every snapshot; the audit head is read first, so a change committed during the reload is seen again."""
         head = None if self.invalidator is None else await self.invalidator.current_head()
-        await asyncio.gather(self.keys.reload(), self.models.reload(), self.routing.reload())
+        await asyncio.gather(self.keys.reload(), self.models.reload(), self.routing.reload(), self.experiments.reload())
         if self.economy is not None:
             await self.economy.reload()
         if head is not None and self.invalidator is not None:
@@ -179,6 +186,7 @@ class GatewayState:
         self.keys.start()
         self.models.start()
         self.routing.start()
+        self.experiments.start()
         if self.economy is not None:
             self.economy.start()
         if self.privacy is not None:
@@ -192,6 +200,7 @@ class GatewayState:
         await self.keys.stop()
         await self.models.stop()
         await self.routing.stop()
+        await self.experiments.stop()
         if self.economy is not None:
             await self.economy.stop()
         if self.privacy is not None:

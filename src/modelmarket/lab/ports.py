@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import NamedTuple, Protocol
 
 from modelmarket.audit.ports import AuditRepository
@@ -42,6 +44,49 @@ class FeedbackCounts(NamedTuple):
     labelled: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoredExperiment:
+    name: str
+    model: str
+    variants_json: str
+    """``[{"name", "version", "weight"}, ...]``; the first is the control."""
+    metric: str
+    status: str
+    """``running`` or ``stopped``."""
+    started_at: str
+    stopped_at: str | None
+    promoted: str | None
+
+
+class ExperimentCall(NamedTuple):
+    """One call an experiment assigned, as the gateway saw it."""
+
+    id: str
+    experiment: str
+    variant: str
+    version: str
+    account_id: str
+    ok: bool
+    latency_us: int
+    prediction: str | None
+    """The answer's first output value, as text (bounded); None for a failed call or a binary answer."""
+    event_id: str | None
+    """The call's usage event (None for a failed call)."""
+    at: str
+
+
+class Observation(NamedTuple):
+    """An experiment call with what the store knows of it since: its feedback and its billed amount."""
+
+    variant: str
+    ok: bool
+    latency_us: int
+    prediction: str | None
+    score: int | None
+    label: str | None
+    amount: Fraction | None
+
+
 class LabRepository(Protocol):
     def call(self, event_id: str) -> CallRef | None:
         """The applied usage event ``event_id`` (any account's), else None."""
@@ -55,6 +100,24 @@ class LabRepository(Protocol):
 
     def feedback_counts(self, model: str | None = None) -> list[FeedbackCounts]:
         """Per (model, version), summed in the store; ``model``: only its versions."""
+        ...
+
+    def version_exists(self, model: str, version: str) -> bool: ...
+
+    def experiment(self, name: str) -> StoredExperiment | None: ...
+
+    def experiments(self, status: str | None) -> list[StoredExperiment]:
+        """By start time; ``status``: only those."""
+        ...
+
+    def put_experiment(self, experiment: StoredExperiment) -> None:
+        """Insert or replace."""
+        ...
+
+    def add_experiment_calls(self, calls: Sequence[ExperimentCall]) -> None: ...
+
+    def observations(self, experiment: str, limit: int) -> list[Observation]:
+        """The experiment's newest ``limit`` calls with their feedback and billed amount."""
         ...
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Dialect,
     ForeignKey,
@@ -560,4 +561,35 @@ call_feedback = Table(
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
     Index("ix_call_feedback_model_version", "model_name", "version"),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    # An experiment (lab.experiments): its variants as JSON [{name, version, weight}], the first the control.
+    Column("name", String(63), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("variants", Text, nullable=False),
+    Column("metric", String(40), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("started_at", String(40), nullable=False),
+    Column("stopped_at", String(40), nullable=True),
+    Column("promoted", String(16), nullable=True),
+)
+
+experiment_calls = Table(
+    "experiment_calls",
+    metadata,
+    # A call an experiment assigned, recorded by the gateway off its hot path (gateway/experiments.py).
+    Column("id", String(64), primary_key=True),
+    Column("experiment", String(63), nullable=False),
+    Column("variant", String(16), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("account_id", String(40), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("latency_us", BigInteger, nullable=False),
+    Column("prediction", String(200), nullable=True),
+    Column("event_id", String(64), nullable=True),
+    Column("at", String(40), nullable=False),
+    Index("ix_experiment_calls_experiment", "experiment", "at"),
 )

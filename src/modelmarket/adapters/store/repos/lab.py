@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, case, func, insert, select, update
 
 from modelmarket.adapters.store import schema as t
-from modelmarket.lab.ports import CallRef, FeedbackCounts, StoredFeedback
+from modelmarket.lab.ports import CallRef, ExperimentCall, FeedbackCounts, Observation, StoredExperiment, StoredFeedback
 
 _F = t.call_feedback.c
 _U = t.usage_events.c
+_X = t.experiments.c
+_C = t.experiment_calls.c
+_V = t.model_versions.c
 
 
 class SqlLabRepository:
@@ -58,8 +62,63 @@ class SqlLabRepository:
             for r in self.conn.execute(q.order_by(_F.model_name, _F.version))
         ]
 
+    def version_exists(self, model: str, version: str) -> bool:
+        q = select(_V.version).where(_V.model_name == model, _V.version == version)
+        return self.conn.execute(q).first() is not None
+
+    def experiment(self, name: str) -> StoredExperiment | None:
+        row = self.conn.execute(select(t.experiments).where(_X.name == name)).first()
+        return None if row is None else _experiment(row)
+
+    def experiments(self, status: str | None) -> list[StoredExperiment]:
+        q = select(t.experiments).order_by(_X.started_at, _X.name)
+        if status is not None:
+            q = q.where(_X.status == status)
+        return [_experiment(r) for r in self.conn.execute(q)]
+
+    def put_experiment(self, experiment: StoredExperiment) -> None:
+        values = {
+            "model_name": experiment.model,
+            "variants": experiment.variants_json,
+            "metric": experiment.metric,
+            "status": experiment.status,
+            "started_at": experiment.started_at,
+            "stopped_at": experiment.stopped_at,
+            "promoted": experiment.promoted,
+        }
+        changed = self.conn.execute(update(t.experiments).where(_X.name == experiment.name).values(values))
+        if changed.rowcount == 0:
+            self.conn.execute(insert(t.experiments).values(name=experiment.name, **values))
+
+    def add_experiment_calls(self, calls: Sequence[ExperimentCall]) -> None:
+        if calls:
+            self.conn.execute(insert(t.experiment_calls), [c._asdict() for c in calls])
+
+    def observations(self, experiment: str, limit: int) -> list[Observation]:
+        q = (
+            select(_C.variant, _C.ok, _C.latency_us, _C.prediction, _F.score, _F.label, _U.amount)
+            .select_from(
+                t.experiment_calls.outerjoin(t.call_feedback, _F.event_id == _C.event_id).outerjoin(
+                    t.usage_events, _U.event_id == _C.event_id
+                )
+            )
+            .where(_C.experiment == experiment)
+            .order_by(_C.at.desc(), _C.id)
+            .limit(limit)
+        )
+        return [
+            Observation(r.variant, bool(r.ok), int(r.latency_us), r.prediction, r.score, r.label, r.amount)
+            for r in self.conn.execute(q)
+        ]
+
 
 def _stored(r: Any) -> StoredFeedback:
     return StoredFeedback(
         r.event_id, r.account_id, r.model_name, r.version, int(r.score), r.label, r.created_at, r.updated_at
+    )
+
+
+def _experiment(r: Any) -> StoredExperiment:
+    return StoredExperiment(
+        r.name, r.model_name, r.variants, r.metric, r.status, r.started_at, r.stopped_at, r.promoted
     )

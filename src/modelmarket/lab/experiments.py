@@ -1,0 +1,305 @@
+"""Experiments: two to four published versions of one model share its traffic, and the lab tells with statistics
+whether one is better.
+
+While an experiment runs, every call of the model that names no version (``/v2/models/M/infer``, ``"model": "M"``)
+goes to a variant chosen by a stable hash of the caller's API key and the experiment's name, weighted by the split:
+a key keeps its variant for the whole experiment (sticky), and different experiments shuffle keys independently.
+A call naming a version or an alias is served as asked and is not part of the experiment.
+
+The gateway records each experiment call (variant, success, latency, the first output value as the prediction,
+the usage event) off its hot path (``gateway/experiments.py``). ``show`` reads them, joined with the calls'
+feedback and billed amounts, and reports per variant the metric with its 95% interval, the test against the first
+variant (the control) with its p-value, and the sample still needed (``lab.stats``). ``stop --promote V`` moves
+the model's ``latest`` alias to V's version. Starting and stopping are audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from modelmarket.audit import chain as audit
+from modelmarket.core.errors import Conflict, InvalidInput, NotFound
+from modelmarket.core.uow import Lock, UnitOfWorkFactory
+from modelmarket.lab import stats
+from modelmarket.lab.ports import ExperimentCall, LabUnitOfWork, Observation, StoredExperiment
+from modelmarket.lab.stats import METRICS, Metric
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+VARIANT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,15}$")
+MAX_VARIANTS = 4
+MAX_WEIGHT = 1000
+PROMOTED_ALIAS = "latest"
+OBSERVATIONS_MAX = 200_000
+"""Observations an experiment's report reads (the newest); more than this is a sample of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    version: str
+    weight: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "weight": self.weight}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: str
+    variants: tuple[Variant, ...]
+    metric: Metric
+    status: str
+    started_at: str
+    stopped_at: str | None = None
+    promoted: str | None = None
+
+    @property
+    def total_weight(self) -> int:
+        return sum(v.weight for v in self.variants)
+
+    def assign(self, key: str) -> Variant:
+        """The variant of the caller ``key`` (its API key id): a stable hash, weighted by the split."""
+        digest = hashlib.sha256(f"{self.name}\0{key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") % self.total_weight
+        for variant in self.variants:
+            if point < variant.weight:
+                return variant
+            point -= variant.weight
+        return self.variants[-1]  # unreachable: the weights add up to the total
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise InvalidInput(f"experiment {self.name!r} has no variant {name!r} ({', '.join(self.names)})")
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "variants": [v.to_json() for v in self.variants],
+            "split": "/".join(str(v.weight) for v in self.variants),
+            "metric": self.metric,
+            "status": self.status,
+            "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
+            "promoted": self.promoted,
+        }
+
+    def stored(self) -> StoredExperiment:
+        variants = json.dumps([v.to_json() for v in self.variants], separators=(",", ":"))
+        return StoredExperiment(
+            self.name, self.model, variants, self.metric, self.status, self.started_at, self.stopped_at, self.promoted
+        )
+
+    @classmethod
+    def of(cls, s: StoredExperiment) -> Experiment:
+        variants = tuple(Variant(v["name"], v["version"], int(v["weight"])) for v in json.loads(s.variants_json))
+        return cls(s.name, s.model, variants, s.metric, s.status, s.started_at, s.stopped_at, s.promoted)  # type: ignore[arg-type]
+
+
+def parse_variants(text: str, split: str | None) -> tuple[Variant, ...]:
+    """``A=1.0.0,B=2.0.0`` and ``50/50`` (even when no split is given)."""
+    pairs = [p.strip() for p in text.split(",") if p.strip()]
+    if not 2 <= len(pairs) <= MAX_VARIANTS:
+        raise InvalidInput(f"--variants: 2 to {MAX_VARIANTS} NAME=VERSION pairs, e.g. A=1.0.0,B=2.0.0")
+    weights = [1] * len(pairs)
+    if split is not None:
+        parts = split.split("/")
+        if len(parts) != len(pairs) or not all(p.isdigit() and 0 < int(p) <= MAX_WEIGHT for p in parts):
+            raise InvalidInput(
+                f"--split: {len(pairs)} whole numbers from 1 to {MAX_WEIGHT} separated by '/', one per variant "
+                f"(e.g. {'/'.join(['50'] * len(pairs)) if len(pairs) == 2 else '/'.join(['1'] * len(pairs))})"
+            )
+        weights = [int(p) for p in parts]
+    out = []
+    for pair, weight in zip(pairs, weights, strict=True):
+        name, sep, version = pair.partition("=")
+        if not sep or not VARIANT_RE.match(name) or not version:
+            raise InvalidInput(f"--variants: {pair[:40]!r} is not NAME=VERSION (a name of letters, digits, '-', '_')")
+        out.append(Variant(name, version, weight))
+    if len({v.name for v in out}) != len(out):
+        raise InvalidInput("--variants: each variant needs its own name")
+    if len({v.version for v in out}) != len(out):
+        raise InvalidInput("--variants: each variant needs its own version")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    variant: Variant
+    calls: int
+    errors: int
+    estimate: stats.Estimate
+    comparison: stats.Comparison | None
+    """None for the control."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.variant.to_json(),
+            "calls": self.calls,
+            "errors": self.errors,
+            "metric": self.estimate.to_json(),
+            "against_control": None if self.comparison is None else self.comparison.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    experiment: Experiment
+    variants: tuple[VariantReport, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.experiment.to_json(), "alpha": stats.ALPHA, "power": stats.POWER, "results": [
+            v.to_json() for v in self.variants
+        ]}  # fmt: skip
+
+
+def metric_values(metric: Metric, observations: Sequence[Observation]) -> list[float]:
+    """One variant's observations as the numbers its metric is computed on."""
+    if metric == "error_rate":
+        return [0.0 if o.ok else 1.0 for o in observations]
+    if metric == "latency_p95":
+        return [o.latency_us / 1000 for o in observations if o.ok]
+    if metric == "feedback":
+        return [float(o.score) for o in observations if o.score is not None]
+    if metric == "accuracy":
+        return [1.0 if o.prediction == o.label else 0.0 for o in observations if o.label is not None]
+    return [float(o.amount) if o.amount is not None else 0.0 for o in observations]  # revenue_per_call
+
+
+def report(experiment: Experiment, observations: Sequence[Observation]) -> ExperimentReport:
+    by_variant: dict[str, list[Observation]] = {v.name: [] for v in experiment.variants}
+    for o in observations:
+        if o.variant in by_variant:
+            by_variant[o.variant].append(o)
+    values = {name: metric_values(experiment.metric, obs) for name, obs in by_variant.items()}
+    control = experiment.variants[0].name
+    out = []
+    for v in experiment.variants:
+        obs = by_variant[v.name]
+        comparison = None
+        if v.name != control:
+            comparison = stats.compare(experiment.metric, values[control], values[v.name])
+        errors = sum(1 for o in obs if not o.ok)
+        out.append(VariantReport(v, len(obs), errors, stats.estimate(experiment.metric, values[v.name]), comparison))
+    return ExperimentReport(experiment, tuple(out))
+
+
+class ExperimentService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory[LabUnitOfWork],
+        clock: Callable[[], datetime],
+        move_alias: Callable[[str, str, str, str], None],
+    ) -> None:
+        """``move_alias(model, alias, version, actor)``: the registry's (audited itself)."""
+        self.uow = uow
+        self.clock = clock
+        self.move_alias = move_alias
+
+    def start(
+        self, name: str, model: str, variants: tuple[Variant, ...], metric: str, actor: str = "cli"
+    ) -> Experiment:
+        if not NAME_RE.match(name):
+            raise InvalidInput(f"name: {name[:70]!r} must be lowercase letters, digits and '-' (at most 63)")
+        if metric not in METRICS:
+            raise InvalidInput(f"--metric: one of {', '.join(METRICS)}, got {metric[:40]!r}")
+        now = self.clock().astimezone(UTC).isoformat()
+        with self.uow.write(Lock.LAB, f"experiment:{model}") as uow:
+            for v in variants:
+                if not uow.lab.version_exists(model, v.version):
+                    raise NotFound(f"model {model!r} has no published version {v.version!r} (variant {v.name})")
+            if uow.lab.experiment(name) is not None:
+                raise Conflict(f"an experiment named {name!r} exists already (names are never reused)")
+            running = [e for e in uow.lab.experiments("running") if e.model == model]
+            if running:
+                raise Conflict(f"model {model!r} is in experiment {running[0].name!r} already: stop it first")
+            experiment = Experiment(name, model, variants, metric, "running", now)
+            uow.lab.put_experiment(experiment.stored())
+            audit.append(
+                uow.audit,
+                actor=actor,
+                action="experiment.start",
+                subject=name,
+                payload=experiment.to_json(),
+                now=self.clock(),
+            )
+        return experiment
+
+    def get(self, name: str) -> Experiment:
+        with self.uow.read() as uow:
+            found = uow.lab.experiment(name)
+        if found is None:
+            raise NotFound(f"no experiment {name[:70]!r}")
+        return Experiment.of(found)
+
+    def list(self) -> list[Experiment]:
+        with self.uow.read() as uow:
+            return [Experiment.of(e) for e in uow.lab.experiments(None)]
+
+    def running(self) -> dict[str, Experiment]:
+        """Model -> its running experiment (what the gateway loads)."""
+        with self.uow.read() as uow:
+            return {e.model: Experiment.of(e) for e in uow.lab.experiments("running")}
+
+    def record_calls(self, calls: Sequence[ExperimentCall]) -> None:
+        """The calls the gateways assigned (``gateway/experiments.ExperimentRecorder``), in one transaction."""
+        with self.uow.write() as uow:
+            uow.lab.add_experiment_calls(calls)
+
+    def show(self, name: str) -> ExperimentReport:
+        experiment = self.get(name)
+        with self.uow.read() as uow:
+            observations = uow.lab.observations(name, OBSERVATIONS_MAX)
+        return report(experiment, observations)
+
+    def stop(self, name: str, promote: str | None = None, actor: str = "cli") -> ExperimentReport:
+        """End the experiment (its report is kept); ``promote``: move the model's ``latest`` alias to that
+        variant's version."""
+        now = self.clock().astimezone(UTC).isoformat()
+        experiment = self.get(name)
+        chosen = None if promote is None else experiment.variant(promote)
+        with self.uow.write(Lock.LAB, f"experiment:{experiment.model}") as uow:
+            found = uow.lab.experiment(name)
+            if found is None or found.status != "running":
+                raise Conflict(f"experiment {name!r} is not running")
+            final = report(experiment, uow.lab.observations(name, OBSERVATIONS_MAX))
+            stopped = Experiment(
+                name, experiment.model, experiment.variants, experiment.metric, "stopped", experiment.started_at, now,
+                None if chosen is None else chosen.name,
+            )  # fmt: skip
+            uow.lab.put_experiment(stopped.stored())
+            audit.append(
+                uow.audit,
+                actor=actor,
+                action="experiment.stop",
+                subject=name,
+                payload={**stopped.to_json(), "results": _texts([v.to_json() for v in final.variants])},
+                now=self.clock(),
+            )
+        if chosen is not None:
+            self.move_alias(experiment.model, PROMOTED_ALIAS, chosen.version, actor)
+        return ExperimentReport(stopped, final.variants)
+
+
+def _texts(doc: Any) -> Any:
+    """``doc`` with its floats as text (audit payloads hold no floats: they are hashed as canonical JSON)."""
+    if isinstance(doc, float):
+        return f"{doc:.6g}"
+    if isinstance(doc, dict):
+        return {k: _texts(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_texts(v) for v in doc]
+    return doc

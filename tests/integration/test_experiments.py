@@ -1,0 +1,81 @@
+"""Experiments (lab.experiments) on SQLite and PostgreSQL: started and stopped with audit records, one running
+per model, the gateway's recorded calls joined with their feedback and billed amounts, a significant difference
+on the feedback metric, and a promotion that moves the model's `latest` alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from economy_helpers import copy_package, make_economy
+
+from modelmarket.adapters.store import SqlStore
+from modelmarket.core.errors import Conflict, InvalidInput, NotFound
+from modelmarket.lab.experiments import parse_variants
+from modelmarket.lab.ports import ExperimentCall
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_an_experiment_reports_each_variant_and_promotes_the_better_one(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = make_economy(store, tmp_path / "home", demo_dir)
+    p = eco.platform
+    p.registry.publish(copy_package(demo_dir, "digits", tmp_path / "pkgs", "digits", {"version": "2.0.0"}))
+    p.registry.move_alias("digits", "latest", "2.0.0")
+    service = p.experiments
+    variants = parse_variants("A=1.0.0,B=2.0.0", "50/50")
+
+    with pytest.raises(NotFound, match="no published version '9.9.9'"):
+        service.start("bad", "digits", parse_variants("A=1.0.0,B=9.9.9", None), "feedback")
+    with pytest.raises(InvalidInput, match="--metric"):
+        service.start("bad", "digits", variants, "vibes")
+    started = service.start("digits-v2", "digits", variants, "feedback")
+    assert service.running() == {"digits": started}
+    with pytest.raises(Conflict, match="in experiment 'digits-v2' already"):
+        service.start("again", "digits", variants, "feedback")
+
+    consumer = eco.consumer("tester")
+    events = [eco.event("tester", "digits", 1, "2026-01-02") for _ in range(40)]
+    eco.append(events)
+    p.metering.catch_up()
+    calls = []
+    for i, e in enumerate(events):  # A's calls score 4-5, B's 1-2: the feedback metric the test controls
+        variant = "A" if i % 2 == 0 else "B"
+        calls.append(
+            ExperimentCall(
+                f"xc_{i}",
+                "digits-v2",
+                variant,
+                "1.0.0" if variant == "A" else "2.0.0",
+                consumer,
+                True,
+                1000 + i,
+                "7",
+                e.id,
+                "2026-01-02T12:00:00+00:00",
+            )  # fmt: skip
+        )
+        p.feedback.give(consumer, e.id, (5 - i % 4 // 2) if variant == "A" else (1 + i % 4 // 2), "7")
+    calls.append(
+        ExperimentCall("xc_fail", "digits-v2", "B", "2.0.0", consumer, False, 5000, None, None, "2026-01-02T12:00:01Z")
+    )
+    service.record_calls(calls)
+
+    report = service.show("digits-v2")
+    a, b = report.variants
+    assert (a.calls, a.errors, b.calls, b.errors) == (20, 0, 21, 1)
+    assert a.comparison is None and a.estimate.n == 20 and b.estimate.n == 20  # scored calls only
+    assert b.comparison is not None and b.comparison.significant and b.comparison.better is False
+    assert b.comparison.p_value is not None and b.comparison.p_value < 1e-6
+    assert b.comparison.still_needed == 0
+
+    final = service.stop("digits-v2", promote="A")
+    assert (final.experiment.status, final.experiment.promoted) == ("stopped", "A")
+    assert service.running() == {}
+    assert p.registry.catalogue().resolve("digits").version == "1.0.0"  # `latest` moved to A's version
+    with pytest.raises(Conflict, match="not running"):
+        service.stop("digits-v2")
+    actions = [r.action for r in p.audit.list(200)]
+    assert "experiment.start" in actions and "experiment.stop" in actions
