@@ -27,7 +27,7 @@ def test_an_experiment_reports_each_variant_and_promotes_the_better_one(
     service = p.experiments
     variants = parse_variants("A=1.0.0,B=2.0.0", "50/50")
 
-    with pytest.raises(NotFound, match="no published version '9.9.9'"):
+    with pytest.raises(NotFound, match=r"no published version '9\.9\.9'"):
         service.start("bad", "digits", parse_variants("A=1.0.0,B=9.9.9", None), "feedback")
     with pytest.raises(InvalidInput, match="--metric"):
         service.start("bad", "digits", variants, "vibes")
@@ -55,7 +55,7 @@ def test_an_experiment_reports_each_variant_and_promotes_the_better_one(
                 "7",
                 e.id,
                 "2026-01-02T12:00:00+00:00",
-            )  # fmt: skip
+            )
         )
         p.feedback.give(consumer, e.id, (5 - i % 4 // 2) if variant == "A" else (1 + i % 4 // 2), "7")
     calls.append(
