@@ -16,6 +16,7 @@ from modelmarket.billing.replay import Change, Proposal, ReplayReport
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import decimal_text, round_minor
+from modelmarket.lab.canary import CanaryController, Guardrails, parse_steps
 from modelmarket.lab.experiments import Experiment, ExperimentReport, parse_variants
 from modelmarket.lab.stats import METRICS
 
@@ -251,9 +252,63 @@ def experiment_stop(name: str, promote: str | None, as_json: bool) -> None:
 @domain_errors
 def experiment_list(as_json: bool) -> None:
     """Every experiment, running and stopped."""
-    found = platform().experiments.list()
+    found = platform().experiments.all()
     if as_json:
         echo_json([e.to_json() for e in found])
         return
     rows = [[e.name, e.model, e.status, e.metric, _split(e), e.started_at[:19], e.promoted or ""] for e in found]
     click.echo(table(rows, ["name", "model", "status", "metric", "variants", "started", "promoted"]))
+
+
+# -- canary ---------------------------------------------------------------------------------------------------------
+
+
+@lab.command("canary")
+@click.argument("model")
+@click.option("--to", "to_version", required=True, metavar="VERSION", help="The published version to release.")
+@click.option("--steps", default="5,25,50,100", show_default=True, help="Percentages of traffic, ending with 100.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=None, help="Roll back above this error rate.")
+@click.option("--max-p95-ms", type=click.FloatRange(0, min_open=True), default=None, help="Roll back above this p95.")
+@click.option("--step-seconds", type=click.FloatRange(0), default=60, show_default=True, help="Time at each step.")
+@click.option(
+    "--min-calls", type=click.IntRange(1), default=20, show_default=True, help="Canary calls to judge a step."
+)
+@click.option(
+    "--max-wait-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=600,
+    show_default=True,
+    help="Roll back when a step sees fewer than --min-calls canary calls by then.",
+)
+@json_option
+@domain_errors
+def canary(
+    model: str,
+    to_version: str,
+    steps: str,
+    max_error_rate: float | None,
+    max_p95_ms: float | None,
+    step_seconds: float,
+    min_calls: int,
+    max_wait_seconds: float,
+    as_json: bool,
+) -> None:
+    """Release VERSION of MODEL in steps while its guardrails hold; roll back by itself when one breaks.
+
+    The model's `latest` stays on its current version while the canary (an experiment of `stable` and `canary`)
+    takes each step's share of the calls that name no version. A broken guardrail, or too few canary calls to
+    judge a step, stops it and sends every call to `stable` again (exit status 1); after the last step below 100
+    `latest` moves to VERSION. Each split, the rollback with its reason and figures, and the promotion are audited.
+    Stopping the command (Ctrl-C) rolls back.
+    """
+    if max_error_rate is None and max_p95_ms is None:
+        raise click.UsageError("give at least one guardrail: --max-error-rate and/or --max-p95-ms")
+    p = platform()
+    controller = CanaryController(p.experiments, p.clock)
+    guard = Guardrails(max_error_rate, max_p95_ms, min_calls)
+    say = (lambda _: None) if as_json else click.echo
+    result = controller.run(model, to_version, parse_steps(steps), guard, step_seconds, max_wait_seconds, say)
+    if as_json:
+        echo_json(result.to_json())
+    if result.outcome != "promoted":
+        raise SystemExit(1)

@@ -245,7 +245,7 @@ class ExperimentService:
             raise NotFound(f"no experiment {name[:70]!r}")
         return Experiment.of(found)
 
-    def list(self) -> list[Experiment]:
+    def all(self) -> list[Experiment]:
         with self.uow.read() as uow:
             return [Experiment.of(e) for e in uow.lab.experiments(None)]
 
@@ -253,6 +253,43 @@ class ExperimentService:
         """Model -> its running experiment (what the gateway loads)."""
         with self.uow.read() as uow:
             return {e.model: Experiment.of(e) for e in uow.lab.experiments("running")}
+
+    def set_split(self, name: str, weights: dict[str, int], actor: str = "cli") -> Experiment:
+        """Give the running experiment's variants new weights (each 0 < w <= MAX_WEIGHT); audited."""
+        with self.uow.write(Lock.LAB, f"experiment:{name}") as uow:
+            found = uow.lab.experiment(name)
+            if found is None or found.status != "running":
+                raise Conflict(f"experiment {name!r} is not running")
+            current = Experiment.of(found)
+            if set(weights) != set(current.names) or not all(0 < w <= MAX_WEIGHT for w in weights.values()):
+                raise InvalidInput(f"weights: 1 to {MAX_WEIGHT} for each of {', '.join(current.names)}")
+            variants = tuple(Variant(v.name, v.version, weights[v.name]) for v in current.variants)
+            changed = Experiment(name, current.model, variants, current.metric, "running", current.started_at)
+            uow.lab.put_experiment(changed.stored())
+            audit.append(
+                uow.audit, actor=actor, action="experiment.split", subject=name, payload=changed.to_json(),
+                now=self.clock(),
+            )  # fmt: skip
+        return changed
+
+    def note(self, action: str, subject: str, payload: dict[str, Any], actor: str = "cli") -> None:
+        """An audit record of the lab's own (a canary's promotion or rollback, with the figures behind it)."""
+        with self.uow.write(Lock.LAB, f"note:{subject}") as uow:
+            audit.append(
+                uow.audit, actor=actor, action=action, subject=subject, payload=_texts(payload), now=self.clock()
+            )
+
+    def current_version(self, model: str) -> str:
+        """The version a call of ``model`` naming none goes to now (its ``latest``)."""
+        with self.uow.read() as uow:
+            found = uow.lab.alias_version(model, PROMOTED_ALIAS)
+        if found is None:
+            raise NotFound(f"model {model!r} is not published (or has no {PROMOTED_ALIAS!r} alias)")
+        return found
+
+    def observations(self, name: str, since: str | None = None) -> list[Observation]:
+        with self.uow.read() as uow:
+            return uow.lab.observations(name, OBSERVATIONS_MAX, since)
 
     def record_calls(self, calls: Sequence[ExperimentCall]) -> None:
         """The calls the gateways assigned (``gateway/experiments.ExperimentRecorder``), in one transaction."""

@@ -104,6 +104,8 @@ class LabRepository(Protocol):
 
     def version_exists(self, model: str, version: str) -> bool: ...
 
+    def alias_version(self, model: str, alias: str) -> str | None: ...
+
     def experiment(self, name: str) -> StoredExperiment | None: ...
 
     def experiments(self, status: str | None) -> list[StoredExperiment]:
@@ -116,8 +118,9 @@ class LabRepository(Protocol):
 
     def add_experiment_calls(self, calls: Sequence[ExperimentCall]) -> None: ...
 
-    def observations(self, experiment: str, limit: int) -> list[Observation]:
-        """The experiment's newest ``limit`` calls with their feedback and billed amount."""
+    def observations(self, experiment: str, limit: int, since: str | None = None) -> list[Observation]:
+        """The experiment's newest ``limit`` calls (recorded after ``since``, an ISO UTC time) with their
+        feedback and billed amount."""
         ...
 
 

@@ -66,6 +66,10 @@ class SqlLabRepository:
         q = select(_V.version).where(_V.model_name == model, _V.version == version)
         return self.conn.execute(q).first() is not None
 
+    def alias_version(self, model: str, alias: str) -> str | None:
+        a = t.aliases.c
+        return self.conn.execute(select(a.version).where(a.model_name == model, a.alias == alias)).scalar_one_or_none()
+
     def experiment(self, name: str) -> StoredExperiment | None:
         row = self.conn.execute(select(t.experiments).where(_X.name == name)).first()
         return None if row is None else _experiment(row)
@@ -94,7 +98,7 @@ class SqlLabRepository:
         if calls:
             self.conn.execute(insert(t.experiment_calls), [c._asdict() for c in calls])
 
-    def observations(self, experiment: str, limit: int) -> list[Observation]:
+    def observations(self, experiment: str, limit: int, since: str | None = None) -> list[Observation]:
         q = (
             select(_C.variant, _C.ok, _C.latency_us, _C.prediction, _F.score, _F.label, _U.amount)
             .select_from(
@@ -106,6 +110,8 @@ class SqlLabRepository:
             .order_by(_C.at.desc(), _C.id)
             .limit(limit)
         )
+        if since is not None:
+            q = q.where(_C.at > since)
         return [
             Observation(r.variant, bool(r.ok), int(r.latency_us), r.prediction, r.score, r.label, r.amount)
             for r in self.conn.execute(q)
