@@ -17,7 +17,7 @@ from modelmarket.cli.common import domain_errors, echo_json, json_option, platfo
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import decimal_text, round_minor
 from modelmarket.lab.canary import CanaryController, Guardrails, parse_steps
-from modelmarket.lab.experiments import Experiment, ExperimentReport, parse_variants
+from modelmarket.lab.experiments import Experiment, ExperimentReport, ShadowReport, parse_variants
 from modelmarket.lab.stats import METRICS
 
 PROGRESS_EVERY = 100_000
@@ -312,3 +312,75 @@ def canary(
         echo_json(result.to_json())
     if result.outcome != "promoted":
         raise SystemExit(1)
+
+
+# -- shadow traffic -------------------------------------------------------------------------------------------------
+
+
+@lab.group()
+def shadow() -> None:
+    """Copies of live calls sent to a candidate version: never billed, never returned, compared with the answers."""
+
+
+@shadow.command("start")
+@click.argument("name")
+@click.option("--model", required=True, help="The published model whose calls are copied.")
+@click.option("--candidate", required=True, metavar="VERSION", help="The version the copies go to.")
+@click.option("--percent", type=click.IntRange(1, 100), default=100, show_default=True, help="Share of calls copied.")
+@json_option
+@domain_errors
+def shadow_start(name: str, model: str, candidate: str, percent: int, as_json: bool) -> None:
+    """Start shadow NAME: after a call of MODEL naming no version is answered as usual, a copy of it goes to
+    CANDIDATE in the background. The copy is never billed or counted against a limit, and its answer is never
+    returned; it is compared with the answer the caller got. At most 16 copies run at once (more are skipped)."""
+    started = platform().experiments.start_shadow(name, model, candidate, percent)
+    if as_json:
+        echo_json(started.to_json())
+        return
+    click.echo(f"shadow {started.name} started: {percent}% of the calls of {model} copied to {model}@{candidate}")
+
+
+def _render_shadow(r: ShadowReport) -> str:
+    a = r.agreement
+    lines = [
+        f"shadow {r.shadow.name} of {r.shadow.model} -> {r.shadow.model}@{r.shadow.variants[0].version} "
+        f"({r.shadow.status}, {r.shadow.variants[0].weight}% of calls)",
+        f"calls copied: {r.calls}; copies answered: {r.copies - r.failures}; failed: {r.failures}",
+        f"output agreement: {_num(a.value)} [{_num(a.low)}, {_num(a.high)}] over {a.n} answered copies",
+        table(
+            [
+                ["primary", _num(r.primary_ms[0]), _num(r.primary_ms[1])],
+                ["shadow", _num(r.shadow_ms[0]), _num(r.shadow_ms[1])],
+            ],
+            ["", "p50 ms", "p95 ms"],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+@shadow.command("show")
+@click.argument("name")
+@json_option
+@domain_errors
+def shadow_show(name: str, as_json: bool) -> None:
+    """Calls copied, the candidate's failures, output agreement with its 95% interval, latency of both."""
+    found = platform().experiments.shadow_report(name)
+    if as_json:
+        echo_json(found.to_json())
+        return
+    click.echo(_render_shadow(found))
+
+
+@shadow.command("stop")
+@click.argument("name")
+@json_option
+@domain_errors
+def shadow_stop(name: str, as_json: bool) -> None:
+    """Stop copying; the report is kept (audited with its figures)."""
+    p = platform()
+    p.experiments.stop(name)
+    found = p.experiments.shadow_report(name)
+    if as_json:
+        echo_json(found.to_json())
+        return
+    click.echo(_render_shadow(found))

@@ -111,6 +111,8 @@ class GatewayApp:
         for task in list(self._background):
             task.cancel()
         await self.state.stop()
+        if self.dataplane.shadows is not None:
+            await self.dataplane.shadows.close()
         if self.dataplane.experiment_recorder is not None:  # the experiment calls still queued
             await self.dataplane.experiment_recorder.close()
         if self.parts.publish_queue is not None:

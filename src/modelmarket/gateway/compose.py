@@ -26,7 +26,7 @@ from modelmarket.gateway.auth import authenticate
 from modelmarket.gateway.backends import Backends
 from modelmarket.gateway.dataplane import DataPlane
 from modelmarket.gateway.economy import Economy
-from modelmarket.gateway.experiments import ExperimentRecorder
+from modelmarket.gateway.experiments import ExperimentRecorder, Shadows
 from modelmarket.gateway.invalidation import Invalidator
 from modelmarket.gateway.metering_process import MeteringProcess
 from modelmarket.gateway.openai_api import OpenAIEdge
@@ -142,6 +142,7 @@ def bootstrap_gateway(platform: Platform, preload: bool = True, metering_child: 
     dataplane.router = state.router
     dataplane.experiments = lambda: state.experiments.value
     dataplane.experiment_recorder = ExperimentRecorder(platform.experiments.record_calls, platform.clock)
+    dataplane.shadows = Shadows(dataplane.unbilled, dataplane.resolve, dataplane.experiment_recorder)
     plane = OpenAIPlane(dataplane, backends, state.router)
     openai_edge = OpenAIEdge(plane, dataplane, state, s.max_request_bytes)
 

@@ -31,10 +31,10 @@ from modelmarket.core.ids import RequestIds
 from modelmarket.gateway.attempts import Attempt, ModelFailed, RouterLike, UpstreamBusy, is_route, run_attempts
 from modelmarket.gateway.backends import UPSTREAMS, Backends
 from modelmarket.gateway.economy import Economy, Priced, call_figures
-from modelmarket.gateway.experiments import ExperimentRecorder, serve_in_experiment
+from modelmarket.gateway.experiments import ExperimentRecorder, Shadows, serve_in_experiment
 from modelmarket.gateway.limits import Ticket
 from modelmarket.gateway.privacy import PrivacyGuard
-from modelmarket.lab.experiments import Experiment
+from modelmarket.lab.experiments import SHADOW, Experiment
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import AlreadyLogged, KeptAnswer, KeyLookup
 from modelmarket.metering.units import UnitKind
@@ -202,6 +202,8 @@ class DataPlane:
         self.experiments: Callable[[], Mapping[str, Experiment]] | None = None
         """Model -> its running experiment (``gateway/experiments.py``); None: no experiments here."""
         self.experiment_recorder: ExperimentRecorder | None = None
+        self.shadows: Shadows | None = None
+        """Copies of calls to a shadowed model's candidate version, never billed nor returned."""
         self._in_flight: dict[str, tuple[str, asyncio.Future[InferAnswer]]] = {}
 
     # -- health and metadata ------------------------------------------------------------------------------
@@ -308,6 +310,12 @@ class DataPlane:
     ) -> InferAnswer:
         if ref is None and self.experiments is not None:
             experiment = self.experiments().get(name)
+            if experiment is not None and experiment.metric == SHADOW:  # served as usual; a copy to the candidate
+                started = time.perf_counter()
+                answer = await self._infer_version(account, await self.resolve(name, None), request, once, key_id)
+                if self.shadows is not None:
+                    self.shadows.send(experiment, account.id, answer, time.perf_counter() - started, request, key_id)
+                return answer
             if experiment is not None:  # the variant the key is assigned, recorded for the lab
 
                 async def serve(version_ref: str) -> InferAnswer:
@@ -315,10 +323,10 @@ class DataPlane:
                         account, await self.resolve(name, version_ref), request, once, key_id
                     )
 
-                answer: InferAnswer = await serve_in_experiment(
+                assigned: InferAnswer = await serve_in_experiment(
                     experiment, key_id or account.id, account.id, serve, self.experiment_recorder
                 )
-                return answer
+                return assigned
         router = self.router() if ref is None else None
         if router is not None and is_route(router, name):
 
@@ -494,6 +502,24 @@ class DataPlane:
         """A billed call counts at its real size."""
         if ticket is not None and self.economy is not None:
             self.economy.limiter.settle(ticket, base=units)
+
+    async def unbilled(self, version: VersionRecord, request: InferRequest, key_id: str | None) -> RunnerAnswer:
+        """``request`` answered by ``version`` with nothing billed, counted or kept (a shadow copy): checked
+        against its contract and redacted as a call of it would be."""
+        header_len = _header_length(request.header_length)
+        prepared = _prepare(version, request.body, header_len, self.input_limits(version.manifest.runtime))
+        if self.privacy is not None:
+            redacted = await self.privacy.redact_oip(version, key_id, prepared.decoded)
+            if redacted is not None:
+                request = replace(
+                    request,
+                    body=redacted.body,
+                    content_type=redacted.content_type,
+                    header_length=redacted.header_length,
+                )
+                prepared = replace(prepared, decoded=redacted.decoded)
+        answer, _, _ = await self.forward(version, request, prepared.units, prepared.decoded)
+        return answer
 
     async def forward(
         self, version: VersionRecord, request: InferRequest, units: int, decoded: oip.InferRequest | None = None

@@ -147,3 +147,68 @@ async def serve_in_experiment(
             answer.request_id,
         )
     return answer
+
+
+SHADOWS_IN_FLIGHT_MAX = 16
+"""Shadow copies under way at once; a call past it is not copied (and counted): shadows never queue up."""
+
+
+class Shadows:
+    """Copies of a shadowed model's calls to its candidate version (``lab shadow``), sent after the caller's
+    answer is made, in the background: never billed, never returned, never holding the call up. Each copy is
+    recorded with the call it copies (the same usage event id), so a report pairs them: output agreement, latency,
+    the candidate's failures."""
+
+    def __init__(
+        self,
+        answer: Callable[[Any, Any, str | None], Awaitable[Any]],
+        resolve: Callable[[str, str], Awaitable[Any]],
+        recorder: ExperimentRecorder,
+    ) -> None:
+        """``answer(version, request, key_id)``: the data plane's unbilled call; ``resolve(model, version)``."""
+        self.answer = answer
+        self.resolve = resolve
+        self.recorder = recorder
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.skipped = 0
+
+    def send(
+        self, experiment: Experiment, account_id: str, primary: Any, primary_s: float, request: Any, key_id: str | None
+    ) -> None:
+        candidate = experiment.variants[0]
+        if int.from_bytes(primary.request_id.encode()[-4:], "big") % 100 >= candidate.weight:
+            return  # not in the copied share of calls
+        if len(self.in_flight) >= SHADOWS_IN_FLIGHT_MAX:
+            self.skipped += 1
+            return
+        route = dict(primary.headers).get(b"x-modelmarket-route", b"").decode()
+        primary_version = route.rpartition("@")[2] or "?"
+        self.recorder.record(
+            experiment, "primary", primary_version, account_id, True, primary_s,
+            prediction_of(primary.body, primary.content_type), primary.request_id,
+        )  # fmt: skip
+        task = asyncio.get_running_loop().create_task(
+            self._copy(experiment, candidate.version, account_id, primary.request_id, request, key_id)
+        )
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _copy(
+        self, experiment: Experiment, version: str, account_id: str, request_id: str, request: Any, key_id: str | None
+    ) -> None:
+        started = time.perf_counter()
+        ok, prediction = False, None
+        try:
+            answer = await self.answer(await self.resolve(experiment.model, version), request, key_id)
+            ok = True
+            prediction = prediction_of(answer.body, answer.headers.get(b"content-type", b"application/json"))
+        except Exception as exc:  # the candidate's failure is a finding, not the caller's problem
+            log.debug("shadow copy of %s to %s@%s failed: %s", request_id, experiment.model, version, exc)
+        self.recorder.record(
+            experiment, "shadow", version, account_id, ok, time.perf_counter() - started, prediction, request_id
+        )
+
+    async def close(self) -> None:
+        for task in list(self.in_flight):
+            task.cancel()
+        await asyncio.gather(*self.in_flight, return_exceptions=True)

@@ -35,6 +35,8 @@ VARIANT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,15}$")
 MAX_VARIANTS = 4
 MAX_WEIGHT = 1000
 PROMOTED_ALIAS = "latest"
+SHADOW = "shadow"
+"""The ``metric`` of a shadow (``lab shadow``): its one variant is the candidate, its weight the share copied."""
 OBSERVATIONS_MAX = 200_000
 """Observations an experiment's report reads (the newest); more than this is a sample of them."""
 
@@ -197,6 +199,66 @@ def report(experiment: Experiment, observations: Sequence[Observation]) -> Exper
     return ExperimentReport(experiment, tuple(out))
 
 
+@dataclass(frozen=True)
+class ShadowReport:
+    shadow: Experiment
+    calls: int
+    """Calls copied (with the primary's answer recorded)."""
+    copies: int
+    """Copies the candidate answered or failed (a copy still under way is not counted yet)."""
+    failures: int
+    agreement: stats.Estimate
+    """Share of the answered copies whose prediction equals the primary's."""
+    primary_ms: tuple[float | None, float | None]
+    """(p50, p95) latency of the primary calls, ms."""
+    shadow_ms: tuple[float | None, float | None]
+
+    def to_json(self) -> dict[str, Any]:
+        def ms(pair: tuple[float | None, float | None]) -> dict[str, float | None]:
+            return {
+                "p50": None if pair[0] is None else round(pair[0], 3),
+                "p95": None if pair[1] is None else round(pair[1], 3),
+            }
+
+        return {
+            **self.shadow.to_json(),
+            "candidate": self.shadow.variants[0].version,
+            "percent": self.shadow.variants[0].weight,
+            "calls": self.calls,
+            "copies": self.copies,
+            "failures": self.failures,
+            "agreement": self.agreement.to_json(),
+            "latency_ms": {"primary": ms(self.primary_ms), "shadow": ms(self.shadow_ms)},
+        }
+
+
+def _quantiles(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, -(-int(q * 100) * len(ordered) // 100) - 1))]
+
+    return at(0.5), at(0.95)
+
+
+def shadow_report(shadow: Experiment, observations: Sequence[Observation]) -> ShadowReport:
+    primaries = {o.event_id: o for o in observations if o.variant == "primary"}
+    copies = [o for o in observations if o.variant == SHADOW and o.event_id in primaries]
+    answered = [o for o in copies if o.ok]
+    agree = [1.0 if o.prediction == primaries[o.event_id].prediction else 0.0 for o in answered]
+    return ShadowReport(
+        shadow,
+        len(primaries),
+        len(copies),
+        len(copies) - len(answered),
+        stats.estimate("accuracy", agree),
+        _quantiles([p.latency_us / 1000 for p in primaries.values()]),
+        _quantiles([o.latency_us / 1000 for o in answered]),
+    )
+
+
 class ExperimentService:
     def __init__(
         self,
@@ -237,6 +299,37 @@ class ExperimentService:
                 now=self.clock(),
             )
         return experiment
+
+    def start_shadow(self, name: str, model: str, candidate: str, percent: int, actor: str = "cli") -> Experiment:
+        """Copy ``percent`` of the calls of ``model`` that name no version to its version ``candidate``: never
+        billed, never returned (``gateway/experiments.Shadows``); audited."""
+        if not NAME_RE.match(name):
+            raise InvalidInput(f"name: {name[:70]!r} must be lowercase letters, digits and '-' (at most 63)")
+        if not 0 < percent <= 100:
+            raise InvalidInput(f"--percent: a whole number from 1 to 100, got {percent}")
+        now = self.clock().astimezone(UTC).isoformat()
+        with self.uow.write(Lock.LAB, f"experiment:{model}") as uow:
+            if not uow.lab.version_exists(model, candidate):
+                raise NotFound(f"model {model!r} has no published version {candidate!r}")
+            if uow.lab.alias_version(model, PROMOTED_ALIAS) == candidate:
+                raise InvalidInput(f"{model}@{candidate} serves the calls already: shadow another version")
+            if uow.lab.experiment(name) is not None:
+                raise Conflict(f"an experiment named {name!r} exists already (names are never reused)")
+            running = [e for e in uow.lab.experiments("running") if e.model == model]
+            if running:
+                raise Conflict(f"model {model!r} is in experiment {running[0].name!r} already: stop it first")
+            shadow = Experiment(name, model, (Variant(SHADOW, candidate, percent),), SHADOW, "running", now)  # type: ignore[arg-type]
+            uow.lab.put_experiment(shadow.stored())
+            audit.append(
+                uow.audit, actor=actor, action="shadow.start", subject=name, payload=shadow.to_json(), now=self.clock()
+            )
+        return shadow
+
+    def shadow_report(self, name: str) -> ShadowReport:
+        shadow = self.get(name)
+        if shadow.metric != SHADOW:
+            raise InvalidInput(f"{name!r} is an experiment, not a shadow: `lab experiment show {name}`")
+        return shadow_report(shadow, self.observations(name))
 
     def get(self, name: str) -> Experiment:
         with self.uow.read() as uow:
@@ -298,6 +391,8 @@ class ExperimentService:
 
     def show(self, name: str) -> ExperimentReport:
         experiment = self.get(name)
+        if experiment.metric == SHADOW:
+            raise InvalidInput(f"{name!r} is a shadow, not an experiment: `lab shadow show {name}`")
         with self.uow.read() as uow:
             observations = uow.lab.observations(name, OBSERVATIONS_MAX)
         return report(experiment, observations)
@@ -307,12 +402,19 @@ class ExperimentService:
         variant's version."""
         now = self.clock().astimezone(UTC).isoformat()
         experiment = self.get(name)
+        shadow = experiment.metric == SHADOW
+        if shadow and promote is not None:
+            raise InvalidInput("a shadow has nothing to promote: start an experiment or a canary of its candidate")
         chosen = None if promote is None else experiment.variant(promote)
         with self.uow.write(Lock.LAB, f"experiment:{experiment.model}") as uow:
             found = uow.lab.experiment(name)
             if found is None or found.status != "running":
                 raise Conflict(f"experiment {name!r} is not running")
-            final = report(experiment, uow.lab.observations(name, OBSERVATIONS_MAX))
+            observations = uow.lab.observations(name, OBSERVATIONS_MAX)
+            final = ExperimentReport(experiment, ()) if shadow else report(experiment, observations)
+            results: Any = [v.to_json() for v in final.variants]
+            if shadow:
+                results = shadow_report(experiment, observations).to_json()
             stopped = Experiment(
                 name, experiment.model, experiment.variants, experiment.metric, "stopped", experiment.started_at, now,
                 None if chosen is None else chosen.name,
@@ -321,9 +423,9 @@ class ExperimentService:
             audit.append(
                 uow.audit,
                 actor=actor,
-                action="experiment.stop",
+                action="shadow.stop" if shadow else "experiment.stop",
                 subject=name,
-                payload={**stopped.to_json(), "results": _texts([v.to_json() for v in final.variants])},
+                payload={**stopped.to_json(), "results": _texts(results)},
                 now=self.clock(),
             )
         if chosen is not None:

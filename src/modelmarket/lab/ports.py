@@ -85,6 +85,8 @@ class Observation(NamedTuple):
     score: int | None
     label: str | None
     amount: Fraction | None
+    event_id: str | None = None
+    """The call's usage event (a shadow copy carries the id of the call it copied)."""
 
 
 class LabRepository(Protocol):

@@ -100,7 +100,7 @@ class SqlLabRepository:
 
     def observations(self, experiment: str, limit: int, since: str | None = None) -> list[Observation]:
         q = (
-            select(_C.variant, _C.ok, _C.latency_us, _C.prediction, _F.score, _F.label, _U.amount)
+            select(_C.variant, _C.ok, _C.latency_us, _C.prediction, _F.score, _F.label, _U.amount, _C.event_id)
             .select_from(
                 t.experiment_calls.outerjoin(t.call_feedback, _F.event_id == _C.event_id).outerjoin(
                     t.usage_events, _U.event_id == _C.event_id
@@ -113,7 +113,7 @@ class SqlLabRepository:
         if since is not None:
             q = q.where(_C.at > since)
         return [
-            Observation(r.variant, bool(r.ok), int(r.latency_us), r.prediction, r.score, r.label, r.amount)
+            Observation(r.variant, bool(r.ok), int(r.latency_us), r.prediction, r.score, r.label, r.amount, r.event_id)
             for r in self.conn.execute(q)
         ]
 
