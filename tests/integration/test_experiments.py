@@ -4,6 +4,7 @@ on the feedback metric, and a promotion that moves the model's `latest` alias.""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from economy_helpers import copy_package, make_economy
 
 from modelmarket.adapters.store import SqlStore
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound
+from modelmarket.lab.bandit import BanditController
 from modelmarket.lab.experiments import parse_variants
 from modelmarket.lab.ports import ExperimentCall
 
@@ -70,6 +72,21 @@ def test_an_experiment_reports_each_variant_and_promotes_the_better_one(
     assert b.comparison is not None and b.comparison.significant and b.comparison.better is False
     assert b.comparison.p_value is not None and b.comparison.p_value < 1e-6
     assert b.comparison.still_needed == 0
+
+    # The bandit, opted into by the operator, moves the split toward A within the bounds, audited with its figures.
+    shift = BanditController(service, random.Random(5)).round("digits-v2", 0.1, 0.9)
+    assert shift.changed and shift.weights == {"A": 900, "B": 100}
+    assert [(a.name, a.successes, a.failures) for a in shift.arms] == [("A", 20, 0), ("B", 0, 20)]
+    assert [(v.name, v.weight) for v in service.get("digits-v2").variants] == [("A", 900), ("B", 100)]
+    (note,) = [r for r in p.audit.list(500) if r.action == "bandit.shift"]
+    assert note.payload["arms"][0] == {
+        "variant": "A",
+        "successes": 20,
+        "failures": 0,
+        "p_best": "1.0000",
+        "weight": 900,
+    }
+    assert not BanditController(service, random.Random(6)).round("digits-v2", 0.1, 0.9).changed  # nothing new
 
     final = service.stop("digits-v2", promote="A")
     assert (final.experiment.status, final.experiment.promoted) == ("stopped", "A")

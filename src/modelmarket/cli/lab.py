@@ -16,6 +16,7 @@ from modelmarket.billing.replay import Change, Proposal, ReplayReport
 from modelmarket.cli.common import domain_errors, echo_json, json_option, platform, table
 from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import decimal_text, round_minor
+from modelmarket.lab.bandit import BanditController, Round
 from modelmarket.lab.canary import CanaryController, Guardrails, parse_steps
 from modelmarket.lab.experiments import Experiment, ExperimentReport, ShadowReport, parse_variants
 from modelmarket.lab.stats import METRICS
@@ -384,3 +385,34 @@ def shadow_stop(name: str, as_json: bool) -> None:
         echo_json(found.to_json())
         return
     click.echo(_render_shadow(found))
+
+
+# -- the bandit -----------------------------------------------------------------------------------------------------
+
+
+@lab.command("bandit")
+@click.argument("name")
+@click.option("--rounds", type=click.IntRange(1, 100_000), default=1, show_default=True, help="Rounds to run.")
+@click.option("--every-seconds", type=click.FloatRange(0), default=60, show_default=True, help="Time between rounds.")
+@click.option("--min-share", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="No variant gets less.")
+@click.option("--max-share", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="No variant gets more.")
+@json_option
+@domain_errors
+def bandit(name: str, rounds: int, every_seconds: float, min_share: float, max_share: float, as_json: bool) -> None:
+    """Shift running experiment NAME's split toward the variant doing better on its metric (Thompson sampling).
+
+    Each round gives every variant its probability of being the best, clipped to [--min-share, --max-share]; a
+    round that changes the split sets it, audited with the figures that caused it (successes, failures and the
+    probability of being best, per variant).
+    """
+    controller = BanditController(platform().experiments)
+
+    def show(found: Round) -> None:
+        if not as_json:
+            parts = [f"{a.name} {a.successes}/{a.successes + a.failures} p_best={p:.3f} -> {found.weights[a.name]}"
+                     for a, p in zip(found.arms, found.probabilities, strict=True)]  # fmt: skip
+            click.echo(("split changed: " if found.changed else "split kept: ") + "; ".join(parts))
+
+    done = controller.run(name, rounds, every_seconds, min_share, max_share, show)
+    if as_json:
+        echo_json([r.to_json() for r in done])
