@@ -189,6 +189,7 @@ def demo_dir(shared_builds: SharedBuilds) -> Path:
         packages = build_packages(out, progress=lambda _: None)
         assert [p.name for p in packages] == [
             "digits",
+            "digits-mlp",
             "sentiment",
             "speech-to-text",
             "smollm2-135m-instruct",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from modelmarket.accounts import AccountService
@@ -24,6 +26,7 @@ from modelmarket.governance.gate import GateService
 from modelmarket.governance.policy import load_policy
 from modelmarket.governance.ports import TrialRunner
 from modelmarket.lab import FeedbackService
+from modelmarket.lab.bakeoff import BakeoffService
 from modelmarket.lab.experiments import ExperimentService
 from modelmarket.metering import MeteringService, UsageService
 from modelmarket.metering.ports import EventLog
@@ -31,6 +34,7 @@ from modelmarket.metering.usage import CATCH_UP_MAX_RECORDS
 from modelmarket.metering.usage_tree import UsageTree
 from modelmarket.privacy import PrivacyService
 from modelmarket.registry import RegistryService
+from modelmarket.registry.catalogue import VersionRecord
 from modelmarket.registry.ports import BlobStore, RuntimeCatalog
 from modelmarket.routing import RoutingService
 from modelmarket.settings import Settings
@@ -74,6 +78,7 @@ class Platform:
     replays: PriceReplayService
     feedback: FeedbackService
     experiments: ExperimentService
+    bakeoffs: BakeoffService
     changes: LocalChangeFeed | NatsChangeFeed = field(default_factory=LocalChangeFeed)
     """Announces audited commits to the gateway replicas (``gateway/invalidation.py``)."""
 
@@ -126,6 +131,13 @@ def bootstrap(
     if settings.gate_review is not None:
         policy = policy.with_review(settings.gate_review)  # type: ignore[arg-type]
     gate = GateService(store, registry, blobs, _trial_runner(settings, blobs), policy, clock)
+    prices = PriceService(store, clock)
+
+    def list_price(version: VersionRecord, at: datetime) -> Decimal:
+        """The list price per IU in force (the operator's, else the manifest's), without the dynamic factor."""
+        listed = prices.book().in_force(version.model_name, at).list_price
+        return version.manifest.pricing.price_per_iu if listed is None else listed
+
     return Platform(
         settings=settings,
         store=store,
@@ -139,7 +151,7 @@ def bootstrap(
         plans=PlanService(store, clock),
         invoices=InvoiceService(store, metering, clock, settings.invoice_grace_s),
         ledger=LedgerService(store, metering, clock, open_log),
-        prices=PriceService(store, clock),
+        prices=prices,
         routing=RoutingService(store, clock, published_models=lambda: registry.catalogue().names()),
         gate=gate,
         privacy=PrivacyService(
@@ -151,6 +163,7 @@ def bootstrap(
         replays=PriceReplayService(store, metering, clock, settings.provider_share, rater.charges),
         feedback=FeedbackService(store, clock, lambda: metering.catch_up(CATCH_UP_MAX_RECORDS)),
         experiments=ExperimentService(store, clock, registry.move_alias),
+        bakeoffs=BakeoffService(store, gate.trials, registry.catalogue, list_price, clock),
         changes=changes,
     )
 

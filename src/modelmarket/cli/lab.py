@@ -7,6 +7,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -416,3 +417,54 @@ def bandit(name: str, rounds: int, every_seconds: float, min_share: float, max_s
     done = controller.run(name, rounds, every_seconds, min_share, max_share, show)
     if as_json:
         echo_json([r.to_json() for r in done])
+
+
+# -- bake-offs ------------------------------------------------------------------------------------------------------
+
+
+@lab.command("bakeoff")
+@click.argument("models", nargs=-1, required=True)
+@click.option(
+    "--dataset",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON Lines: {"inputs": [OIP input tensors], "label": "..."} per line.',
+)
+@json_option
+@domain_errors
+def bakeoff(models: tuple[str, ...], dataset: Path, as_json: bool) -> None:
+    """Run the same labelled set through MODELS (NAME or NAME@VERSION), each in its sandbox, and print a
+    leaderboard: accuracy (beside the card's), latency p50/p95, cost per 1,000 calls at list price.
+
+    The result is stored and shown on the models' pages. `make demo` writes a dataset of the digits hold-out set
+    to HOME/demo/examples/digits-holdout.jsonl (`lab bakeoff digits digits-mlp --dataset ...`).
+    """
+    say = (lambda _: None) if as_json else (lambda line: click.echo(line, err=True))
+    result = platform().bakeoffs.run(list(models), dataset, say)
+    doc = result.to_json()
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(
+        f"bake-off {doc['id']}: {doc['examples']:,} examples of {doc['dataset']} (sha256 {doc['dataset_sha256'][:12]})"
+    )
+    click.echo(render_leaderboard(doc))
+
+
+def render_leaderboard(doc: dict[str, Any]) -> str:
+    rows = [
+        [
+            str(e["rank"]),
+            f"{e['model']}@{e['version']}",
+            e["task"],
+            e["accuracy"],
+            e["card_accuracy"] or "-",
+            str(e["errors"]),
+            _num(e["latency_ms"]["p50"]),
+            _num(e["latency_ms"]["p95"]),
+            f"{e['cost_per_1000_calls']} {e['currency']}",
+        ]
+        for e in doc["leaderboard"]
+    ]
+    headers = ["#", "model", "task", "accuracy", "card says", "errors", "p50 ms", "p95 ms", "cost / 1,000 calls"]
+    return table(rows, headers)

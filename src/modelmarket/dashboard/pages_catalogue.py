@@ -128,6 +128,7 @@ def catalogue_pages(ctx: DashboardContext) -> list[Page]:
         now = ctx.platform.clock()
         book = price_book(ctx)
         submission = await _gate_stages(ctx, version, view.account)
+        bakeoffs = await asyncio.to_thread(ctx.platform.bakeoffs.of_model, entry.name)
         return view.render(
             "model.html",
             summary=model_summary(entry, price_now(book, entry, now)),
@@ -142,6 +143,7 @@ def catalogue_pages(ctx: DashboardContext) -> list[Page]:
                 "bias": bias_lines(gate_group(version.evaluation, "bias")),
             },
             submission=submission,
+            bakeoffs=bakeoffs,
             iu_words=IU_WORDS,
         )
 

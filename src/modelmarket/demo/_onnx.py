@@ -15,13 +15,26 @@ def logistic_onnx(x_train: FloatArray, y_train: IntArray, *, name: str, input_na
     """Fit a scaler + logistic regression and return its ONNX bytes, the same bytes every run: input
     ``input_name`` FP32 ``[-1, k]``, outputs ``label`` INT64 and ``probabilities`` FP32 ``[-1, classes]`` (no
     ZipMap)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return classifier_onnx(LogisticRegression(max_iter=max_iter), x_train, y_train, name=name, input_name=input_name)
+
+
+def mlp_onnx(x_train: FloatArray, y_train: IntArray, *, name: str, input_name: str, hidden: int, seed: int) -> bytes:
+    """``logistic_onnx``'s contract, with a scaler + a one-hidden-layer perceptron (ReLU, adam, fixed seed)."""
+    from sklearn.neural_network import MLPClassifier
+
+    classifier = MLPClassifier(hidden_layer_sizes=(hidden,), random_state=seed, max_iter=1000)
+    return classifier_onnx(classifier, x_train, y_train, name=name, input_name=input_name)
+
+
+def classifier_onnx(classifier: object, x_train: FloatArray, y_train: IntArray, *, name: str, input_name: str) -> bytes:
+    """Fit a scaler + ``classifier`` and return the ONNX bytes (stable across runs)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
-    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    classifier = LogisticRegression(max_iter=max_iter)
     pipeline = Pipeline([("scale", StandardScaler()), ("classify", classifier)])
     pipeline.fit(x_train, y_train)
     classes = len(np.unique(y_train))

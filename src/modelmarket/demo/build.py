@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelmarket.demo._credit import build_credit_approval, build_credit_approval_biased
-from modelmarket.demo._digits import DIGITS_SEED, DIGITS_TEST_SIZE, build_digits, digits_split
+from modelmarket.demo._digits import DIGITS_SEED, DIGITS_TEST_SIZE, build_digits, build_digits_mlp, digits_split
 from modelmarket.demo._embeddings import build_embeddings
 from modelmarket.demo._llm import build_llm
 from modelmarket.demo._pipeline import build_voice_sentiment
@@ -29,14 +29,16 @@ def build_packages(out_dir: Path, progress: Callable[[str], None] = print) -> li
     """Write the demo packages and ``examples/`` under ``out_dir``; return the package folders.
 
     ``out_dir/examples`` receives ``hello.wav`` (espeak-ng saying "hello world"), ``digit.json`` (an Open
-    Inference Protocol request body with one held-out digits image) and ``sentiment.json`` (one with two
-    sentences). Raises ``RuntimeError`` when ``espeak-ng`` is not installed.
+    Inference Protocol request body with one held-out digits image), ``digits-holdout.jsonl`` (every held-out
+    digits image with its label: a bake-off dataset) and ``sentiment.json`` (one with two sentences). Raises
+    ``RuntimeError`` when ``espeak-ng`` is not installed.
     """
     require_espeak()  # fail before spending time on the other packages
     out_dir = Path(out_dir)
     examples_dir = out_dir / "examples"
     packages = [
         build_digits(out_dir / "digits", examples_dir, progress),
+        build_digits_mlp(out_dir / "digits-mlp", progress),  # a second digits classifier, for bake-offs
         build_sentiment(out_dir / "sentiment", examples_dir, progress),
         build_speech(out_dir / "speech-to-text", examples_dir, progress),
         build_llm(out_dir / "smollm2-135m-instruct", examples_dir, progress),

@@ -89,6 +89,15 @@ class Observation(NamedTuple):
     """The call's usage event (a shadow copy carries the id of the call it copied)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredBakeoff:
+    id: str
+    created_at: str
+    models: list[str]
+    doc: str
+    """The leaderboard as JSON (``lab.bakeoff.Bakeoff.to_json``)."""
+
+
 class LabRepository(Protocol):
     def call(self, event_id: str) -> CallRef | None:
         """The applied usage event ``event_id`` (any account's), else None."""
@@ -119,6 +128,12 @@ class LabRepository(Protocol):
         ...
 
     def add_experiment_calls(self, calls: Sequence[ExperimentCall]) -> None: ...
+
+    def put_bakeoff(self, bakeoff: StoredBakeoff) -> None: ...
+
+    def bakeoffs_of(self, model: str, limit: int) -> list[StoredBakeoff]:
+        """The newest ``limit`` bake-offs ``model`` took part in."""
+        ...
 
     def observations(self, experiment: str, limit: int, since: str | None = None) -> list[Observation]:
         """The experiment's newest ``limit`` calls (recorded after ``since``, an ISO UTC time) with their

@@ -593,3 +593,20 @@ experiment_calls = Table(
     Column("at", String(40), nullable=False),
     Index("ix_experiment_calls_experiment", "experiment", "at"),
 )
+
+bakeoffs = Table(
+    "bakeoffs",
+    metadata,
+    # A bake-off's leaderboard (lab.bakeoff), as JSON.
+    Column("id", String(40), primary_key=True),
+    Column("created_at", String(40), nullable=False),
+    Column("doc", Text, nullable=False),
+)
+
+bakeoff_models = Table(
+    "bakeoff_models",
+    metadata,
+    Column("bakeoff_id", String(40), ForeignKey("bakeoffs.id"), primary_key=True),
+    Column("model_name", String(200), primary_key=True),
+    Index("ix_bakeoff_models_model", "model_name"),
+)

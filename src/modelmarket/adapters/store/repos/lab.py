@@ -8,7 +8,15 @@ from typing import Any
 from sqlalchemy import Connection, case, func, insert, select, update
 
 from modelmarket.adapters.store import schema as t
-from modelmarket.lab.ports import CallRef, ExperimentCall, FeedbackCounts, Observation, StoredExperiment, StoredFeedback
+from modelmarket.lab.ports import (
+    CallRef,
+    ExperimentCall,
+    FeedbackCounts,
+    Observation,
+    StoredBakeoff,
+    StoredExperiment,
+    StoredFeedback,
+)
 
 _F = t.call_feedback.c
 _U = t.usage_events.c
@@ -97,6 +105,23 @@ class SqlLabRepository:
     def add_experiment_calls(self, calls: Sequence[ExperimentCall]) -> None:
         if calls:
             self.conn.execute(insert(t.experiment_calls), [c._asdict() for c in calls])
+
+    def put_bakeoff(self, bakeoff: StoredBakeoff) -> None:
+        self.conn.execute(insert(t.bakeoffs).values(id=bakeoff.id, created_at=bakeoff.created_at, doc=bakeoff.doc))
+        self.conn.execute(
+            insert(t.bakeoff_models), [{"bakeoff_id": bakeoff.id, "model_name": m} for m in sorted(set(bakeoff.models))]
+        )
+
+    def bakeoffs_of(self, model: str, limit: int) -> list[StoredBakeoff]:
+        b, m = t.bakeoffs.c, t.bakeoff_models.c
+        q = (
+            select(b.id, b.created_at, b.doc)
+            .join(t.bakeoff_models, m.bakeoff_id == b.id)
+            .where(m.model_name == model)
+            .order_by(b.created_at.desc(), b.id)
+            .limit(limit)
+        )
+        return [StoredBakeoff(r.id, r.created_at, [model], r.doc) for r in self.conn.execute(q)]
 
     def observations(self, experiment: str, limit: int, since: str | None = None) -> list[Observation]:
         q = (
