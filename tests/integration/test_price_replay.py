@@ -163,3 +163,29 @@ def test_the_cli_prints_the_replay_as_a_table_and_as_json(store: SqlStore, tmp_p
     assert "--model and --price go together" in run("--period", "2026-01", "--price", "1", code=2)
     assert "no model 'nope'" in run("--period", "2026-01", "--model", "nope", "--price", "1", code=1)
     assert "--price must be a decimal" in run("--period", "2026-01", "--model", "digits", "--price", "abc", code=1)
+
+
+def test_a_scheduled_price_replay_keeps_its_report(store: SqlStore, tmp_path: Path, demo_dir: Path) -> None:
+    eco = _usage(store, tmp_path, demo_dir)
+    schedule = tmp_path / "rituals.yaml"
+    schedule.write_text(
+        "rituals:\n"
+        "  - {name: pricing, cron: '0 4 1 * *', price_replay: {period: '2026-01', model: digits, price: '0.002'}}\n"
+        "  - {name: broken, cron: '0 4 1 * *', bakeoff: {models: [digits], dataset: /nowhere.jsonl}}\n"
+    )
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(cli, ["lab", *args], obj={"platform": eco.platform})
+        assert result.exit_code == code, result.output
+        return result.output
+
+    assert "kept" in run("schedule", str(schedule), "--run", "pricing")
+    (kept,) = json.loads(run("reports", "pricing", "--json"))
+    assert kept["ok"] and kept["report"]["totals"] == [
+        {"currency": "USD", "old": "125.01", "new": "129.61", "change": "4.60"}
+    ]  # the same figures as the replay by hand
+    assert "no ritual 'nope'" in run("schedule", str(schedule), "--run", "nope", code=1)
+    run("schedule", str(schedule), "--run", "broken", code=1)
+    (failed,) = json.loads(run("reports", "broken", "--json"))
+    assert not failed["ok"] and "nowhere" in failed["error"]

@@ -4,6 +4,9 @@ traffic, with statistics)."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +23,8 @@ from modelmarket.core.money import decimal_text, round_minor
 from modelmarket.lab.bandit import BanditController, Round
 from modelmarket.lab.canary import CanaryController, Guardrails, parse_steps
 from modelmarket.lab.experiments import Experiment, ExperimentReport, ShadowReport, parse_variants
+from modelmarket.lab.rituals import MAX_FILE_BYTES as MAX_SCHEDULE_BYTES
+from modelmarket.lab.rituals import ReportShelf, Ritual, Scheduler, parse_schedule, previous_period
 from modelmarket.lab.stats import METRICS
 
 PROGRESS_EVERY = 100_000
@@ -468,3 +473,82 @@ def render_leaderboard(doc: dict[str, Any]) -> str:
     ]
     headers = ["#", "model", "task", "accuracy", "card says", "errors", "p50 ms", "p95 ms", "cost / 1,000 calls"]
     return table(rows, headers)
+
+
+# -- rituals on a schedule ------------------------------------------------------------------------------------------
+
+
+def _ritual_runner(p: Any) -> Any:
+    def run(ritual: Ritual, at: datetime) -> dict[str, Any]:
+        params = ritual.params
+        if ritual.kind == "bakeoff":
+            return p.bakeoffs.run(list(params["models"]), Path(params["dataset"])).to_json()  # type: ignore[no-any-return]
+        period = params.get("period", "previous")
+        label = previous_period(at) if period == "previous" else period
+        prices = {} if "model" not in params else {params["model"]: _price(str(params["price"]))}
+        specs: list[Any] = []
+        if "plan" in params:
+            specs = parse_plans(Path(params["plan"]).read_bytes()[: MAX_PLANS_FILE_BYTES + 1], params["plan"])
+        report = p.replays.replay(parse_period(label), Proposal(prices, tuple(specs)))
+        return report.to_json({a.id: a.name for a in p.accounts.list()}, 20)  # type: ignore[no-any-return]
+
+    return run
+
+
+@lab.command("schedule")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", "run_now", default=None, metavar="RITUAL", help="Run this ritual once now, then exit.")
+@domain_errors
+def schedule(file: Path, run_now: str | None) -> None:
+    """Run the bake-offs and price replays of FILE on their cron schedules (UTC), in the foreground, keeping every
+    report under HOME/lab/reports/<ritual>/ (the newest 50 per ritual; `lab reports` lists them).
+
+    FILE is YAML: `rituals: [{name, cron: "0 3 * * 1", bakeoff: {models: [...], dataset: FILE}}, {name, cron,
+    price_replay: {period: previous|YYYY-MM, model: M, price: P, plan: FILE}}]`. See docs/lab.md.
+    """
+    p = platform()
+    rituals = parse_schedule(file.read_bytes()[: MAX_SCHEDULE_BYTES + 1], str(file))
+    shelf = ReportShelf(p.settings.home / "lab" / "reports")
+    scheduler = Scheduler(rituals, _ritual_runner(p), shelf, p.clock, time.sleep)
+    if run_now is not None:
+        chosen = [r for r in rituals if r.name == run_now]
+        if not chosen:
+            raise click.ClickException(f"no ritual {run_now!r} in {file} ({', '.join(r.name for r in rituals)})")
+        scheduler.rituals = chosen
+        now = p.clock()
+        for path in scheduler.run_all(now, click.echo):
+            doc = json.loads(path.read_text())
+            if not doc["ok"]:
+                raise click.ClickException(f"{run_now}: {doc['error']}")
+        return
+    click.echo(f"{len(rituals)} rituals from {file}; reports in {shelf.root} (Ctrl-C stops)")
+    try:
+        scheduler.forever(click.echo)
+    except KeyboardInterrupt:
+        click.echo("stopped")
+
+
+@lab.command("reports")
+@click.argument("ritual", required=False)
+@json_option
+@domain_errors
+def reports(ritual: str | None, as_json: bool) -> None:
+    """The reports `lab schedule` kept (all rituals, or RITUAL's), oldest first."""
+    shelf = ReportShelf(platform().settings.home / "lab" / "reports")
+    found = shelf.reports(ritual)
+    if as_json:
+        echo_json([json.loads(p.read_text()) for p in found])
+        return
+    rows = []
+    for path in found:
+        doc = json.loads(path.read_text())
+        rows.append(
+            [
+                doc["ritual"],
+                doc["kind"],
+                doc["at"][:16],
+                "ok" if doc["ok"] else f"failed: {doc['error'][:60]}",
+                str(path),
+            ]
+        )
+    click.echo(table(rows, ["ritual", "kind", "at", "outcome", "report"]) if rows else "no reports kept yet")

@@ -52,6 +52,8 @@ class Example:
 
 def read_dataset(path: Path) -> tuple[list[Example], str]:
     """The examples of a JSON Lines file and its SHA-256; errors name the line."""
+    if not path.is_file():
+        raise InvalidInput(f"--dataset: no file {str(path)[:200]}")
     size = path.stat().st_size
     if size > DATASET_MAX_BYTES:
         raise InvalidInput(f"--dataset: {size:,} bytes, more than the limit of {DATASET_MAX_BYTES:,}")
