@@ -4,13 +4,17 @@ on the feedback metric, and a promotion that moves the model's `latest` alias.""
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from economy_helpers import copy_package, make_economy
 
 from modelmarket.adapters.store import SqlStore
+from modelmarket.cli.main import cli
 from modelmarket.core.errors import Conflict, InvalidInput, NotFound
 from modelmarket.lab.bandit import BanditController
 from modelmarket.lab.experiments import parse_variants
@@ -96,3 +100,37 @@ def test_an_experiment_reports_each_variant_and_promotes_the_better_one(
         service.stop("digits-v2")
     actions = [r.action for r in p.audit.list(200)]
     assert "experiment.start" in actions and "experiment.stop" in actions
+
+
+def test_a_routes_bandit_moves_its_weights_toward_the_better_rated_target(
+    store: SqlStore, tmp_path: Path, demo_dir: Path
+) -> None:
+    eco = make_economy(store, tmp_path / "home", demo_dir)
+    p = eco.platform
+    p.registry.publish(copy_package(demo_dir, "digits", tmp_path / "pkgs", "digits", {"version": "2.0.0"}))
+    p.routing.apply(
+        "routes:\n  - name: digit-route\n    targets:\n"
+        "      - {model: digits@1.0.0, weight: 1}\n      - {model: digits@2.0.0, weight: 1}\n"
+    )
+    consumer = eco.consumer("rater")
+    events = []
+    for i in range(30):
+        e = eco.event("rater", "digits", 1, "2026-01-03")
+        events.append(replace(e, version="1.0.0" if i % 2 == 0 else "2.0.0"))
+    eco.append(events)
+    for i, e in enumerate(events):  # 1.0.0's answers are liked, 2.0.0's are not
+        p.feedback.give(consumer, e.id, 5 if i % 2 == 0 else 1)
+
+    result = CliRunner().invoke(
+        cli, ["lab", "bandit", "digit-route", "--route", "--json"], obj={"platform": p}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    (shift,) = json.loads(result.output)
+    assert shift["changed"] and [(a["variant"], a["weight"]) for a in shift["arms"]] == [
+        ("digits@1.0.0", 900),
+        ("digits@2.0.0", 100),
+    ]
+    stored = p.routing.route("digit-route")
+    assert stored.revision == 2 and [t.weight for t in stored.spec.targets] == [900, 100]
+    actions = [r.action for r in p.audit.list(500)]
+    assert actions[-2:] == ["route.changed", "bandit.shift"]

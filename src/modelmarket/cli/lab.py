@@ -402,16 +402,21 @@ def shadow_stop(name: str, as_json: bool) -> None:
 @click.option("--every-seconds", type=click.FloatRange(0), default=60, show_default=True, help="Time between rounds.")
 @click.option("--min-share", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="No variant gets less.")
 @click.option("--max-share", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="No variant gets more.")
+@click.option("--route", is_flag=True, help="NAME is a weighted route: its targets are judged by their feedback.")
 @json_option
 @domain_errors
-def bandit(name: str, rounds: int, every_seconds: float, min_share: float, max_share: float, as_json: bool) -> None:
-    """Shift running experiment NAME's split toward the variant doing better on its metric (Thompson sampling).
+def bandit(
+    name: str, rounds: int, every_seconds: float, min_share: float, max_share: float, route: bool, as_json: bool
+) -> None:
+    """Shift running experiment NAME's split toward the variant doing better on its metric (Thompson sampling);
+    with --route, the weights of the weighted route NAME toward the target whose version gets better feedback.
 
     Each round gives every variant its probability of being the best, clipped to [--min-share, --max-share]; a
     round that changes the split sets it, audited with the figures that caused it (successes, failures and the
     probability of being best, per variant).
     """
-    controller = BanditController(platform().experiments)
+    p = platform()
+    controller = BanditController(p.experiments, routes=_RouteWeights(p), feedback=p.feedback.per_version)
 
     def show(found: Round) -> None:
         if not as_json:
@@ -419,7 +424,15 @@ def bandit(name: str, rounds: int, every_seconds: float, min_share: float, max_s
                      for a, p in zip(found.arms, found.probabilities, strict=True)]  # fmt: skip
             click.echo(("split changed: " if found.changed else "split kept: ") + "; ".join(parts))
 
-    done = controller.run(name, rounds, every_seconds, min_share, max_share, show)
+    if route:
+        done = []
+        for i in range(rounds):
+            if i:
+                time.sleep(every_seconds)
+            done.append(controller.route_round(name, min_share, max_share))
+            show(done[-1])
+    else:
+        done = controller.run(name, rounds, every_seconds, min_share, max_share, show)
     if as_json:
         echo_json([r.to_json() for r in done])
 
@@ -552,3 +565,24 @@ def reports(ritual: str | None, as_json: bool) -> None:
             ]
         )
     click.echo(table(rows, ["ritual", "kind", "at", "outcome", "report"]) if rows else "no reports kept yet")
+
+
+class _RouteWeights:
+    """A route's targets and weights for the bandit, over the routing service and the catalogue."""
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+
+    def targets(self, route: str) -> dict[str, tuple[str, str, int]]:
+        spec = self.p.routing.route(route).spec
+        if spec.strategy != "weighted":
+            raise InvalidInput(f"route {route!r} is {spec.strategy}: only a weighted route has weights")
+        catalogue = self.p.registry.catalogue()
+        out = {}
+        for t in spec.targets:
+            model, _, ref = t.model.partition("@")
+            out[t.model] = (model, catalogue.resolve(model, ref or None).version, t.weight)
+        return out
+
+    def set_weights(self, route: str, weights: dict[str, int], actor: str) -> None:
+        self.p.routing.set_weights(route, weights, actor=actor)

@@ -1,5 +1,7 @@
-"""Self-optimization, opt-in per experiment: a Thompson-sampling bandit that shifts an experiment's split toward
-the variant that does better on its metric, within the shares the operator allows (``modelmarket lab bandit``).
+"""Self-optimization, opt-in per experiment or per weighted route: a Thompson-sampling bandit that shifts the split
+toward the variant (the target) that does better, within the shares the operator allows (``modelmarket lab
+bandit``). A route's targets are judged by their versions' feedback (``route_round``); an experiment's variants
+by its metric, as follows.
 
 Each call is a success or a failure for its variant: ``feedback`` a score of 4 or 5; ``accuracy`` a feedback label
 equal to the prediction; ``error_rate`` a call served; ``latency_p95`` a call served within the median latency of
@@ -18,10 +20,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import median
-from typing import Any
+from typing import Any, Protocol
 
 from modelmarket.core.errors import InvalidInput
 from modelmarket.lab.experiments import SHADOW, ExperimentService
+from modelmarket.lab.feedback import VersionFeedback
 from modelmarket.lab.ports import Observation
 
 DRAWS = 4000
@@ -105,16 +108,54 @@ class Round:
         }
 
 
+class RouteWeights(Protocol):
+    """What a route's bandit needs: its weighted targets, and a way to set their weights (audited)."""
+
+    def targets(self, route: str) -> dict[str, tuple[str, str, int]]:
+        """Target reference -> (model, version it resolves to, weight)."""
+        ...
+
+    def set_weights(self, route: str, weights: dict[str, int], actor: str) -> None: ...
+
+
 class BanditController:
     def __init__(
         self,
         experiments: ExperimentService,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        routes: RouteWeights | None = None,
+        feedback: Callable[[str], list[VersionFeedback]] | None = None,
     ) -> None:
+        """``routes`` and ``feedback`` (per version of a model): for a route's bandit (``route_round``)."""
         self.experiments = experiments
         self.rng = rng or random.Random()
         self.sleep = sleep
+        self.routes = routes
+        self.feedback = feedback
+
+    def route_round(self, route: str, min_share: float, max_share: float, actor: str = "bandit") -> Round:
+        """One round over a weighted route: each target's successes are the calls of the version it resolves to
+        scored 4 or 5 (``POST /api/feedback``), its failures those scored 1 to 3; the route's weights are set
+        when they change (a new revision of the route, audited), with the figures (``bandit.shift``)."""
+        if self.routes is None or self.feedback is None:
+            raise InvalidInput("routes are not available here")
+        targets = self.routes.targets(route)
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        for model in {m for m, _, _ in targets.values()}:
+            for v in self.feedback(model):
+                counts[(v.model, v.version)] = (v.histogram[3] + v.histogram[4], sum(v.histogram[:3]))
+        found = [Arm(ref, *counts.get((m, ver), (0, 0))) for ref, (m, ver, _) in targets.items()]
+        probabilities = best_probabilities(found, self.rng)
+        weights = dict(zip(targets, bounded_weights(probabilities, min_share, max_share), strict=True))
+        changed = weights != {ref: w for ref, (_, _, w) in targets.items()}
+        result = Round(found, probabilities, weights, changed)
+        if changed:
+            self.routes.set_weights(route, weights, actor)
+            self.experiments.note(
+                "bandit.shift", route, {"route": route, "metric": "feedback", **result.to_json()}, actor
+            )
+        return result
 
     def round(self, name: str, min_share: float, max_share: float, actor: str = "bandit") -> Round:
         """One round: read the experiment's calls, draw, set the split if it changed (audited with the figures)."""

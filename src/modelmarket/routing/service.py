@@ -8,7 +8,7 @@ composition root passes the registry's catalogue, a test a set of names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -146,6 +146,24 @@ class RoutingService:
             now=at,
         )
         return RouteChange(stored.name, "removed", stored.revision, stored.digest)
+
+    def set_weights(self, name: str, weights: Mapping[str, int], *, actor: str = "cli") -> RouteChange:
+        """Give a weighted route's targets new weights (by their ``model`` reference; every target, each 1 to
+        1,000,000), as a new revision of the route, audited like any change (``route.changed``)."""
+        with self.uow.write(Lock.ROUTING) as uow:
+            stored = uow.routing.route(name)
+            if stored is None:
+                raise NotFound(f"no route named {name!r}")
+            spec = stored.spec
+            if spec.strategy != "weighted":
+                raise InvalidInput(f"route {name!r} is {spec.strategy}: only a weighted route has weights")
+            if set(weights) != {t.model for t in spec.targets}:
+                raise InvalidInput(
+                    f"route {name!r}: a weight for each of its targets ({', '.join(t.model for t in spec.targets)})"
+                )
+            doc = spec.to_json()
+            doc["targets"] = [{"model": t["model"], "weight": int(weights[t["model"]])} for t in doc["targets"]]
+            return self._put(uow, RouteSpec.model_validate(doc), self.clock(), actor)
 
     def routes(self) -> list[StoredRoute]:
         with self.uow.read() as uow:
