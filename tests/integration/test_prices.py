@@ -18,6 +18,7 @@ from modelmarket.billing.pricing import PriceService
 from modelmarket.bootstrap import Platform, PluginRuntimes, bootstrap
 from modelmarket.cli.main import cli
 from modelmarket.core.errors import InvalidInput, NotFound
+from modelmarket.lab.ports import StoredFeedback
 from modelmarket.metering.events import UsageEvent
 from modelmarket.metering.ports import CallStats
 from modelmarket.metering.units import UnitKind
@@ -283,3 +284,19 @@ def test_cli_set_history_dynamic_recompute(platform: Platform, clock: Clock) -> 
     assert run(platform, "dynamic", "digits", "--min", "0.5").exit_code == 2  # --max missing: a usage error
     assert run(platform, "dynamic", "digits", "--off", "--min", "0.5").exit_code == 2
     assert len(run_json(platform, "history", "digits")["records"]) == 3
+
+
+def test_feedback_on_a_models_calls_moves_its_factor(platform: Platform, prices: PriceService, clock: Clock) -> None:
+    prices.enable_dynamic("digits", Decimal("0.5"), Decimal("2"))
+    calls(platform.store, "digits", T0 - timedelta(hours=2), ["80"] * 9)
+    calls(platform.store, "digits", T0 - timedelta(minutes=1), ["120"] * 3)
+    calls(platform.store, "sentiment", T0 - timedelta(hours=3), ["40"] * 12)
+    given = (T0 - timedelta(minutes=30)).isoformat()
+    with platform.store.write() as uow:  # 20 calls scored 5 (the lab's feedback), within the reference period
+        for i in range(20):
+            uow.lab.put_feedback(StoredFeedback(f"fb-{i}", "acct-consumer", "digits", "1.0.0", 5, None, given, given))
+    (record,) = prices.recompute()
+    # the first test's raw 1.8, + 1/20 x (5/3 - 1) = 1/30: 1.8333... -> 1.8333
+    assert record.factor == Decimal("1.8333") and "feedback x1.6667" in record.reason
+    inputs = audit_records(platform.store, "price.changed")[0].payload["inputs"]
+    assert (inputs["feedback_calls"], inputs["feedback_score_sum"], inputs["quality"]) == (20, 100, "5/3")

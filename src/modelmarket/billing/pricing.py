@@ -17,11 +17,15 @@ The dynamic factor (``recompute``), for one model with dynamic pricing enabled, 
     demand      r = (w / W) / (d / R)    calls per minute now, over the model's mean of the last 24 h (1 if d = 0)
     latency     q = lw / ld              p50 now over the 24 h p50 (1 without calls in the window)
     popularity  p = (d / t) x n          its share of the day's calls over an equal share (1 if t = 0)
+    feedback    f = s / 3                s: the mean feedback score (1-5) given in the reference period to the
+                                         model's calls (``POST /api/feedback``); 1 with fewer than 20 scored
 
-    raw    = 1 + 1/4 x (min(r, 4) - 1) + 1/10 x (min(q, 4) - 1) + 1/20 x (min(p, 4) - 1)     (within [0.6, 2.2])
+    raw    = 1 + 1/4 x (min(r, 4) - 1) + 1/10 x (min(q, 4) - 1) + 1/20 x (min(p, 4) - 1) + 1/20 x (f - 1)
     factor = raw clamped to the model's [min_factor, max_factor], rounded to 4 decimals, half to even
 
-Demand weighs most. Latency is read as congestion: a p50 above the model's own daily p50 means its runner is
+Demand weighs most. Feedback is the lab's telemetry (the figures its experiments and bandit read): a model
+its callers rate above the neutral 3 costs a little more, one rated below a little less (at most +-1/30).
+Latency is read as congestion: a p50 above the model's own daily p50 means its runner is
 saturated, so the price rises (the same direction as demand) to shed marginal load; a faster-than-usual model
 gets a little cheaper. Each ratio is capped at 4 so one spike cannot dominate; all arithmetic is exact
 (``Fraction``) up to the one rounding. A ``dynamic`` record is written only when the factor changes (no churn).
@@ -52,6 +56,7 @@ from modelmarket.core.clock import Clock
 from modelmarket.core.errors import InvalidInput, NotFound, ensure
 from modelmarket.core.money import EXACT, exact_text, parse_decimal
 from modelmarket.core.uow import Lock, UnitOfWorkFactory
+from modelmarket.lab.ports import LabRepository
 from modelmarket.metering.ports import CallStats, UsageRepository
 from modelmarket.registry.manifest import PRICE_LIMIT, PRICE_MAX_DECIMALS, PRICE_RE
 from modelmarket.registry.ports import RegistryRepository
@@ -62,6 +67,9 @@ REFERENCE_S = 86_400
 """Reference period of ``recompute``: the last 24 hours (each model against its own mean and p50 over it)."""
 DEMAND_WEIGHT, LATENCY_WEIGHT, POPULARITY_WEIGHT = Fraction(1, 4), Fraction(1, 10), Fraction(1, 20)
 RATIO_CAP = Fraction(4)
+QUALITY_WEIGHT = Fraction(1, 20)
+FEEDBACK_MIN_CALLS = 20
+"""Scored calls a model needs in the reference period before its feedback moves its price."""
 FACTOR_DECIMALS = 4
 FACTOR_MAX = Decimal(10)
 CLOCK_SKEW_S = 5
@@ -225,6 +233,9 @@ class DemandInputs:
     latency_ms_p50_reference: Decimal | None
     window_s: int = WINDOW_S
     reference_s: int = REFERENCE_S
+    feedback_calls: int = 0
+    """Calls of the model given feedback (``POST /api/feedback``) in the reference period."""
+    feedback_score_sum: int = 0
 
     def __post_init__(self) -> None:
         ensure(0 < self.window_s <= self.reference_s, "the demand window lies inside the reference period")
@@ -242,6 +253,12 @@ class DemandInputs:
             return Fraction(1)
         return Fraction(now) / Fraction(usual)
 
+    def quality(self) -> Fraction:
+        """The mean feedback score over the neutral 3 (of 1-5); 1 with fewer than ``FEEDBACK_MIN_CALLS`` scored."""
+        if self.feedback_calls < FEEDBACK_MIN_CALLS:
+            return Fraction(1)
+        return Fraction(self.feedback_score_sum, self.feedback_calls * 3)
+
     def popularity(self) -> Fraction:
         if self.all_calls == 0:
             return Fraction(1)
@@ -258,6 +275,8 @@ class DemandInputs:
             "active_models": self.active_models,
             "latency_ms_p50_window": None if p50s[0] is None else format(p50s[0], "f"),
             "latency_ms_p50_reference": None if p50s[1] is None else format(p50s[1], "f"),
+            "feedback_calls": self.feedback_calls,
+            "feedback_score_sum": self.feedback_score_sum,
         }
 
 
@@ -271,6 +290,7 @@ class FactorComputation:
     factor: Decimal
     min_factor: Decimal
     max_factor: Decimal
+    quality: Fraction = Fraction(1)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -278,6 +298,7 @@ class FactorComputation:
             "demand": exact_text(self.demand),
             "latency": exact_text(self.latency),
             "popularity": exact_text(self.popularity),
+            "quality": exact_text(self.quality),
             "raw": exact_text(self.raw),
             "min_factor": format(self.min_factor, "f"),
             "max_factor": format(self.max_factor, "f"),
@@ -287,9 +308,10 @@ class FactorComputation:
         def shown(x: Fraction) -> str:
             return format(round_factor(x), "f")
 
+        feedback = "" if self.quality == 1 else f", feedback x{shown(self.quality)}"
         return (
-            f"demand x{shown(self.demand)}, latency x{shown(self.latency)}, popularity x{shown(self.popularity)}: "
-            f"raw {shown(self.raw)} in [{self.min_factor}, {self.max_factor}]"
+            f"demand x{shown(self.demand)}, latency x{shown(self.latency)}, popularity x{shown(self.popularity)}"
+            f"{feedback}: raw {shown(self.raw)} in [{self.min_factor}, {self.max_factor}]"
         )
 
 
@@ -300,16 +322,18 @@ def round_factor(value: Fraction) -> Decimal:
 
 def compute_factor(inputs: DemandInputs, min_factor: Decimal, max_factor: Decimal) -> FactorComputation:
     demand, latency, popularity = inputs.demand(), inputs.latency(), inputs.popularity()
+    quality = inputs.quality()
     raw = (
         1
         + DEMAND_WEIGHT * (min(demand, RATIO_CAP) - 1)
         + LATENCY_WEIGHT * (min(latency, RATIO_CAP) - 1)
         + POPULARITY_WEIGHT * (min(popularity, RATIO_CAP) - 1)
+        + QUALITY_WEIGHT * (quality - 1)
     )
     clamped = min(max(raw, Fraction(min_factor)), Fraction(max_factor))
     factor = round_factor(clamped)
     ensure(min_factor <= factor <= max_factor, f"factor {factor} outside [{min_factor}, {max_factor}]")
-    return FactorComputation(inputs, demand, latency, popularity, raw, factor, min_factor, max_factor)
+    return FactorComputation(inputs, demand, latency, popularity, raw, factor, min_factor, max_factor, quality)
 
 
 def record_json(record: PriceRecord) -> dict[str, Any]:
@@ -340,6 +364,9 @@ class PricingUnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditRepository: ...
+
+    @property
+    def lab(self) -> LabRepository: ...
 
 
 class PriceService:
@@ -442,6 +469,8 @@ class PriceService:
             until = _iso(now)
             window = _by_name(uow.usage.call_stats(_iso(now - timedelta(seconds=WINDOW_S)), until, names))
             day = _by_name(uow.usage.call_stats(_iso(now - timedelta(seconds=REFERENCE_S)), until, names))
+            # the feedback the lab's experiments and bandit read (lab.feedback), over the same reference period
+            scored = uow.lab.feedback_since(names, _iso(now - timedelta(seconds=REFERENCE_S)), until)
         all_calls = sum(s.calls for s in day.values())
         empty = CallStats("", 0, None)
         return {
@@ -452,6 +481,8 @@ class PriceService:
                 len(day),
                 window.get(name, empty).latency_ms_p50,
                 day.get(name, empty).latency_ms_p50,
+                feedback_calls=scored.get(name, (0, 0))[0],
+                feedback_score_sum=scored.get(name, (0, 0))[1],
             )
             for name in names
         }

@@ -70,6 +70,16 @@ class SqlLabRepository:
             for r in self.conn.execute(q.order_by(_F.model_name, _F.version))
         ]
 
+    def feedback_since(self, models: Sequence[str], since: str, until: str) -> dict[str, tuple[int, int]]:
+        if not models:
+            return {}
+        q = (
+            select(_F.model_name, func.count(), func.sum(_F.score))
+            .where(_F.model_name.in_(list(models)), _F.updated_at >= since, _F.updated_at < until)
+            .group_by(_F.model_name)
+        )
+        return {r[0]: (int(r[1]), int(r[2] or 0)) for r in self.conn.execute(q)}
+
     def version_exists(self, model: str, version: str) -> bool:
         q = select(_V.version).where(_V.model_name == model, _V.version == version)
         return self.conn.execute(q).first() is not None
