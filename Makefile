@@ -92,6 +92,7 @@ bench: install sysdeps-test
 	$(BIN)/python benchmarks/rating_throughput.py
 	$(BIN)/python benchmarks/partitions_rating.py
 	$(BIN)/python benchmarks/price_replay.py
+	$(BIN)/python benchmarks/lab_overhead.py
 	$(BIN)/python benchmarks/bus_publish.py
 	$(BIN)/python benchmarks/scaleout_envoy.py
 	$(BIN)/python benchmarks/usage_lag.py

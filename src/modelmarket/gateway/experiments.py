@@ -94,8 +94,10 @@ class ExperimentRecorder:
     async def _run(self) -> None:
         while True:
             first = await self.queue.get()
-            await asyncio.sleep(FLUSH_S)
+            await asyncio.sleep(FLUSH_S)  # let a batch gather
             await self._flush([first])
+            while not self.queue.empty():  # a busy gateway: write on, batch after batch
+                await self._flush([])
 
     async def _flush(self, batch: list[ExperimentCall]) -> None:
         while not self.queue.empty() and len(batch) < BATCH_MAX:
