@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,25 @@ def train_onnx(x_train: FloatArray, y_train: IntArray) -> bytes:
     return logistic_onnx(x_train, y_train, name="digits", input_name="pixels", max_iter=2000)
 
 
-def build_digits(package_dir: Path, examples_dir: Path, progress: Callable[[str], None]) -> Path:
-    """Write the package and ``examples/digit.json``; the card's figures are measured on the exported model."""
-    progress("digits: training a logistic regression on the sklearn digits and exporting it to ONNX")
-    x_train, x_test, y_train, y_test = digits_split()
-    write_bytes(package_dir / "model.onnx", train_onnx(x_train, y_train))
+@dataclass(frozen=True)
+class _Measured:
+    """A digits classifier's package manifest, before its card, and its figures on the hold-out images."""
+
+    doc: dict[str, Any]
+    accuracy: float
+    per_class: dict[int, float]
+    correct: npt.NDArray[np.bool_]
+    x_test: FloatArray
+    y_test: IntArray
+    n_train: int
+
+
+def _classifier(package_dir: Path, name: str, model: bytes, price: str, progress: Callable[[str], None]) -> _Measured:
+    """Write ``model`` (ONNX) into the package, its manifest's contract, and measure it on the hold-out images."""
+    _, x_test, y_train, y_test = digits_split()
+    write_bytes(package_dir / "model.onnx", model)
     doc = manifest(
-        name="digits",
+        name=name,
         task="image-classification",
         modality="image",
         runtime="onnx",
@@ -72,26 +85,36 @@ def build_digits(package_dir: Path, examples_dir: Path, progress: Callable[[str]
         inputs=[tensor("pixels", "FP32", [-1, 64])],
         outputs=[tensor("label", "INT64", [-1]), tensor("probabilities", "FP32", [-1, 10])],
         unit="image",
-        price_per_iu="0.0010",
+        price_per_iu=price,
     )
     predicted = onnx_labels(spec_for(package_dir, doc), "pixels", x_test)
     correct = predicted == y_test
     accuracy = float(np.mean(correct))
-    progress(f"digits: held-out accuracy of the exported ONNX model {accuracy:.4f}")
+    progress(f"{name}: held-out accuracy of the exported ONNX model {accuracy:.4f}")
     per_class = {int(d): float(np.mean(correct[y_test == d])) for d in range(N_CLASSES)}
-    doc["card"] = _card(accuracy, per_class, n_train=len(y_train), n_test=len(y_test))
-    doc["lineage"] = _lineage(n_train=len(y_train), n_test=len(y_test))
+    return _Measured(doc, accuracy, per_class, correct, x_test, y_test, len(y_train))
+
+
+def _holdout_example(m: _Measured) -> tuple[int, list[dict[str, Any]]]:
+    """The first held-out image the model gets right, as the manifest's example (the gate's smoke test sends it
+    and expects the same digit)."""
+    row = int(np.flatnonzero(m.correct)[0])
+    inputs = [{"name": "pixels", "shape": [1, N_FEATURES], "data": m.x_test[row].tolist()}]
+    return row, [{"name": f"holdout-{row}", "inputs": inputs, "expect": {"label": [int(m.y_test[row])]}}]
+
+
+def build_digits(package_dir: Path, examples_dir: Path, progress: Callable[[str], None]) -> Path:
+    """Write the package and ``examples/digit.json``; the card's figures are measured on the exported model."""
+    progress("digits: training a logistic regression on the sklearn digits and exporting it to ONNX")
+    x_train, _, y_train, _ = digits_split()
+    m = _classifier(package_dir, "digits", train_onnx(x_train, y_train), "0.0010", progress)
+    doc, x_test, y_test = m.doc, m.x_test, m.y_test
+    doc["card"] = _card(m.accuracy, m.per_class, n_train=m.n_train, n_test=len(y_test))
+    doc["lineage"] = _lineage(n_train=m.n_train, n_test=len(y_test))
     # The example is the first held-out image the model gets right, so the demo shows a sensible answer; the
     # publish gate's smoke test sends the same image and expects the same digit.
-    row = int(np.flatnonzero(correct)[0])
+    row, doc["examples"] = _holdout_example(m)
     pixels = x_test[row].tolist()
-    doc["examples"] = [
-        {
-            "name": f"holdout-{row}",
-            "inputs": [{"name": "pixels", "shape": [1, N_FEATURES], "data": pixels}],
-            "expect": {"label": [int(y_test[row])]},
-        }
-    ]
     write_manifest(package_dir, doc)
     example = {"name": "pixels", "datatype": "FP32", "shape": [1, N_FEATURES], "data": pixels}
     write_json(examples_dir / "digit.json", {"id": f"digits-holdout-{row}", "inputs": [example]})
@@ -117,30 +140,11 @@ def build_digits_mlp(package_dir: Path, progress: Callable[[str], None]) -> Path
     """``digits-mlp``: the same task, data and split as ``digits``, another classifier (a small neural network),
     so a bake-off has two models to compare."""
     progress("digits-mlp: training a one-hidden-layer perceptron on the sklearn digits and exporting it to ONNX")
-    x_train, x_test, y_train, y_test = digits_split()
-    write_bytes(
-        package_dir / "model.onnx",
-        mlp_onnx(x_train, y_train, name="digits-mlp", input_name="pixels", hidden=MLP_HIDDEN, seed=DIGITS_SEED),
-    )
-    doc = manifest(
-        name="digits-mlp",
-        task="image-classification",
-        modality="image",
-        runtime="onnx",
-        license_id="BSD-3-Clause",
-        artifacts=["model.onnx"],
-        parameters={"model_file": "model.onnx"},
-        inputs=[tensor("pixels", "FP32", [-1, 64])],
-        outputs=[tensor("label", "INT64", [-1]), tensor("probabilities", "FP32", [-1, 10])],
-        unit="image",
-        price_per_iu="0.0020",
-    )
-    predicted = onnx_labels(spec_for(package_dir, doc), "pixels", x_test)
-    correct = predicted == y_test
-    accuracy = float(np.mean(correct))
-    progress(f"digits-mlp: held-out accuracy of the exported ONNX model {accuracy:.4f}")
-    per_class = {int(d): float(np.mean(correct[y_test == d])) for d in range(N_CLASSES)}
-    card = _card(accuracy, per_class, n_train=len(y_train), n_test=len(y_test))
+    x_train, _, y_train, _ = digits_split()
+    model = mlp_onnx(x_train, y_train, name="digits-mlp", input_name="pixels", hidden=MLP_HIDDEN, seed=DIGITS_SEED)
+    m = _classifier(package_dir, "digits-mlp", model, "0.0020", progress)
+    doc = m.doc
+    card = _card(m.accuracy, m.per_class, n_train=m.n_train, n_test=len(m.y_test))
     card["summary"] = "Handwritten digit classifier (0-9) for 8x8 grey-level images, a small neural network."
     card["description"] = (
         f"Standardised pixels fed to a perceptron with one hidden layer of {MLP_HIDDEN} ReLU units (scikit-learn), "
@@ -167,15 +171,8 @@ def build_digits_mlp(package_dir: Path, progress: Callable[[str], None]) -> Path
         ),
     }
     doc["card"] = card
-    doc["lineage"] = _lineage(n_train=len(y_train), n_test=len(y_test))
-    row = int(np.flatnonzero(correct)[0])
-    doc["examples"] = [
-        {
-            "name": f"holdout-{row}",
-            "inputs": [{"name": "pixels", "shape": [1, N_FEATURES], "data": x_test[row].tolist()}],
-            "expect": {"label": [int(y_test[row])]},
-        }
-    ]
+    doc["lineage"] = _lineage(n_train=m.n_train, n_test=len(m.y_test))
+    doc["examples"] = _holdout_example(m)[1]
     write_manifest(package_dir, doc)
     return package_dir
 

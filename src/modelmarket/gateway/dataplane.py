@@ -368,15 +368,7 @@ class DataPlane:
         else:
             prepared = _prepare(version, request.body, header_len, limits)
         if self.privacy is not None:  # counted as sent; the runner gets the redacted request
-            redacted = await self.privacy.redact_oip(version, key_id, prepared.decoded)
-            if redacted is not None:
-                request = replace(
-                    request,
-                    body=redacted.body,
-                    content_type=redacted.content_type,
-                    header_length=redacted.header_length,
-                )
-                prepared = replace(prepared, decoded=redacted.decoded)
+            request, prepared = await self._redacted(version, key_id, request, prepared)
         economy = self.economy
         if economy is None:
             return await self._serve(account, version, request, prepared, once, started, None, None, attempt)
@@ -509,17 +501,23 @@ class DataPlane:
         header_len = _header_length(request.header_length)
         prepared = _prepare(version, request.body, header_len, self.input_limits(version.manifest.runtime))
         if self.privacy is not None:
-            redacted = await self.privacy.redact_oip(version, key_id, prepared.decoded)
-            if redacted is not None:
-                request = replace(
-                    request,
-                    body=redacted.body,
-                    content_type=redacted.content_type,
-                    header_length=redacted.header_length,
-                )
-                prepared = replace(prepared, decoded=redacted.decoded)
+            request, prepared = await self._redacted(version, key_id, request, prepared)
         answer, _, _ = await self.forward(version, request, prepared.units, prepared.decoded)
         return answer
+
+    async def _redacted(
+        self, version: VersionRecord, key_id: str | None, request: InferRequest, prepared: _Prepared
+    ) -> tuple[InferRequest, _Prepared]:
+        """The request (and its decoded form) as the runner gets it: redacted of what the model's ``redact:`` and
+        the key's policy name (``gateway/privacy.py``); the caller's own when nothing is to be replaced."""
+        assert self.privacy is not None
+        redacted = await self.privacy.redact_oip(version, key_id, prepared.decoded)
+        if redacted is None:
+            return request, prepared
+        request = replace(
+            request, body=redacted.body, content_type=redacted.content_type, header_length=redacted.header_length
+        )
+        return request, replace(prepared, decoded=redacted.decoded)
 
     async def forward(
         self, version: VersionRecord, request: InferRequest, units: int, decoded: oip.InferRequest | None = None

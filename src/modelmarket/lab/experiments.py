@@ -349,7 +349,8 @@ class ExperimentService:
 
     def set_split(self, name: str, weights: dict[str, int], actor: str = "cli") -> Experiment:
         """Give the running experiment's variants new weights (each 0 < w <= MAX_WEIGHT); audited."""
-        with self.uow.write(Lock.LAB, f"experiment:{name}") as uow:
+        model = self.get(name).model  # the lock its start and stop take: a stop is never undone by a split
+        with self.uow.write(Lock.LAB, f"experiment:{model}") as uow:
             found = uow.lab.experiment(name)
             if found is None or found.status != "running":
                 raise Conflict(f"experiment {name!r} is not running")

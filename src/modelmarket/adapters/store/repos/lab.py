@@ -49,9 +49,7 @@ class SqlLabRepository:
             "created_at": feedback.created_at,
             "updated_at": feedback.updated_at,
         }
-        changed = self.conn.execute(update(t.call_feedback).where(_F.event_id == feedback.event_id).values(values))
-        if changed.rowcount == 0:
-            self.conn.execute(insert(t.call_feedback).values(event_id=feedback.event_id, **values))
+        _upsert(self.conn, t.call_feedback, "event_id", feedback.event_id, values)
 
     def feedback_counts(self, model: str | None = None) -> list[FeedbackCounts]:
         scores = [func.sum(case((_F.score == s, 1), else_=0)) for s in range(1, 6)]
@@ -108,9 +106,7 @@ class SqlLabRepository:
             "stopped_at": experiment.stopped_at,
             "promoted": experiment.promoted,
         }
-        changed = self.conn.execute(update(t.experiments).where(_X.name == experiment.name).values(values))
-        if changed.rowcount == 0:
-            self.conn.execute(insert(t.experiments).values(name=experiment.name, **values))
+        _upsert(self.conn, t.experiments, "name", experiment.name, values)
 
     def add_experiment_calls(self, calls: Sequence[ExperimentCall]) -> None:
         if calls:
@@ -163,3 +159,9 @@ def _experiment(r: Any) -> StoredExperiment:
     return StoredExperiment(
         r.name, r.model_name, r.variants, r.metric, r.status, r.started_at, r.stopped_at, r.promoted
     )
+
+
+def _upsert(conn: Connection, table: Any, key: str, value: str, values: dict[str, Any]) -> None:
+    """Update the row whose ``key`` is ``value``, or insert it (the caller holds the lab's lock for it)."""
+    if conn.execute(update(table).where(table.c[key] == value).values(values)).rowcount == 0:
+        conn.execute(insert(table).values({key: value, **values}))
