@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import count
@@ -291,12 +292,37 @@ def test_feedback_on_a_models_calls_moves_its_factor(platform: Platform, prices:
     calls(platform.store, "digits", T0 - timedelta(hours=2), ["80"] * 9)
     calls(platform.store, "digits", T0 - timedelta(minutes=1), ["120"] * 3)
     calls(platform.store, "sentiment", T0 - timedelta(hours=3), ["40"] * 12)
-    given = (T0 - timedelta(minutes=30)).isoformat()
-    with platform.store.write() as uow:  # 20 calls scored 5 (the lab's feedback), within the reference period
-        for i in range(20):
-            uow.lab.put_feedback(StoredFeedback(f"fb-{i}", "acct-consumer", "digits", "1.0.0", 5, None, given, given))
+    scored = [  # 20 more calls of digits 30 min ago, from 5 accounts, each scored 5 (the lab's feedback)
+        UsageEvent(
+            id=f"scored-{i}",
+            source="gateway-1",
+            account_id=f"acct-{i % 5}",
+            time=T0 - timedelta(minutes=30),
+            model="digits",
+            version="1.0.0",
+            provider_account_id="acct-provider",
+            unit_kind=UnitKind.IMAGE,
+            quantity=1,
+            unit_price=MANIFEST_PRICE,
+            currency="USD",
+            latency_ms=Decimal(80),
+        )  # fmt: skip
+        for i in range(20)
+    ]
+    old = T0 - timedelta(days=3)  # a call of three days ago, scored now: outside the reference period
+    stale = replace(scored[0], id="stale", time=old)
+    by_provider = replace(scored[0], id="own", account_id="acct-provider")  # its provider's own score: left out
+    with platform.store.write() as uow:
+        uow.usage.add_events([(next(_ids), e) for e in [*scored, stale, by_provider]])
+        for e in [*scored, stale, by_provider]:
+            now = T0.isoformat()
+            score = 5 if e.id.startswith("scored") else 1
+            uow.lab.put_feedback(StoredFeedback(e.id, e.account_id, "digits", "1.0.0", score, None, now, now))
     (record,) = prices.recompute()
-    # the first test's raw 1.8, + 1/20 x (5/3 - 1) = 1/30: 1.8333... -> 1.8333
-    assert record.factor == Decimal("1.8333") and "feedback x1.6667" in record.reason
+    # digits made 33 calls in the day (9 + 3 + 20 + its provider's 1; the stale one is older), 3 in the window:
+    # r = 3 x 86400 / (33 x 300) -> 4 (capped); q = 120 / 80 = 1.5; p = 33 x 2 / 45 = 22/15; f = 100 / 20 / 3 = 5/3
+    # raw = 1 + 3/4 + 1/10 x 1/2 + 1/20 x 7/15 + 1/20 x 2/3 = 1.8 + 17/300 = 1.85666... -> 1.8567
+    assert record.factor == Decimal("1.8567") and "feedback x1.6667" in record.reason
     inputs = audit_records(platform.store, "price.changed")[0].payload["inputs"]
-    assert (inputs["feedback_calls"], inputs["feedback_score_sum"], inputs["quality"]) == (20, 100, "5/3")
+    assert (inputs["feedback_calls"], inputs["feedback_score_sum"], inputs["feedback_accounts"]) == (20, 100, 5)
+    assert inputs["quality"] == "5/3"

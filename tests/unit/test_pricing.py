@@ -226,12 +226,21 @@ def test_inconsistent_counts_are_a_programmer_error() -> None:
 
 def test_feedback_moves_the_factor_once_enough_calls_are_scored() -> None:
     # the worked example, with 30 scored calls averaging 4.5 of 5: f = 4.5 / 3 = 1.5, raw 1.6 + 1/20 x 0.5 = 1.625
-    rated = DemandInputs(30, 2880, 5760, 4, Decimal("120"), Decimal("80"), feedback_calls=30, feedback_score_sum=135)
+    rated = DemandInputs(
+        30, 2880, 5760, 4, Decimal("120"), Decimal("80"), feedback_calls=30, feedback_score_sum=135, feedback_accounts=5
+    )
     computed = compute_factor(rated, Decimal("0.5"), Decimal("2"))
     assert (computed.quality, computed.raw, computed.factor) == (Fraction(3, 2), Fraction(13, 8), Decimal("1.625"))
     assert computed.reason() == "demand x3, latency x1.5, popularity x2, feedback x1.5: raw 1.625 in [0.5, 2]"
-    # 19 scored calls are too few to move it; a poorly rated model (mean 1.5: f = 1/2) gets cheaper by 1/40
-    few = DemandInputs(30, 2880, 5760, 4, Decimal("120"), Decimal("80"), feedback_calls=19, feedback_score_sum=95)
+    # 19 scored calls, or 4 accounts scoring, are too few to move it (one account cannot move a price)
+    few = DemandInputs(30, 2880, 5760, 4, Decimal(120), Decimal(80), feedback_calls=19, feedback_score_sum=95)
     assert compute_factor(few, Decimal("0.5"), Decimal("2")).factor == Decimal("1.6")
-    poor = DemandInputs(30, 2880, 5760, 4, Decimal("120"), Decimal("80"), feedback_calls=20, feedback_score_sum=30)
+    alone = DemandInputs(
+        30, 2880, 5760, 4, Decimal(120), Decimal(80), feedback_calls=99, feedback_score_sum=495, feedback_accounts=4
+    )
+    assert compute_factor(alone, Decimal("0.5"), Decimal("2")).factor == Decimal("1.6")
+    # a poorly rated model (mean 1.5: f = 1/2) gets cheaper by 1/40
+    poor = DemandInputs(
+        30, 2880, 5760, 4, Decimal(120), Decimal(80), feedback_calls=20, feedback_score_sum=30, feedback_accounts=6
+    )
     assert compute_factor(poor, Decimal("0.5"), Decimal("2")).raw == Fraction(8, 5) - Fraction(1, 40)

@@ -17,8 +17,9 @@ The dynamic factor (``recompute``), for one model with dynamic pricing enabled, 
     demand      r = (w / W) / (d / R)    calls per minute now, over the model's mean of the last 24 h (1 if d = 0)
     latency     q = lw / ld              p50 now over the 24 h p50 (1 without calls in the window)
     popularity  p = (d / t) x n          its share of the day's calls over an equal share (1 if t = 0)
-    feedback    f = s / 3                s: the mean feedback score (1-5) given in the reference period to the
-                                         model's calls (``POST /api/feedback``); 1 with fewer than 20 scored
+    feedback    f = s / 3                s: the mean feedback score (1-5) on the model's calls of the reference
+                                         period (``POST /api/feedback``), not its provider's; 1 with fewer than
+                                         20 scored calls or 5 accounts scoring
 
     raw    = 1 + 1/4 x (min(r, 4) - 1) + 1/10 x (min(q, 4) - 1) + 1/20 x (min(p, 4) - 1) + 1/20 x (f - 1)
     factor = raw clamped to the model's [min_factor, max_factor], rounded to 4 decimals, half to even
@@ -70,6 +71,8 @@ RATIO_CAP = Fraction(4)
 QUALITY_WEIGHT = Fraction(1, 20)
 FEEDBACK_MIN_CALLS = 20
 """Scored calls a model needs in the reference period before its feedback moves its price."""
+FEEDBACK_MIN_ACCOUNTS = 5
+"""Distinct accounts those scores must come from."""
 FACTOR_DECIMALS = 4
 FACTOR_MAX = Decimal(10)
 CLOCK_SKEW_S = 5
@@ -234,8 +237,11 @@ class DemandInputs:
     window_s: int = WINDOW_S
     reference_s: int = REFERENCE_S
     feedback_calls: int = 0
-    """Calls of the model given feedback (``POST /api/feedback``) in the reference period."""
+    """Calls of the model made in the reference period and given feedback (``POST /api/feedback``) by someone
+    other than its provider."""
     feedback_score_sum: int = 0
+    feedback_accounts: int = 0
+    """The distinct accounts that gave it."""
 
     def __post_init__(self) -> None:
         ensure(0 < self.window_s <= self.reference_s, "the demand window lies inside the reference period")
@@ -254,8 +260,9 @@ class DemandInputs:
         return Fraction(now) / Fraction(usual)
 
     def quality(self) -> Fraction:
-        """The mean feedback score over the neutral 3 (of 1-5); 1 with fewer than ``FEEDBACK_MIN_CALLS`` scored."""
-        if self.feedback_calls < FEEDBACK_MIN_CALLS:
+        """The mean feedback score over the neutral 3 (of 1-5); 1 with fewer than ``FEEDBACK_MIN_CALLS`` scored
+        calls or ``FEEDBACK_MIN_ACCOUNTS`` accounts scoring them (one account cannot move a price)."""
+        if self.feedback_calls < FEEDBACK_MIN_CALLS or self.feedback_accounts < FEEDBACK_MIN_ACCOUNTS:
             return Fraction(1)
         return Fraction(self.feedback_score_sum, self.feedback_calls * 3)
 
@@ -277,6 +284,7 @@ class DemandInputs:
             "latency_ms_p50_reference": None if p50s[1] is None else format(p50s[1], "f"),
             "feedback_calls": self.feedback_calls,
             "feedback_score_sum": self.feedback_score_sum,
+            "feedback_accounts": self.feedback_accounts,
         }
 
 
@@ -481,8 +489,9 @@ class PriceService:
                 len(day),
                 window.get(name, empty).latency_ms_p50,
                 day.get(name, empty).latency_ms_p50,
-                feedback_calls=scored.get(name, (0, 0))[0],
-                feedback_score_sum=scored.get(name, (0, 0))[1],
+                feedback_calls=scored.get(name, (0, 0, 0))[0],
+                feedback_score_sum=scored.get(name, (0, 0, 0))[1],
+                feedback_accounts=scored.get(name, (0, 0, 0))[2],
             )
             for name in names
         }

@@ -168,10 +168,12 @@ class _Ledger:
     """The rater's ledger in a replay: counters from zero in memory, the store's finalized periods and share,
     rated rows kept, transactions dropped, nothing written."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, period: str) -> None:
         self.store = store
+        self.period = period
         self.counter_values: dict[tuple[str, str, str, str], int] = {}
         self.rows: list[RatedEvent] = []
+        """The re-rated rows landing on ``period`` (the others only moved the counters)."""
         self._closed: dict[tuple[str, str, str], int] | None = None
 
     def setting(self, name: str) -> str | None:
@@ -194,7 +196,8 @@ class _Ledger:
         return self._closed
 
     def add_rated(self, rows: Sequence[RatedEvent]) -> None:
-        self.rows.extend(rows)
+        period = self.period
+        self.rows.extend(r._replace(usage=None) for r in rows if r.period == period)  # (the event is not kept)
 
     def add_txns(self, txns: Sequence[LedgerTxn]) -> None:
         pass
@@ -235,9 +238,9 @@ class _Plans:
 class _Uow:
     """What ``Rater.apply`` and the charge source read, over the store's read transaction."""
 
-    def __init__(self, real: EconomyUnitOfWork, proposed: Sequence[PlanSpec]) -> None:
+    def __init__(self, real: EconomyUnitOfWork, proposed: Sequence[PlanSpec], period: str) -> None:
         self.real = real
-        self.ledger = _Ledger(real.ledger)
+        self.ledger = _Ledger(real.ledger, period)
         self.plans = _Plans(real.plans, proposed)
 
     @property
@@ -313,7 +316,7 @@ def replay(
     ``progress(n)``: told after every batch with the events re-rated so far."""
     check_proposal(proposal)
     started = time.perf_counter()
-    replay_uow = _Uow(uow, proposal.plans)
+    replay_uow = _Uow(uow, proposal.plans, period.label)
     source = _Charges(charges, proposal.prices)
     rater = Rater(share, now, source)
     old_rows: list[RatedEvent] = []
@@ -333,7 +336,7 @@ def replay(
     if batch:
         rater.apply(replay_uow, batch)  # type: ignore[arg-type]
         rated += len(batch)
-    new_rows = [r for r in replay_uow.ledger.rows if r.period == label]
+    new_rows = replay_uow.ledger.rows
     report = ReplayReport(
         label,
         proposal.describe(),

@@ -22,7 +22,7 @@ from modelmarket.core.errors import InvalidInput
 from modelmarket.core.money import decimal_text, round_minor
 from modelmarket.lab.bandit import BanditController, Round
 from modelmarket.lab.canary import CanaryController, Guardrails, parse_steps
-from modelmarket.lab.experiments import Experiment, ExperimentReport, ShadowReport, parse_variants
+from modelmarket.lab.experiments import FEW_CALLERS, Experiment, ExperimentReport, ShadowReport, parse_variants
 from modelmarket.lab.rituals import MAX_FILE_BYTES as MAX_SCHEDULE_BYTES
 from modelmarket.lab.rituals import ReportShelf, Ritual, Scheduler, parse_schedule, previous_period
 from modelmarket.lab.stats import METRICS
@@ -222,6 +222,7 @@ def _render_experiment(r: ExperimentReport) -> str:
                 v.variant.name,
                 v.variant.version,
                 str(v.calls),
+                f"{v.callers}{' (few)' if v.callers < FEW_CALLERS else ''}",
                 str(v.errors),
                 _num(est.value),
                 f"[{_num(est.low)}, {_num(est.high)}]",
@@ -231,8 +232,8 @@ def _render_experiment(r: ExperimentReport) -> str:
                 "" if cmp_ is None or cmp_.still_needed is None else str(cmp_.still_needed),
             ]
         )
-    headers = ["variant", "version", "calls", "errors", e.metric, "95% CI", "p-value", "significant", "vs control",
-               "still needed"]  # fmt: skip
+    headers = ["variant", "version", "calls", "callers", "errors", e.metric, "95% CI", "p-value", "significant"]
+    headers += ["vs control", "still needed"]
     return "\n".join([head, table(rows, headers)])
 
 

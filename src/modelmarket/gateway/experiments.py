@@ -94,7 +94,11 @@ class ExperimentRecorder:
     async def _run(self) -> None:
         while True:
             first = await self.queue.get()
-            await asyncio.sleep(FLUSH_S)  # let a batch gather
+            try:
+                await asyncio.sleep(FLUSH_S)  # let a batch gather
+            except asyncio.CancelledError:
+                self.queue.put_nowait(first)  # (room for it: it was just taken) ``close`` writes it
+                raise
             await self._flush([first])
             while not self.queue.empty():  # a busy gateway: write on, batch after batch
                 await self._flush([])

@@ -38,6 +38,7 @@ SNAPSHOT_OF_ACTION: tuple[tuple[str, str], ...] = (
     ("subscription.", ECONOMY),
     ("limits.", ECONOMY),
     ("experiment.", EXPERIMENTS),
+    ("shadow.", EXPERIMENTS),
 )
 """Audit action prefixes and the snapshot each touches; other actions (invoices, payouts, sessions, the gate's
 submissions until the publish itself) touch none."""

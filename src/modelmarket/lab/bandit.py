@@ -57,7 +57,9 @@ def arms(metric: str, names: Sequence[str], observations: Sequence[Observation])
             return o.ok
         if metric == "latency_p95":
             return o.ok and o.latency_us <= latency_cut
-        return o.amount is not None and float(o.amount) > amount_cut  # revenue_per_call
+        if o.ok and o.amount is None:  # revenue_per_call: not rated yet, no outcome yet
+            return None
+        return o.amount is not None and float(o.amount) > amount_cut
 
     counts = {n: [0, 0] for n in names}
     for o in observations:

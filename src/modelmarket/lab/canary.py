@@ -142,8 +142,8 @@ class CanaryController:
         variants = (Variant(STABLE, stable, 100 - first), Variant(CANARY, to_version, first))
         self.experiments.start(name, model, variants, "error_rate", actor=actor)
         result = CanaryResult(name, model, stable, to_version)
-        progress(f"canary {name}: {model}@{to_version} against {model}@{stable}")
         try:
+            progress(f"canary {name}: {model}@{to_version} against {model}@{stable}")
             for percent in steps:
                 if percent == 100:
                     break
@@ -157,13 +157,14 @@ class CanaryController:
                     return self._roll_back(result, reason, actor, progress)
                 step.verdict = "held"
                 progress(f"  {percent:>3}%: held ({step.calls} canary calls, {step.errors} errors)")
+            self.experiments.stop(name, promote=CANARY, actor=actor)
+            result.outcome = "promoted"
         except BaseException:
-            # Interrupted (Ctrl-C, an error): traffic goes back to stable, never left split with nobody watching.
+            # Interrupted (Ctrl-C, an error, a failed promotion): traffic goes back to stable, never left split with
+            # nobody watching. A rollback that itself fails leaves the outcome "running" and the error raised.
             if result.outcome == "running":
                 self._roll_back(result, "the canary was interrupted", actor, progress)
             raise
-        self.experiments.stop(name, promote=CANARY, actor=actor)
-        result.outcome = "promoted"
         self.experiments.note("canary.promoted", name, result.to_json(), actor)
         progress(f"promoted: {model}@latest -> {to_version}")
         return result
@@ -198,8 +199,8 @@ class CanaryController:
     def _roll_back(
         self, result: CanaryResult, reason: str, actor: str, progress: Callable[[str], None]
     ) -> CanaryResult:
-        result.outcome, result.reason = "rolled back", reason
         self.experiments.stop(result.experiment, promote=None, actor=actor)
+        result.outcome, result.reason = "rolled back", reason  # only once every call goes to stable again
         self.experiments.note("canary.rollback", result.experiment, result.to_json(), actor)
         progress(f"rolled back: {reason}; every call goes to {result.model}@{result.stable} again")
         return result

@@ -37,6 +37,8 @@ MAX_WEIGHT = 1000
 PROMOTED_ALIAS = "latest"
 SHADOW = "shadow"
 """The ``metric`` of a shadow (``lab shadow``): its one variant is the candidate, its weight the share copied."""
+STARTS_LOCK_KEY = "experiment-starts"
+"""Every start takes this one key: a name is unique however many models start experiments at once."""
 OBSERVATIONS_MAX = 200_000
 """Observations an experiment's report reads (the newest); more than this is a sample of them."""
 
@@ -138,6 +140,11 @@ def parse_variants(text: str, split: str | None) -> tuple[Variant, ...]:
     return tuple(out)
 
 
+FEW_CALLERS = 10
+"""Fewer distinct callers than this in a variant: its calls are far from independent (a key keeps its variant),
+and the report says so beside the p-value."""
+
+
 @dataclass(frozen=True)
 class VariantReport:
     variant: Variant
@@ -146,11 +153,15 @@ class VariantReport:
     estimate: stats.Estimate
     comparison: stats.Comparison | None
     """None for the control."""
+    callers: int = 0
+    """Distinct calling accounts."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.variant.to_json(),
             "calls": self.calls,
+            "callers": self.callers,
+            "few_callers": self.callers < FEW_CALLERS,
             "errors": self.errors,
             "metric": self.estimate.to_json(),
             "against_control": None if self.comparison is None else self.comparison.to_json(),
@@ -178,7 +189,8 @@ def metric_values(metric: Metric, observations: Sequence[Observation]) -> list[f
         return [float(o.score) for o in observations if o.score is not None]
     if metric == "accuracy":
         return [1.0 if o.prediction == o.label else 0.0 for o in observations if o.label is not None]
-    return [float(o.amount) if o.amount is not None else 0.0 for o in observations]  # revenue_per_call
+    # revenue_per_call: a failed call earns 0; a served call not rated yet is left out (it would count as 0)
+    return [float(o.amount or 0) if o.ok else 0.0 for o in observations if not o.ok or o.amount is not None]
 
 
 def report(experiment: Experiment, observations: Sequence[Observation]) -> ExperimentReport:
@@ -195,7 +207,8 @@ def report(experiment: Experiment, observations: Sequence[Observation]) -> Exper
         if v.name != control:
             comparison = stats.compare(experiment.metric, values[control], values[v.name])
         errors = sum(1 for o in obs if not o.ok)
-        out.append(VariantReport(v, len(obs), errors, stats.estimate(experiment.metric, values[v.name]), comparison))
+        estimate = stats.estimate(experiment.metric, values[v.name])
+        out.append(VariantReport(v, len(obs), errors, estimate, comparison, len({o.account_id for o in obs})))
     return ExperimentReport(experiment, tuple(out))
 
 
@@ -279,7 +292,7 @@ class ExperimentService:
         if metric not in METRICS:
             raise InvalidInput(f"--metric: one of {', '.join(METRICS)}, got {metric[:40]!r}")
         now = self.clock().astimezone(UTC).isoformat()
-        with self.uow.write(Lock.LAB, f"experiment:{model}") as uow:
+        with self.uow.write(Lock.LAB, STARTS_LOCK_KEY) as uow:
             for v in variants:
                 if not uow.lab.version_exists(model, v.version):
                     raise NotFound(f"model {model!r} has no published version {v.version!r} (variant {v.name})")
@@ -308,7 +321,7 @@ class ExperimentService:
         if not 0 < percent <= 100:
             raise InvalidInput(f"--percent: a whole number from 1 to 100, got {percent}")
         now = self.clock().astimezone(UTC).isoformat()
-        with self.uow.write(Lock.LAB, f"experiment:{model}") as uow:
+        with self.uow.write(Lock.LAB, STARTS_LOCK_KEY) as uow:
             if not uow.lab.version_exists(model, candidate):
                 raise NotFound(f"model {model!r} has no published version {candidate!r}")
             if uow.lab.alias_version(model, PROMOTED_ALIAS) == candidate:
@@ -407,10 +420,15 @@ class ExperimentService:
         if shadow and promote is not None:
             raise InvalidInput("a shadow has nothing to promote: start an experiment or a canary of its candidate")
         chosen = None if promote is None else experiment.variant(promote)
+        if experiment.status != "running":
+            raise Conflict(f"experiment {name!r} is not running")
+        if chosen is not None:  # first: a stop recorded as promoted always has its alias moved (audited itself)
+            self.move_alias(experiment.model, PROMOTED_ALIAS, chosen.version, actor)
         with self.uow.write(Lock.LAB, f"experiment:{experiment.model}") as uow:
             found = uow.lab.experiment(name)
             if found is None or found.status != "running":
                 raise Conflict(f"experiment {name!r} is not running")
+            experiment = Experiment.of(found)  # as it is now (a bandit may have moved its split meanwhile)
             observations = uow.lab.observations(name, OBSERVATIONS_MAX)
             final = ExperimentReport(experiment, ()) if shadow else report(experiment, observations)
             results: Any = [v.to_json() for v in final.variants]
@@ -429,8 +447,6 @@ class ExperimentService:
                 payload={**stopped.to_json(), "results": _texts(results)},
                 now=self.clock(),
             )
-        if chosen is not None:
-            self.move_alias(experiment.model, PROMOTED_ALIAS, chosen.version, actor)
         return ExperimentReport(stopped, final.variants)
 
 

@@ -109,8 +109,8 @@ class FeedbackService:
         """Store ``account_id``'s feedback on its call ``request_id``. Returns it and whether it is new (False:
         it replaced an earlier one)."""
         parse_feedback({"request_id": request_id, "score": score, "label": label})
-        if not self._applied(request_id) and self.catch_up is not None:
-            self.catch_up()
+        if not self._applied(account_id, request_id) and self.catch_up is not None:
+            self.catch_up()  # (for another account's call too: a 404 takes as long whoever's the id is)
         now = self.clock().astimezone(UTC).isoformat()
         with self.uow.write(Lock.LAB, request_id) as uow:
             call = uow.lab.call(request_id)
@@ -130,9 +130,10 @@ class FeedbackService:
             uow.lab.put_feedback(stored)
         return _feedback(stored), before is None
 
-    def _applied(self, request_id: str) -> bool:
+    def _applied(self, account_id: str, request_id: str) -> bool:
         with self.uow.read() as uow:
-            return uow.lab.call(request_id) is not None
+            call = uow.lab.call(request_id)
+        return call is not None and call.account_id == account_id
 
     def of_call(self, account_id: str, request_id: str) -> Feedback:
         with self.uow.read() as uow:

@@ -87,6 +87,8 @@ class Observation(NamedTuple):
     amount: Fraction | None
     event_id: str | None = None
     """The call's usage event (a shadow copy carries the id of the call it copied)."""
+    account_id: str = ""
+    """The calling account (calls of one caller are not independent: a report counts the callers too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +115,9 @@ class LabRepository(Protocol):
         """Per (model, version), summed in the store; ``model``: only its versions."""
         ...
 
-    def feedback_since(self, models: Sequence[str], since: str, until: str) -> dict[str, tuple[int, int]]:
-        """Model -> (calls given feedback, sum of their scores), for feedback given in [since, until)."""
+    def feedback_since(self, models: Sequence[str], since: str, until: str) -> dict[str, tuple[int, int, int]]:
+        """Model -> (calls scored, sum of their scores, distinct accounts that scored them), over the calls made
+        in [since, until); a score given by the model's own provider is left out."""
         ...
 
     def version_exists(self, model: str, version: str) -> bool: ...

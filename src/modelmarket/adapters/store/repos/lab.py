@@ -68,15 +68,21 @@ class SqlLabRepository:
             for r in self.conn.execute(q.order_by(_F.model_name, _F.version))
         ]
 
-    def feedback_since(self, models: Sequence[str], since: str, until: str) -> dict[str, tuple[int, int]]:
+    def feedback_since(self, models: Sequence[str], since: str, until: str) -> dict[str, tuple[int, int, int]]:
         if not models:
             return {}
         q = (
-            select(_F.model_name, func.count(), func.sum(_F.score))
-            .where(_F.model_name.in_(list(models)), _F.updated_at >= since, _F.updated_at < until)
+            select(_F.model_name, func.count(), func.sum(_F.score), func.count(_F.account_id.distinct()))
+            .select_from(t.call_feedback.join(t.usage_events, _U.event_id == _F.event_id))
+            .where(
+                _F.model_name.in_(list(models)),
+                _U.occurred_at >= since,  # the calls' own time: re-scoring an old call moves nothing now
+                _U.occurred_at < until,
+                _F.account_id != _U.provider_account_id,  # a provider does not rate its own model up
+            )
             .group_by(_F.model_name)
         )
-        return {r[0]: (int(r[1]), int(r[2] or 0)) for r in self.conn.execute(q)}
+        return {r[0]: (int(r[1]), int(r[2] or 0), int(r[3])) for r in self.conn.execute(q)}
 
     def version_exists(self, model: str, version: str) -> bool:
         q = select(_V.version).where(_V.model_name == model, _V.version == version)
@@ -131,7 +137,17 @@ class SqlLabRepository:
 
     def observations(self, experiment: str, limit: int, since: str | None = None) -> list[Observation]:
         q = (
-            select(_C.variant, _C.ok, _C.latency_us, _C.prediction, _F.score, _F.label, _U.amount, _C.event_id)
+            select(
+                _C.variant,
+                _C.ok,
+                _C.latency_us,
+                _C.prediction,
+                _F.score,
+                _F.label,
+                _U.amount,
+                _C.event_id,
+                _C.account_id,
+            )
             .select_from(
                 t.experiment_calls.outerjoin(t.call_feedback, _F.event_id == _C.event_id).outerjoin(
                     t.usage_events, _U.event_id == _C.event_id
