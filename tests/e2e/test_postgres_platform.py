@@ -56,6 +56,7 @@ def test_platform_runs_on_postgres(pg_cli: Cli, pg_server: PostgresServer) -> No
         "all-minilm-l6-v2",
         "credit-approval",  # credit-approval-biased was blocked by the publish gate: no model row
         "digits",
+        "digits-mlp",
         "sentiment",
         "smollm2-135m-instruct",
         "speech-to-text",

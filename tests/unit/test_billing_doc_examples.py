@@ -36,6 +36,7 @@ from modelmarket.billing.pricing import (
     DEMAND_WEIGHT,
     LATENCY_WEIGHT,
     POPULARITY_WEIGHT,
+    QUALITY_WEIGHT,
     RATIO_CAP,
     DemandInputs,
     PriceBook,
@@ -652,12 +653,14 @@ def test_the_dynamic_factor_worked_example() -> None:
 
     weights = DEMAND_WEIGHT + LATENCY_WEIGHT + POPULARITY_WEIGHT
     assert (1 - weights, 1 + (RATIO_CAP - 1) * weights) == (F("0.6"), F("2.2"))
+    # the feedback term: f = mean score / 3 lies in [1/3, 5/3]
+    assert (F("0.6") - QUALITY_WEIGHT * F(2, 3), F("2.2") + QUALITY_WEIGHT * F(2, 3)) == (F(17, 30), F(67, 30))
     in_doc(
         "raw = 1 + 0.25 x 2 + 0.1 x 0.5 + 0.05 x 1 = **1.6**",
         "with [0.5, 1.5] it is **1.5**",
         "0.0010 x 1.6 = 0.00160 per image",
         "raw = 1 - 1/6 = 5/6, factor **0.8333**",
-        "(always within [0.6, 2.2])",
+        "(always within [17/30, 67/30]: without feedback within [0.6, 2.2]",
     )
 
 
