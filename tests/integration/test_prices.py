@@ -306,7 +306,7 @@ def test_feedback_on_a_models_calls_moves_its_factor(platform: Platform, prices:
             unit_price=MANIFEST_PRICE,
             currency="USD",
             latency_ms=Decimal(80),
-        )  # fmt: skip
+        )
         for i in range(20)
     ]
     old = T0 - timedelta(days=3)  # a call of three days ago, scored now: outside the reference period
