@@ -33,7 +33,8 @@ PROGRESS_EVERY = 100_000
 
 @click.group()
 def lab() -> None:
-    """The Transmutation Lab: try prices and plans on real usage before anyone pays them."""
+    """The Transmutation Lab: price what-ifs on real usage, experiments, canaries, shadows, bake-offs, the bandit
+    and scheduled rituals (docs/lab.md)."""
 
 
 def _price(text: str) -> Decimal:
